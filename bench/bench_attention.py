@@ -1,0 +1,122 @@
+"""Attention benchmarks: SDPA reference vs our Triton kernels vs flash-attn (when installed).
+
+Run with `pytest bench/bench_attention.py --benchmark-only`. Shapes are this model's: the generator
+(causal, T = 65 = class token + 64 codes), the encoder (prefix-LM, 256 patches + 64 queries), both
+at head dim 64, the fmnist sizes at head dim 32 (T = 17 causal, 64 + 16 prefix-LM), and one KV-cache
+decode step against 65 cached entries. CPU runs use small fp32 batches; CUDA runs use bf16.
+Each case checks correctness once against the float64 reference, then times; `extra_info` holds the
+achieved TFLOP/s (4 * B * H * D * visible (query, key) pairs: ~halved for causal) and, for decode,
+the GB/s of reading the cache, plus peak memory on CUDA.
+"""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from spectralar_kernels import attention, attention_with_kvcache
+from spectralar_kernels.attention import ref
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from tolerances import assert_close_to_oracle  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+DTYPE = torch.bfloat16 if CUDA else torch.float32
+BATCH, HEADS = (64, 16) if CUDA else (4, 4)
+HAS_FLASH = importlib.util.find_spec("flash_attn") is not None
+
+# name: (T, head dim, causal, prefix_len)
+SHAPES = {
+    "generator-T65": (65, 64, True, 0),
+    "encoder-T320-prefix256": (320, 64, True, 256),
+    "fmnist-generator-T17": (17, 32, True, 0),
+    "fmnist-encoder-T80-prefix64": (80, 32, True, 64),
+}
+PROVIDERS = ["ref", "triton", "flash-attn"]
+
+
+def _skip_unavailable(provider, causal=False, prefix_len=0):
+    if provider == "triton" and not CUDA:
+        pytest.skip("the Triton provider is timed on CUDA only (the interpreter is not a speed)")
+    if provider == "flash-attn":
+        if not (CUDA and HAS_FLASH):
+            pytest.skip("flash-attn needs CUDA and the flash_attn package")
+        if causal and prefix_len > 1:
+            pytest.skip("flash-attn has no prefix-LM mask")
+
+
+def _run(provider, fn, monkeypatch):
+    # "flash-attn" is what `auto` dispatch picks on CUDA when the package imports.
+    monkeypatch.setenv("SPECTRALAR_KERNELS", {"ref": "ref", "triton": "triton", "flash-attn": "auto"}[provider])
+
+    def timed():
+        out = fn()
+        if CUDA:
+            torch.cuda.synchronize()
+        return out
+
+    return timed
+
+
+def _record(benchmark, flops, nbytes=None):
+    stats = getattr(benchmark, "stats", None)
+    if stats is None:  # --benchmark-disable
+        return
+    mean = stats.stats.mean
+    benchmark.extra_info["tflops"] = flops / mean / 1e12
+    if nbytes is not None:
+        benchmark.extra_info["gbps"] = nbytes / mean / 1e9
+    if CUDA:
+        benchmark.extra_info["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+
+
+def _visible_pairs(t, causal, prefix_len):
+    if not causal:
+        return t * t
+    return sum(max(i + 1, prefix_len) for i in range(t)) if prefix_len else t * (t + 1) // 2
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_attention_forward(benchmark, monkeypatch, provider, shape):
+    t, d, causal, prefix_len = SHAPES[shape]
+    _skip_unavailable(provider, causal, prefix_len)
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    q, k, v = (torch.randn(BATCH, t, HEADS, d, device=DEVICE, generator=g, dtype=DTYPE) for _ in range(3))
+    fn = _run(provider, lambda: attention(q, k, v, causal=causal, prefix_len=prefix_len), monkeypatch)
+
+    out = fn()  # correctness once, against the float64 reference
+    oracle = ref.attention_ref(q.double(), k.double(), v.double(), causal, prefix_len)
+    same = ref.attention_ref(q, k, v, causal, prefix_len) if DTYPE != torch.float32 else None
+    assert_close_to_oracle(out, oracle, same, atol=1e-5, rtol=1e-4, name=f"{provider} {shape}")
+
+    if CUDA:
+        torch.cuda.reset_peak_memory_stats()
+    benchmark(fn)
+    _record(benchmark, 4 * BATCH * HEADS * d * _visible_pairs(t, causal, prefix_len))
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_attention_decode_step(benchmark, monkeypatch, provider):
+    """One generated token per sample against a cache holding 64 entries (65 after the write)."""
+    _skip_unavailable(provider)
+    t_max, d, seqlen = 65, 64, 64
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    k_cache, v_cache = (torch.randn(BATCH, t_max, HEADS, d, device=DEVICE, generator=g, dtype=DTYPE) for _ in range(2))
+    q, k, v = (torch.randn(BATCH, 1, HEADS, d, device=DEVICE, generator=g, dtype=DTYPE) for _ in range(3))
+    seqlens = torch.full((BATCH,), seqlen, dtype=torch.int32, device=DEVICE)
+    fn = _run(provider, lambda: attention_with_kvcache(q, k_cache, v_cache, seqlens, k=k, v=v), monkeypatch)
+
+    out = fn()  # writes k, v at position 64 (the same values on every later call)
+    oracle = ref.attention_with_kvcache_ref(q.double(), k_cache.double(), v_cache.double(), seqlens)
+    same = ref.attention_with_kvcache_ref(q, k_cache, v_cache, seqlens) if DTYPE != torch.float32 else None
+    assert_close_to_oracle(out, oracle, same, atol=1e-5, rtol=1e-4, name=f"{provider} decode")
+
+    if CUDA:
+        torch.cuda.reset_peak_memory_stats()
+    benchmark(fn)
+    n_keys = seqlen + 1
+    cache_bytes = 2 * BATCH * n_keys * HEADS * d * k_cache.element_size()
+    _record(benchmark, 4 * BATCH * HEADS * n_keys * d, cache_bytes)

@@ -1,0 +1,95 @@
+"""DCT benchmarks: reference vs Triton vs scipy.fft.dctn vs an unfold-matmul-fold blockwise DCT.
+
+Run with `pytest bench/bench_dct.py --benchmark-only`. Cases: the whole-image DCT of the fmnist
+preset (32 x 32, one channel), of ImageNet-size images (256 x 256 x 3), and the JPEG-style 8 x 8
+blockwise DCT. CPU runs use small fp32 batches (the Triton provider is CUDA-only: the interpreter is
+not a speed); CUDA runs use bigger batches. Each case checks correctness once against the float64
+reference, then times; `extra_info` holds GB/s (one read + one write of the tensor, the floor for
+the blockwise case) and GFLOP/s of the matmul form (2 (H + W) flops per pixel), plus peak memory on CUDA.
+"""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.fft
+import torch
+import torch.nn.functional as F
+from spectralar_kernels import dct2d
+from spectralar_kernels.dct import ref
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from tolerances import max_err  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+# name: (shape [B, C, H, W], block)
+CASES = {
+    "fmnist-32x32": ((256 if CUDA else 64, 1, 32, 32), None),
+    "imagenet-256x256x3": ((64 if CUDA else 2, 3, 256, 256), None),
+    "block8-256x256x3": ((64 if CUDA else 2, 3, 256, 256), 8),
+}
+PROVIDERS = ["ref", "triton", "scipy", "unfold"]
+
+
+def unfold_blockwise_dct(x: torch.Tensor, block: int) -> torch.Tensor:
+    """Peer: blocks as columns (F.unfold), one matmul with kron(D, D), F.fold back."""
+    b, c, h, w = x.shape
+    kron = torch.kron(*(ref.dct_basis(block, x.dtype, x.device),) * 2)  # [b*b, b*b] acting on row-major blocks
+    cols = F.unfold(x.reshape(b * c, 1, h, w), kernel_size=block, stride=block)  # [B*C, b*b, L]
+    return F.fold(kron @ cols, (h, w), kernel_size=block, stride=block).reshape(b, c, h, w)
+
+
+def _provider_fn(provider, x, block, monkeypatch):
+    if provider == "triton" and not CUDA:
+        pytest.skip("the Triton provider is timed on CUDA only")
+    if provider == "unfold" and block is None:
+        pytest.skip("unfold-matmul-fold is a blockwise peer")
+    if provider in ("ref", "triton"):
+        monkeypatch.setenv("SPECTRALAR_KERNELS", provider)
+        return lambda: dct2d(x, block=block)
+    if provider == "unfold":
+        return lambda: unfold_blockwise_dct(x, block)
+    a = x.cpu().numpy()
+    if block is None:
+        return lambda: torch.from_numpy(scipy.fft.dctn(a, type=2, norm="ortho", axes=(-2, -1), workers=2))
+    b, c, h, w = a.shape
+    tiles = np.ascontiguousarray(a.reshape(b, c, h // block, block, w // block, block).swapaxes(3, 4))
+
+    def scipy_blocks():
+        out = scipy.fft.dctn(tiles, type=2, norm="ortho", axes=(-2, -1), workers=2)
+        return torch.from_numpy(out.swapaxes(3, 4).reshape(b, c, h, w))
+
+    return scipy_blocks
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("case", list(CASES))
+def test_dct2d(benchmark, case, provider, monkeypatch):
+    shape, block = CASES[case]
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    fn = _provider_fn(provider, x, block, monkeypatch)
+    oracle = ref.dct2d(x.double(), block, upcast=True)
+    err = max_err(fn().to(oracle.device), oracle)
+    assert err < 1e-4 * max(1.0, oracle.abs().max().item()), f"{provider}: max err {err:.2e}"
+    if CUDA:
+        torch.cuda.reset_peak_memory_stats()
+
+    def timed():
+        out = fn()
+        if CUDA:
+            torch.cuda.synchronize()
+        return out
+
+    benchmark.pedantic(timed, rounds=20 if CUDA else 5, iterations=1, warmup_rounds=1)
+    stats = getattr(benchmark, "stats", None)
+    if stats is not None:
+        mean = stats.stats.mean
+        n, h, w = x.numel(), shape[-2], shape[-1]
+        inner = 2 * block if block else h + w
+        benchmark.extra_info.update(
+            max_err=err, gbps=2 * n * x.element_size() / mean / 1e9, gflops=2 * inner * n / mean / 1e9
+        )
+        if CUDA:
+            benchmark.extra_info["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20

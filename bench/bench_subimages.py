@@ -1,0 +1,94 @@
+"""Spectral sub-image benchmarks: reference vs Triton vs scipy.fft (dctn, mask, idctn).
+
+Run with `pytest bench/bench_subimages.py --benchmark-only`. Cases: one window per sample (the
+tokenizer's training targets) and all N prefixes (progressive decoding), at the fmnist size (32 x 32
+x 1, N = 16) and at ImageNet size (256 x 256 x 3, N = 64; CUDA only on the reference path's
+account: it materialises N full-size coefficient tensors). CPU runs use small batches and skip the
+Triton provider (the interpreter is not a speed). Each case checks correctness once against the
+float64 reference, then times; `extra_info` holds GB/s (read x once, write the outputs), plus peak
+memory on CUDA.
+"""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.fft
+import torch
+from spectralar_kernels import spectral_subimages, spectral_windows
+from spectralar_kernels.subimages import ref
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from tolerances import max_err  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+# name: (shape [B, C, S, S], number of tokens N, all_prefixes)
+CASES = {
+    "fmnist-32-per-sample": ((256 if CUDA else 64, 1, 32, 32), 16, False),
+    "fmnist-32-all16": ((256 if CUDA else 16, 1, 32, 32), 16, True),
+    "imagenet-256-per-sample": ((64 if CUDA else 2, 3, 256, 256), 64, False),
+    "imagenet-256-all64": ((8, 3, 256, 256), 64, True),
+}
+PROVIDERS = ["ref", "triton", "scipy"]
+
+
+def scipy_subimages(a: np.ndarray, windows: list[int], all_prefixes: bool) -> np.ndarray:
+    coeffs = scipy.fft.dctn(a, type=2, norm="ortho", axes=(-2, -1), workers=2)
+    outs = []
+    for i, w in enumerate(windows):
+        masked = np.zeros_like(coeffs[:, None] if all_prefixes else coeffs[i])
+        if all_prefixes:
+            masked[..., :w, :w] = coeffs[:, None, :, :w, :w]
+        else:
+            masked[..., :w, :w] = coeffs[i, ..., :w, :w]
+        outs.append(scipy.fft.idctn(masked, type=2, norm="ortho", axes=(-2, -1), workers=2))
+    return np.concatenate(outs, axis=1) if all_prefixes else np.stack(outs)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("case", list(CASES))
+def test_spectral_subimages(benchmark, case, provider, monkeypatch):
+    shape, n_tokens, all_prefixes = CASES[case]
+    if provider == "triton" and not CUDA:
+        pytest.skip("the Triton provider is timed on CUDA only")
+    if shape[-1] == 256 and all_prefixes and not CUDA:
+        pytest.skip("all 64 prefixes of 256 x 256 images is a GPU-sized case")
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=gen).to(DEVICE)
+    size = shape[-1]
+    prefix_windows = spectral_windows(size, n_tokens, "power", 2.0)
+    if all_prefixes:
+        windows = prefix_windows
+    else:
+        windows = torch.tensor(prefix_windows)[torch.randint(0, n_tokens, (shape[0],), generator=gen)].to(DEVICE)
+    if provider == "scipy":
+        a = x.cpu().numpy()
+        w_list = windows if all_prefixes else windows.tolist()
+        fn = lambda: torch.from_numpy(scipy_subimages(a, w_list, all_prefixes))
+    else:
+        monkeypatch.setenv("SPECTRALAR_KERNELS", provider)
+        fn = lambda: spectral_subimages(x, windows, all_prefixes=all_prefixes)
+    out = fn()
+    oracle = ref.spectral_subimages(x[:2], windows if all_prefixes else windows[:2], all_prefixes, upcast=True)
+    err = max_err(out[:2].to(oracle.device), oracle)
+    assert err < 1e-4 * max(1.0, oracle.abs().max().item()), f"{provider}: max err {err:.2e}"
+    del out
+    if CUDA:
+        torch.cuda.reset_peak_memory_stats()
+
+    def timed():
+        res = fn()
+        if CUDA:
+            torch.cuda.synchronize()
+        return res
+
+    benchmark.pedantic(timed, rounds=10 if CUDA else 3, iterations=1, warmup_rounds=1)
+    stats = getattr(benchmark, "stats", None)
+    if stats is not None:
+        n_out = len(windows) if all_prefixes else 1
+        nbytes = x.numel() * x.element_size() * (1 + n_out)
+        benchmark.extra_info.update(max_err=err, gbps=nbytes / stats.stats.mean / 1e9)
+        if CUDA:
+            benchmark.extra_info["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20

@@ -1,0 +1,185 @@
+"""Datasets: Fashion-MNIST from Debian's files, and an image folder (one sub-folder per class).
+
+Both yield float images [C, S, S] in [-1, 1] and int64 labels. Batches are drawn by `index_batches`,
+a deterministic, rank-sharded order that a checkpoint can resume at any batch.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FMNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                  "Ankle boot"]
+FMNIST_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+                "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+class DataError(ValueError):
+    """Missing, unreadable or malformed data, with the path and what to do."""
+
+
+def read_idx(path) -> np.ndarray:
+    """Read an IDX file (the MNIST format), gzipped or not."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: cannot read ({e})") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise DataError(f"{path}: not an IDX file (bad magic)")
+    ndim = raw[3]
+    dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    body = raw[4 + 4 * ndim:]
+    if len(body) != int(np.prod(dims)) * dtype.itemsize:
+        raise DataError(f"{path}: truncated or padded (header says {dims}, body has {len(body)} bytes)")
+    return np.frombuffer(body, dtype=dtype).reshape(dims)
+
+
+def to_model_range(images_uint8: torch.Tensor) -> torch.Tensor:
+    return images_uint8.float().div(127.5).sub(1.0)
+
+
+class TensorImages(torch.utils.data.Dataset):
+    """In-memory uint8 images [N, C, S, S] + labels; converted to [-1, 1] floats per batch."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: list[str]):
+        self.images, self.labels, self.classes = images, labels.long(), classes
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return to_model_range(self.images[i]), self.labels[i]
+
+    def __getitems__(self, idx):  # batched fetch for DataLoader (one gather instead of B)
+        idx = torch.as_tensor(idx)
+        return to_model_range(self.images[idx]), self.labels[idx]
+
+
+def fashion_mnist(split: str = "train", root: str | os.PathLike | None = None, size: int = 32) -> TensorImages:
+    """Fashion-MNIST, 28x28 padded with the background value to `size` (default 32), 1 channel."""
+    root = Path(root or os.environ.get("SPECTRALAR_FMNIST", FMNIST_DIR))
+    if split not in FMNIST_FILES:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    img_f, lab_f = (root / n for n in FMNIST_FILES[split])
+    for f in (img_f, lab_f):
+        if not f.exists():
+            raise DataError(f"Fashion-MNIST file {f} is missing. Install it with "
+                            "`apt-get update && apt-get install -y dataset-fashion-mnist` (Debian/Ubuntu), "
+                            "or pass --data DIR with the four *-ubyte.gz files.")
+    images, labels = read_idx(img_f), read_idx(lab_f)
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise DataError(f"{img_f}: expected images [N, H, W] and labels [N], got {images.shape} / {labels.shape}")
+    if labels.max() >= len(FMNIST_CLASSES):
+        raise DataError(f"{lab_f}: label {labels.max()} outside [0, 10)")
+    x = torch.from_numpy(images.copy())[:, None]
+    pad = size - x.shape[-1]
+    if pad < 0:
+        raise ValueError(f"size {size} is smaller than the images ({x.shape[-1]})")
+    x = torch.nn.functional.pad(x, (pad // 2, pad - pad // 2, pad // 2, pad - pad // 2), value=0)
+    return TensorImages(x, torch.from_numpy(labels.astype(np.int64)), FMNIST_CLASSES)
+
+
+def load_image(path, size: int, channels: int = 3) -> torch.Tensor:
+    """Decode with Pillow, resize the shorter side to `size` (bicubic), center-crop; uint8 [C, size, size]."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB" if channels == 3 else "L")
+            w, h = im.size
+            s = size / min(w, h)
+            im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
+            w, h = im.size
+            left, top = (w - size) // 2, (h - size) // 2
+            im = im.crop((left, top, left + size, top + size))
+            arr = np.asarray(im, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise DataError(f"{path}: unreadable image ({e})") from None
+    t = torch.from_numpy(arr.copy())
+    return t.permute(2, 0, 1) if t.dim() == 3 else t[None]
+
+
+class ImageFolder(torch.utils.data.Dataset):
+    """ROOT/<class>/<image> (the ImageNet layout); classes sorted by folder name.
+
+    skip_bad=False: an unreadable file raises DataError naming it. skip_bad=True: every file is
+    decoded once up front, bad ones are dropped and counted (`self.skipped`), never given a wrong label.
+    """
+
+    def __init__(self, root, size: int, channels: int = 3, skip_bad: bool = False):
+        root = Path(root)
+        if not root.is_dir():
+            raise DataError(f"{root}: no such directory (expected ROOT/<class>/<image files>)")
+        self.size, self.channels = size, channels
+        self.classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+        if not self.classes:
+            raise DataError(f"{root}: no class sub-folders (expected ROOT/<class>/<image files>)")
+        self.files = [(p, ci) for ci, c in enumerate(self.classes) for p in sorted((root / c).rglob("*"))
+                      if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
+        if not self.files:
+            raise DataError(f"{root}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+        self.skipped: list[str] = []
+        if skip_bad:
+            good = []
+            for p, ci in self.files:
+                try:
+                    load_image(p, size, channels)
+                    good.append((p, ci))
+                except DataError:
+                    self.skipped.append(str(p))
+            self.files = good
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        p, ci = self.files[i]
+        return to_model_range(load_image(p, self.size, self.channels)), torch.tensor(ci)
+
+    @property
+    def labels(self):
+        return torch.tensor([ci for _, ci in self.files])
+
+
+def make_dataset(data: str, split: str, size: int, channels: int, skip_bad: bool = False):
+    """`data` = "fmnist" (Debian's files), or a directory of Fashion-MNIST IDX files, or an image folder."""
+    if data == "fmnist":
+        return fashion_mnist(split, size=size)
+    p = Path(data)
+    if p.is_dir() and (p / FMNIST_FILES["train"][0]).exists():
+        return fashion_mnist(split, root=p, size=size)
+    if split != "train" and (p / split).is_dir():  # ROOT/train, ROOT/val style
+        p = p / split
+    elif (p / "train").is_dir() and split == "train":
+        p = p / "train"
+    return ImageFolder(p, size, channels, skip_bad)
+
+
+def index_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[list[int]]:
+    """This rank's batches of one epoch: a seeded permutation, sharded round-robin, full batches only."""
+    g = torch.Generator().manual_seed(seed * 1000003 + epoch)
+    perm = torch.randperm(n, generator=g)
+    per_rank = n // world
+    mine = perm[rank:per_rank * world:world]
+    nb = len(mine) // batch_size
+    return mine[:nb * batch_size].view(nb, batch_size).tolist()
+
+
+def collate(dataset, idx):
+    if hasattr(dataset, "__getitems__"):
+        return dataset.__getitems__(idx)
+    xs, ys = zip(*(dataset[i] for i in idx))
+    return torch.stack(xs), torch.stack(ys)

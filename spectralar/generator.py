@@ -1,0 +1,159 @@
+"""Class-conditional GPT over spectral tokens, with a static KV cache for sampling.
+
+Sequence: [class token, s_1 .. s_N]. Position t predicts s_{t+1}. The class embedding has one extra
+row, the null class (index `num_classes`), used for classifier-free guidance: class dropout during
+training, and at sampling time the batch is doubled with the null class and the logits are mixed as
+uncond + scale * (cond - uncond).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import GeneratorConfig
+from .layers import Block, KVCache, init_weights, sample_from_logits
+
+
+class SpectralGPT(nn.Module):
+    """GPT-2-like decoder-only transformer (learned positions, pre-LN) over spectral token codes."""
+
+    def __init__(self, config: GeneratorConfig):
+        super().__init__()
+        self.config = c = config
+        self.tok_emb = nn.Embedding(c.codebook_size, c.width)
+        self.cls_emb = nn.Embedding(c.num_classes + 1, c.width)  # + null class
+        self.pos_emb = nn.Parameter(torch.zeros(1, c.num_tokens, c.width))
+        self.drop = nn.Dropout(c.dropout)
+        self.blocks = nn.ModuleList(Block(c.width, c.heads, c.mlp_ratio, c.dropout) for _ in range(c.depth))
+        self.ln_f = nn.LayerNorm(c.width)
+        self.head = nn.Linear(c.width, c.codebook_size, bias=False)
+        init_weights(self)
+        nn.init.normal_(self.pos_emb, std=0.02)
+
+    @property
+    def null_class(self) -> int:
+        return self.config.num_classes
+
+    def _embed(self, labels, codes, start: int):
+        """Embeddings of positions start.. : position 0 is the class token, position t>0 is s_t."""
+        parts = []
+        if start == 0:
+            parts.append(self.cls_emb(labels)[:, None])
+        if codes is not None and codes.shape[1] > 0:
+            parts.append(self.tok_emb(codes))
+        x = torch.cat(parts, 1)
+        return self.drop(x + self.pos_emb[:, start:start + x.shape[1]])
+
+    def forward(self, labels, codes, targets=None):
+        """labels [B] (null class allowed), codes [B, T] with T <= N-1 (teacher forcing input s_1..s_T).
+
+        Returns logits [B, T+1, K] for s_1..s_{T+1}, and the mean cross-entropy when targets [B, T+1].
+        """
+        x = self._embed(labels, codes, 0)
+        for blk in self.blocks:
+            x = blk(x, causal=True)
+        logits = self.head(self.ln_f(x))
+        if targets is None:
+            return logits
+        return logits, F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+    def loss(self, labels, codes):
+        """Training loss on full sequences codes [B, N], with class dropout for CFG."""
+        if self.training and self.config.class_dropout > 0:
+            drop = torch.rand(labels.shape, device=labels.device) < self.config.class_dropout
+            labels = torch.where(drop, torch.full_like(labels, self.null_class), labels)
+        return self(labels, codes[:, :-1], targets=codes)[1]
+
+    # ---- sampling -------------------------------------------------------------------------------
+
+    def setup_caches(self, batch: int, dtype, device) -> list[KVCache]:
+        c = self.config
+        return [KVCache(batch, c.num_tokens, c.heads, c.width // c.heads, dtype, device) for _ in self.blocks]
+
+    def prefill(self, labels, caches, cache_seqlens):
+        """Run the class token through the model, filling position 0 of every cache; logits for s_1."""
+        x = self._embed(labels, None, 0)
+        for blk, cache in zip(self.blocks, caches):
+            x = blk(x, cache=cache, cache_seqlens=cache_seqlens)
+        return self.head(self.ln_f(x[:, -1]))
+
+    def decode_one_token(self, token, pos: int, caches, cache_seqlens):
+        """Feed s_pos (token [B]) at position `pos` against the cache; logits for s_{pos+1}."""
+        x = self.drop(self.tok_emb(token)[:, None] + self.pos_emb[:, pos:pos + 1])
+        for blk, cache in zip(self.blocks, caches):
+            x = blk(x, cache=cache, cache_seqlens=cache_seqlens)
+        return self.head(self.ln_f(x[:, -1]))
+
+    @torch.no_grad()
+    def generate(self, labels, cfg_scale=1.0, temperature=1.0, top_k=None, top_p=None, kv_cache=True,
+                 generator: torch.Generator | None = None, return_logits=False):
+        """Sample codes [B, N] for class ids `labels` [B].
+
+        cfg_scale: 1.0 = plain conditional sampling; > 1 doubles the batch with the null class and mixes
+        logits uncond + cfg_scale * (cond - uncond). temperature 0 = greedy. top_k >= 1, 0 < top_p <= 1.
+        kv_cache=False recomputes the whole prefix each step (the baseline). With return_logits, also
+        returns the (guided) logits [B, N, K] used at each step.
+        """
+        c = self.config
+        labels = self._check_sampling_args(labels, cfg_scale, temperature, top_k, top_p)
+        B = labels.shape[0]
+        use_cfg = cfg_scale != 1.0
+        cls = torch.cat([labels, torch.full_like(labels, self.null_class)]) if use_cfg else labels
+
+        def mix(logits):
+            logits = logits.float()
+            if use_cfg:
+                cond, uncond = logits[:B], logits[B:]
+                logits = uncond + cfg_scale * (cond - uncond)
+            return logits
+
+        codes = torch.empty(B, 0, dtype=torch.long, device=labels.device)
+        all_logits = []
+        if kv_cache:
+            dtype = next(self.parameters()).dtype
+            caches = self.setup_caches(cls.shape[0], dtype, labels.device)
+            seqlens = torch.zeros(cls.shape[0], dtype=torch.int32, device=labels.device)
+            logits = mix(self.prefill(cls, caches, seqlens))
+        else:
+            logits = mix(self(cls, codes.repeat(2, 1) if use_cfg else codes)[:, -1])
+        for t in range(c.num_tokens):
+            all_logits.append(logits)
+            nxt = sample_from_logits(logits, temperature, top_k, top_p, generator)
+            codes = torch.cat([codes, nxt[:, None]], 1)
+            if t == c.num_tokens - 1:
+                break
+            if kv_cache:
+                seqlens += 1
+                step_tok = torch.cat([nxt, nxt]) if use_cfg else nxt
+                logits = mix(self.decode_one_token(step_tok, t + 1, caches, seqlens))
+            else:
+                logits = mix(self(cls, codes.repeat(2, 1) if use_cfg else codes)[:, -1])
+        if return_logits:
+            return codes, torch.stack(all_logits, 1)
+        return codes
+
+    def _check_sampling_args(self, labels, cfg_scale, temperature, top_k, top_p):
+        c = self.config
+        if not isinstance(labels, torch.Tensor):
+            labels = torch.as_tensor(labels)
+        if labels.dtype not in (torch.int64, torch.int32) or labels.dim() != 1 or labels.numel() == 0:
+            raise ValueError(f"labels must be a non-empty 1-D integer tensor, got {labels.dtype} {tuple(labels.shape)}")
+        if labels.min() < 0 or labels.max() >= c.num_classes:
+            bad = labels[(labels < 0) | (labels >= c.num_classes)][0].item()
+            raise ValueError(f"class id {bad} outside [0, {c.num_classes})")
+        dev = next(self.parameters()).device
+        if labels.device != dev:
+            raise ValueError(f"labels are on {labels.device} but the model is on {dev}")
+        if not (temperature >= 0):
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+        if top_k is not None and (int(top_k) != top_k or top_k < 1):
+            raise ValueError(f"top_k must be an integer >= 1, got {top_k}")
+        if top_p is not None and not (0 < top_p <= 1):
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        if not (cfg_scale >= 0):
+            raise ValueError(f"cfg_scale must be >= 0, got {cfg_scale}")
+        if cfg_scale != 1.0 and c.class_dropout <= 0:
+            raise ValueError(f"cfg_scale={cfg_scale} needs a model trained with a null class (class_dropout > 0)")
+        return labels.long()

@@ -1,0 +1,259 @@
+"""Nested Spectral Tokenizer (NST): image -> N causal spectral tokens -> every prefix decodes.
+
+Token i carries the DCT band {(u, v): w[i-1] <= max(u, v) < w[i]}; a prefix of i tokens decodes to
+the sub-image x_i = IDCT(DCT(x) * M_i) (spectralar_kernels.spectral_subimages), so the decoder is
+trained to regress x_i from codes 1..i, with codes i+1..N replaced by learned "absent" embeddings.
+
+Encoder: [patches (P), learned queries (N)] under the prefix-LM mask (patches see patches, query j sees
+all patches and queries <= j) -> linear to the code dim -> VectorQuantizer (cosine lookup).
+Decoder: [codes 1..i | absent i+1..N, learned patch queries (P)] with full attention -> pixels.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from spectralar_kernels import spectral_subimages, spectral_windows, vq_nearest
+
+from .config import TokenizerConfig
+from .layers import Block, init_weights
+
+
+class VectorQuantizer(nn.Module):
+    """l2-normalised codebook with cosine lookup, straight-through estimator and dead-code restarts.
+
+    Restarts: codes unused for `restart_every` training steps are re-seeded from recent (normalised)
+    encoder outputs. Under DDP usage is summed over ranks and rank 0's choice is broadcast, so every
+    replica keeps the same codebook. All state is in buffers, so a checkpoint resumes exactly.
+    """
+
+    def __init__(self, codebook_size: int, code_dim: int, commitment: float = 0.25, restart_every: int = 200,
+                 buffer_size: int = 4096):
+        super().__init__()
+        self.commitment, self.restart_every = commitment, restart_every
+        self.codebook = nn.Parameter(torch.randn(codebook_size, code_dim))
+        self.register_buffer("usage", torch.zeros(codebook_size))
+        self.register_buffer("recent", torch.zeros(buffer_size, code_dim))
+        self.register_buffer("recent_count", torch.zeros((), dtype=torch.long))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def codes_to_vectors(self, idx):
+        return F.normalize(self.codebook, dim=-1)[idx]
+
+    def forward(self, z):
+        """z [B, N, d] -> (quantized [B, N, d] with straight-through gradient, indices [B, N], stats dict)."""
+        if self.training and self.restart_every > 0 and self.steps > 0 and self.steps % self.restart_every == 0:
+            self.restart_dead_codes()
+        z = F.normalize(z.float(), dim=-1)
+        cb = F.normalize(self.codebook, dim=-1)
+        flat = z.reshape(-1, z.shape[-1])
+        idx, _ = vq_nearest(flat.detach(), cb.detach(), metric="cosine")
+        q = cb[idx].view_as(z)
+        codebook_loss = F.mse_loss(q, z.detach())
+        commit_loss = F.mse_loss(z, q.detach())
+        counts = torch.bincount(idx, minlength=cb.shape[0]).float()
+        p = counts / counts.sum()
+        stats = {
+            "vq_loss": codebook_loss + self.commitment * commit_loss,
+            "perplexity": torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()).detach(),
+            "codes_used": (counts > 0).sum().detach(),
+        }
+        if self.training:
+            with torch.no_grad():
+                self.usage += counts
+                self._remember(flat.detach())
+                self.steps += 1
+        return z + (q - z).detach(), idx.view(z.shape[:-1]), stats
+
+    @torch.no_grad()
+    def _remember(self, flat):
+        n = self.recent.shape[0]
+        take = flat[torch.randperm(flat.shape[0], device=flat.device)[:n]]
+        pos = (self.recent_count + torch.arange(take.shape[0], device=flat.device)) % n
+        self.recent[pos] = take
+        self.recent_count += take.shape[0]
+
+    @torch.no_grad()
+    def restart_dead_codes(self) -> int:
+        """Re-seed every code unused since the last restart; returns how many were restarted."""
+        usage = self.usage.clone()
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(usage)
+        dead = (usage == 0).nonzero().squeeze(1)
+        filled = int(min(self.recent_count.item(), self.recent.shape[0]))
+        if dead.numel() and filled:
+            pick = torch.randint(0, filled, (dead.numel(),), device=dead.device)
+            noise = 0.01 * torch.randn(dead.numel(), self.codebook.shape[1], device=dead.device)
+            self.codebook.data[dead] = self.recent[pick] + noise
+            if dist.is_available() and dist.is_initialized():
+                dist.broadcast(self.codebook.data, src=0)
+        self.usage.zero_()
+        return int(dead.numel())
+
+
+def _patchify(x, p):
+    """[B, C, H, W] -> [B, (H/p)*(W/p), C*p*p]"""
+    B, C, H, W = x.shape
+    x = x.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(B, (H // p) * (W // p), C * p * p)
+
+
+def _unpatchify(x, p, C, S):
+    """[B, (S/p)^2, C*p*p] -> [B, C, S, S]"""
+    B, n = x.shape[:2]
+    g = S // p
+    return x.reshape(B, g, g, C, p, p).permute(0, 3, 1, 4, 2, 5).reshape(B, C, S, S)
+
+
+class SpectralTokenizer(nn.Module):
+    """Nested Spectral Tokenizer. Images are float [B, C, S, S] in [-1, 1]; codes int64 [B, N]."""
+
+    def __init__(self, config: TokenizerConfig):
+        super().__init__()
+        c = config
+        if c.image_size % c.patch_size:
+            raise ValueError(f"image_size {c.image_size} is not divisible by patch_size {c.patch_size}")
+        if not c.windows:
+            if c.mapping == "energy":
+                raise ValueError("mapping='energy' needs config.windows computed from data (spectral_windows)")
+            c.windows = spectral_windows(c.image_size, c.num_tokens, c.mapping, gamma=c.gamma)
+        if len(c.windows) != c.num_tokens or c.windows[-1] != c.image_size:
+            raise ValueError(f"windows {c.windows} must have num_tokens={c.num_tokens} entries ending at {c.image_size}")
+        self.config = c
+        P, N, W, pd = c.num_patches, c.num_tokens, c.width, c.channels * c.patch_size**2
+        self.register_buffer("windows", torch.tensor(c.windows, dtype=torch.long), persistent=False)
+        # encoder
+        self.patch_in = nn.Linear(pd, W)
+        self.queries = nn.Parameter(torch.zeros(1, N, W))
+        self.enc_pos = nn.Parameter(torch.zeros(1, P + N, W))
+        self.enc_blocks = nn.ModuleList(Block(W, c.heads, c.mlp_ratio) for _ in range(c.enc_depth))
+        self.enc_ln = nn.LayerNorm(W)
+        self.to_code = nn.Linear(W, c.code_dim)
+        self.quantizer = VectorQuantizer(c.codebook_size, c.code_dim, c.commitment, c.restart_every, c.restart_buffer)
+        # decoder
+        self.from_code = nn.Linear(c.code_dim, W)
+        self.absent = nn.Parameter(torch.zeros(1, N, W))
+        self.patch_queries = nn.Parameter(torch.zeros(1, P, W))
+        self.dec_pos = nn.Parameter(torch.zeros(1, N + P, W))
+        self.dec_blocks = nn.ModuleList(Block(W, c.heads, c.mlp_ratio) for _ in range(c.dec_depth))
+        self.dec_ln = nn.LayerNorm(W)
+        self.to_pixels = nn.Linear(W, pd)
+        init_weights(self)
+        for p in (self.queries, self.enc_pos, self.absent, self.patch_queries, self.dec_pos):
+            nn.init.normal_(p, std=0.02)
+
+    # ---- checks ---------------------------------------------------------------------------------
+
+    def _check_images(self, images):
+        c = self.config
+        if not isinstance(images, torch.Tensor) or not images.is_floating_point():
+            raise ValueError(f"images must be a float tensor in [-1, 1] (convert uint8 explicitly), got "
+                             f"{getattr(images, 'dtype', type(images).__name__)}")
+        want = (c.channels, c.image_size, c.image_size)
+        if images.dim() != 4 or tuple(images.shape[1:]) != want or images.shape[0] == 0:
+            raise ValueError(f"images must be [B, {want[0]}, {want[1]}, {want[2]}], got {tuple(images.shape)}")
+        lo, hi = torch.aminmax(images.detach())
+        if lo < -1.5 or hi > 1.5:  # a little slack for resampling overshoot; [0, 255] input is caught
+            raise ValueError(f"images must be scaled to [-1, 1], got values in [{lo.item():.3g}, {hi.item():.3g}]")
+
+    def _check_codes(self, codes):
+        c = self.config
+        if not isinstance(codes, torch.Tensor) or codes.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"codes must be an int64 tensor [B, {c.num_tokens}], got {getattr(codes, 'dtype', codes)}")
+        if codes.dim() != 2 or codes.shape[1] != c.num_tokens or codes.shape[0] == 0:
+            raise ValueError(f"codes must be [B, {c.num_tokens}], got {tuple(codes.shape)}")
+        if codes.min() < 0 or codes.max() >= c.codebook_size:
+            raise ValueError(f"codes must lie in [0, {c.codebook_size}), got [{codes.min().item()}, {codes.max().item()}]")
+
+    def _prefix_tensor(self, prefix_len, B, device):
+        N = self.config.num_tokens
+        if prefix_len is None:
+            prefix_len = N
+        t = torch.as_tensor(prefix_len, device=device)
+        if t.is_floating_point() or t.dim() > 1 or (t.dim() == 1 and t.shape[0] != B):
+            raise ValueError(f"prefix_len must be an int or an integer tensor [B={B}], got {prefix_len!r}")
+        if t.min() < 1 or t.max() > N:
+            raise ValueError(f"prefix_len must lie in [1, {N}], got {prefix_len!r}")
+        return t.long().expand(B)
+
+    # ---- encoder / decoder ----------------------------------------------------------------------
+
+    def encode_continuous(self, images):
+        """Unquantised encoder output [B, N, code_dim] (query j depends on patches and queries <= j only)."""
+        P = self.config.num_patches
+        x = self.patch_in(_patchify(images, self.config.patch_size))
+        x = torch.cat([x, self.queries.expand(x.shape[0], -1, -1)], 1) + self.enc_pos
+        for blk in self.enc_blocks:
+            x = blk(x, causal=True, prefix_len=P)
+        return self.to_code(self.enc_ln(x[:, P:]))
+
+    def decode_vectors(self, vectors, prefix_len):
+        """vectors [B, N, code_dim], prefix_len [B] -> images [B, C, S, S] from tokens 1..prefix_len only."""
+        c = self.config
+        B, N = vectors.shape[:2]
+        present = torch.arange(N, device=vectors.device)[None, :] < prefix_len[:, None]  # [B, N]
+        tok = torch.where(present[..., None], self.from_code(vectors), self.absent.to(vectors.dtype))
+        x = torch.cat([tok, self.patch_queries.expand(B, -1, -1)], 1) + self.dec_pos
+        for blk in self.dec_blocks:
+            x = blk(x)
+        return _unpatchify(self.to_pixels(self.dec_ln(x[:, N:])), c.patch_size, c.channels, c.image_size)
+
+    # ---- public API -----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode(self, images) -> torch.Tensor:
+        """images [B, C, S, S] in [-1, 1] -> codes int64 [B, N]."""
+        self._check_images(images)
+        z = F.normalize(self.encode_continuous(images).float(), dim=-1)
+        cb = F.normalize(self.quantizer.codebook.float(), dim=-1)
+        idx, _ = vq_nearest(z.reshape(-1, z.shape[-1]), cb, metric="cosine")
+        return idx.view(images.shape[0], -1)
+
+    @torch.no_grad()
+    def decode(self, codes, prefix_len=None) -> torch.Tensor:
+        """codes [B, N] -> images [B, C, S, S] decoded from tokens 1..prefix_len (int or [B]; default N)."""
+        self._check_codes(codes)
+        pl = self._prefix_tensor(prefix_len, codes.shape[0], codes.device)
+        return self.decode_vectors(self.quantizer.codes_to_vectors(codes.long()), pl)
+
+    @torch.no_grad()
+    def decode_progressive(self, codes) -> torch.Tensor:
+        """codes [B, N] -> [B, N, C, S, S]: entry i-1 is decoded from tokens 1..i (one batched call)."""
+        self._check_codes(codes)
+        B, N = codes.shape
+        vec = self.quantizer.codes_to_vectors(codes.long())
+        pl = torch.arange(1, N + 1, device=codes.device).repeat(B)  # [B*N]
+        out = self.decode_vectors(vec.repeat_interleave(N, 0), pl)
+        return out.view(B, N, *out.shape[1:])
+
+    def sample_prefix_lengths(self, B, device, generator=None):
+        N = self.config.num_tokens
+        if self.config.prefix_dist == "uniform":
+            return torch.randint(1, N + 1, (B,), device=device, generator=generator)
+        if self.config.prefix_dist == "linear":
+            w = torch.arange(1, N + 1, dtype=torch.float, device=device)
+            return torch.multinomial(w / w.sum(), B, replacement=True, generator=generator) + 1
+        raise ValueError(f"unknown prefix_dist {self.config.prefix_dist!r} (uniform | linear)")
+
+    def forward(self, images, prefix_len=None):
+        """Training step: losses and stats. Draws one prefix length per image unless `prefix_len` is given.
+
+        Returns a dict: loss (total), recon_loss, vq_loss, perplexity, codes_used, and the tensors
+        recon [B, C, S, S], target (the sub-image x_i) and prefix_len [B].
+        """
+        self._check_images(images)
+        B = images.shape[0]
+        pl = (self.sample_prefix_lengths(B, images.device) if prefix_len is None
+              else self._prefix_tensor(prefix_len, B, images.device))
+        q, idx, stats = self.quantizer(self.encode_continuous(images))
+        recon = self.decode_vectors(q, pl)
+        target = spectral_subimages(images, self.windows[pl - 1])
+        if self.config.recon_loss == "l1":
+            recon_loss = F.l1_loss(recon.float(), target.float())
+        else:
+            recon_loss = F.mse_loss(recon.float(), target.float())
+        return {"loss": recon_loss + stats["vq_loss"], "recon_loss": recon_loss, **stats,
+                "recon": recon, "target": target, "prefix_len": pl, "codes": idx}

@@ -1,0 +1,191 @@
+"""dct2d / idct2d against scipy.fft (float64), through the reference and the Triton kernels."""
+
+import numpy as np
+import pytest
+import scipy.fft
+import torch
+from spectralar_kernels import dct2d, idct2d
+from spectralar_kernels.dct import ref
+from tolerances import assert_close_to_oracle, max_err, nan_like
+
+# Shapes [..., H, W]: 1, odd, primes, non-square, tall/wide, batch dims. Tiny: the interpreter is slow.
+SHAPES = [(1, 1), (3, 3), (1, 7), (7, 1), (5, 12), (2, 17, 17), (2, 3, 33, 9), (40, 3)]
+BLOCK_CASES = [((16, 24), 8), ((2, 12, 12), 4), ((32, 16), 16), ((9, 15), 3), ((1, 10, 5), 5)]
+LOWP = [torch.float16, torch.bfloat16]
+
+
+def scipy_oracle(x: torch.Tensor, inverse: bool, block: int | None = None) -> torch.Tensor:
+    """float64 scipy (i)dctn of x, per b x b block when `block` is given (explicit loop over blocks)."""
+    a = x.double().numpy()
+    fn = scipy.fft.idctn if inverse else scipy.fft.dctn
+    if block is None:
+        return torch.from_numpy(fn(a, type=2, norm="ortho", axes=(-2, -1)))
+    out = np.empty_like(a)
+    for i in range(0, a.shape[-2], block):
+        for j in range(0, a.shape[-1], block):
+            tile = a[..., i : i + block, j : j + block]
+            out[..., i : i + block, j : j + block] = fn(tile, type=2, norm="ortho", axes=(-2, -1))
+    return torch.from_numpy(out)
+
+
+def run(x: torch.Tensor, inverse: bool, block: int | None, backend: str) -> torch.Tensor:
+    """The public function; on the Triton backend also the launcher into a NaN-filled `out`, which
+    must agree with it (so an element the kernel never writes fails)."""
+    y = (idct2d if inverse else dct2d)(x, block=block)
+    if backend == "triton":
+        from spectralar_kernels.dct.triton import dct2d_fwd
+
+        out = dct2d_fwd(x, block, inverse, out=nan_like(x.contiguous()))
+        assert not torch.isnan(out).any(), "launcher left elements unwritten"
+        assert torch.equal(out, y)
+    return y
+
+
+def fp32_tol(oracle: torch.Tensor) -> dict:
+    return dict(atol=1e-5 * max(1.0, oracle.abs().max().item()), rtol=1e-4)
+
+
+@pytest.mark.parametrize("inverse", [False, True], ids=["dct", "idct"])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_matches_scipy_fp32(backend, shape, inverse):
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    y = run(x, inverse, None, backend)
+    oracle = scipy_oracle(x, inverse)
+    assert y.dtype == torch.float32
+    assert_close_to_oracle(y, oracle, **fp32_tol(oracle), name=f"{backend} {shape}")
+
+
+@pytest.mark.parametrize("inverse", [False, True], ids=["dct", "idct"])
+@pytest.mark.parametrize("shape,block", BLOCK_CASES, ids=str)
+def test_blockwise_matches_scipy(backend, shape, block, inverse):
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    y = run(x, inverse, block, backend)
+    oracle = scipy_oracle(x, inverse, block)
+    assert_close_to_oracle(y, oracle, **fp32_tol(oracle), name=f"{backend} {shape} block={block}")
+
+
+@pytest.mark.parametrize("dtype", LOWP, ids=str)
+@pytest.mark.parametrize("shape,block", [((2, 17, 17), None), ((5, 12), None), ((16, 24), 8), ((9, 15), 3)], ids=str)
+def test_low_precision(backend, shape, block, dtype):
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(2)).to(dtype)
+    for inverse in (False, True):
+        y = run(x, inverse, block, backend)
+        assert y.dtype == dtype
+        oracle = scipy_oracle(x, inverse, block)  # of the rounded input, so input rounding is no error
+        same_precision = (ref.idct2d if inverse else ref.dct2d)(x, block)  # computed in fp16 / bf16
+        assert_close_to_oracle(y, oracle, same_precision_ref=same_precision, name=f"{backend} {dtype} {shape}")
+
+
+def test_triton_two_pass_and_big_block_paths(backend, monkeypatch):
+    """Planes taller than FUSED_MAX_H run the separable two-pass form, blocks above BLOCKWISE_MAX the
+    gathered whole-plane form; both limits are lowered here so tiny shapes reach those paths."""
+    from spectralar_kernels.dct import triton as dct_triton
+
+    monkeypatch.setattr(dct_triton, "FUSED_MAX_H", 16)
+    monkeypatch.setattr(dct_triton, "BLOCKWISE_MAX", 4)
+    x = torch.randn(2, 33, 22, generator=torch.Generator().manual_seed(3))
+    for inverse in (False, True):
+        for block in (None, 11):
+            oracle = scipy_oracle(x, inverse, block)
+            y = run(x, inverse, block, backend)
+            assert_close_to_oracle(y, oracle, **fp32_tol(oracle), name=f"{backend} two-pass block={block}")
+
+
+@pytest.mark.parametrize("shape,block", [((257, 257), None), ((2, 512, 512), None), ((3, 300, 257), None),
+                                         ((130, 65), 65)], ids=str)
+def test_large_planes_reference(shape, block, monkeypatch):
+    monkeypatch.setenv("SPECTRALAR_KERNELS", "ref")
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(4))
+    for inverse in (False, True):
+        oracle = scipy_oracle(x, inverse, block)
+        assert_close_to_oracle(run(x, inverse, block, "ref"), oracle, **fp32_tol(oracle), name=f"ref {shape}")
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 8, 17, 33])
+def test_fft_form_matches_matmul_form(n, monkeypatch):
+    """Both reference formulations at awkward sizes (the size threshold forced each way)."""
+    x = torch.randn(3, n, n + 2, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    for inverse in (False, True):
+        oracle = scipy_oracle(x, inverse)
+        for threshold in (1, 10**9):
+            monkeypatch.setattr(ref, "FFT_MIN_SIZE", threshold)
+            y = (ref.idct2d if inverse else ref.dct2d)(x)
+            assert max_err(y, oracle) < 1e-12, (threshold, inverse)
+
+
+def test_roundtrip_and_non_contiguous(backend):
+    x = torch.randn(2, 12, 20, generator=torch.Generator().manual_seed(6)).transpose(-1, -2)  # [2, 20, 12] strided
+    assert not x.is_contiguous()
+    y = run(x, False, None, backend)
+    assert_close_to_oracle(y, scipy_oracle(x, False), atol=2e-5, name="non-contiguous")
+    assert_close_to_oracle(run(y, True, None, backend), x.double(), atol=2e-5, name="roundtrip")
+    assert_close_to_oracle(run(run(x, False, 4, backend), True, 4, backend), x.double(), atol=2e-5, name="block rt")
+
+
+def test_gradcheck_reference_float64():
+    x = torch.randn(2, 5, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: ref.dct2d(t), (x,))
+    assert torch.autograd.gradcheck(lambda t: ref.idct2d(t[:, :3], block=3), (x,))
+
+
+@pytest.mark.parametrize("block", [None, 4])
+def test_gradient_is_the_inverse_transform(backend, block):
+    """d/dx <g, dct2d(x)> = idct2d(g) and vice versa, for a random upstream gradient g."""
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 8, 12, generator=gen, requires_grad=True)
+    g = torch.randn(2, 8, 12, generator=gen)
+    for inverse in (False, True):
+        x.grad = None
+        run(x, inverse, block, backend).backward(g)
+        expected = scipy_oracle(g, not inverse, block)
+        assert_close_to_oracle(x.grad, expected, atol=1e-5, name=f"grad {backend} inverse={inverse}")
+
+
+@pytest.mark.parametrize("dtype", LOWP, ids=str)
+def test_low_precision_gradient_matches_reference(backend, dtype, monkeypatch):
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(3, 9, 10, generator=gen).to(dtype)
+    g = torch.randn(3, 9, 10, generator=gen).to(dtype)
+    xa = x.clone().requires_grad_()
+    dct2d(xa).backward(g)
+    monkeypatch.setenv("SPECTRALAR_KERNELS", "ref")
+    xr = x.clone().requires_grad_()
+    dct2d(xr).backward(g)
+    same_precision = ref.idct2d(g)
+    assert_close_to_oracle(xa.grad, scipy_oracle(g, True), same_precision_ref=same_precision, name="grad lowp")
+    assert_close_to_oracle(xr.grad, scipy_oracle(g, True), same_precision_ref=same_precision, name="grad lowp ref")
+
+
+def test_nan_propagates(backend):
+    x = torch.randn(2, 6, 7)
+    x[1, 2, 3] = float("nan")
+    for block in (None, 1):
+        y = dct2d(x, block=block)
+        assert torch.isnan(y[1]).any() and not torch.isnan(y[0]).any()
+
+
+def test_basis_is_cached_and_orthonormal():
+    d = ref.dct_basis(13, torch.float64)
+    assert ref.dct_basis(13, torch.float64) is d
+    torch.testing.assert_close(d @ d.T, torch.eye(13, dtype=torch.float64), atol=1e-14, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "make,block,match",
+    [
+        (lambda: torch.randn(8), None, "at least 2 dims"),
+        (lambda: torch.zeros(4, 4, dtype=torch.int64), None, "int64"),
+        (lambda: torch.zeros(4, 4, dtype=torch.complex64), None, "complex64"),
+        (lambda: torch.zeros(4, 4, dtype=torch.float64), None, "float64"),
+        (lambda: torch.zeros(0, 4), None, "empty"),
+        (lambda: np.zeros((4, 4), dtype=np.float32), None, "ndarray"),
+        (lambda: torch.zeros(8, 12), 5, "block=5 must divide"),
+        (lambda: torch.zeros(8, 12), 0, "block must be a positive int"),
+        (lambda: torch.zeros(8, 12), True, "block must be a positive int"),
+        (lambda: torch.zeros(8, 12), 4.0, "block must be a positive int"),
+    ],
+)
+def test_value_errors(backend, make, block, match):
+    for fn in (dct2d, idct2d):
+        with pytest.raises(ValueError, match=match):
+            fn(make(), block=block)

@@ -1,0 +1,121 @@
+"""Package-level rules: one-way dependencies, the pinned public API, import without triton."""
+
+import ast
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import spectralar_kernels
+
+KERNELS_DIR = Path(__file__).resolve().parent.parent / "kernels"
+PUBLIC_API = [
+    "attention",
+    "attention_with_kvcache",
+    "dct2d",
+    "idct2d",
+    "spectral_subimages",
+    "spectral_windows",
+    "vq_nearest",
+]
+
+
+def imported_modules(path: Path) -> list[str]:
+    """Every absolute module name imported by a source file (relative imports are inside kernels/)."""
+    names = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.append(node.module)
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in (
+            "import_module",
+            "__import__",
+        ):
+            names += [a.value for a in node.args[:1] if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+    return names
+
+
+def test_kernels_never_import_the_model_package():
+    sources = sorted(KERNELS_DIR.rglob("*.py"))
+    assert len(sources) >= 10, f"expected the kernel sources under {KERNELS_DIR}, found {sources}"
+    offenders = [
+        f"{path.relative_to(KERNELS_DIR)}: {name}"
+        for path in sources
+        for name in imported_modules(path)
+        if name == "spectralar" or name.startswith("spectralar.")
+    ]
+    assert not offenders, "kernels/ must not import spectralar:\n" + "\n".join(offenders)
+
+
+def test_import_walker_sees_every_form(tmp_path):
+    """The walker itself must catch each spelling, or the test above could pass vacuously."""
+    src = tmp_path / "m.py"
+    src.write_text(
+        textwrap.dedent(
+            """
+            import spectralar
+            import os, spectralar.config as cfg
+            from spectralar.tokenizer import SpectralTokenizer
+            from . import sibling
+            import importlib
+            importlib.import_module("spectralar.generator")
+            """
+        )
+    )
+    found = [n for n in imported_modules(src) if n.split(".")[0] == "spectralar"]
+    assert found == ["spectralar", "spectralar.config", "spectralar.tokenizer", "spectralar.generator"]
+
+
+def test_public_api_is_pinned():
+    assert spectralar_kernels.__all__ == PUBLIC_API
+    for name in PUBLIC_API:
+        assert callable(getattr(spectralar_kernels, name)), name
+
+
+def test_import_and_reference_paths_without_triton():
+    """`import spectralar_kernels` must work where triton cannot be imported; the references still run."""
+    script = textwrap.dedent(
+        """
+        import sys
+
+        class BlockTriton:
+            def find_spec(self, name, path=None, target=None):
+                if name == "triton" or name.startswith("triton."):
+                    raise ImportError("triton blocked for this test")
+                return None
+
+        sys.meta_path.insert(0, BlockTriton())
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            pass
+        else:
+            raise SystemExit("the blocker did not block triton")
+
+        import torch
+        import spectralar_kernels as sk
+
+        assert not any(m == "triton" or m.startswith("triton.") for m in sys.modules), "triton got imported"
+        torch.manual_seed(0)
+        x = torch.randn(2, 1, 8, 8)
+        y = sk.idct2d(sk.dct2d(x))
+        assert (y - x).abs().max() < 1e-4
+        w = sk.spectral_windows(8, 4, "uniform")
+        assert list(w)[-1] == 8
+        assert sk.spectral_subimages(x, torch.tensor([w[0], w[-1]])).shape == x.shape
+        idx, dist = sk.vq_nearest(torch.randn(5, 12), torch.randn(9, 12))
+        assert idx.shape == (5,) and dist.shape == (5,)
+        q = torch.randn(1, 6, 2, 16)
+        assert sk.attention(q, q, q, causal=True).shape == q.shape
+        assert not any(m == "triton" or m.startswith("triton.") for m in sys.modules), "triton got imported"
+        print("OK")
+        """
+    )
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)  # plain user setup: no interpreter
+    env["SPECTRALAR_KERNELS"] = "auto"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stdout + proc.stderr

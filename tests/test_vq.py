@@ -1,0 +1,256 @@
+"""vq_nearest against a float64 numpy brute force, through the reference and the Triton kernel.
+
+The distance of the chosen code is always compared (ties and near-ties make indices ambiguous);
+indices are compared exactly where codes are well separated or all arithmetic is exact (small
+integers). fp16/bf16 inputs are compared against the oracle of the same rounded values: the op
+computes in fp32 whatever the input dtype, so fp32 tolerances apply to every dtype.
+"""
+
+import numpy as np
+import pytest
+import torch
+from tolerances import assert_close_to_oracle
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from spectralar_kernels import vq_nearest
+from spectralar_kernels.vq import ref
+
+# (M, K, d): M = 1, d = 1, d = 12 (the real code dim), K not a multiple of the code block (32/64),
+# d > 16 (several 16-wide chunks in the kernel), K = 1. Tiny: the interpreter is slow.
+SHAPES = [(1, 1, 1), (1, 7, 12), (5, 33, 1), (64, 100, 12), (70, 257, 12), (17, 65, 3), (9, 40, 40)]
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+METRICS = ["l2", "cosine"]
+
+
+def oracle_distances(z: torch.Tensor, codebook: torch.Tensor, metric: str) -> np.ndarray:
+    """All M x K distances in float64 (brute force; tests use tiny shapes)."""
+    a = z.double().numpy()
+    c = codebook.double().numpy()
+    if metric == "l2":
+        return ((a[:, None, :] - c[None, :, :]) ** 2).sum(-1)
+    na = np.maximum(np.linalg.norm(a, axis=1), ref.EPS)
+    nc = np.maximum(np.linalg.norm(c, axis=1), ref.EPS)
+    return 1.0 - (a @ c.T) / (na[:, None] * nc[None, :])
+
+
+def nearest(z, codebook, metric, backend):
+    """Run one backend; the kernel writes into poisoned outputs (index -1, distance NaN)."""
+    if backend == "triton":
+        from spectralar_kernels.vq.triton import vq_nearest_fwd
+
+        out = (torch.full((z.shape[0],), -1, dtype=torch.int64), torch.full((z.shape[0],), float("nan")))
+        idx, dist = vq_nearest_fwd(z, codebook, metric, out=out)
+        assert idx is out[0] and dist is out[1]
+        return idx, dist
+    return vq_nearest(z, codebook, metric)
+
+
+def l2_atol(z, codebook) -> float:
+    # ||c||^2 - 2 z.c in fp32 ranks codes with error ~ eps32 * (|z|^2 + |c|^2)
+    scale = z.double().pow(2).sum(1).max().item() + codebook.double().pow(2).sum(1).max().item()
+    return 1e-5 * max(1.0, scale)
+
+
+def check(z, codebook, metric, idx, dist, exact_indices=False):
+    """Returned distance = oracle min; chosen code is a nearest one; optionally exact indices."""
+    M = z.shape[0]
+    assert idx.dtype == torch.int64 and idx.shape == (M,)
+    assert dist.dtype == torch.float32 and dist.shape == (M,)
+    assert not idx.requires_grad and not dist.requires_grad
+    assert ((idx >= 0) & (idx < codebook.shape[0])).all(), f"index out of range: {idx}"
+    D = oracle_distances(z, codebook, metric)
+    best = torch.from_numpy(D.min(axis=1))
+    atol = l2_atol(z, codebook) if metric == "l2" else 1e-5
+    chosen = torch.from_numpy(D[np.arange(M), idx.numpy()])
+    assert_close_to_oracle(chosen, best, atol=atol, name=f"{metric} oracle distance of the chosen code")
+    assert_close_to_oracle(dist, best, atol=atol, name=f"{metric} returned distance")
+    if exact_indices:
+        assert torch.equal(idx, torch.from_numpy(D.argmin(axis=1))), "indices differ from the brute force"
+    return (dist.double() - best).abs().max().item()
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_random_vs_bruteforce(backend, shape, dtype, metric):
+    M, K, d = shape
+    g = torch.Generator().manual_seed(M * 1000 + K + d)
+    z = torch.randn(M, d, generator=g).to(dtype)
+    codebook = torch.randn(K, d, generator=g).to(dtype)
+    idx, dist = nearest(z, codebook, metric, backend)
+    check(z, codebook, metric, idx, dist)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_well_separated_exact_indices(backend, dtype, metric):
+    g = torch.Generator().manual_seed(1)
+    K, d = 150, 12
+    codebook = torch.randn(K, d, generator=g) * 3
+    target = torch.randint(0, K, (77,), generator=g)
+    z = codebook[target] + 0.01 * torch.randn(77, d, generator=g)
+    z, codebook = z.to(dtype), codebook.to(dtype)
+    # the planted code must really be the unique nearest one by a margin, or the test proves nothing
+    D = oracle_distances(z, codebook, metric)
+    part = np.partition(D, 1, axis=1)
+    assert (part[:, 1] - part[:, 0] > 1e-3).all() and (D.argmin(1) == target.numpy()).all()
+    idx, dist = nearest(z, codebook, metric, backend)
+    check(z, codebook, metric, idx, dist, exact_indices=True)
+    assert torch.equal(idx, target)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_integer_data_exact_ties(backend, dtype):
+    """Small integers: every l2 score is exact in fp32, so indices must equal numpy's first argmin."""
+    g = torch.Generator().manual_seed(2)
+    codebook = torch.randint(-2, 3, (200, 3), generator=g).to(dtype)  # many exact duplicates and ties
+    z = torch.randint(-3, 4, (50, 3), generator=g).to(dtype)
+    idx, dist = nearest(z, codebook, "l2", backend)
+    check(z, codebook, "l2", idx, dist, exact_indices=True)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_duplicate_codes_lowest_index(backend, metric):
+    g = torch.Generator().manual_seed(3)
+    K, d = 130, 12
+    codebook = torch.randn(K, d, generator=g)
+    # duplicates inside one code block, across block boundaries (32/64) and in the last partial block
+    pairs = [(3, 4), (10, 70), (31, 32), (63, 64), (100, 129)]
+    for lo, hi in pairs:
+        codebook[hi] = codebook[lo]
+    z = torch.stack([codebook[hi] for _, hi in pairs] + [codebook[lo] for lo, _ in pairs])
+    idx, dist = nearest(z, codebook, metric, backend)
+    lows = torch.tensor([lo for lo, _ in pairs])
+    assert torch.equal(idx, torch.cat([lows, lows]))
+    assert (dist.abs() <= 1e-5).all(), dist
+
+
+@pytest.mark.parametrize("chunk_elems", [1, 7, 64, 1000])
+@pytest.mark.parametrize("metric", METRICS)
+def test_reference_chunking_preserves_result(chunk_elems, metric):
+    g = torch.Generator().manual_seed(4)
+    codebook = torch.randint(-2, 3, (90, 4), generator=g).float()
+    codebook[50] = codebook[7]
+    z = torch.cat([torch.randint(-3, 4, (30, 4), generator=g).float(), codebook[50:51]])
+    full_idx, full_dist = ref.vq_nearest_ref(z, codebook, metric, chunk_elems=1 << 30)
+    idx, dist = ref.vq_nearest_ref(z, codebook, metric, chunk_elems=chunk_elems)
+    assert torch.equal(idx, full_idx) and torch.equal(dist, full_dist)
+    assert idx[-1] == 7
+    if metric == "l2":
+        check(z, codebook, metric, idx, dist, exact_indices=True)
+
+
+class MaxNumel(TorchDispatchMode):
+    """Records the largest tensor (elements and bytes) any aten op returns while active."""
+
+    def __init__(self):
+        super().__init__()
+        self.max_numel = 0
+        self.max_nbytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.max_numel = max(self.max_numel, t.numel())
+                self.max_nbytes = max(self.max_nbytes, t.numel() * t.element_size())
+        return out
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_reference_never_allocates_m_by_k(metric):
+    M, K, d = 2048, 4096, 12  # M * K = 2^23 > the default chunk of 2^22 scores
+    z, codebook = torch.randn(M, d), torch.randn(K, d)
+    with MaxNumel() as mode:
+        idx, dist = ref.vq_nearest_ref(z, codebook, metric)
+    assert mode.max_numel <= ref.CHUNK_ELEMS < M * K, mode.max_numel
+    # a small chunk: scores stay within it; input-sized copies (codebook upcast, ||c||^2) are allowed
+    with MaxNumel() as mode:
+        small_idx, small_dist = ref.vq_nearest_ref(z[:300], codebook, metric, chunk_elems=5000)
+    assert mode.max_numel <= max(5000, K * d), mode.max_numel
+    assert torch.equal(small_idx, idx[:300])
+    torch.testing.assert_close(small_dist, dist[:300], rtol=0, atol=1e-6)
+
+
+def test_triton_launcher_allocates_only_vectors():
+    from spectralar_kernels.vq.triton import vq_nearest_fwd
+
+    M, K, d = 100, 300, 3
+    z, codebook = torch.randn(M, d), torch.randn(K, d)
+    with MaxNumel() as mode:
+        idx, dist = vq_nearest_fwd(z, codebook, "l2")
+    # the launcher makes [K] vectors; the interpreter copies the inputs as bytes: nothing near M x K
+    assert mode.max_nbytes <= codebook.nbytes < M * K * 4, mode.max_nbytes
+    check(z, codebook, "l2", idx, dist)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_nan_rows_and_codes(backend, metric):
+    g = torch.Generator().manual_seed(5)
+    z, codebook = torch.randn(6, 12, generator=g), torch.randn(70, 12, generator=g)
+    z[2, 5] = float("nan")
+    idx, dist = nearest(z, codebook, metric, backend)
+    assert torch.isnan(dist[2]), "a NaN row must give a NaN distance"
+    keep = torch.tensor([0, 1, 3, 4, 5])
+    check(z[keep], codebook, metric, idx[keep], dist[keep])
+    z[2, 5] = 0.0
+    codebook[66, 0] = float("nan")  # in the last partial block
+    codebook[67, 3] = float("nan")
+    idx, dist = nearest(z, codebook, metric, backend)
+    assert torch.isnan(dist).all(), "a NaN code must not leave finite distances"
+    assert (idx == 66).all()
+
+
+def test_zero_vectors_cosine(backend):
+    z = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    codebook = torch.tensor([[0.0, 0.0, 0.0], [-1.0, 0.0, 0.0], [2.0, 0.0, 0.0]])
+    idx, dist = nearest(z, codebook, "cosine", backend)
+    # zero row: cos = 0 to every code, tie -> index 0, distance 1; row 1: the parallel code, distance 0
+    assert idx.tolist() == [0, 2]
+    torch.testing.assert_close(dist, torch.tensor([1.0, 0.0]), rtol=0, atol=1e-6)
+
+
+def test_public_function_dispatch_and_mixed_inputs(backend):
+    g = torch.Generator().manual_seed(6)
+    base = torch.randn(20, 24, generator=g)
+    z = base[:, ::2]  # non-contiguous [20, 12]
+    codebook = torch.randn(45, 12, generator=g, dtype=torch.float32).to(torch.bfloat16)
+    z_fp16 = z.to(torch.float16).requires_grad_()
+    idx, dist = vq_nearest(z_fp16, codebook)  # fp16 rows against a bf16 codebook: computed in fp32
+    check(z_fp16.detach(), codebook, "l2", idx, dist)
+    idx2, dist2 = vq_nearest(z, codebook.float(), "cosine")
+    check(z, codebook.float(), "cosine", idx2, dist2)
+
+
+def test_reference_upcast_is_float64():
+    g = torch.Generator().manual_seed(7)
+    z, codebook = torch.randn(30, 12, generator=g), torch.randn(50, 12, generator=g)
+    for metric in METRICS:
+        idx, dist = ref.vq_nearest_ref(z, codebook, metric, upcast=True)
+        D = oracle_distances(z, codebook, metric)
+        assert dist.dtype == torch.float64
+        assert torch.equal(idx, torch.from_numpy(D.argmin(1)))
+        torch.testing.assert_close(dist, torch.from_numpy(D.min(1)), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "z, codebook, metric, match",
+    [
+        (torch.randn(12), torch.randn(5, 12), "l2", "z must be"),
+        (torch.randn(2, 3, 12), torch.randn(5, 12), "l2", "z must be"),
+        (torch.randn(4, 12), torch.randn(12), "l2", "codebook must be"),
+        (torch.randn(4, 12), torch.randn(5, 11), "l2", "code dim mismatch"),
+        (torch.ones(4, 12, dtype=torch.int64), torch.randn(5, 12), "l2", "float32, float16 or bfloat16"),
+        (torch.randn(4, 12), torch.ones(5, 12, dtype=torch.int32), "l2", "float32, float16 or bfloat16"),
+        (torch.randn(4, 12, dtype=torch.float64), torch.randn(5, 12), "l2", "float32, float16 or bfloat16"),
+        (torch.randn(0, 12), torch.randn(5, 12), "l2", "empty"),
+        (torch.randn(4, 12), torch.randn(0, 12), "l2", "empty"),
+        (torch.randn(4, 0), torch.randn(5, 0), "l2", "empty"),
+        (torch.randn(4, 12), torch.randn(5, 12, device="meta"), "l2", "one device"),
+        (torch.randn(4, 12), torch.randn(5, 12), "dot", "metric must be one of"),
+        ([[1.0, 2.0]], torch.randn(5, 2), "l2", "torch.Tensor"),
+    ],
+)
+def test_value_errors(backend, z, codebook, metric, match):
+    with pytest.raises(ValueError, match=match):
+        vq_nearest(z, codebook, metric)
