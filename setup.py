@@ -18,7 +18,7 @@ setup(
     python_requires=">=3.10",
     packages=["spectralar", "spectralar_kernels"] + [f"spectralar_kernels.{p}" for p in KERNEL_PACKAGES],
     package_dir={"spectralar": "spectralar", "spectralar_kernels": "kernels"},
-    package_data={"spectralar": ["pretrained/*/*.json", "pretrained/*/*.safetensors"]},
+    package_data={"spectralar": ["pretrained/*/*/*.json", "pretrained/*/*/*.safetensors"]},
     include_package_data=True,
     install_requires=[
         "torch>=2.3",
@@ -34,5 +34,6 @@ setup(
         "triton": ["triton>=3.0"],
         "test": ["pytest", "pytest-benchmark", "scipy", "triton>=3.0", "ruff"],
         "flash": ["flash-attn>=2.5"],
+        "fid": ["torch-fidelity"],
     },
 )

@@ -23,6 +23,7 @@ import argparse
 import concurrent.futures
 import dataclasses
 import functools
+import hashlib
 import importlib
 import json
 import multiprocessing
@@ -118,6 +119,38 @@ def has_tensor_core_ops(sass: str) -> bool:
     return _TC_RE.search(sass) is not None
 
 
+def cubin_resources(cubin: bytes, kernel: str) -> tuple[int, int, int, bool]:
+    """(registers, spill bytes, static shared bytes, tensor cores) of `kernel` in a cubin.
+
+    Disassembling takes ~1 s per kernel, so results are kept on disk keyed by the cubin's sha256
+    (SPECTRALAR_AOT_CACHE, default ~/.cache/spectralar/kernel_resources); a cubin never changes meaning.
+    """
+    key = hashlib.sha256(cubin + kernel.encode()).hexdigest()
+    cache = Path(os.environ.get("SPECTRALAR_AOT_CACHE", Path.home() / ".cache" / "spectralar" / "kernel_resources"))
+    entry = cache / f"{key}.json"
+    if entry.exists():
+        try:
+            return tuple(json.loads(entry.read_text()))
+        except (OSError, ValueError):
+            pass  # a torn write from a concurrent run: recompute
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{kernel}.cubin"
+        path.write_bytes(cubin)
+        usage = subprocess.run([tool("cuobjdump"), "--dump-resource-usage", str(path)],
+                               capture_output=True, text=True, check=True).stdout  # fmt: skip
+        sass = subprocess.run([tool("cuobjdump"), "-sass", str(path)],
+                              capture_output=True, text=True, check=True).stdout  # fmt: skip
+    found = (*parse_resource_usage(usage, kernel), has_tensor_core_ops(sass))
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp_entry = entry.with_suffix(f".{os.getpid()}.tmp")
+        tmp_entry.write_text(json.dumps(found))
+        tmp_entry.replace(entry)  # atomic: concurrent runs never read half a file
+    except OSError:
+        pass  # read-only home: just no cache
+    return found
+
+
 def compile_spec(op: str, spec, arch: int) -> Result:
     """Compile one AOTSpec for sm_<arch> and read its resources. Needs a real JITFunction (no interpreter)."""
     import triton
@@ -140,16 +173,10 @@ def compile_spec(op: str, spec, arch: int) -> Result:
         res.compile_s = time.perf_counter() - t0
         return res
     res.compile_s = time.perf_counter() - t0
-    with tempfile.TemporaryDirectory() as tmp:
-        cubin = Path(tmp) / f"{name}.cubin"
-        cubin.write_bytes(compiled.asm["cubin"])
-        usage = subprocess.run([tool("cuobjdump"), "--dump-resource-usage", str(cubin)],
-                               capture_output=True, text=True, check=True).stdout  # fmt: skip
-        sass = subprocess.run([tool("cuobjdump"), "-sass", str(cubin)],
-                              capture_output=True, text=True, check=True).stdout  # fmt: skip
-    res.registers, res.spill_bytes, static_shared = parse_resource_usage(usage, compiled.metadata.name)
+    res.registers, res.spill_bytes, static_shared, res.tensor_cores = cubin_resources(
+        compiled.asm["cubin"], compiled.metadata.name
+    )
     res.shared_bytes = int(compiled.metadata.shared) + static_shared
-    res.tensor_cores = has_tensor_core_ops(sass)
     return res
 
 

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "CFD_LABEL",
     "feature_stats",
     "frechet_distance",
     "frechet_distance_from_features",

@@ -153,3 +153,21 @@ def test_errors(backend, case):
         attention_with_kvcache(*args, **kwargs)
     if k_cache_before is not None:
         assert torch.equal(args[1], k_cache_before), "a rejected call must not touch the cache"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize(
+    "b,h,d,t_max,t_q", [(2, 4, 64, 65, 1), (64, 16, 64, 65, 1), (2, 2, 128, 1000, 1), (4, 4, 64, 300, 17)]
+)
+def test_triton_decode_on_gpu(monkeypatch, dtype, b, h, d, t_max, t_q):
+    """Compiled decode kernel, with (small batch x heads) and without (large) the split-K path."""
+    monkeypatch.setenv("SPECTRALAR_KERNELS", "triton")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    k_cache, v_cache = (torch.randn(b, t_max, h, d, device="cuda", generator=g).to(dtype) for _ in range(2))
+    q, k, v = (torch.randn(b, t_q, h, d, device="cuda", generator=g).to(dtype) for _ in range(3))
+    seqlens = torch.randint(0, t_max - t_q + 1, (b,), device="cuda", generator=g, dtype=torch.int32)
+    out = attention_with_kvcache(q, k_cache, v_cache, seqlens, k=k, v=v)
+    want = ref.attention_with_kvcache_ref(q.double(), k_cache.double(), v_cache.double(), seqlens)
+    same = ref.attention_with_kvcache_ref(q, k_cache, v_cache, seqlens) if dtype != torch.float32 else None
+    check(out, want, same, f"gpu decode {dtype}")

@@ -33,13 +33,13 @@ def oracle_distances(z: torch.Tensor, codebook: torch.Tensor, metric: str) -> np
     return 1.0 - (a @ c.T) / (na[:, None] * nc[None, :])
 
 
-def nearest(z, codebook, metric, backend):
+def nearest(z, codebook, metric, backend, split=None):
     """Run one backend; the kernel writes into poisoned outputs (index -1, distance NaN)."""
     if backend == "triton":
         from spectralar_kernels.vq.triton import vq_nearest_fwd
 
         out = (torch.full((z.shape[0],), -1, dtype=torch.int64), torch.full((z.shape[0],), float("nan")))
-        idx, dist = vq_nearest_fwd(z, codebook, metric, out=out)
+        idx, dist = vq_nearest_fwd(z, codebook, metric, out=out, split=split)
         assert idx is out[0] and dist is out[1]
         return idx, dist
     return vq_nearest(z, codebook, metric)
@@ -123,6 +123,24 @@ def test_duplicate_codes_lowest_index(backend, metric):
     lows = torch.tensor([lo for lo, _ in pairs])
     assert torch.equal(idx, torch.cat([lows, lows]))
     assert (dist.abs() <= 1e-5).all(), dist
+
+
+@pytest.mark.parametrize("split", [2, 3, 7])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kernel_codebook_splits(split, dtype):
+    """Several programs per row block along the codebook: ties across split boundaries stay lowest."""
+    g = torch.Generator().manual_seed(8)
+    codebook = torch.randint(-2, 3, (300, 3), generator=g).to(dtype)  # exact ties everywhere
+    for lo, hi in [(10, 70), (63, 64), (127, 128), (100, 299)]:
+        codebook[hi] = codebook[lo]
+    z = torch.cat([torch.randint(-3, 4, (40, 3), generator=g).to(dtype), codebook[[70, 64, 128, 299]]])
+    idx, dist = nearest(z, codebook, "l2", "triton", split=split)
+    check(z, codebook, "l2", idx, dist, exact_indices=True)
+    # a planted duplicate is never chosen over its lower copy (which may itself repeat an earlier code)
+    assert (idx[-4:] <= torch.tensor([10, 63, 127, 100])).all(), idx[-4:]
+    zr, cr = torch.randn(20, 12, generator=g).to(dtype), torch.randn(300, 12, generator=g).to(dtype)
+    idx, dist = nearest(zr, cr, "cosine", "triton", split=split)
+    check(zr, cr, "cosine", idx, dist)
 
 
 @pytest.mark.parametrize("chunk_elems", [1, 7, 64, 1000])
@@ -254,3 +272,38 @@ def test_reference_upcast_is_float64():
 def test_value_errors(backend, z, codebook, metric, match):
     with pytest.raises(ValueError, match=match):
         vq_nearest(z, codebook, metric)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 7, 12), (70, 257, 12), (9, 40, 40), (4096, 16384, 12)], ids=str)
+def test_cuda_kernel_vs_bruteforce(shape, dtype, metric):
+    """The compiled kernel on a real GPU (tf32 must not leak in, tensor-core paths must match)."""
+    from spectralar_kernels.vq.triton import vq_nearest_fwd
+
+    M, K, d = shape
+    g = torch.Generator().manual_seed(M + K + d)
+    z = torch.randn(M, d, generator=g).to(dtype)
+    codebook = torch.randn(K, d, generator=g).to(dtype)
+    out = (torch.full((M,), -1, dtype=torch.int64, device="cuda"), torch.full((M,), float("nan"), device="cuda"))
+    idx, dist = vq_nearest_fwd(z.cuda(), codebook.cuda(), metric, out=out)
+    idx, dist = idx.cpu(), dist.cpu()
+    if M * K <= 1 << 20:
+        check(z, codebook, metric, idx, dist)
+    else:  # too big for the brute force: the float64 reference is the oracle
+        best_idx, best = ref.vq_nearest_ref(z, codebook, metric, upcast=True)
+        chosen = ref._direct_distance(z.double(), codebook.double()[idx], metric == "cosine")
+        atol = l2_atol(z, codebook) if metric == "l2" else 1e-5
+        assert_close_to_oracle(chosen, best, atol=atol, name="float64 distance of the chosen code")
+        assert_close_to_oracle(dist, best, atol=atol, name="cuda distance")
+        assert (idx == best_idx).float().mean() > 0.999
+    # ties and NaN on the device
+    dup = codebook.clone()
+    dup[K - 1] = dup[0]
+    tie_idx, _ = vq_nearest_fwd(dup[K - 1 :].cuda(), dup.cuda(), metric)
+    assert tie_idx.item() == 0
+    znan = torch.randn(3, d, generator=g).to(dtype)
+    znan[1, 0] = float("nan")
+    _, nan_dist = vq_nearest_fwd(znan.cuda(), codebook.cuda(), metric)
+    assert torch.isnan(nan_dist[1]) and not torch.isnan(nan_dist[[0, 2]]).any()

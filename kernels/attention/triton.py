@@ -368,6 +368,11 @@ def _block_d(d: int) -> int:
 
 DECODE_BLOCK_M = 16  # tl.dot needs >= 16 rows; a one-token decode step masks 15 of them
 COMBINE_BLOCK_M = 16
+PREPROCESS_BLOCK_M = 16
+# 8 warps: with 4, ptxas spills a few bytes on sm_80 for several tiles when pointer alignment is
+# unknown (the ahead-of-time compile; the JIT usually knows 16-byte alignment and needs fewer registers).
+NUM_WARPS = 8
+NUM_STAGES = 2
 
 
 # One tile configuration per (kernel, head-dim block, dtype), whatever T: the sequences of this model
@@ -376,15 +381,12 @@ COMBINE_BLOCK_M = 16
 # dot's K at 16 and reads products over the head dim 16 columns at a time (see the module docstring).
 def _tiles(kernel: str, block_d: int, dtype: torch.dtype) -> dict[str, int]:
     """Constexprs BLOCK_M, BLOCK_N, BLOCK_D, CHUNK_D for kernel "fwd", "dq", "dkdv" or "decode"."""
+    wide = 64 if block_d <= 64 else 32
     if dtype == torch.float32:
-        wide = 64 if block_d <= 64 else 32
         m, n = {"fwd": (64, 16), "dq": (wide, 16), "dkdv": (16, wide), "decode": (DECODE_BLOCK_M, 16)}[kernel]
         return {"BLOCK_M": m, "BLOCK_N": n, "BLOCK_D": block_d, "CHUNK_D": 16}
-    wide = 64 if block_d <= 64 else 32
-    m, n = {"fwd": (64, wide), "dq": (64, wide), "dkdv": (wide, 32), "decode": (DECODE_BLOCK_M, wide)}[kernel]
+    m, n = {"fwd": (64, wide), "dq": (64, wide), "dkdv": (32, 32), "decode": (DECODE_BLOCK_M, wide)}[kernel]
     return {"BLOCK_M": m, "BLOCK_N": n, "BLOCK_D": block_d, "CHUNK_D": block_d}
-
-
 
 
 def _dot_config(q: torch.Tensor) -> tuple[bool, str]:
@@ -427,7 +429,7 @@ def attention_fwd(
         q, k, v, out, lse,
         *_bth(q), *_bth(k), *_bth(v), *_bth(out),
         h, t, d, prefix_len if causal else t, scale * LOG2E,
-        **tiles, UPCAST=upcast, PRECISION=precision, num_warps=4, num_stages=2,
+        **tiles, UPCAST=upcast, PRECISION=precision, num_warps=NUM_WARPS, num_stages=NUM_STAGES,
     )  # fmt: skip
     return out, lse
 
@@ -456,22 +458,23 @@ def attention_bwd(
     upcast, precision = _dot_config(q)
     visible_prefix = prefix_len if causal else t
     delta = torch.empty((b, h, t), device=q.device, dtype=torch.float32)
-    _attention_bwd_preprocess_kernel[(b * h, triton.cdiv(t, 64))](
-        o, do, delta, *_bth(o), *_bth(do), h, t, d, BLOCK_M=64, BLOCK_D=block_d, num_warps=4
+    _attention_bwd_preprocess_kernel[(b * h, triton.cdiv(t, PREPROCESS_BLOCK_M))](
+        o, do, delta, *_bth(o), *_bth(do), h, t, d, BLOCK_M=PREPROCESS_BLOCK_M, BLOCK_D=block_d,
+        num_warps=NUM_WARPS, num_stages=NUM_STAGES,
     )
     tiles = _tiles("dkdv", block_d, q.dtype)
     _attention_bwd_dkdv_kernel[(b * h, triton.cdiv(t, tiles["BLOCK_N"]))](
         q, k, v, do, lse, delta, dk, dv,
         *_bth(q), *_bth(k), *_bth(v), *_bth(do), *_bth(dk), *_bth(dv),
         h, t, d, visible_prefix, scale, scale * LOG2E,
-        **tiles, UPCAST=upcast, PRECISION=precision, num_warps=4, num_stages=2,
+        **tiles, UPCAST=upcast, PRECISION=precision, num_warps=NUM_WARPS, num_stages=NUM_STAGES,
     )  # fmt: skip
     tiles = _tiles("dq", block_d, q.dtype)
     _attention_bwd_dq_kernel[(b * h, triton.cdiv(t, tiles["BLOCK_M"]))](
         q, k, v, do, lse, delta, dq,
         *_bth(q), *_bth(k), *_bth(v), *_bth(do), *_bth(dq),
         h, t, d, visible_prefix, scale, scale * LOG2E,
-        **tiles, UPCAST=upcast, PRECISION=precision, num_warps=4, num_stages=2,
+        **tiles, UPCAST=upcast, PRECISION=precision, num_warps=NUM_WARPS, num_stages=NUM_STAGES,
     )  # fmt: skip
     return dq, dk, dv
 
@@ -545,12 +548,12 @@ def attention_with_kvcache_fwd(
         q, k_cache, v_cache, cache_seqlens, out, o_part, lse_part,
         *_bth(q), *_bth(k_cache), *_bth(v_cache), *_bth(out),
         h, t_q, t_max, d, chunk, int(direct), scale * LOG2E,
-        **tiles, UPCAST=upcast, PRECISION=precision, num_warps=4, num_stages=2,
+        **tiles, UPCAST=upcast, PRECISION=precision, num_warps=NUM_WARPS, num_stages=NUM_STAGES,
     )  # fmt: skip
     if not direct:
         _attention_decode_combine_kernel[(b * h, triton.cdiv(t_q, COMBINE_BLOCK_M))](
             o_part, lse_part, out, *_bth(out), h, t_q, d, splits, b * h * t_q,
-            BLOCK_M=COMBINE_BLOCK_M, BLOCK_D=tiles["BLOCK_D"], num_warps=4,
+            BLOCK_M=COMBINE_BLOCK_M, BLOCK_D=tiles["BLOCK_D"], num_warps=NUM_WARPS, num_stages=NUM_STAGES,
         )  # fmt: skip
     return out
 
@@ -589,8 +592,8 @@ def aot_specs() -> list[AOTSpec]:
             grads = {"DO": ptr, "LSE": "*fp32", "DELTA": "*fp32", "DQ": ptr, "DK": ptr, "DV": ptr}
             table = [
                 (_attention_fwd_kernel, fwd, {"LSE": "*fp32"}, tc, "fwd"),
-                (_attention_bwd_preprocess_kernel, {"BLOCK_M": 64, "BLOCK_D": block_d}, {"DELTA": "*fp32"}, False,
-                 "bwd preprocess"),
+                (_attention_bwd_preprocess_kernel, {"BLOCK_M": PREPROCESS_BLOCK_M, "BLOCK_D": block_d},
+                 {"DELTA": "*fp32"}, False, "bwd preprocess"),
                 (_attention_bwd_dkdv_kernel, dkdv, grads, tc, "bwd dkdv"),
                 (_attention_bwd_dq_kernel, dq, grads, tc, "bwd dq"),
                 (_attention_decode_kernel, decode, {"SEQLENS": "*i32", "O_PART": "*fp32", "LSE_PART": "*fp32"}, tc,
@@ -600,7 +603,7 @@ def aot_specs() -> list[AOTSpec]:
             ]
             for kernel, constexprs, pointers, expect_tc, what in table:
                 c = {n: v for n, v in constexprs.items() if n in kernel.arg_names}
-                specs.append(AOTSpec(kernel, _signature(kernel, ptr, pointers, c), c,
+                specs.append(AOTSpec(kernel, _signature(kernel, ptr, pointers, c), c, NUM_WARPS, NUM_STAGES,
                                      label=f"attention {what} {tag} {c.get('BLOCK_M')}x{c.get('BLOCK_N', '-')}",
                                      expect_tensor_cores=expect_tc))
     return specs

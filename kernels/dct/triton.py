@@ -160,6 +160,12 @@ def fused_config(m: int) -> dict:
 TWO_PASS_CONFIG = dict(BLOCK_M=TWO_PASS_BLOCK_M, BLOCK_N=32, BLOCK_K=32, num_warps=4)
 
 
+def _interpreter_bf16(y: torch.Tensor) -> bool:
+    """The interpreter rounds fp32 -> bf16 wrongly (it truncates, and its round-to-nearest mode
+    drops the carry), so there bf16 outputs go through an fp32 buffer and torch's rounding."""
+    return y.dtype == torch.bfloat16 and interpreter_on()
+
+
 def plane_matmul(
     x: torch.Tensor, y: torch.Tensor, left: torch.Tensor | None, right: torch.Tensor,
     windows: torch.Tensor | None = None, window_mode: int = 0, num_ch: int = 1, num_groups: int = 1,
@@ -169,6 +175,11 @@ def plane_matmul(
     left None: y[q] = x[p(q)] @ right^T (one separable pass, tiled over rows). Plane mapping and
     windows as in `_dct2d_fwd_kernel`.
     """
+    if _interpreter_bf16(y):
+        tmp = torch.full(y.shape, float("nan"), dtype=torch.float32, device=y.device)
+        plane_matmul(x, tmp, left, right, windows, window_mode, num_ch, num_groups)
+        y.copy_(tmp)
+        return
     m, n = y.shape[1], y.shape[2]
     k_i, k_j = x.shape[1], x.shape[2]
     if windows is None:
@@ -233,6 +244,8 @@ def dct2d_fwd(x: torch.Tensor, block: int | None, inverse: bool, out: torch.Tens
     assert y.shape == x.shape and y.dtype == x.dtype and y.is_contiguous()
     y3 = y.view(-1, h, w)
     if block is not None and block <= BLOCKWISE_MAX:
+        if _interpreter_bf16(y):
+            y3 = torch.full(y3.shape, float("nan"), dtype=torch.float32, device=y.device)
         cfg = block_config(block)
         bt = cfg["BT"]
         rows = (bt // block) * block
@@ -243,6 +256,8 @@ def dct2d_fwd(x: torch.Tensor, block: int | None, inverse: bool, out: torch.Tens
             x3, y3, kron, h, w, rows, tiles_h, tiles_w, x3.stride(0), x3.stride(1), y3.stride(0), y3.stride(1),
             BT=bt, num_warps=cfg["num_warps"],
         )  # fmt: skip
+        if y3.dtype != y.dtype:
+            y.view(-1, h, w).copy_(y3)
         return y
     if block is not None:
         # Big blocks: gather them into planes [P, H/b, W/b, b, b], transform, scatter back.

@@ -27,7 +27,7 @@ CHUNK_ELEMS = 1 << 22  # scores alive at once (16 MiB in fp32)
 def code_scores_coeffs(codebook: torch.Tensor, cosine: bool, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-code (a, b) with score s_mk = a_k + b_k * (z_m . c_k); shapes [K], in `dtype`.
 
-    Shared with the Triton launcher so both backends rank codes with the same formula.
+    The Triton kernel computes the same coefficients in-kernel from its codebook tiles.
     """
     c = codebook.to(dtype)
     sq = c.pow(2).sum(dim=1)

@@ -1,103 +1,183 @@
 """Fused nearest-codebook lookup: tl.dot scores and a running argmin, never writing the M x K matrix.
 
-For rows z [M, d] and codes c [K, d], with per-code coefficients from `ref.code_scores_coeffs`
+For rows z [M, d] and codes c [K, d], ranking codes with the same scores as `ref.vq_nearest_ref`
     s_mk = a_k + b_k * (z_m . c_k)      (l2: a = ||c||^2, b = -2;  cosine: a = 0, b = -1/max(|c|, eps))
     index_m = argmin_k s_mk             (lowest k among ties; NaN counts as -inf so it surfaces)
     distance_m = ||z_m - c_idx||^2  or  1 - z_m.c_idx / (max(|z_m|, eps) max(|c_idx|, eps))
-The distance is recomputed directly from the chosen code in the epilogue (no cancellation).
+The distance is recomputed directly from the chosen code (no cancellation in the expanded form).
 
-One program owns BLOCK_M rows, loops over the codebook in BLOCK_K codes, computes the
-[BLOCK_M, BLOCK_K] score tile with tl.dot (fp32 accumulate; fp16/bf16 on tensor cores, fp32 with
-input_precision="ieee", i.e. no tf32 rounding) and folds it into a running (min, argmin) per row.
+Two kernels:
+  _vq_nearest_fwd_kernel     grid (row blocks, codebook splits). Each program scores BLOCK_M rows
+                             against its slice of the codebook, BLOCK_K codes at a time, with tl.dot
+                             (fp32 accumulate; fp16/bf16 on tensor cores; fp32 as 3xTF32, never plain
+                             tf32; ||c||^2 from the same tiles) and keeps an element-wise running min
+                             [BLOCK_M, BLOCK_K] plus the block it came from, so the loop has no
+                             cross-thread reductions; one row reduction at the end writes a partial
+                             (min, index) per split.
+  _vq_nearest_reduce_kernel  folds the splits in code order (strict <: the lowest index wins ties) and
+                             computes the exact distance to the chosen code.
+Splitting the codebook matters because M is small (4096 rows = 64 row blocks < 132 SMs on an H200):
+with one program per row block the first version ran at half the GPU and lost to torch.cdist.
 d is padded with masked zeros to a multiple of BLOCK_D = 16 (tl.dot's minimum) and reduced in
-16-wide chunks, so any d works with one compiled configuration.
+16-wide chunks, so any d runs with one compiled configuration.
 """
 
 from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
 from .._common import AOTSpec, interpreter_on
-from .ref import EPS, code_scores_coeffs
+from .ref import EPS
+
+
+@dataclass(frozen=True)
+class _Config:
+    block_m: int
+    block_k: int
+    num_warps: int
+    dot_precision: str  # fp32 operands only; ignored for fp16/bf16
+    ctas_per_sm: int  # codebook splits aim for this many programs per SM
+    num_stages: int = 2
+
 
 # One configuration per dtype for every shape (the interpreter cannot autotune; the AOT check covers
-# each). BLOCK_D = 16 is tl.dot's minimum and the real code dim is 12; a larger d loops over 16-wide
-# chunks. Registers are the limit (bench/kernel_resources.py, sm_80/sm_90): BLOCK_D = 64 spilled, and
-# the fp32 "ieee" dot (operands in registers, no tensor cores) spilled at BLOCK_K = 64 on sm_90, so
-# fp32 uses BLOCK_K = 32 (80-103 registers); fp16/bf16 (mma) fit BLOCK_K = 64 in 79-98.
-BLOCK_M = 64
-BLOCK_K = {torch.float32: 32, torch.float16: 64, torch.bfloat16: 64}
+# each). Picked from a sweep on an H200 (M = 4096, K = 4096 and 16384, d = 12; docs/kernel_resources.md
+# has registers): fp16/bf16 64 x 64 tiles, 8 warps, ~4 programs per SM (111 us at K = 16384); fp32
+# ranks codes with 3xTF32 tensor-core products ("tf32x3": error ~1e-6 relative, never plain tf32),
+# 2.2x faster than the FMA "ieee" dot, which also spilled at the larger tiles; one stage, because
+# two spilled 8-16 bytes on sm_80/sm_90. The returned distance is recomputed in plain fp32 either
+# way. BLOCK_D = 16 is tl.dot's minimum (the real d is 12).
+CONFIGS = {
+    torch.float32: _Config(block_m=32, block_k=64, num_warps=4, dot_precision="tf32x3", ctas_per_sm=2, num_stages=1),
+    torch.float16: _Config(block_m=64, block_k=64, num_warps=8, dot_precision="ieee", ctas_per_sm=4),
+    torch.bfloat16: _Config(block_m=64, block_k=64, num_warps=8, dot_precision="ieee", ctas_per_sm=4),
+}
 BLOCK_D = 16
-NUM_WARPS = 8
-NUM_STAGES = 2
+MIN_BLOCKS_PER_SPLIT = 8  # a split scans at least this many code blocks (amortises its prologue)
+REDUCE_BLOCK_M = 128
+REDUCE_WARPS = 4
 _TL_DTYPE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
 @triton.jit
 def _vq_nearest_fwd_kernel(
-    z_ptr, c_ptr, a_ptr, b_ptr, idx_ptr, dist_ptr,
-    M, K, D, stride_zm, stride_ck, is_cosine, eps,
+    z_ptr, c_ptr, part_val_ptr, part_idx_ptr,
+    M, K, D, stride_zm, stride_ck, codes_per_split, is_cosine, eps,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,  # fp32 operands only (ignored for fp16/bf16)
     UPCAST: tl.constexpr,  # cast dot operands to fp32 (the interpreter computes bf16 dots wrongly)
 ):  # fmt: skip
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    pid_m = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < M
     z_rows = z_ptr + rows.to(tl.int64)[:, None] * stride_zm  # [BLOCK_M, 1]
     offs_d = tl.arange(0, BLOCK_D)
     offs_k = tl.arange(0, BLOCK_K)
+    k_start = pid_s * codes_per_split
+    k_end = tl.minimum(k_start + codes_per_split, K)
 
-    best = tl.full([BLOCK_M], float("inf"), tl.float32)
-    best_idx = tl.zeros([BLOCK_M], tl.int32)
-    for k0 in range(0, K, BLOCK_K):
+    run_val = tl.full([BLOCK_M, BLOCK_K], float("inf"), tl.float32)
+    run_blk = tl.zeros([BLOCK_M, BLOCK_K], tl.int32)  # k0 of the block that set run_val
+    for k0 in range(k_start, k_end, BLOCK_K):
         cols = k0 + offs_k
-        col_ok = cols < K
+        col_ok = cols < k_end
         c_rows = c_ptr + cols.to(tl.int64)[:, None] * stride_ck  # [BLOCK_K, 1]
         acc = tl.zeros([BLOCK_M, BLOCK_K], tl.float32)
-        # one trip when d <= BLOCK_D (the common case: d = 12, BLOCK_D = 16); the z tile reloads hit L1
+        csq = tl.zeros([BLOCK_K], tl.float32)  # ||c||^2 in fp32, computed here: no launcher pass
+        # one trip when d <= BLOCK_D (the real code dim is 12); the z tile reloads hit L1
         for d0 in range(0, D, BLOCK_D):
             dd = d0 + offs_d
             zt = tl.load(z_rows + dd[None, :], mask=row_ok[:, None] & (dd < D)[None, :], other=0.0)
             ct = tl.load(c_rows + dd[None, :], mask=col_ok[:, None] & (dd < D)[None, :], other=0.0)
+            cf = ct.to(tl.float32)
+            csq += tl.sum(cf * cf, axis=1)
             if UPCAST:
                 zt = zt.to(tl.float32)
-                ct = ct.to(tl.float32)
-            acc = tl.dot(zt, tl.trans(ct), acc, input_precision="ieee")  # [BLOCK_M, BLOCK_K]
-        a = tl.load(a_ptr + cols, mask=col_ok, other=0.0)
-        b = tl.load(b_ptr + cols, mask=col_ok, other=0.0)
+                ct = cf
+            acc = tl.dot(zt, tl.trans(ct), acc, input_precision=DOT_PRECISION)  # [BLOCK_M, BLOCK_K]
+        # s = a + b * (z.c): l2 a = ||c||^2, b = -2; cosine a = 0, b = -1 / max(|c|, eps)
+        a = tl.where(is_cosine != 0, 0.0, csq)
+        b = tl.where(is_cosine != 0, -1.0 / tl.maximum(tl.sqrt(csq), eps), -2.0)
         s = a[None, :] + b[None, :] * acc
         s = tl.where(s != s, float("-inf"), s)  # NaN -> -inf: a NaN row or code wins and shows up
         s = tl.where(col_ok[None, :], s, float("inf"))
-        blk_min = tl.min(s, axis=1)
-        # lowest column attaining the block minimum; K < 2^31 so K is a safe "none" sentinel
-        blk_idx = tl.min(tl.where(s == blk_min[:, None], cols[None, :], K), axis=1)
-        better = blk_min < best  # strict: an earlier block (lower index) keeps a tie
-        best = tl.where(better, blk_min, best)
-        best_idx = tl.where(better, blk_idx, best_idx)
+        better = s < run_val  # strict: at one column position an earlier block (lower index) keeps a tie
+        run_val = tl.where(better, s, run_val)
+        run_blk = tl.where(better, k0, run_blk)
 
-    # Epilogue: exact distance to the chosen code, in fp32.
+    row_min = tl.min(run_val, axis=1)
+    # lowest global index attaining the row minimum; K <= 2^31 - 1 is a safe "none" sentinel
+    cand = tl.where(run_val == row_min[:, None], run_blk + offs_k[None, :], K)
+    row_idx = tl.minimum(tl.min(cand, axis=1), K - 1)  # an empty split (never launched) would give K
+    out = pid_s * M + rows
+    tl.store(part_val_ptr + out, row_min, mask=row_ok)
+    tl.store(part_idx_ptr + out, row_idx, mask=row_ok)
+
+
+@triton.jit
+def _vq_nearest_reduce_kernel(
+    z_ptr, c_ptr, part_val_ptr, part_idx_ptr, idx_ptr, dist_ptr,
+    M, D, stride_zm, stride_ck, n_split, is_cosine, eps,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < M
+    best = tl.load(part_val_ptr + rows, mask=row_ok, other=0.0)
+    best_idx = tl.load(part_idx_ptr + rows, mask=row_ok, other=0)
+    for s in range(1, n_split):  # splits in code order: strict < keeps the lowest index on ties
+        v = tl.load(part_val_ptr + s * M + rows, mask=row_ok, other=0.0)
+        i = tl.load(part_idx_ptr + s * M + rows, mask=row_ok, other=0)
+        better = v < best
+        best = tl.where(better, v, best)
+        best_idx = tl.where(better, i, best_idx)
+
+    # exact distance to the chosen code, in fp32
+    offs_d = tl.arange(0, BLOCK_D)
+    z_rows = z_ptr + rows.to(tl.int64)[:, None] * stride_zm
+    c_rows = c_ptr + best_idx.to(tl.int64)[:, None] * stride_ck
+    sq = tl.zeros([BLOCK_M], tl.float32)
     zz = tl.zeros([BLOCK_M], tl.float32)
     cc = tl.zeros([BLOCK_M], tl.float32)
-    zc_dot = tl.zeros([BLOCK_M], tl.float32)
-    sq = tl.zeros([BLOCK_M], tl.float32)
-    cbest_rows = c_ptr + best_idx.to(tl.int64)[:, None] * stride_ck
+    zc = tl.zeros([BLOCK_M], tl.float32)
     for d0 in range(0, D, BLOCK_D):
         dd = d0 + offs_d
         m2 = row_ok[:, None] & (dd < D)[None, :]
         zv = tl.load(z_rows + dd[None, :], mask=m2, other=0.0).to(tl.float32)
-        cv = tl.load(cbest_rows + dd[None, :], mask=m2, other=0.0).to(tl.float32)
+        cv = tl.load(c_rows + dd[None, :], mask=m2, other=0.0).to(tl.float32)
         diff = zv - cv
         sq += tl.sum(diff * diff, axis=1)
         zz += tl.sum(zv * zv, axis=1)
         cc += tl.sum(cv * cv, axis=1)
-        zc_dot += tl.sum(zv * cv, axis=1)
-    cos_dist = 1.0 - zc_dot / (tl.maximum(tl.sqrt(zz), eps) * tl.maximum(tl.sqrt(cc), eps))
+        zc += tl.sum(zv * cv, axis=1)
+    cos_dist = 1.0 - zc / (tl.maximum(tl.sqrt(zz), eps) * tl.maximum(tl.sqrt(cc), eps))
     cos_dist = tl.where(cos_dist < 0.0, 0.0, cos_dist)  # `where`, not maximum: NaN stays NaN
     dist = tl.where(is_cosine != 0, cos_dist, sq)
     tl.store(idx_ptr + rows, best_idx.to(tl.int64), mask=row_ok)
     tl.store(dist_ptr + rows, dist, mask=row_ok)
+
+
+@functools.cache
+def _num_sms(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _codes_per_split(M: int, K: int, cfg: _Config, device: torch.device, split: int | None) -> int:
+    """Codes per program along the codebook: enough programs to fill the GPU, each >= 8 code blocks."""
+    if split is None:
+        if device.type == "cuda":
+            sms = _num_sms(device.index if device.index is not None else torch.cuda.current_device())
+        else:
+            sms = 4  # the interpreter: any small number does
+        want = triton.cdiv(cfg.ctas_per_sm * sms, triton.cdiv(M, cfg.block_m))
+        split = min(want, triton.cdiv(K, MIN_BLOCKS_PER_SPLIT * cfg.block_k))
+    split = max(1, min(split, triton.cdiv(K, cfg.block_k)))
+    return triton.cdiv(triton.cdiv(K, split), cfg.block_k) * cfg.block_k  # a multiple of BLOCK_K: no empty split
 
 
 def vq_nearest_fwd(
@@ -105,11 +185,14 @@ def vq_nearest_fwd(
     codebook: torch.Tensor,
     metric: str = "l2",
     out: tuple[torch.Tensor, torch.Tensor] | None = None,
+    split: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the fused lookup. z [M, d], codebook [K, d]; returns (int64 [M], fp32 [M]).
 
     Mixed input dtypes are promoted to a common one (fp16 + bf16 -> fp32). `out` = (indices,
-    distances) preallocated tensors to write into (tests pass NaN/garbage-filled ones).
+    distances) preallocated tensors to write into (tests pass poisoned ones). `split` forces the
+    number of codebook slices (default: enough programs to fill the GPU); the only other memory is
+    the [2, split, M] partial (min, index) buffer.
     """
     dtype = torch.promote_types(z.dtype, codebook.dtype)
     z = z.to(dtype)
@@ -121,7 +204,6 @@ def vq_nearest_fwd(
     M, d = z.shape
     K = codebook.shape[0]
     cosine = metric == "cosine"
-    a, b = code_scores_coeffs(codebook, cosine, torch.float32)
     if out is None:
         indices = torch.empty(M, dtype=torch.int64, device=z.device)
         distances = torch.empty(M, dtype=torch.float32, device=z.device)
@@ -129,39 +211,67 @@ def vq_nearest_fwd(
         indices, distances = out
         assert indices.shape == (M,) and indices.dtype == torch.int64 and indices.is_contiguous()
         assert distances.shape == (M,) and distances.dtype == torch.float32 and distances.is_contiguous()
-    grid = (triton.cdiv(M, BLOCK_M),)
-    _vq_nearest_fwd_kernel[grid](
-        z, codebook, a, b, indices, distances,
-        M, K, d, z.stride(0), codebook.stride(0), int(cosine), EPS,
-        BLOCK_M=BLOCK_M, BLOCK_K=BLOCK_K[dtype], BLOCK_D=BLOCK_D,
+    cfg = CONFIGS[dtype]
+    per_split = _codes_per_split(M, K, cfg, z.device, split)
+    n_split = triton.cdiv(K, per_split)
+    partial = torch.empty(2, n_split, M, dtype=torch.int32, device=z.device)  # one allocation
+    part_val, part_idx = partial[0].view(torch.float32), partial[1]
+    _vq_nearest_fwd_kernel[(triton.cdiv(M, cfg.block_m), n_split)](
+        z, codebook, part_val, part_idx,
+        M, K, d, z.stride(0), codebook.stride(0), per_split, int(cosine), EPS,
+        BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, BLOCK_D=BLOCK_D, DOT_PRECISION=cfg.dot_precision,
         UPCAST=interpreter_on() and dtype != torch.float32,
-        num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )  # fmt: skip
+    _vq_nearest_reduce_kernel[(triton.cdiv(M, REDUCE_BLOCK_M),)](
+        z, codebook, part_val, part_idx, indices, distances,
+        M, d, z.stride(0), codebook.stride(0), n_split, int(cosine), EPS,
+        BLOCK_M=REDUCE_BLOCK_M, BLOCK_D=BLOCK_D, num_warps=REDUCE_WARPS, num_stages=1,
     )  # fmt: skip
     return indices, distances
 
 
 def aot_specs() -> list[AOTSpec]:
-    """Every configuration `vq_nearest_fwd` can launch on a GPU: one per input dtype."""
+    """Every configuration `vq_nearest_fwd` can launch on a GPU: both kernels, per input dtype."""
     specs = []
     for dtype, ty in _TL_DTYPE.items():
-        signature = {
-            "z_ptr": f"*{ty}", "c_ptr": f"*{ty}", "a_ptr": "*fp32", "b_ptr": "*fp32",
-            "idx_ptr": "*i64", "dist_ptr": "*fp32",
-            "M": "i32", "K": "i32", "D": "i32", "stride_zm": "i32", "stride_ck": "i32",
+        cfg = CONFIGS[dtype]
+        fwd_sig = {
+            "z_ptr": f"*{ty}", "c_ptr": f"*{ty}", "part_val_ptr": "*fp32", "part_idx_ptr": "*i32",
+            "M": "i32", "K": "i32", "D": "i32", "stride_zm": "i32", "stride_ck": "i32", "codes_per_split": "i32",
             "is_cosine": "i32", "eps": "fp32",
             "BLOCK_M": "constexpr", "BLOCK_K": "constexpr", "BLOCK_D": "constexpr",
-            "UPCAST": "constexpr",
+            "DOT_PRECISION": "constexpr", "UPCAST": "constexpr",
         }  # fmt: skip
-        constexprs = {"BLOCK_M": BLOCK_M, "BLOCK_K": BLOCK_K[dtype], "BLOCK_D": BLOCK_D, "UPCAST": False}
+        fwd_const = {"BLOCK_M": cfg.block_m, "BLOCK_K": cfg.block_k, "BLOCK_D": BLOCK_D,
+                     "DOT_PRECISION": cfg.dot_precision, "UPCAST": False}  # fmt: skip
+        precision = f" {cfg.dot_precision}" if dtype == torch.float32 else ""
         specs.append(
             AOTSpec(
                 kernel=_vq_nearest_fwd_kernel,
-                signature=signature,
-                constexprs=constexprs,
-                num_warps=NUM_WARPS,
-                num_stages=NUM_STAGES,
-                label=f"vq_nearest {ty} BLOCK_M={BLOCK_M} BLOCK_K={BLOCK_K[dtype]} BLOCK_D={BLOCK_D}",
-                expect_tensor_cores=dtype != torch.float32,
+                signature=fwd_sig,
+                constexprs=fwd_const,
+                num_warps=cfg.num_warps,
+                num_stages=cfg.num_stages,
+                label=f"vq_nearest fwd {ty}{precision} BLOCK_M={cfg.block_m} BLOCK_K={cfg.block_k} BLOCK_D={BLOCK_D}",
+                expect_tensor_cores=dtype != torch.float32 or cfg.dot_precision != "ieee",
+            )
+        )
+        red_sig = {
+            "z_ptr": f"*{ty}", "c_ptr": f"*{ty}", "part_val_ptr": "*fp32", "part_idx_ptr": "*i32",
+            "idx_ptr": "*i64", "dist_ptr": "*fp32",
+            "M": "i32", "D": "i32", "stride_zm": "i32", "stride_ck": "i32", "n_split": "i32",
+            "is_cosine": "i32", "eps": "fp32",
+            "BLOCK_M": "constexpr", "BLOCK_D": "constexpr",
+        }  # fmt: skip
+        specs.append(
+            AOTSpec(
+                kernel=_vq_nearest_reduce_kernel,
+                signature=red_sig,
+                constexprs={"BLOCK_M": REDUCE_BLOCK_M, "BLOCK_D": BLOCK_D},
+                num_warps=REDUCE_WARPS,
+                num_stages=1,
+                label=f"vq_nearest reduce {ty} BLOCK_M={REDUCE_BLOCK_M} BLOCK_D={BLOCK_D}",
             )
         )
     return specs

@@ -1,0 +1,405 @@
+"""The paper's experiments, at a scale that runs here (arXiv 2506.10962; our reduced configs are in docs/results.md).
+
+    python -m spectralar.experiments truncation --checkpoint fmnist --data fmnist
+    python -m spectralar.experiments mapping-ablation --steps 1500 --out runs/ablation
+    python -m spectralar.experiments causality-probe --checkpoint fmnist --data fmnist
+
+truncation: quality vs number of tokens used. Reconstruction PSNR / SSIM per prefix length, and generated
+  samples decoded from their first i tokens, scored by the classifier (accuracy, and the classifier Frechet
+  distance CFD -- not FID -- against real test images), next to the same scores for the exact low-pass
+  sub-images x_i of real images (what blur alone costs under that classifier).
+mapping-ablation: trains one tokenizer per token-frequency mapping (uniform, power, energy) with identical
+  arguments except --mapping (same steps, batch, seed, model), optionally a generator on each, and compares
+  reconstruction per prefix length (and CFD / accuracy of samples).
+causality-probe: how predictable token i is from tokens < i. A ridge regression maps the concatenated
+  embeddings of tokens 1..i-1 to the embedding of token i (fitted on training images, ridge strength picked
+  on a validation split); we report held-out R^2 per position i for the spectral tokens (continuous
+  l2-normalised encoder outputs, and the quantised code vectors) and for two baselines of equal length and
+  dimension: spatial raster patches and raw DCT bands, each projected to the code dim by PCA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from spectralar_kernels import dct2d, spectral_subimages
+
+from .checkpoint import CheckpointError, read_meta
+from .classifier import classify
+from .cli import Parser, fail, positive_int
+from .data import DataError
+from .evaluate import (
+    add_common_flags,
+    add_sampling_flags,
+    check_classifier,
+    check_sampling_flags,
+    class_accuracy,
+    decode_all,
+    find_classifier,
+    load_subset,
+    pick_device,
+    plot_panels,
+    reconstruction_metrics,
+    sample_codes,
+    tokenizer_dir,
+    uncapped,
+    write_json,
+)
+from .metrics import CFD_LABEL, frechet_distance_from_features, ridge_r2
+from .pretrained import load_model, load_pretrained, resolve
+from .viz import save_grid
+
+__all__ = ["build_parser", "dct_bands", "main", "pca_project", "raster_patches"]
+
+# ---- truncation -------------------------------------------------------------------------------------
+
+
+def cmd_truncation(args, device, command) -> dict:
+    t0 = time.time()
+    check_sampling_flags(args)
+    tok = load_model(tokenizer_dir(args.checkpoint), "tokenizer", device)
+    c = tok.config
+    N, prefixes = c.num_tokens, list(range(1, c.num_tokens + 1))
+    x, _, classes = load_subset(args.data, args.split, c.image_size, c.channels, args.num, args.seed)
+    rec = reconstruction_metrics(tok, x, args.batch_size)
+    report = {"command": command, "checkpoint": str(args.checkpoint), "data": args.data, "split": args.split,
+              "num_tokens": N, "windows": list(c.windows), "prefix_len": prefixes,
+              "reconstruction": {"num_images": int(x.shape[0]), **rec}}
+    out = Path(args.out)
+    panels = [("reconstruction PSNR", "tokens used", "dB",
+               {"decoded vs real": (prefixes, rec["psnr_vs_image"]),
+                "exact x_i vs real": (prefixes, uncapped(rec["psnr_subimage_vs_image"]))}, False),
+              ("reconstruction SSIM", "tokens used", "SSIM",
+               {"decoded vs real": (prefixes, rec["ssim_vs_image"]),
+                "exact x_i vs real": (prefixes, rec["ssim_subimage_vs_image"])}, False)]
+    if not args.no_generation:
+        _, gen = load_pretrained(resolve(args.checkpoint), device)
+        nc = gen.config.num_classes
+        clf, _ = find_classifier(args.classifier, args.checkpoint)
+        check_classifier(clf, c.image_size, c.channels, nc)
+        real, real_y, _ = load_subset(args.data, args.split, c.image_size, c.channels, args.real_num, args.seed)
+        f_real, _ = classify(clf, real)
+        labels = torch.arange(nc).repeat_interleave(args.num_per_class)
+        codes = sample_codes(tok, gen, labels, args, device)
+        n = codes.shape[0]
+        train_x, train_y, _ = load_subset(args.data, "train", c.image_size, c.channels, n, args.seed + 1)
+        g = {"label": CFD_LABEL, "num_generated": n, "num_real": int(real.shape[0]), "cfg": args.cfg,
+             "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+             "accuracy_generated": [], "cfd_generated": [], "accuracy_real_subimage": [], "cfd_real_subimage": []}
+        strips = []
+        for i in prefixes:
+            imgs = decode_all(tok, codes, i)
+            f, logits = classify(clf, imgs)
+            g["accuracy_generated"].append(class_accuracy(logits, labels, classes)[0])
+            g["cfd_generated"].append(frechet_distance_from_features(f, f_real))
+            sub = spectral_subimages(train_x, [c.windows[i - 1]], all_prefixes=True)[:, 0]
+            f, logits = classify(clf, sub)
+            g["accuracy_real_subimage"].append(class_accuracy(logits, train_y, classes)[0])
+            g["cfd_real_subimage"].append(frechet_distance_from_features(f, f_real))
+            strips.append(imgs[::args.num_per_class])  # one sample per class
+        g["notes"] = (f"generated: {n} samples decoded from their first i tokens; real_subimage: the exact low-pass "
+                      f"x_i of {train_x.shape[0]} training images; both against {real.shape[0]} {args.split} images")
+        report["generation"] = g
+        save_grid(torch.stack(strips, 1).flatten(0, 1), out / "truncation_samples.png", nrow=N, scale=2)
+        panels += [("classifier accuracy", "tokens used", "accuracy",
+                    {"generated": (prefixes, g["accuracy_generated"]),
+                     "real, exact x_i": (prefixes, g["accuracy_real_subimage"])}, False),
+                   ("CFD (not FID) vs real test", "tokens used", "CFD",
+                    {"generated": (prefixes, g["cfd_generated"]),
+                     "real, exact x_i": (prefixes, g["cfd_real_subimage"])}, True)]
+        print(f"accuracy of generated samples per prefix: {' '.join(f'{v:.3f}' for v in g['accuracy_generated'])}")
+        print(f"CFD of generated samples per prefix: {' '.join(f'{v:.3g}' for v in g['cfd_generated'])}")
+    print(f"reconstruction PSNR vs image per prefix: {' '.join(f'{v:.2f}' for v in rec['psnr_vs_image'])}")
+    plot_panels(out / "truncation.png", panels, title="quality vs number of spectral tokens")
+    report["seconds"] = round(time.time() - t0, 1)
+    write_json(out / "truncation.json", report)
+    return report
+
+
+# ---- mapping ablation ---------------------------------------------------------------------------------
+
+
+def _train_stage(stage, out, steps, extra, threads, device) -> float:
+    """Train (or finish, or skip when already done) one stage through spectralar.train; returns seconds spent."""
+    from .train import build_parser as train_parser
+    from .train import run
+
+    ckpt = out / stage
+    if ckpt.is_dir() and read_meta(ckpt)["step"] >= steps:
+        return 0.0
+    argv = [stage, "--out", str(out), "--steps", str(steps), "--eval-every", str(steps), "--ckpt-every", str(steps),
+            "--log-every", str(max(1, min(50, steps))), "--resume", *extra]
+    if threads:
+        argv += ["--threads", str(threads)]
+    if device:
+        argv += ["--device", device]
+    t = time.time()
+    run(train_parser().parse_args(argv))
+    return round(time.time() - t, 1)
+
+
+def cmd_mapping_ablation(args, device, command) -> dict:
+    t0 = time.time()
+    check_sampling_flags(args)
+    mappings = [m.strip() for m in args.mappings.split(",") if m.strip()]
+    bad = [m for m in mappings if m not in ("uniform", "power", "energy")]
+    if bad or not mappings:
+        raise ValueError(f"--mappings {args.mappings!r}: choose from uniform, power, energy")
+    out = Path(args.out)
+    shared = ["--preset", args.preset, "--data", args.data, "--batch-size", str(args.batch_size), "--lr", str(args.lr),
+              "--seed", str(args.seed), "--val-size", str(args.val_size)] + [a for s in args.set for a in ("--set", s)]
+    clf = None
+    if args.generator_steps:  # fail before training when there is no classifier to judge the samples with
+        try:
+            clf, _ = find_classifier(args.classifier, "fmnist")
+        except CheckpointError as e:
+            raise CheckpointError(f"--generator-steps needs a classifier: pass --classifier DIR (train one with "
+                                  f"`python -m spectralar.evaluate train-classifier --data {args.data} --out DIR`); "
+                                  f"{e}") from None
+    report = {"command": command, "steps": args.steps, "batch_size": args.batch_size, "preset": args.preset,
+              "overrides": args.set, "generator_steps": args.generator_steps, "num_images": None, "runs": {}}
+    x = real = f_real = None
+    for m in mappings:
+        run_dir = out / m
+        secs = _train_stage("tokenizer", run_dir, args.steps, shared + ["--mapping", m], args.threads, args.device)
+        tok = load_model(run_dir / "tokenizer", "tokenizer", device)
+        c = tok.config
+        if x is None:
+            x, _, classes = load_subset(args.data, args.split, c.image_size, c.channels, args.num, args.seed)
+            report["num_images"] = int(x.shape[0])
+        r = {"windows": list(c.windows), "tokenizer_seconds": secs, **reconstruction_metrics(tok, x)}
+        r["psnr_vs_image_mean_over_prefixes"] = float(np.mean(r["psnr_vs_image"]))
+        r["ssim_vs_image_mean_over_prefixes"] = float(np.mean(r["ssim_vs_image"]))
+        if args.generator_steps:
+            gen_extra = ["--preset", args.generator_preset, "--data", args.data, "--seed", str(args.seed),
+                         "--batch-size", str(args.generator_batch_size), "--val-size", str(args.val_size)]
+            r["generator_seconds"] = _train_stage("generator", run_dir, args.generator_steps, gen_extra, args.threads,
+                                                  args.device)
+            tok, gen = load_pretrained(run_dir, device)
+            check_classifier(clf, c.image_size, c.channels, gen.config.num_classes)
+            if f_real is None:
+                real, _, _ = load_subset(args.data, args.split, c.image_size, c.channels, None, args.seed)
+                f_real = classify(clf, real)[0]
+            labels = torch.arange(gen.config.num_classes).repeat_interleave(args.num_per_class)
+            f, logits = classify(clf, decode_all(tok, sample_codes(tok, gen, labels, args, device)))
+            r["generation"] = {"label": CFD_LABEL, "num_generated": int(labels.numel()),
+                               "cfd_generated_vs_real": frechet_distance_from_features(f, f_real),
+                               "accuracy_on_generated": class_accuracy(logits, labels, classes)[0]}
+        report["runs"][m] = r
+        print(f"[{m}] windows {c.windows}; PSNR vs image per prefix {' '.join(f'{v:.2f}' for v in r['psnr_vs_image'])}")
+    runs = report["runs"]
+    report["best_mean_psnr"] = max(runs, key=lambda m: runs[m]["psnr_vs_image_mean_over_prefixes"])
+    report["best_full_prefix_psnr"] = max(runs, key=lambda m: runs[m]["psnr_vs_image"][-1])
+    report["best_psnr_per_prefix"] = [max(runs, key=lambda m: runs[m]["psnr_vs_image"][i])
+                                      for i in range(len(next(iter(runs.values()))["psnr_vs_image"]))]
+    if args.generator_steps:
+        report["best_cfd"] = min(runs, key=lambda m: runs[m]["generation"]["cfd_generated_vs_real"])
+    pre = list(range(1, len(report["best_psnr_per_prefix"]) + 1))
+    plot_panels(out / "mapping_ablation.png",
+                [("decoded vs real image", "tokens used", "PSNR (dB)",
+                  {m: (pre, r["psnr_vs_image"]) for m, r in runs.items()}, False),
+                 ("decoded vs real image", "tokens used", "SSIM",
+                  {m: (pre, r["ssim_vs_image"]) for m, r in runs.items()}, False),
+                 ("exact x_i vs real image (the mapping's ideal)", "tokens used", "PSNR (dB)",
+                  {m: (pre, uncapped(r["psnr_subimage_vs_image"])) for m, r in runs.items()}, False)],
+                title=f"token-frequency mapping ablation ({args.steps} tokenizer steps each)")
+    report["seconds"] = round(time.time() - t0, 1)
+    write_json(out / "mapping_ablation.json", report)
+    print(f"best mean PSNR over prefixes: {report['best_mean_psnr']}; best at the full prefix: "
+          f"{report['best_full_prefix_psnr']}" + (f"; best CFD: {report['best_cfd']}" if args.generator_steps else ""))
+    return report
+
+
+# ---- causality probe ----------------------------------------------------------------------------------
+
+
+def pca_project(train: torch.Tensor, test: torch.Tensor, k: int):
+    """Project rows [M, D] onto the top-k principal axes of `train` (float64); returns (train, test, kept var)."""
+    a, b = train.double(), test.double()
+    mean = a.mean(0)
+    evals, evecs = torch.linalg.eigh(torch.cov((a - mean).T).reshape(a.shape[1], a.shape[1]))
+    k = min(k, a.shape[1])
+    axes = evecs[:, -k:].flip(1)
+    kept = float(evals[-k:].sum() / evals.sum().clamp_min(1e-300))
+    return (a - mean) @ axes, (b - mean) @ axes, kept
+
+
+def raster_patches(x: torch.Tensor, n: int) -> torch.Tensor:
+    """[M, C, S, S] -> [M, n, C*ph*pw]: a g x g grid of square patches (n = g^2) in raster order, else n strips."""
+    M, C, S, _ = x.shape
+    g = math.isqrt(n)
+    if g * g == n and S % g == 0:
+        p = S // g
+        return x.reshape(M, C, g, p, g, p).permute(0, 2, 4, 1, 3, 5).reshape(M, n, C * p * p)
+    if S % n == 0:
+        return x.reshape(M, C, n, S // n, S).permute(0, 2, 1, 3, 4).reshape(M, n, -1)
+    raise ValueError(f"{n} tokens tile a {S}x{S} image neither as a square grid nor as equal strips")
+
+
+def dct_bands(x: torch.Tensor, windows) -> list[torch.Tensor]:
+    """[M, C, S, S] -> the DCT coefficients of each band {w[i-1] <= max(u, v) < w[i]}: N tensors [M, C*|B_i|]."""
+    d = dct2d(x.float())
+    S = x.shape[-1]
+    r = torch.maximum(torch.arange(S)[:, None], torch.arange(S)[None, :])
+    lo = [0, *windows[:-1]]
+    return [d[..., (r >= a) & (r < b)].flatten(1) for a, b in zip(lo, windows)]
+
+
+def probe_r2(emb_train, emb_test, alphas) -> list:
+    """R^2 per position of ridge(tokens < i -> token i); emb [M, N, d]; position 1 has no prefix (None)."""
+    out = [None]
+    for i in range(1, emb_train.shape[1]):
+        r = ridge_r2(emb_train[:, :i].flatten(1), emb_train[:, i], emb_test[:, :i].flatten(1), emb_test[:, i], alphas)
+        out.append(r)
+    return out
+
+
+@torch.no_grad()
+def cmd_causality_probe(args, device, command) -> dict:
+    t0 = time.time()
+    try:
+        alphas = [float(a) for a in args.alphas.split(",") if a.strip()]
+    except ValueError:
+        raise ValueError(f"--alphas {args.alphas!r}: expected comma-separated numbers") from None
+    if not alphas or min(alphas) < 0:
+        raise ValueError(f"--alphas {args.alphas!r}: expected non-negative numbers")
+    tok = load_model(tokenizer_dir(args.checkpoint), "tokenizer", device)
+    c = tok.config
+    N, d = c.num_tokens, c.code_dim
+    xtr, _, _ = load_subset(args.data, "train", c.image_size, c.channels, args.num_train, args.seed)
+    xte, _, _ = load_subset(args.data, args.split, c.image_size, c.channels, args.num_test, args.seed)
+
+    def spectral(x):
+        cont, quant = [], []
+        for i in range(0, x.shape[0], args.batch_size):
+            xb = x[i:i + args.batch_size].to(device)
+            cont.append(F.normalize(tok.encode_continuous(xb).float(), dim=-1).cpu())
+            quant.append(tok.quantizer.codes_to_vectors(tok.encode(xb)).float().cpu())
+        return torch.cat(cont), torch.cat(quant)
+
+    (ctr, qtr), (cte, qte) = spectral(xtr), spectral(xte)
+    ptr, pte = raster_patches(xtr, N), raster_patches(xte, N)
+    s_tr, s_te, s_kept = pca_project(ptr.flatten(0, 1), pte.flatten(0, 1), d)
+    s_tr, s_te = s_tr.view(xtr.shape[0], N, -1), s_te.view(xte.shape[0], N, -1)
+    b_tr, b_te, b_kept = [], [], []
+    for a, b in zip(dct_bands(xtr, c.windows), dct_bands(xte, c.windows)):
+        pa, pb, kept = pca_project(a, b, d)
+        pad = d - pa.shape[1]  # narrow low bands (e.g. 1 coefficient) are zero-padded to d dims
+        b_tr.append(F.pad(pa, (0, pad)))
+        b_te.append(F.pad(pb, (0, pad)))
+        b_kept.append(kept)
+    b_tr, b_te = torch.stack(b_tr, 1), torch.stack(b_te, 1)
+    kinds = {"spectral tokens (continuous)": (ctr, cte), "spectral tokens (quantized)": (qtr, qte),
+             "spatial raster patches (PCA)": (s_tr, s_te), "raw DCT bands (PCA)": (b_tr, b_te)}
+    positions = list(range(1, N + 1))
+    report = {"command": command, "checkpoint": str(args.checkpoint), "data": args.data, "num_train": xtr.shape[0],
+              "num_test": xte.shape[0], "num_tokens": N, "dim": d, "windows": list(c.windows), "alphas": alphas,
+              "positions": positions, "r2": {}, "mean_r2_positions_2_to_N": {}, "chosen_alpha": {},
+              "pca_variance_kept": {"spatial raster patches (PCA)": s_kept, "raw DCT bands (PCA)": b_kept},
+              "definitions": {
+                  "probe": "ridge regression from the concatenated embeddings of tokens 1..i-1 to token i's embedding; "
+                           "inputs standardised; alpha picked on the last 20% of the training images, then refitted; "
+                           "R^2 variance-weighted over the output dims, on held-out images; null where token i "
+                           "is constant over the held-out images (R^2 undefined)",
+                  "spectral tokens (continuous)": "l2-normalised encoder outputs before quantisation",
+                  "spectral tokens (quantized)": "the chosen (l2-normalised) code vectors",
+                  "spatial raster patches (PCA)": f"the image cut into {N} raster-ordered patches (a square grid if "
+                                                  f"possible, else horizontal strips), each flattened and projected to "
+                                                  f"{d} dims by one PCA fitted on all training patches",
+                  "raw DCT bands (PCA)": f"the DCT coefficients of token i's band, projected to {d} dims by a PCA "
+                                         "fitted per band on training images (zero-padded when the band is smaller)"}}
+    for name, (tr, te) in kinds.items():
+        res = probe_r2(tr, te, alphas)
+        # R^2 is undefined (null) where token i is the same for every held-out image (e.g. a collapsed code)
+        r2 = [None if r is None or math.isnan(r["r2"]) else r["r2"] for r in res]
+        report["r2"][name] = r2
+        report["chosen_alpha"][name] = [None if r is None else r["alpha"] for r in res]
+        defined = [v for v in r2[1:] if v is not None]
+        report["mean_r2_positions_2_to_N"][name] = float(np.mean(defined)) if defined else None
+        print(f"{name}: per position (2..{N}) " + " ".join("n/a" if v is None else f"{v:.2f}" for v in r2[1:])
+              + ("" if not defined else f"; mean {np.mean(defined):.3f}"))
+    out = Path(args.out)
+    plot_panels(out / "causality_probe.png", [("linear predictability of token i from tokens < i", "position i",
+                                               "held-out R^2", {k: (positions, v) for k, v in report["r2"].items()},
+                                               False)])
+    report["seconds"] = round(time.time() - t0, 1)
+    write_json(out / "causality_probe.json", report)
+    return report
+
+
+# ---- CLI ------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="python -m spectralar.experiments", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+    t = sub.add_parser("truncation", help="quality vs number of tokens used (reconstruction and generation)")
+    t.add_argument("--checkpoint", default="fmnist", help="bundled model name or a training output directory")
+    t.add_argument("--classifier", default=None, help="classifier checkpoint (default: CHECKPOINT/classifier)")
+    t.add_argument("--num", type=positive_int, default=1000, help="held-out images for reconstruction")
+    t.add_argument("--real-num", type=positive_int, default=None, help="real images for CFD (default: whole split)")
+    t.add_argument("--no-generation", action="store_true", help="reconstruction only (no generator / classifier)")
+    add_sampling_flags(t)
+    add_common_flags(t, "runs/experiments/truncation")
+    m = sub.add_parser("mapping-ablation", help="tokenizers with uniform / power / energy windows, same budget")
+    m.add_argument("--steps", type=positive_int, required=True, help="tokenizer training steps per mapping")
+    m.add_argument("--mappings", default="uniform,power,energy", help="comma-separated mappings to compare")
+    m.add_argument("--preset", default="fmnist", help="tokenizer preset shared by all runs (fmnist, micro)")
+    m.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="tokenizer config override shared by all runs (repeatable), e.g. --set width=96")
+    m.add_argument("--data", default="fmnist", help="'fmnist', a folder of its IDX files, or an image folder")
+    m.add_argument("--split", default="test", help="held-out split for the comparison")
+    m.add_argument("--out", default="runs/ablation", help="output directory (one sub-directory per mapping)")
+    m.add_argument("--batch-size", type=positive_int, default=64, help="tokenizer training batch")
+    m.add_argument("--lr", type=float, default=1e-3, help="tokenizer peak learning rate")
+    m.add_argument("--seed", type=int, default=0, help="seed shared by all runs (init, data order, sampling)")
+    m.add_argument("--num", type=positive_int, default=1000, help="held-out images for the comparison")
+    m.add_argument("--val-size", type=positive_int, default=200, help="validation images during training")
+    m.add_argument("--generator-steps", type=int, default=0, help="also train a generator per mapping (0 = no)")
+    m.add_argument("--generator-preset", default="fmnist", help="generator preset (fmnist, micro)")
+    m.add_argument("--generator-batch-size", type=positive_int, default=256, help="generator training batch")
+    m.add_argument("--classifier", default=None,
+                   help="classifier for the generation comparison (default: the bundled fmnist one)")
+    add_sampling_flags(m)
+    m.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    m.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
+    c = sub.add_parser("causality-probe", help="ridge-probe R^2 of token i from tokens < i, spectral vs spatial")
+    c.add_argument("--checkpoint", default="fmnist",
+                   help="bundled model name, a training output directory, or a tokenizer checkpoint directory")
+    c.add_argument("--num-train", type=positive_int, default=5000, help="training images to fit the probes")
+    c.add_argument("--num-test", type=positive_int, default=1000, help="held-out images to score them")
+    c.add_argument("--alphas", default="0.01,0.1,1,10,100,1000", help="ridge strengths to choose from")
+    add_common_flags(c, "runs/experiments/causality")
+    return p
+
+
+COMMANDS = {"truncation": cmd_truncation, "mapping-ablation": cmd_mapping_ablation,
+            "causality-probe": cmd_causality_probe}
+
+
+def main(argv=None) -> int:
+    prog = "python -m spectralar.experiments"
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    try:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        if getattr(args, "generator_steps", 0) < 0:
+            raise ValueError(f"--generator-steps {args.generator_steps}: must be >= 0")
+        device = pick_device(args.device)
+        COMMANDS[args.command](args, device, " ".join([prog, *argv]))
+    except (CheckpointError, DataError, ValueError, FileNotFoundError) as e:
+        return fail(f"{prog} {args.command}", e)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
