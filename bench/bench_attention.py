@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from spectralar_kernels import attention, attention_with_kvcache
 from spectralar_kernels.attention import ref
 

@@ -16,6 +16,7 @@ import pytest
 import scipy.fft
 import torch
 import torch.nn.functional as F
+
 from spectralar_kernels import dct2d
 from spectralar_kernels.dct import ref
 

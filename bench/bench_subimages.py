@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import scipy.fft
 import torch
+
 from spectralar_kernels import spectral_subimages, spectral_windows
 from spectralar_kernels.subimages import ref
 

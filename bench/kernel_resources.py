@@ -236,7 +236,8 @@ def compile_all(ops=OPS, archs=ARCHS, jobs: int | None = None) -> tuple[list[Res
 
 def markdown(results: list[Result], missing: dict[str, str]) -> str:
     lines = [
-        "| kernel | config | arch | registers | spills (B) | shared (B) | tensor cores | compile (s) | problems |",
+        "| kernel | config | arch | registers | spills (B) | shared (B) | tensor cores "
+        "| compile s (0 = cached) | problems |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:

@@ -25,7 +25,7 @@ FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _BACKENDS = ("auto", "triton", "ref")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+
 from spectralar_kernels import spectral_subimages
 
 from .checkpoint import CheckpointError, read_meta

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from spectralar_kernels import dct2d, spectral_subimages
 
 from .checkpoint import CheckpointError, read_meta

@@ -19,7 +19,8 @@ def load_model(path, kind: str, device="cpu"):
     meta = read_meta(path)
     if meta["kind"] != kind:
         raise CheckpointError(f"{path} holds a {meta['kind']}, not a {kind}")
-    cls, cfg_cls = {"tokenizer": (SpectralTokenizer, TokenizerConfig), "generator": (SpectralGPT, GeneratorConfig)}[kind]
+    classes = {"tokenizer": (SpectralTokenizer, TokenizerConfig), "generator": (SpectralGPT, GeneratorConfig)}
+    cls, cfg_cls = classes[kind]
     try:
         cfg = from_dict(cfg_cls, meta["config"])
     except (TypeError, ValueError) as e:

@@ -121,7 +121,8 @@ class SpectralTokenizer(nn.Module):
                 raise ValueError("mapping='energy' needs config.windows computed from data (spectral_windows)")
             c.windows = spectral_windows(c.image_size, c.num_tokens, c.mapping, gamma=c.gamma)
         if len(c.windows) != c.num_tokens or c.windows[-1] != c.image_size:
-            raise ValueError(f"windows {c.windows} must have num_tokens={c.num_tokens} entries ending at {c.image_size}")
+            raise ValueError(f"windows {c.windows} must have num_tokens={c.num_tokens} entries "
+                             f"ending at {c.image_size}")
         self.config = c
         P, N, W, pd = c.num_patches, c.num_tokens, c.width, c.channels * c.patch_size**2
         self.register_buffer("windows", torch.tensor(c.windows, dtype=torch.long), persistent=False)
@@ -166,7 +167,8 @@ class SpectralTokenizer(nn.Module):
         if codes.dim() != 2 or codes.shape[1] != c.num_tokens or codes.shape[0] == 0:
             raise ValueError(f"codes must be [B, {c.num_tokens}], got {tuple(codes.shape)}")
         if codes.min() < 0 or codes.max() >= c.codebook_size:
-            raise ValueError(f"codes must lie in [0, {c.codebook_size}), got [{codes.min().item()}, {codes.max().item()}]")
+            lo, hi = codes.min().item(), codes.max().item()
+            raise ValueError(f"codes must lie in [0, {c.codebook_size}), got [{lo}, {hi}]")
 
     def _prefix_tensor(self, prefix_len, B, device):
         N = self.config.num_tokens

@@ -7,9 +7,10 @@ The oracle builds its boolean mask straight from the definition (key j visible t
 import pytest
 import torch
 import torch.nn.functional as F
+from tolerances import assert_close_to_oracle, nan_like
+
 from spectralar_kernels import attention
 from spectralar_kernels.attention import ref
-from tolerances import assert_close_to_oracle, nan_like
 
 # (B, H, D) per sequence length: tiny for the interpreter, every T a non-multiple of the 64-row tile
 # except where it crosses one (65).

@@ -7,9 +7,10 @@ split the cache across programs and exercise the combine kernel.
 
 import pytest
 import torch
+from tolerances import assert_close_to_oracle, nan_like
+
 from spectralar_kernels import attention_with_kvcache
 from spectralar_kernels.attention import ref
-from tolerances import assert_close_to_oracle, nan_like
 
 
 def sequences(b, t, h, d, dtype, seed=0):
@@ -100,7 +101,7 @@ def test_int_seqlens_and_scale(backend):
 
 @pytest.mark.parametrize("t_max,num_splits", [(20, 1), (150, None), (150, 3), (150, 10)])
 def test_triton_decode_writes_every_element(t_max, num_splits):
-    from spectralar_kernels.attention.triton import attention_with_kvcache_fwd
+    from spectralar_kernels.attention.decode import attention_with_kvcache_fwd
 
     b, h, d = 2, 2, 16
     q, k, v = sequences(b, t_max, h, d, torch.float32, seed=9)

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fakedata import fake_fmnist, write_idx
 from PIL import Image
 
-from fakedata import fake_fmnist, write_idx
 from spectralar.checkpoint import CheckpointError, load_weights, read_meta, save_checkpoint
 from spectralar.data import DataError, ImageFolder, fashion_mnist, index_batches
 from spectralar.pretrained import load_model, load_pretrained

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from spectralar_kernels import spectral_windows
 
 

@@ -194,7 +194,7 @@ def attention_with_kvcache(
     with torch.no_grad():
         if choose_backend("attention_with_kvcache", q, k_cache, v_cache) == "triton":
             if q.shape[-1] <= TRITON_MAX_HEAD_DIM:
-                from .triton import attention_with_kvcache_fwd
+                from .decode import attention_with_kvcache_fwd
 
                 return attention_with_kvcache_fwd(q, k_cache, v_cache, cache_seqlens, scale)
             if q.is_cuda:

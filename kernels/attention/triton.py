@@ -13,10 +13,7 @@ queries (dV += P^T dO, dK += dS^T Q * scale), and `_attention_bwd_dq_kernel` own
 loops over keys (dQ += dS K * scale), with P = exp2(s * log2e - lse2), dS = P * (dO V^T - delta).
 Two kernels recompute P twice but need no atomics: gradients are deterministic.
 
-KV-cache decoding (flash-decoding): the cache is cut into `num_splits` contiguous chunks, one
-program per (batch, head, split, block of 16 queries) writes a normalised partial output and its
-lse2; a combine kernel merges the partials. With one split the decode kernel writes the output
-directly. Query t of sample b sees cache positions `0 .. cache_seqlens[b] + t`.
+KV-cache decoding lives in `decode.py` and shares this module's helpers and tile policy.
 
 Numerics: fp32 accumulation everywhere. fp32 inputs use `input_precision="ieee"` in tl.dot so results
 match a float64 oracle (no TF32). Cost: ieee fp32 dots run on the FMA units, about 8x fewer FLOP/s
@@ -260,104 +257,6 @@ def _attention_bwd_dq_kernel(
     tl.store(dq_ptrs, (dq * scale).to(DQ.dtype.element_ty), mask=(offs_m[:, None] < T) & (offs_d[None, :] < D))
 
 
-@triton.jit
-def _attention_decode_kernel(
-    Q, K, V, SEQLENS, O, O_PART, LSE_PART,
-    stride_qb, stride_qt, stride_qh,
-    stride_kb, stride_kt, stride_kh,
-    stride_vb, stride_vt, stride_vh,
-    stride_ob, stride_ot, stride_oh,
-    H, TQ, T_MAX, D, chunk, direct, qk_scale,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK_D: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-):  # fmt: skip
-    pid_bh = tl.program_id(0)
-    pid_s = tl.program_id(1)
-    pid_m = tl.program_id(2)
-    b = (pid_bh // H).to(tl.int64)
-    h = (pid_bh % H).to(tl.int64)
-    seqlen = tl.load(SEQLENS + b)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    q_base = Q + b * stride_qb + h * stride_qh
-    k_base = K + b * stride_kb + h * stride_kh
-    v_base = V + b * stride_vb + h * stride_vh
-    if CHUNK_D == BLOCK_D:
-        q = _load_rows(q_base, stride_qt, offs_m, TQ, offs_d, D, UPCAST)
-    last = seqlen + offs_m  # the last cache position each query sees
-
-    m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    lo = pid_s * chunk
-    hi = tl.minimum(tl.minimum(lo + chunk, T_MAX), seqlen + tl.minimum((pid_m + 1) * BLOCK_M, TQ))
-    for start_n in range(lo, hi, BLOCK_N):
-        n = start_n + offs_n
-        if CHUNK_D == BLOCK_D:
-            k = _load_rows(k_base, stride_kt, n, hi, offs_d, D, UPCAST)
-            s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
-        else:
-            s = _dot_over_d(q_base, stride_qt, offs_m, TQ, k_base, stride_kt, n, hi, D,
-                            BLOCK_M, BLOCK_N, BLOCK_D, CHUNK_D, UPCAST, PRECISION)
-        visible = (n[None, :] <= last[:, None]) & (n[None, :] < hi)
-        s = tl.where(visible, s * qk_scale, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.math.exp2(m_i - m_new)
-        p = tl.math.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = _load_rows(v_base, stride_vt, n, hi, offs_d, D, UPCAST)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m_i = m_new
-
-    # A split can hold no visible key for some rows: output 0 with lse2 = -inf (weight 0 when combined).
-    seen = l_i > 0.0
-    acc = acc / tl.where(seen, l_i, 1.0)[:, None]
-    mask_md = (offs_m[:, None] < TQ) & (offs_d[None, :] < D)
-    if direct != 0:  # one split: write the output itself
-        o_ptrs = O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :]
-        tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=mask_md)
-    else:
-        row = (pid_s * tl.num_programs(0) + pid_bh).to(tl.int64) * TQ + offs_m  # [S, B*H, TQ] rows
-        tl.store(O_PART + row[:, None] * D + offs_d[None, :], acc, mask=mask_md)
-        lse = tl.where(seen, m_i + tl.math.log2(tl.where(seen, l_i, 1.0)), float("-inf"))
-        tl.store(LSE_PART + row, lse, mask=offs_m < TQ)
-
-
-@triton.jit
-def _attention_decode_combine_kernel(
-    O_PART, LSE_PART, O,
-    stride_ob, stride_ot, stride_oh,
-    H, TQ, D, num_splits, rows_per_split,
-    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
-):  # fmt: skip
-    pid_bh = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = (pid_bh % H).to(tl.int64)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    mask_m = offs_m < TQ
-    mask_md = mask_m[:, None] & (offs_d[None, :] < D)
-    row = pid_bh.to(tl.int64) * TQ + offs_m
-    m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    for _ in range(0, num_splits):
-        lse = tl.load(LSE_PART + row, mask=mask_m, other=float("-inf"))
-        o = tl.load(O_PART + row[:, None] * D + offs_d[None, :], mask=mask_md, other=0.0)
-        m_new = tl.maximum(m_i, lse)
-        alpha = tl.math.exp2(m_i - m_new)
-        w = tl.math.exp2(lse - m_new)
-        l_i = l_i * alpha + w
-        acc = acc * alpha[:, None] + w[:, None] * o
-        m_i = m_new
-        row += rows_per_split
-    acc = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
-    o_ptrs = O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :]
-    tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=mask_md)
-
-
 # ----------------------------------------------------------------------------------------------
 # Launchers
 
@@ -369,10 +268,13 @@ def _block_d(d: int) -> int:
 DECODE_BLOCK_M = 16  # tl.dot needs >= 16 rows; a one-token decode step masks 15 of them
 COMBINE_BLOCK_M = 16
 PREPROCESS_BLOCK_M = 16
-# 8 warps: with 4, ptxas spills a few bytes on sm_80 for several tiles when pointer alignment is
-# unknown (the ahead-of-time compile; the JIT usually knows 16-byte alignment and needs fewer registers).
-NUM_WARPS = 8
 NUM_STAGES = 2
+# Warps: 8, except the fp16/bf16 dK/dV kernel (4). Chosen from an ahead-of-time sweep of both values
+# on sm_80 and sm_90 with pointer alignment unknown (the worst case; the JIT usually knows 16-byte
+# alignment and needs fewer registers): with 4 warps ptxas spilled a few bytes in the fp16/bf16
+# forward at D=32, the fp32 forward at D=64 and the fp16/bf16 dQ at D=128; with 8, in the fp16/bf16
+# dK/dV at D=32. docs: registers per spec in `python bench/kernel_resources.py`.
+NUM_WARPS = 8
 
 
 # One tile configuration per (kernel, head-dim block, dtype), whatever T: the sequences of this model
@@ -380,13 +282,14 @@ NUM_STAGES = 2
 # extra configuration is one more ahead-of-time compile per architecture. fp32 (FMA dots) keeps every
 # dot's K at 16 and reads products over the head dim 16 columns at a time (see the module docstring).
 def _tiles(kernel: str, block_d: int, dtype: torch.dtype) -> dict[str, int]:
-    """Constexprs BLOCK_M, BLOCK_N, BLOCK_D, CHUNK_D for kernel "fwd", "dq", "dkdv" or "decode"."""
+    """BLOCK_M, BLOCK_N, BLOCK_D, CHUNK_D and num_warps for kernel "fwd", "dq", "dkdv" or "decode"."""
     wide = 64 if block_d <= 64 else 32
     if dtype == torch.float32:
         m, n = {"fwd": (64, 16), "dq": (wide, 16), "dkdv": (16, wide), "decode": (DECODE_BLOCK_M, 16)}[kernel]
-        return {"BLOCK_M": m, "BLOCK_N": n, "BLOCK_D": block_d, "CHUNK_D": 16}
+        return {"BLOCK_M": m, "BLOCK_N": n, "BLOCK_D": block_d, "CHUNK_D": 16, "num_warps": NUM_WARPS}
     m, n = {"fwd": (64, wide), "dq": (64, wide), "dkdv": (32, 32), "decode": (DECODE_BLOCK_M, wide)}[kernel]
-    return {"BLOCK_M": m, "BLOCK_N": n, "BLOCK_D": block_d, "CHUNK_D": block_d}
+    warps = 4 if kernel == "dkdv" else NUM_WARPS
+    return {"BLOCK_M": m, "BLOCK_N": n, "BLOCK_D": block_d, "CHUNK_D": block_d, "num_warps": warps}
 
 
 def _dot_config(q: torch.Tensor) -> tuple[bool, str]:
@@ -429,7 +332,7 @@ def attention_fwd(
         q, k, v, out, lse,
         *_bth(q), *_bth(k), *_bth(v), *_bth(out),
         h, t, d, prefix_len if causal else t, scale * LOG2E,
-        **tiles, UPCAST=upcast, PRECISION=precision, num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+        **tiles, UPCAST=upcast, PRECISION=precision, num_stages=NUM_STAGES,
     )  # fmt: skip
     return out, lse
 
@@ -467,14 +370,14 @@ def attention_bwd(
         q, k, v, do, lse, delta, dk, dv,
         *_bth(q), *_bth(k), *_bth(v), *_bth(do), *_bth(dk), *_bth(dv),
         h, t, d, visible_prefix, scale, scale * LOG2E,
-        **tiles, UPCAST=upcast, PRECISION=precision, num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+        **tiles, UPCAST=upcast, PRECISION=precision, num_stages=NUM_STAGES,
     )  # fmt: skip
     tiles = _tiles("dq", block_d, q.dtype)
     _attention_bwd_dq_kernel[(b * h, triton.cdiv(t, tiles["BLOCK_M"]))](
         q, k, v, do, lse, delta, dq,
         *_bth(q), *_bth(k), *_bth(v), *_bth(do), *_bth(dq),
         h, t, d, visible_prefix, scale, scale * LOG2E,
-        **tiles, UPCAST=upcast, PRECISION=precision, num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+        **tiles, UPCAST=upcast, PRECISION=precision, num_stages=NUM_STAGES,
     )  # fmt: skip
     return dq, dk, dv
 
@@ -501,65 +404,8 @@ def attention_triton(
     return AttentionFunction.apply(q, k, v, causal, prefix_len, scale)
 
 
-def _num_sms(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 16  # interpreter: any small number; it only decides how often tests exercise the split path
-
-
-def _decode_splits(programs: int, t_max: int, block_n: int, device: torch.device) -> tuple[int, int]:
-    """(num_splits, chunk): split the cache until there are ~2 programs per SM; chunk is a multiple of block_n."""
-    n_blocks = triton.cdiv(t_max, block_n)
-    splits = max(1, min(n_blocks, triton.cdiv(2 * _num_sms(device), programs), 64))
-    chunk = triton.cdiv(n_blocks, splits) * block_n
-    return triton.cdiv(t_max, chunk), chunk
-
-
-def attention_with_kvcache_fwd(
-    q: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    cache_seqlens: torch.Tensor,
-    scale: float,
-    out: torch.Tensor | None = None,
-    num_splits: int | None = None,
-) -> torch.Tensor:
-    """Decode launcher. q `[B, Tq, H, D]`, caches `[B, T_max, H, D]` (new keys already written),
-    int32 cache_seqlens `[B]` -> `[B, Tq, H, D]`. `num_splits` overrides the heuristic (tests)."""
-    q, k_cache, v_cache = (_last_dim_contiguous(t) for t in (q, k_cache, v_cache))
-    b, t_q, h, d = q.shape
-    t_max = k_cache.shape[1]
-    out = torch.empty_like(q) if out is None else _check_out("out", out, q)
-    tiles = _tiles("decode", _block_d(d), q.dtype)
-    block_n = tiles["BLOCK_N"]
-    upcast, precision = _dot_config(q)
-    m_blocks = triton.cdiv(t_q, DECODE_BLOCK_M)
-    splits, chunk = _decode_splits(b * h * m_blocks, t_max, block_n, q.device)
-    if num_splits is not None:
-        chunk = triton.cdiv(triton.cdiv(t_max, block_n), num_splits) * block_n
-        splits = triton.cdiv(t_max, chunk)
-    direct = splits == 1
-    if direct:
-        o_part = lse_part = out  # unused by the kernel
-    else:
-        o_part = torch.empty((splits, b * h, t_q, d), device=q.device, dtype=torch.float32)
-        lse_part = torch.empty((splits, b * h, t_q), device=q.device, dtype=torch.float32)
-    _attention_decode_kernel[(b * h, splits, m_blocks)](
-        q, k_cache, v_cache, cache_seqlens, out, o_part, lse_part,
-        *_bth(q), *_bth(k_cache), *_bth(v_cache), *_bth(out),
-        h, t_q, t_max, d, chunk, int(direct), scale * LOG2E,
-        **tiles, UPCAST=upcast, PRECISION=precision, num_warps=NUM_WARPS, num_stages=NUM_STAGES,
-    )  # fmt: skip
-    if not direct:
-        _attention_decode_combine_kernel[(b * h, triton.cdiv(t_q, COMBINE_BLOCK_M))](
-            o_part, lse_part, out, *_bth(out), h, t_q, d, splits, b * h * t_q,
-            BLOCK_M=COMBINE_BLOCK_M, BLOCK_D=tiles["BLOCK_D"], num_warps=NUM_WARPS, num_stages=NUM_STAGES,
-        )  # fmt: skip
-    return out
-
-
 # ----------------------------------------------------------------------------------------------
-# Ahead-of-time compile specs: every configuration the launchers above can choose on a GPU.
+# Ahead-of-time compile specs: every configuration the launchers here and in decode.py can choose on a GPU.
 
 _PTR = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
 _NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -588,7 +434,7 @@ def aot_specs() -> list[AOTSpec]:
         tc = dtype != torch.float32  # fp16/bf16 tl.dot must land on tensor cores
         for block_d in HEAD_DIM_BLOCKS:
             tag = f"{_NAMES[dtype]} D={block_d}"
-            fwd, dq, dkdv, decode = ({**common, **_tiles(k, block_d, dtype)} for k in ("fwd", "dq", "dkdv", "decode"))
+            fwd, dq, dkdv = ({**common, **_tiles(k, block_d, dtype)} for k in ("fwd", "dq", "dkdv"))
             grads = {"DO": ptr, "LSE": "*fp32", "DELTA": "*fp32", "DQ": ptr, "DK": ptr, "DV": ptr}
             table = [
                 (_attention_fwd_kernel, fwd, {"LSE": "*fp32"}, tc, "fwd"),
@@ -596,14 +442,15 @@ def aot_specs() -> list[AOTSpec]:
                  {"DELTA": "*fp32"}, False, "bwd preprocess"),
                 (_attention_bwd_dkdv_kernel, dkdv, grads, tc, "bwd dkdv"),
                 (_attention_bwd_dq_kernel, dq, grads, tc, "bwd dq"),
-                (_attention_decode_kernel, decode, {"SEQLENS": "*i32", "O_PART": "*fp32", "LSE_PART": "*fp32"}, tc,
-                 "decode"),
-                (_attention_decode_combine_kernel, {"BLOCK_M": COMBINE_BLOCK_M, "BLOCK_D": block_d},
-                 {"O_PART": "*fp32", "LSE_PART": "*fp32"}, False, "decode combine"),
             ]
-            for kernel, constexprs, pointers, expect_tc, what in table:
-                c = {n: v for n, v in constexprs.items() if n in kernel.arg_names}
-                specs.append(AOTSpec(kernel, _signature(kernel, ptr, pointers, c), c, NUM_WARPS, NUM_STAGES,
-                                     label=f"attention {what} {tag} {c.get('BLOCK_M')}x{c.get('BLOCK_N', '-')}",
-                                     expect_tensor_cores=expect_tc))
-    return specs
+            specs += [_spec(*row, ptr, tag) for row in table]
+    from .decode import decode_aot_specs  # decode.py imports this module
+
+    return specs + decode_aot_specs()
+
+
+def _spec(kernel, constexprs: dict, pointers: dict[str, str], expect_tc: bool, what: str, ptr: str, tag: str):
+    c = {n: v for n, v in constexprs.items() if n in kernel.arg_names}
+    return AOTSpec(kernel, _signature(kernel, ptr, pointers, c), c, constexprs.get("num_warps", NUM_WARPS), NUM_STAGES,
+                   label=f"attention {what} {tag} {c.get('BLOCK_M')}x{c.get('BLOCK_N', '-')}",
+                   expect_tensor_cores=expect_tc)

@@ -46,12 +46,12 @@ class _Config:
 
 
 # One configuration per dtype for every shape (the interpreter cannot autotune; the AOT check covers
-# each). Picked from a sweep on an H200 (M = 4096, K = 4096 and 16384, d = 12; docs/kernel_resources.md
-# has registers): fp16/bf16 64 x 64 tiles, 8 warps, ~4 programs per SM (111 us at K = 16384); fp32
-# ranks codes with 3xTF32 tensor-core products ("tf32x3": error ~1e-6 relative, never plain tf32),
-# 2.2x faster than the FMA "ieee" dot, which also spilled at the larger tiles; one stage, because
-# two spilled 8-16 bytes on sm_80/sm_90. The returned distance is recomputed in plain fp32 either
-# way. BLOCK_D = 16 is tl.dot's minimum (the real d is 12).
+# each). Picked from a sweep on an H200 (M = 4096, d = 12, K = 4096 and 16384). At K = 16384:
+# fp16/bf16 64 x 64 tiles, 8 warps, ~4 programs per SM: 113 us (torch.cdist + argmin: 521 us).
+# fp32 ranks codes with 3xTF32 tensor-core products ("tf32x3": ~1e-6 relative error, never plain
+# tf32): 171 us; the FMA "ieee" dot took 218+ us and spilled at its faster tiles. One stage for fp32
+# because two spilled 8-16 bytes on sm_80/sm_90 (bench/kernel_resources.py). The returned distance
+# is recomputed in plain fp32 either way. BLOCK_D = 16 is tl.dot's minimum (the real d is 12).
 CONFIGS = {
     torch.float32: _Config(block_m=32, block_k=64, num_warps=4, dot_precision="tf32x3", ctas_per_sm=2, num_stages=1),
     torch.float16: _Config(block_m=64, block_k=64, num_warps=8, dot_precision="ieee", ctas_per_sm=4),
@@ -83,7 +83,7 @@ def _vq_nearest_fwd_kernel(
     k_end = tl.minimum(k_start + codes_per_split, K)
 
     run_val = tl.full([BLOCK_M, BLOCK_K], float("inf"), tl.float32)
-    run_blk = tl.zeros([BLOCK_M, BLOCK_K], tl.int32)  # k0 of the block that set run_val
+    run_blk = tl.zeros([BLOCK_M, BLOCK_K], tl.int32) + k_start  # k0 of the block that set run_val
     for k0 in range(k_start, k_end, BLOCK_K):
         cols = k0 + offs_k
         col_ok = cols < k_end
