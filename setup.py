@@ -31,8 +31,8 @@ setup(
     extras_require={
         # triton comes with CUDA builds of torch; CPU users need it only to run the kernels under
         # the interpreter (the tests do).
-        "triton": ["triton>=3.0"],
-        "test": ["pytest", "pytest-benchmark", "scipy", "triton>=3.0", "ruff"],
+        "triton": ["triton>=3.6,<3.8"],
+        "test": ["pytest", "pytest-benchmark", "scipy", "triton>=3.6,<3.8", "ruff"],
         "flash": ["flash-attn>=2.5"],
         "fid": ["torch-fidelity"],
     },

@@ -1,6 +1,6 @@
 """One-shot GPU report: every kernel's correctness and speed, and generator sampling, in one markdown file.
 
-    python bench/gpu_report.py --out docs/gpu_report.md    # CUDA machine: ~4 min on an H200, capped by --budget-s
+    python bench/gpu_report.py --out docs/gpu_report.md    # CUDA: aims at ~4 min on an H200, hard cap --budget-s
     python bench/gpu_report.py --dry-run                   # CPU, tiny shapes, reference backend, perf_counter
     python bench/gpu_report.py --dry-run --interpret       # same, with the Triton kernels under TRITON_INTERPRET=1
 

@@ -3,7 +3,8 @@
 Backends, chosen per call:
   flash-attn  when `flash_attn` imports, the tensors are CUDA fp16/bf16, D % 8 == 0, the mask is
               full or plain causal, and SPECTRALAR_KERNELS is `auto` (never required);
-  Triton      (`triton.py`) on CUDA, or on CPU when SPECTRALAR_KERNELS=triton under TRITON_INTERPRET=1;
+  Triton      (`triton.py`; decoding in `decode.py`) on CUDA, or on CPU when SPECTRALAR_KERNELS=triton
+              under TRITON_INTERPRET=1;
               head dims up to 128 (padded to a power of two >= 16 with masks); 128 < D <= 256 falls
               back to the reference (with a one-time warning on CUDA);
   reference   (`ref.py`) `torch.nn.functional.scaled_dot_product_attention` with an explicit mask.
