@@ -1,4 +1,4 @@
-"""DCT benchmarks: reference vs Triton vs scipy.fft.dctn vs an unfold-matmul-fold blockwise DCT.
+"""DCT benchmarks: reference vs Triton vs scipy.fft.dctn vs torch-dct (if installed) vs unfold-matmul-fold blockwise.
 
 Run with `pytest bench/bench_dct.py --benchmark-only`. Cases: the whole-image DCT of the fmnist
 preset (32 x 32, one channel), of ImageNet-size images (256 x 256 x 3), and the JPEG-style 8 x 8
@@ -31,7 +31,7 @@ CASES = {
     "imagenet-256x256x3": ((64 if CUDA else 2, 3, 256, 256), None),
     "block8-256x256x3": ((64 if CUDA else 2, 3, 256, 256), 8),
 }
-PROVIDERS = ["ref", "triton", "scipy", "unfold"]
+PROVIDERS = ["ref", "triton", "scipy", "unfold", "torch_dct"]
 
 
 def unfold_blockwise_dct(x: torch.Tensor, block: int) -> torch.Tensor:
@@ -47,6 +47,12 @@ def _provider_fn(provider, x, block, monkeypatch):
         pytest.skip("the Triton provider is timed on CUDA only")
     if provider == "unfold" and block is None:
         pytest.skip("unfold-matmul-fold is a blockwise peer")
+    if provider == "torch_dct":
+        # torch-dct 0.1.6 still imports on torch 2.13 (checked 2026-11-28); optional peer, not a dependency
+        torch_dct = pytest.importorskip("torch_dct", reason="pip install torch-dct to compare against it")
+        if block is not None:
+            pytest.skip("torch-dct has no blockwise mode")
+        return lambda: torch_dct.dct_2d(x, norm="ortho")
     if provider in ("ref", "triton"):
         monkeypatch.setenv("SPECTRALAR_KERNELS", provider)
         return lambda: dct2d(x, block=block)
