@@ -422,18 +422,24 @@ def build_parser() -> Parser:
 COMMANDS = {"reconstruct": cmd_reconstruct, "generate": cmd_generate, "train-classifier": cmd_train_classifier}
 
 
-def main(argv=None) -> int:
-    prog = "python -m spectralar.evaluate"
+def run_command(prog: str, parser, commands: dict, argv=None, check=None) -> int:
+    """Shared body of the evaluate / experiments CLIs: parse, set threads and device, dispatch, one-line errors."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    args = parser.parse_args(argv)
     try:
         if args.threads:
             torch.set_num_threads(args.threads)
+        if check is not None:
+            check(args)
         device = pick_device(args.device)
-        COMMANDS[args.command](args, device, " ".join([prog, *argv]))
+        commands[args.command](args, device, " ".join([prog, *argv]))
     except (CheckpointError, DataError, ValueError, FileNotFoundError) as e:
         return fail(f"{prog} {args.command}", e)
     return 0
+
+
+def main(argv=None) -> int:
+    return run_command("python -m spectralar.evaluate", build_parser(), COMMANDS, argv)
 
 
 if __name__ == "__main__":

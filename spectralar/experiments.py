@@ -34,8 +34,7 @@ from spectralar_kernels import dct2d, spectral_subimages
 
 from .checkpoint import CheckpointError, read_meta
 from .classifier import classify
-from .cli import Parser, fail, positive_int
-from .data import DataError
+from .cli import Parser, positive_int
 from .evaluate import (
     add_common_flags,
     add_sampling_flags,
@@ -45,9 +44,9 @@ from .evaluate import (
     decode_all,
     find_classifier,
     load_subset,
-    pick_device,
     plot_panels,
     reconstruction_metrics,
+    run_command,
     sample_codes,
     tokenizer_dir,
     uncapped,
@@ -386,20 +385,13 @@ COMMANDS = {"truncation": cmd_truncation, "mapping-ablation": cmd_mapping_ablati
             "causality-probe": cmd_causality_probe}
 
 
+def _check_args(args):
+    if getattr(args, "generator_steps", 0) < 0:
+        raise ValueError(f"--generator-steps {args.generator_steps}: must be >= 0")
+
+
 def main(argv=None) -> int:
-    prog = "python -m spectralar.experiments"
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    try:
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        if getattr(args, "generator_steps", 0) < 0:
-            raise ValueError(f"--generator-steps {args.generator_steps}: must be >= 0")
-        device = pick_device(args.device)
-        COMMANDS[args.command](args, device, " ".join([prog, *argv]))
-    except (CheckpointError, DataError, ValueError, FileNotFoundError) as e:
-        return fail(f"{prog} {args.command}", e)
-    return 0
+    return run_command("python -m spectralar.experiments", build_parser(), COMMANDS, argv, check=_check_args)
 
 
 if __name__ == "__main__":
