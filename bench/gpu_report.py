@@ -18,7 +18,8 @@ FAIL row and the rest still runs (a child killed at its deadline keeps the rows 
      matmul VQ, SDPA inside the reference, flash-attn and torch-dct when importable); achieved GB/s and
      TFLOP/s by the formulas of bench/floors.py and the fraction of the measured roofline.
   4. sampling: the fmnist and d16 generators (random init, bf16; fmnist also fp32) with and without the
-     KV cache, images/s and tokens/s; d16's exact parameter count.
+     KV cache, and with the decode step compiled (torch.compile, CUDA graphs), images/s and tokens/s; d16's
+     exact parameter count.
 Every phase ends at a fixed share of --budget-s; past it, sections write SKIP rows instead of running.
 
 Tolerances (the rule of tests/tolerances.py, which does the comparing): fp32 outputs need
@@ -778,24 +779,29 @@ def _build_generator(ctx: Ctx, name: str, dtype: torch.dtype):
     return model.to(dtype).eval(), cfg, label
 
 
-def _generate(ctx: Ctx, model, batch: int, kv: bool, **kw) -> torch.Tensor:
+# sampling modes: eager KV cache, recompute (no cache), and the decode step through torch.compile (CUDA graphs)
+MODES = {"yes": {"kv_cache": True}, "no": {"kv_cache": False}, "yes, compiled": {"kv_cache": True, "compile": True}}
+
+
+def _generate(ctx: Ctx, model, batch: int, mode: str, **kw) -> torch.Tensor:
     labels = torch.arange(batch, device=ctx.device) % model.config.num_classes
     g = torch.Generator(device=ctx.device).manual_seed(0)
-    codes = model.generate(labels, cfg_scale=CFG_SCALE, kv_cache=kv, generator=g, **kw)
+    codes = model.generate(labels, cfg_scale=CFG_SCALE, generator=g, **MODES[mode], **kw)
     if ctx.cuda:
         torch.cuda.synchronize()
     return codes
 
 
 def check_sampling(ctx: Ctx) -> None:
-    """KV cache vs recompute agreement; also one warm-up call per timed configuration, so the kernels
-    sampling needs are compiled here, in parallel with the other checks, not during the timings."""
+    """Eager KV cache vs recompute and vs the compiled decode step; also one warm-up call per timed
+    configuration, so the kernels sampling needs are compiled here, in parallel with the other checks, not
+    during the timings (torch.compile's on-disk cache carries the compiled decode step to the timing process)."""
     sizes = ctx.sizes["sampling"]
-    title = "generator sampling: KV cache vs recompute, same torch.Generator seed"
+    title = "generator sampling: KV cache vs recompute / compiled decode, same torch.Generator seed"
     cols = ["model", "dtype", "sampling", "equal codes", "result", "note"]
 
-    def agreement(model, dtype, kw):
-        a, b = (_generate(ctx, model, sizes["agree_batch"], kv, **kw) for kv in (True, False))
+    def agreement(model, dtype, other, kw):
+        a, b = (_generate(ctx, model, sizes["agree_batch"], mode, **kw) for mode in ("yes", other))
         frac = (a == b).double().mean().item()
         if dtype == torch.float32:
             return {"equal codes": f"{100 * frac:.1f}%", "result": "PASS" if frac == 1.0 else "FAIL"}
@@ -810,14 +816,15 @@ def check_sampling(ctx: Ctx) -> None:
             traceback.print_exc()
             ctx.writer.row(title, cols, {**keys, "result": "FAIL", "note": short_error(exc)})
             continue
-        for kw, what in (({}, "sampled (temperature 1)"), ({"top_k": 1}, "greedy (top_k=1)")):
-            keys["sampling"] = f"{what}, batch {sizes['agree_batch']}"
-            run_case(ctx, title, cols, keys, agreement, model, dtype, kw)
+        for other, vs in (("no", "vs recompute"), ("yes, compiled", "vs compiled decode")):
+            for kw, what in (({}, "sampled (temperature 1)"), ({"top_k": 1}, "greedy (top_k=1)")):
+                keys["sampling"] = f"{what}, batch {sizes['agree_batch']}, {vs}"
+                run_case(ctx, title, cols, keys, agreement, model, dtype, other, kw)
         for batch in sizes["batches"]:
-            for kv in (True, False):
+            for mode in MODES:
                 if time.time() < ctx.deadline:
                     with contextlib.suppress(Exception):  # a failure here shows again, as a row, in the timings
-                        _generate(ctx, model, batch, kv)
+                        _generate(ctx, model, batch, mode)
         del model
 
 
@@ -828,16 +835,19 @@ def section_sampling(ctx: Ctx) -> None:
         n_d16 = sum(p.numel() for p in SpectralGPT(preset("generator", "d16")).parameters())
     ctx.writer.note(SAMPLING_TITLE, SAMPLING_COLS, f"d16 parameters (exact): {n_d16:,}")
 
-    def timing(model, cfg, batch, kv):
-        _generate(ctx, model, batch, kv)  # warm-up: allocator, any kernel the checks did not compile
+    def timing(model, cfg, batch, mode):
+        t0 = time.perf_counter()
+        _generate(ctx, model, batch, mode)  # warm-up: allocator, any kernel the checks did not compile
+        warm = time.perf_counter() - t0
         times = []
         for _ in range(sizes["reps"]):
             t0 = time.perf_counter()
-            _generate(ctx, model, batch, kv)
+            _generate(ctx, model, batch, mode)
             times.append(time.perf_counter() - t0)
         s = sorted(times)[len(times) // 2]
         return {"s/call": f"{s:.3f}", "images/s": f"{batch / s:.1f}", "tokens/s": f"{batch * cfg.num_tokens / s:.0f}",
-                "result": "ok", "note": f"median of {len(times)}, {cfg.num_tokens} tokens/image"}  # fmt: skip
+                "result": "ok", "note": f"median of {len(times)}, {cfg.num_tokens} tokens/image; "
+                                        f"warm-up call {warm:.2f} s"}  # fmt: skip
 
     for name, dtype in _generators(ctx):
         keys = {"model": name, "dtype": dname(dtype)}
@@ -848,9 +858,9 @@ def section_sampling(ctx: Ctx) -> None:
             ctx.writer.row(SAMPLING_TITLE, SAMPLING_COLS, {**keys, "result": "FAIL", "note": short_error(exc)})
             continue
         for batch in sizes["batches"]:
-            for kv in (True, False):
-                keys.update({"batch (rows)": f"{batch} ({2 * batch})", "kv cache": "yes" if kv else "no"})
-                run_case(ctx, SAMPLING_TITLE, SAMPLING_COLS, keys, timing, model, cfg, batch, kv)
+            for mode in MODES:
+                keys.update({"batch (rows)": f"{batch} ({2 * batch})", "kv cache": mode})
+                run_case(ctx, SAMPLING_TITLE, SAMPLING_COLS, keys, timing, model, cfg, batch, mode)
         del model
 
 

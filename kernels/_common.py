@@ -8,6 +8,8 @@ Backend policy (per call, no import-time swapping):
   SPECTRALAR_KERNELS=ref   always the reference.
 `auto` does not pick the interpreter for CPU tensors even when TRITON_INTERPRET=1 is set: the
 interpreter is 100-1000x slower than the reference, and model tests would crawl (docs/design-notes.md).
+While torch.compile traces (`torch.compiler.is_compiling()`), every mode takes the reference: it is plain
+PyTorch that Inductor fuses and can capture in a CUDA graph, where our kernels would be opaque calls.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def choose_backend(op: str, *tensors: torch.Tensor) -> str:
     mode = os.environ.get("SPECTRALAR_KERNELS", "auto").lower()
     if mode not in _BACKENDS:
         raise ValueError(f"SPECTRALAR_KERNELS must be one of {_BACKENDS}, got {mode!r}")
-    if mode == "ref":
+    if mode == "ref" or torch.compiler.is_compiling():
         return "ref"
     on_cuda = all(t.is_cuda for t in tensors)
     if mode == "triton":

@@ -1,7 +1,7 @@
 """The paper's experiments, at a scale that runs here (arXiv 2506.10962; our reduced configs are in docs/results.md).
 
     python -m spectralar.experiments truncation --checkpoint fmnist --data fmnist
-    python -m spectralar.experiments mapping-ablation --steps 1500 --out runs/ablation
+    python -m spectralar.experiments mapping-ablation --steps 1000 --generator-steps 400 --out runs/ablation
     python -m spectralar.experiments causality-probe --checkpoint fmnist --data fmnist
 
 truncation: quality vs number of tokens used. Reconstruction PSNR / SSIM per prefix length, and generated

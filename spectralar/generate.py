@@ -31,6 +31,8 @@ def build_parser():
                        help="sample with the static KV cache (default)")
     cache.add_argument("--no-kv-cache", dest="kv_cache", action="store_false",
                        help="recompute the whole prefix at every step (the slow baseline)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the decode step (CUDA graphs on CUDA); compile time is reported apart")
     p.add_argument("--classes", type=int_list, default=None, help="comma-separated class ids (default: all)")
     p.add_argument("--num-per-class", type=positive_int, default=8, help="samples per class (one grid row each)")
     p.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale (1 = none)")
@@ -50,23 +52,36 @@ def build_parser():
 def sample(tokenizer, generator, labels, args, device, rank=0, world=1):
     """Codes and images for `labels`, batch by batch; batch c uses seed (args.seed, c) and runs on rank c % world."""
     codes, images, tokens, seconds = {}, {}, 0, 0.0
-    starts = list(range(0, len(labels), args.batch_size))
-    for c, s in enumerate(starts):
-        if c % world != rank:
-            continue
-        lab = labels[s:s + args.batch_size].to(device)
+    for c, lab in _my_batches(labels, args, rank, world):
+        lab = lab.to(device)
         g = torch.Generator(device=device).manual_seed(args.seed * 100003 + c)
         if device.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
         cb = generator.generate(lab, cfg_scale=args.cfg, temperature=args.temperature, top_k=args.top_k,
-                                top_p=args.top_p, kv_cache=args.kv_cache, generator=g)
+                                top_p=args.top_p, kv_cache=args.kv_cache, generator=g,
+                                compile=getattr(args, "compile", False))
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds += time.perf_counter() - t
         tokens += cb.numel()
         codes[c], images[c] = cb.cpu(), tokenizer.decode(cb).cpu()
     return codes, images, tokens, seconds
+
+
+def _my_batches(labels, args, rank, world):
+    return [(c, labels[s:s + args.batch_size]) for c, s in enumerate(range(0, len(labels), args.batch_size))
+            if c % world == rank]
+
+
+def compile_warm_up(generator, labels, args, device, rank=0, world=1) -> float:
+    """Compile the decode step for every batch size `sample` will use (one throw-away call each); seconds."""
+    t = time.perf_counter()
+    for n in sorted({len(lab) for _, lab in _my_batches(labels, args, rank, world)}):
+        generator.generate(torch.zeros(n, dtype=torch.long, device=device), cfg_scale=args.cfg, compile=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
 
 
 def main(argv=None) -> int:
@@ -96,26 +111,32 @@ def main(argv=None) -> int:
             return fail(prog, f"--temperature {args.temperature}: must be >= 0 (0 = greedy)")
         if args.cfg < 0:
             return fail(prog, f"--cfg {args.cfg}: must be >= 0")
+        if args.compile and not args.kv_cache:
+            return fail(prog, "--compile compiles the KV-cached decode step; it cannot go with --no-kv-cache")
         labels = torch.tensor(classes).repeat_interleave(args.num_per_class)
+        compile_s = compile_warm_up(generator, labels, args, device, rank, world) if args.compile else 0.0
         codes, images, tokens, seconds = sample(tokenizer, generator, labels, args, device, rank, world)
         if world > 1:
             gathered = [None] * world
-            dist.all_gather_object(gathered, (codes, images, tokens, seconds))
+            dist.all_gather_object(gathered, (codes, images, tokens, seconds, compile_s))
             codes, images = {}, {}
-            for c_, i_, _, _ in gathered:
+            for c_, i_, *_ in gathered:
                 codes.update(c_)
                 images.update(i_)
             tokens = sum(g[2] for g in gathered)
             seconds = max(g[3] for g in gathered)
+            compile_s = max(g[4] for g in gathered)
         if rank == 0:
             imgs = torch.cat([images[c] for c in sorted(images)])
             out = save_grid(imgs, args.out, nrow=args.num_per_class, scale=args.scale)
             n = len(labels)
             print(f"wrote {out.resolve()} ({len(classes)} rows: {', '.join(names[c] for c in classes)}; "
                   f"{args.num_per_class} per row)")
-            print(f"sampling ({'KV cache' if args.kv_cache else 'no cache'}, cfg {args.cfg}, {device}, "
+            mode = ("KV cache" if args.kv_cache else "no cache") + (", compiled" if args.compile else "")
+            print(f"sampling ({mode}, cfg {args.cfg}, {device}, "
                   f"world {world}): {n / seconds:.1f} images/s, {tokens / seconds:.0f} tokens/s "
-                  f"({seconds:.3f} s for {n} images of {generator.config.num_tokens} tokens)")
+                  f"({seconds:.3f} s for {n} images of {generator.config.num_tokens} tokens"
+                  + (f"; compile warm-up {compile_s:.1f} s not counted)" if args.compile else ")"))
             if args.progressive:
                 allc = torch.cat([codes[c] for c in sorted(codes)])
                 first = torch.arange(len(classes)) * args.num_per_class  # one sample per class

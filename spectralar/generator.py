@@ -79,25 +79,61 @@ class SpectralGPT(nn.Module):
             x = blk(x, cache=cache, cache_seqlens=cache_seqlens)
         return self.head(self.ln_f(x[:, -1]))
 
-    def decode_one_token(self, token, pos: int, caches, cache_seqlens):
-        """Feed s_pos (token [B]) at position `pos` against the cache; logits for s_{pos+1}."""
-        x = self.drop(self.tok_emb(token)[:, None] + self.pos_emb[:, pos:pos + 1])
+    def decode_one_token(self, token, caches, cache_seqlens):
+        """Feed s_p (token [B]) at position p = cache_seqlens against the cache; logits for s_{p+1}.
+
+        The position is read from the int32 tensor `cache_seqlens [B]`, not passed as a Python int, so one
+        compiled graph (and one CUDA graph) serves every step.
+        """
+        x = self.drop(self.tok_emb(token) + self.pos_emb[0, cache_seqlens.long()])[:, None]
         for blk, cache in zip(self.blocks, caches):
             x = blk(x, cache=cache, cache_seqlens=cache_seqlens)
         return self.head(self.ln_f(x[:, -1]))
 
+    def _decode_state(self, batch: int, dtype, device, compile: bool):
+        """(step function, caches, zeroed cache_seqlens) for one sampling call.
+
+        Eager: fresh caches per call. compile=True: `torch.compile(decode_one_token, fullgraph=True,
+        dynamic=False)`, with mode "reduce-overhead" (CUDA graphs) on CUDA; the caches and cache_seqlens are
+        kept on the model and reused by later calls with the same batch, dtype and device, and on CUDA marked
+        as static addresses, so the captured graph is replayed instead of re-recorded.
+        """
+        if not compile:
+            seqlens = torch.zeros(batch, dtype=torch.int32, device=device)
+            return self.decode_one_token, self.setup_caches(batch, dtype, device), seqlens
+        key = (id(self), batch, dtype, device)  # id: a deepcopy of the model must not call this model's graph
+        state = self.__dict__.get("_compiled_decode")
+        if state is None or state[0] != key:
+            caches = self.setup_caches(batch, dtype, device)
+            seqlens = torch.zeros(batch, dtype=torch.int32, device=device)
+            cuda = device.type == "cuda"
+            if cuda:
+                for t in [seqlens, *(b for c in caches for b in (c.k, c.v))]:
+                    torch._dynamo.mark_static_address(t)
+            fn = torch.compile(self.decode_one_token, fullgraph=True, dynamic=False,
+                               mode="reduce-overhead" if cuda else None)
+            state = self.__dict__["_compiled_decode"] = (key, fn, caches, seqlens)
+        _, fn, caches, seqlens = state
+        seqlens.zero_()
+        return fn, caches, seqlens
+
     @torch.no_grad()
     def generate(self, labels, cfg_scale=1.0, temperature=1.0, top_k=None, top_p=None, kv_cache=True,
-                 generator: torch.Generator | None = None, return_logits=False):
+                 generator: torch.Generator | None = None, return_logits=False, compile=False):
         """Sample codes [B, N] for class ids `labels` [B].
 
         cfg_scale: 1.0 = plain conditional sampling; > 1 doubles the batch with the null class and mixes
         logits uncond + cfg_scale * (cond - uncond). temperature 0 = greedy. top_k >= 1, 0 < top_p <= 1.
         kv_cache=False recomputes the whole prefix each step (the baseline). With return_logits, also
         returns the (guided) logits [B, N, K] used at each step.
+        compile=True (needs kv_cache) runs the one-token decode step through torch.compile, as CUDA graphs
+        on CUDA; the first call per batch size and dtype pays the compilation (seconds to a minute), later
+        calls reuse it. Prefill and sampling stay eager. See docs/benchmarks.md for what it buys.
         """
         c = self.config
         labels = self._check_sampling_args(labels, cfg_scale, temperature, top_k, top_p)
+        if compile and not kv_cache:
+            raise ValueError("compile=True compiles the KV-cached decode step; it needs kv_cache=True")
         B = labels.shape[0]
         use_cfg = cfg_scale != 1.0
         cls = torch.cat([labels, torch.full_like(labels, self.null_class)]) if use_cfg else labels
@@ -113,8 +149,8 @@ class SpectralGPT(nn.Module):
         all_logits = []
         if kv_cache:
             dtype = next(self.parameters()).dtype
-            caches = self.setup_caches(cls.shape[0], dtype, labels.device)
-            seqlens = torch.zeros(cls.shape[0], dtype=torch.int32, device=labels.device)
+            step, caches, seqlens = self._decode_state(cls.shape[0], dtype, labels.device, compile)
+            graphs = compile and labels.is_cuda
             logits = mix(self.prefill(cls, caches, seqlens))
         else:
             logits = mix(self(cls, codes.repeat(2, 1) if use_cfg else codes)[:, -1])
@@ -127,7 +163,11 @@ class SpectralGPT(nn.Module):
             if kv_cache:
                 seqlens += 1
                 step_tok = torch.cat([nxt, nxt]) if use_cfg else nxt
-                logits = mix(self.decode_one_token(step_tok, t + 1, caches, seqlens))
+                if graphs:  # a replay overwrites the previous step's output: mark the step, copy the logits
+                    torch.compiler.cudagraph_mark_step_begin()
+                    logits = mix(step(step_tok, caches, seqlens).clone())
+                else:
+                    logits = mix(step(step_tok, caches, seqlens))
             else:
                 logits = mix(self(cls, codes.repeat(2, 1) if use_cfg else codes)[:, -1])
         if return_logits:

@@ -91,6 +91,22 @@ def test_without_new_kv_reads_what_the_caller_wrote(backend):
     assert torch.equal(k_cache, k) and torch.equal(v_cache, v)
 
 
+def test_traces_under_torch_compile():
+    # A model that drops this op in and compiles itself must get one graph (fullgraph: no host sync for the
+    # overflow check, static shapes) that writes the cache in place and matches the oracle.
+    b, h, d, t_max = 2, 3, 16, 12
+    q, k, v = sequences(b, t_max, h, d, torch.float32, seed=9)
+    seqlens = torch.tensor([2, 7], dtype=torch.int32)
+    pos = seqlens.long()[:, None] + torch.arange(1)
+    k_cache, v_cache = torch.zeros_like(k), torch.zeros_like(v)
+    k_cache[:, :7], v_cache[:, :7] = k[:, :7], v[:, :7]
+    step = torch.compile(attention_with_kvcache, fullgraph=True, dynamic=False)
+    out = step(rows_at(q, pos), k_cache, v_cache, seqlens, k=rows_at(k, pos), v=rows_at(v, pos))
+    check(out, rows_at(full_causal(q, k, v), pos), None, "compiled")
+    for cache, src in ((k_cache, k), (v_cache, v)):
+        torch.testing.assert_close(rows_at(cache, pos), rows_at(src, pos), rtol=0, atol=0)
+
+
 def test_int_seqlens_and_scale(backend):
     b, h, d, t_max = 2, 1, 16, 20
     q, k, v = sequences(b, t_max, h, d, torch.float32, seed=8)

@@ -196,6 +196,11 @@ def test_generate_cli(run_dir, tmp_path):
              "--num-per-class", "3", "--seed", "4", "--out", str(b), "--scale", "1")
     assert r.returncode == 0, r.stderr
     assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))  # same seed, with or without cache
+    r = _cli("spectralar.generate", "--compile", "--checkpoint", str(run_dir), "--classes", "0,2",
+             "--num-per-class", "3", "--seed", "4", "--out", str(b), "--scale", "1")
+    assert r.returncode == 0, r.stderr
+    assert "compiled" in r.stdout and "compile warm-up" in r.stdout
+    assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))  # compiled decode step: same images
     r = _cli("spectralar.generate", "--checkpoint", str(run_dir), "--classes", "0,2", "--num-per-class", "3",
              "--seed", "5", "--out", str(c), "--scale", "1")
     assert not np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(c)))
@@ -208,6 +213,7 @@ def test_generate_cli(run_dir, tmp_path):
     (["--temperature", "-1"], "temperature"),
     (["--checkpoint", "/nonexistent"], "neither a bundled model"),
     (["--bogus"], "unrecognized"),
+    (["--no-kv-cache", "--compile"], "--compile"),
 ])
 def test_generate_cli_bad_flags(run_dir, flags, match):
     args = ["--checkpoint", str(run_dir)] + flags if "--checkpoint" not in flags else flags

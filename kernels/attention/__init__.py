@@ -29,7 +29,7 @@ TRITON_MAX_HEAD_DIM = 128  # larger heads use the reference
 
 
 def _flash_attn_usable(*tensors: torch.Tensor) -> bool:
-    if os.environ.get("SPECTRALAR_KERNELS", "auto").lower() != "auto":
+    if os.environ.get("SPECTRALAR_KERNELS", "auto").lower() != "auto" or torch.compiler.is_compiling():
         return False
     q = tensors[0]
     if not all(t.is_cuda for t in tensors) or q.dtype not in (torch.float16, torch.bfloat16):
@@ -143,7 +143,7 @@ def attention_with_kvcache(
     among the new tokens). Without k/v the caller must already have written positions up to
     `cache_seqlens + Tq - 1` (unlike flash-attn, cache_seqlens never counts the new tokens).
     `cache_seqlens + Tq > T_max` raises ValueError (checked with one host sync, skipped while a CUDA
-    graph is being captured). The caller advances cache_seqlens.
+    graph is being captured or torch.compile traces). The caller advances cache_seqlens.
     Returns:
         `[B, Tq, H, D]` in q's dtype. No autograd.
     """
@@ -172,7 +172,7 @@ def attention_with_kvcache(
     check_same_device(q=q, cache_seqlens=cache_seqlens)
     _check_scale(softmax_scale)
     t_max = k_cache.shape[1]
-    if not (q.is_cuda and torch.cuda.is_current_stream_capturing()):
+    if not (torch.compiler.is_compiling() or q.is_cuda and torch.cuda.is_current_stream_capturing()):
         lo, hi = int(cache_seqlens.min()), int(cache_seqlens.max())
         if lo < 0:
             raise ValueError(f"cache_seqlens must be >= 0, got min {lo}")

@@ -72,14 +72,18 @@ def attention_with_kvcache_ref(
     """Attention of q `[B, Tq, H, D]` against caches `[B, T_max, H, D]` that already hold the new keys.
 
     Query t of sample b sees cache positions `0 .. cache_seqlens[b] + t`. Only the first
-    `max(cache_seqlens) + Tq` positions are read. Returns `[B, Tq, H, D]`.
+    `max(cache_seqlens) + Tq` positions are read (all T_max, masked, while torch.compile traces, so the
+    shapes stay static and no host sync breaks the graph). Returns `[B, Tq, H, D]`.
     """
     out_dtype = q.dtype
     if upcast and q.dtype in (torch.float16, torch.bfloat16):
         q, k_cache, v_cache = q.float(), k_cache.float(), v_cache.float()
         out_dtype = torch.float32
     t_q = q.shape[1]
-    t_k = min(int(cache_seqlens.max()) + t_q, k_cache.shape[1])
+    if torch.compiler.is_compiling():
+        t_k = k_cache.shape[1]
+    else:
+        t_k = min(int(cache_seqlens.max()) + t_q, k_cache.shape[1])
     kh = k_cache[:, :t_k].transpose(1, 2)  # [B, H, Tk, D]
     vh = v_cache[:, :t_k].transpose(1, 2)
     last = cache_seqlens.long().to(q.device)[:, None] + torch.arange(t_q, device=q.device)  # [B, Tq]
