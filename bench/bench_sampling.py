@@ -83,8 +83,6 @@ def agreement(name: str, model, mode: str) -> tuple[float, float]:
 def _run(benchmark, model, batch, mode, threads, rounds, warmup):
     cfg = model.config
     labels = torch.arange(batch, device=DEVICE) % cfg.num_classes
-    if mode == "kv-compiled":
-        warmup = max(warmup, 1)  # the first call compiles
     codes = benchmark.pedantic(_generate, args=(model, labels, mode), rounds=rounds, iterations=1,
                                warmup_rounds=warmup)  # fmt: skip
     assert codes.shape == (batch, cfg.num_tokens) and codes.dtype == torch.int64

@@ -171,7 +171,7 @@ def sample_codes(tokenizer, generator, labels, args, device) -> torch.Tensor:
     from .generate import sample
 
     opts = SimpleNamespace(batch_size=args.batch_size, seed=args.seed, cfg=args.cfg, temperature=args.temperature,
-                           top_k=args.top_k, top_p=args.top_p, kv_cache=True)
+                           top_k=args.top_k, top_p=args.top_p, kv_cache=True, compile=False)
     codes, _, _, _ = sample(tokenizer, generator, labels, opts, device)
     return torch.cat([codes[c] for c in sorted(codes)])
 

@@ -60,7 +60,7 @@ def sample(tokenizer, generator, labels, args, device, rank=0, world=1):
         t = time.perf_counter()
         cb = generator.generate(lab, cfg_scale=args.cfg, temperature=args.temperature, top_k=args.top_k,
                                 top_p=args.top_p, kv_cache=args.kv_cache, generator=g,
-                                compile=getattr(args, "compile", False))
+                                compile=args.compile)
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds += time.perf_counter() - t

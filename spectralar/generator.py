@@ -96,7 +96,8 @@ class SpectralGPT(nn.Module):
         Eager: fresh caches per call. compile=True: `torch.compile(decode_one_token, fullgraph=True,
         dynamic=False)`, with mode "reduce-overhead" (CUDA graphs) on CUDA; the caches and cache_seqlens are
         kept on the model and reused by later calls with the same batch, dtype and device, and on CUDA marked
-        as static addresses, so the captured graph is replayed instead of re-recorded.
+        as static addresses, so the captured graph is replayed instead of re-recorded. A replay overwrites the
+        previous output, so on CUDA the step marks each call as a new step and returns a copy of the logits.
         """
         if not compile:
             seqlens = torch.zeros(batch, dtype=torch.int32, device=device)
@@ -112,6 +113,12 @@ class SpectralGPT(nn.Module):
                     torch._dynamo.mark_static_address(t)
             fn = torch.compile(self.decode_one_token, fullgraph=True, dynamic=False,
                                mode="reduce-overhead" if cuda else None)
+            if cuda:
+                graph = fn
+
+                def fn(*args):
+                    torch.compiler.cudagraph_mark_step_begin()
+                    return graph(*args).clone()
             state = self.__dict__["_compiled_decode"] = (key, fn, caches, seqlens)
         _, fn, caches, seqlens = state
         seqlens.zero_()
@@ -150,7 +157,6 @@ class SpectralGPT(nn.Module):
         if kv_cache:
             dtype = next(self.parameters()).dtype
             step, caches, seqlens = self._decode_state(cls.shape[0], dtype, labels.device, compile)
-            graphs = compile and labels.is_cuda
             logits = mix(self.prefill(cls, caches, seqlens))
         else:
             logits = mix(self(cls, codes.repeat(2, 1) if use_cfg else codes)[:, -1])
@@ -163,11 +169,7 @@ class SpectralGPT(nn.Module):
             if kv_cache:
                 seqlens += 1
                 step_tok = torch.cat([nxt, nxt]) if use_cfg else nxt
-                if graphs:  # a replay overwrites the previous step's output: mark the step, copy the logits
-                    torch.compiler.cudagraph_mark_step_begin()
-                    logits = mix(step(step_tok, caches, seqlens).clone())
-                else:
-                    logits = mix(step(step_tok, caches, seqlens))
+                logits = mix(step(step_tok, caches, seqlens))
             else:
                 logits = mix(self(cls, codes.repeat(2, 1) if use_cfg else codes)[:, -1])
         if return_logits:
