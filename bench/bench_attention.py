@@ -4,8 +4,9 @@ Run with `pytest bench/bench_attention.py --benchmark-only`. Shapes are this mod
 (causal, T = 65 = class token + 64 codes), the encoder (prefix-LM, 256 patches + 64 queries), both
 at head dim 64, the fmnist sizes at head dim 32 (T = 17 causal, 64 + 16 prefix-LM), and one KV-cache
 decode step against 65 cached entries. CPU runs use small fp32 batches; CUDA runs use bf16.
-Each case checks correctness once against the float64 reference, then times; `extra_info` holds the
-achieved TFLOP/s (4 * B * H * D * visible (query, key) pairs: ~halved for causal) and, for decode,
+Each case checks correctness once against the float64 reference, then times, the forward alone and the
+forward with the gradients of q, k, v; `extra_info` holds the achieved TFLOP/s (4 * B * H * D * visible
+(query, key) pairs for the forward, ~halved for causal; 3.5x that with the backward) and, for decode,
 the GB/s of reading the cache, plus peak memory on CUDA.
 """
 
@@ -97,6 +98,34 @@ def test_attention_forward(benchmark, monkeypatch, provider, shape):
         torch.cuda.reset_peak_memory_stats()
     benchmark(fn)
     _record(benchmark, 4 * BATCH * HEADS * d * _visible_pairs(t, causal, prefix_len))
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_attention_forward_backward(benchmark, monkeypatch, provider, shape):
+    """Forward plus the gradients of q, k, v (training); checks the gradients once against float64."""
+    t, d, causal, prefix_len = SHAPES[shape]
+    _skip_unavailable(provider, causal, prefix_len)
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    q, k, v, do = (torch.randn(BATCH, t, HEADS, d, device=DEVICE, generator=g, dtype=DTYPE) for _ in range(4))
+    q, k, v = (x.requires_grad_(True) for x in (q, k, v))
+    grads = lambda: torch.autograd.grad(attention(q, k, v, causal=causal, prefix_len=prefix_len), (q, k, v), do)  # noqa: E731
+    fn = _run(provider, grads, monkeypatch)
+
+    got = fn()
+    x64 = [x.detach().double().requires_grad_(True) for x in (q, k, v)]
+    want = torch.autograd.grad(ref.attention_ref(*x64, causal, prefix_len), x64, do.double())
+    same = [None] * 3
+    if DTYPE != torch.float32:
+        same = torch.autograd.grad(ref.attention_ref(q, k, v, causal, prefix_len), (q, k, v), do)
+    for name, a, w, s in zip("qkv", got, want, same):
+        assert_close_to_oracle(a, w, s, atol=1e-5, rtol=1e-4, name=f"{provider} {shape} d{name}")
+
+    if CUDA:
+        torch.cuda.reset_peak_memory_stats()
+    benchmark(fn)
+    # backward: 5 products of the forward's size (s and dp recomputed, dv, dk, dq) -> 3.5x the forward's flops
+    _record(benchmark, 3.5 * 4 * BATCH * HEADS * d * _visible_pairs(t, causal, prefix_len))
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)

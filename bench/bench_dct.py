@@ -6,9 +6,16 @@ blockwise DCT. CPU runs use small fp32 batches (the Triton provider is CUDA-only
 not a speed); CUDA runs use bigger batches. Each case checks correctness once against the float64
 reference, then times; `extra_info` holds GB/s (one read + one write of the tensor, the floor for
 the blockwise case) and GFLOP/s of the matmul form (2 (H + W) flops per pixel), plus peak memory on CUDA.
+
+`test_dct2d_cpu_sweep`: the whole-plane CPU path (our reference, the product on CPU) against
+scipy.fft.dctn / idctn per plane size 8 ... 512, with 1 and 2 threads (torch.set_num_threads(t) for ours,
+`workers=t` for scipy: both may use t cores). Each case also times both providers side by side,
+interleaved (minimum of several repeats: robust on a shared machine), and the `ref` case records
+`speed_vs_scipy` = scipy time / our time (>= 1: ours is faster) in `extra_info`.
 """
 
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +24,7 @@ import scipy.fft
 import torch
 import torch.nn.functional as F
 
-from spectralar_kernels import dct2d
+from spectralar_kernels import dct2d, idct2d
 from spectralar_kernels.dct import ref
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -100,3 +107,53 @@ def test_dct2d(benchmark, case, provider, monkeypatch):
         )
         if CUDA:
             benchmark.extra_info["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+
+
+SWEEP_SIZES = [8, 16, 32, 64, 128, 256, 384, 512]
+
+
+def _sweep_input(n: int) -> torch.Tensor:
+    """[B, 3, n, n] with ~0.8 M pixels (B >= 1): every size takes well over 0.1 ms."""
+    return torch.randn(max(1, 2**18 // (n * n)), 3, n, n, generator=torch.Generator().manual_seed(0))
+
+
+def _side_by_side(fns: dict, repeats: int = 7) -> dict:
+    """Minimum wall time (ms) per function, the functions interleaved in each round."""
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return {name: t * 1e3 for name, t in best.items()}
+
+
+@pytest.mark.parametrize("provider", ["ref", "scipy"])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("inverse", [False, True], ids=["dct", "idct"])
+@pytest.mark.parametrize("n", SWEEP_SIZES)
+def test_dct2d_cpu_sweep(benchmark, n, inverse, threads, provider, monkeypatch):
+    monkeypatch.setenv("SPECTRALAR_KERNELS", "ref")
+    x = _sweep_input(n)
+    a = x.numpy()
+    sp = scipy.fft.idctn if inverse else scipy.fft.dctn
+    ours = (idct2d if inverse else dct2d)
+    fns = {
+        "ref": lambda: ours(x),
+        "scipy": lambda: torch.from_numpy(sp(a, type=2, norm="ortho", axes=(-2, -1), workers=threads)),
+    }
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        oracle = torch.from_numpy(sp(a.astype(np.float64), type=2, norm="ortho", axes=(-2, -1)))
+        err = max_err(fns[provider](), oracle)
+        assert err < 1e-4 * max(1.0, oracle.abs().max().item()), f"{provider}: max err {err:.2e}"
+        benchmark.pedantic(fns[provider], rounds=5, iterations=1, warmup_rounds=1)
+        if provider == "ref" and not benchmark.disabled:
+            ms = _side_by_side(fns)
+            benchmark.extra_info.update(
+                max_err=err, threads=threads, planes=x.shape[0] * x.shape[1], ms_ref=ms["ref"], ms_scipy=ms["scipy"],
+                speed_vs_scipy=ms["scipy"] / ms["ref"],
+            )
+    finally:
+        torch.set_num_threads(saved)

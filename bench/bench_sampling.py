@@ -3,10 +3,12 @@
 Run with `pytest bench/bench_sampling.py --benchmark-only`. The `fmnist` generator (random init, seed 0,
 eval mode, fp32) samples batch 1 and batch 64 with CFG 2.0 (2 and 128 rows through the model), with
 `kv_cache=True` (prefill + one-token decode steps) and `kv_cache=False` (the whole prefix recomputed
-every step), and `kv_cache=True, compile=True` (the decode step through torch.compile: Inductor's C++ code
-on CPU, CUDA graphs on CUDA; the warm-up round pays the compilation, the timed rounds do not). On CUDA the
-`d16` generator in bf16 also samples batch 64 all three ways. `extra_info` holds images/s and tokens/s
-(generated codes; the CFG rows are not counted) and the rows through the model.
+every step), and `kv_cache=True, compile=True` (each whole sampling step through torch.compile: Inductor's
+C++ code on CPU, one CUDA graph on CUDA; the warm-up round pays the compilation, the timed rounds do not).
+On CUDA the `d16` generator in bf16 also samples batch 64 all three ways. `extra_info` holds images/s and
+tokens/s (generated codes; the CFG rows are not counted), the rows through the model, and for the eager
+cached mode `ops_per_step`: the top-level aten ops one decode step dispatches (views excluded; on a GPU
+each is about one kernel launch), counted once with the CPU profiler.
 
 Correctness, checked once per model: with the same torch.Generator seed both paths give identical
 codes, sampled (temperature 1) and greedy (top_k=1), and the compiled decode step gives the eager cached
@@ -80,6 +82,26 @@ def agreement(name: str, model, mode: str) -> tuple[float, float]:
     return _agreement[name, mode]
 
 
+_NO_LAUNCH = ("view", "reshape", "_unsafe_view", "unbind", "select", "slice", "chunk", "split", "narrow", "transpose",
+              "t", "permute", "expand", "as_strided", "unsqueeze", "squeeze", "detach", "alias", "empty", "empty_like",
+              "empty_strided", "resolve_conj", "resolve_neg", "dropout")
+
+
+def ops_per_step(model, rows: int) -> int:
+    """Top-level non-view aten ops of one eager decode step (`decode_one_token`, rows through the model)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    caches = model.setup_caches(rows, next(model.parameters()).dtype, DEVICE)
+    token = torch.zeros(rows, dtype=torch.long, device=DEVICE)
+    with torch.no_grad():
+        model.decode_one_token(token, caches, 1)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            model.decode_one_token(token, caches, 1)
+    skip = {f"aten::{name}" for name in _NO_LAUNCH}
+    return sum(1 for e in prof.events() if e.name.startswith("aten::") and e.name not in skip
+               and not (e.cpu_parent is not None and e.cpu_parent.name.startswith("aten::")))  # fmt: skip
+
+
 def _run(benchmark, model, batch, mode, threads, rounds, warmup):
     cfg = model.config
     labels = torch.arange(batch, device=DEVICE) % cfg.num_classes
@@ -90,6 +112,8 @@ def _run(benchmark, model, batch, mode, threads, rounds, warmup):
     info = benchmark.extra_info
     info.update(batch=batch, rows=2 * batch, mode=mode, device=DEVICE, threads=threads,
                 dtype=str(next(model.parameters()).dtype))  # fmt: skip
+    if mode == "kv":
+        info["ops_per_step"] = ops_per_step(model, 2 * batch)
     stats = getattr(benchmark, "stats", None)
     if stats is not None:  # absent under --benchmark-disable
         mean = stats.stats.mean

@@ -3,10 +3,11 @@
 Run with `pytest bench/bench_subimages.py --benchmark-only`. Cases: one window per sample (the
 tokenizer's training targets) and all N prefixes (progressive decoding), at the fmnist size (32 x 32
 x 1, N = 16) and at ImageNet size (256 x 256 x 3, N = 64; CUDA only on the reference path's
-account: it materialises N full-size coefficient tensors). CPU runs use small batches and skip the
-Triton provider (the interpreter is not a speed). Each case checks correctness once against the
-float64 reference, then times; `extra_info` holds GB/s (read x once, write the outputs), plus peak
-memory on CUDA.
+account: it materialises N full-size coefficient tensors), in fp32 and (CUDA only) bf16. CPU runs use
+small batches and skip the Triton provider (the interpreter is not a speed). Each case checks
+correctness once against the float64 reference (bf16: within 2x the error of the bf16 reference, the
+tests' rule), then times; `extra_info` holds GB/s (read x once, write the outputs), plus peak memory
+on CUDA.
 """
 
 import sys
@@ -21,7 +22,7 @@ from spectralar_kernels import spectral_subimages, spectral_windows
 from spectralar_kernels.subimages import ref
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from tolerances import max_err  # noqa: E402
+from tolerances import assert_close_to_oracle, max_err  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -33,6 +34,7 @@ CASES = {
     "imagenet-256-all64": ((8, 3, 256, 256), 64, True),
 }
 PROVIDERS = ["ref", "triton", "scipy"]
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def scipy_subimages(a: np.ndarray, windows: list[int], all_prefixes: bool) -> np.ndarray:
@@ -48,16 +50,19 @@ def scipy_subimages(a: np.ndarray, windows: list[int], all_prefixes: bool) -> np
     return np.concatenate(outs, axis=1) if all_prefixes else np.stack(outs)
 
 
+@pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("case", list(CASES))
-def test_spectral_subimages(benchmark, case, provider, monkeypatch):
+def test_spectral_subimages(benchmark, case, provider, dtype, monkeypatch):
     shape, n_tokens, all_prefixes = CASES[case]
     if provider == "triton" and not CUDA:
         pytest.skip("the Triton provider is timed on CUDA only")
     if shape[-1] == 256 and all_prefixes and not CUDA:
         pytest.skip("all 64 prefixes of 256 x 256 images is a GPU-sized case")
+    if dtype != "fp32" and (provider == "scipy" or not CUDA):
+        pytest.skip("bf16 is timed on CUDA, for the reference and Triton")
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(shape, generator=gen).to(DEVICE)
+    x = torch.randn(shape, generator=gen).to(DEVICE, DTYPES[dtype])
     size = shape[-1]
     prefix_windows = spectral_windows(size, n_tokens, "power", 2.0)
     if all_prefixes:
@@ -72,9 +77,14 @@ def test_spectral_subimages(benchmark, case, provider, monkeypatch):
         monkeypatch.setenv("SPECTRALAR_KERNELS", provider)
         fn = lambda: spectral_subimages(x, windows, all_prefixes=all_prefixes)
     out = fn()
-    oracle = ref.spectral_subimages(x[:2], windows if all_prefixes else windows[:2], all_prefixes, upcast=True)
+    head = windows if all_prefixes else windows[:2]
+    oracle = ref.spectral_subimages(x[:2], head, all_prefixes, upcast=True)
     err = max_err(out[:2].to(oracle.device), oracle)
-    assert err < 1e-4 * max(1.0, oracle.abs().max().item()), f"{provider}: max err {err:.2e}"
+    if dtype == "fp32":
+        assert err < 1e-4 * max(1.0, oracle.abs().max().item()), f"{provider}: max err {err:.2e}"
+    else:
+        same_precision = ref.spectral_subimages(x[:2], head, all_prefixes)
+        assert_close_to_oracle(out[:2], oracle, same_precision_ref=same_precision, name=f"{provider} {case} {dtype}")
     del out
     if CUDA:
         torch.cuda.reset_peak_memory_stats()

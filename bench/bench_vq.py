@@ -1,10 +1,13 @@
 """vq_nearest benchmarks: fused Triton kernel vs the chunked reference and the unfused peers.
 
 Providers:
-  ref     the chunked PyTorch reference (never more than 2^22 scores alive)
-  triton  the fused kernel (CUDA only: the interpreter is not a benchmark)
-  cdist   torch.cdist(z, c).argmin(1)                       (writes the M x K distance matrix)
-  matmul  (||z||^2 - 2 z c^T + ||c||^2).argmin(1)           (writes M x K, several times)
+  ref          the chunked PyTorch reference (never more than 2^22 scores alive)
+  vq-v1        the first fused kernels (two launches; CUDA only: the interpreter is not a benchmark)
+  vq-v2        one launch on the cached padded codebook (a fixed codebook: the cache hits; CUDA only)
+  vq-v2-cold   vq-v2 with the codebook cache emptied before every call (a codebook rebuilt per call,
+               as a model that normalises its codebook in forward does; CUDA only)
+  cdist        torch.cdist(z, c).argmin(1)                       (writes the M x K distance matrix)
+  matmul       (||z||^2 - 2 z c^T + ||c||^2).argmin(1)           (writes M x K, several times)
 Peak memory goes to benchmark.extra_info: on CUDA measured (torch.cuda.max_memory_allocated above
 what was allocated before the call), on CPU the largest intermediate each provider allocates,
 computed analytically and labelled as such. Correctness is checked once per provider before timing
@@ -16,7 +19,8 @@ import torch
 
 from spectralar_kernels.vq import ref
 
-PROVIDERS = ["ref", "triton", "cdist", "matmul"]
+PROVIDERS = ["ref", "vq-v1", "vq-v2", "vq-v2-cold", "cdist", "matmul"]
+GPU_ONLY = ("vq-v1", "vq-v2", "vq-v2-cold")
 # (device, M, K, d): 64 images x 16 tokens against the fmnist codebook; 64 x 64 tokens against
 # ImageNet-size codebooks (code dim 12 in both).
 CASES = [
@@ -36,27 +40,39 @@ def _matmul(z, c):
     return d2.argmin(dim=1)
 
 
-def _triton(z, c):
-    from spectralar_kernels.vq.triton import vq_nearest_fwd
+def _triton(impl: str, cold: bool = False):
+    def run(z, c):
+        from spectralar_kernels.vq import triton as vq_triton
 
-    return vq_nearest_fwd(z, c)[0]
+        if cold:
+            vq_triton._CACHE.clear()
+        return vq_triton.vq_nearest_fwd(z, c, "l2", impl)[0]
+
+    return run
 
 
-FUNCS = {"ref": lambda z, c: ref.vq_nearest_ref(z, c)[0], "triton": _triton, "cdist": _cdist, "matmul": _matmul}
+FUNCS = {
+    "ref": lambda z, c: ref.vq_nearest_ref(z, c)[0],
+    "vq-v1": _triton("vq-v1"),
+    "vq-v2": _triton("vq-v2"),
+    "vq-v2-cold": _triton("vq-v2", cold=True),
+    "cdist": _cdist,
+    "matmul": _matmul,
+}
 
 
 def analytic_peak_bytes(provider: str, M: int, K: int) -> int:
     """Largest single intermediate a provider allocates on CPU (fp32), from the algorithm, not measured."""
     if provider == "ref":
         return 4 * min(M * K, max(ref.CHUNK_ELEMS // K, 1) * K)  # one chunk of scores
-    return 4 * M * K  # cdist / matmul: the full distance matrix (triton never runs on CPU)
+    return 4 * M * K  # cdist / matmul: the full distance matrix (the kernels never run on CPU)
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("device, M, K, d", CASES)
 def test_vq_nearest(benchmark, provider, device, M, K, d):
-    if provider == "triton" and device != "cuda":
-        pytest.skip("triton provider needs CUDA (the interpreter is not a benchmark)")
+    if provider in GPU_ONLY and device != "cuda":
+        pytest.skip(f"{provider} needs CUDA (the interpreter is not a benchmark)")
     g = torch.Generator().manual_seed(0)
     z = torch.randn(M, d, generator=g).to(device)
     codebook = torch.randn(K, d, generator=g).to(device)

@@ -24,6 +24,8 @@ once, each output written once, scratch and recomputation not counted):
                                   (read q, k, v, o, dO; write dq, dk, dv)
   attention_with_kvcache          flops = 4 H D * sum over queries of visible keys
                                   bytes = elsize H D (2 * visible cache rows + 4 B Tq)  (read K, V; q, o, new k, v)
+  generator decode step           flops = 2 P rows + 4 rows L W (p + 1)  (P weights, L layers, width W, position p)
+                                  bytes = P elsize + 2 rows L (p + 1) W elsize  (weights once, K and V read)
 """
 
 from __future__ import annotations
@@ -174,3 +176,16 @@ def decode_cost(seqlens, t_q: int, h: int, d: int, elsize: int) -> Cost:
     rows = sum(s + t_q for s in seqlens)
     b = len(seqlens)
     return Cost(4 * h * d * keys, elsize * h * d * (2 * rows + 4 * b * t_q))
+
+
+def generator_step_cost(params_read: int, rows: int, depth: int, width: int, position: int, elsize: int) -> Cost:
+    """One KV-cached decode step of a GPT over `rows` sequences at cache position `position`.
+
+    flops = 2 params_read rows (every weight once per row) + 4 rows depth width (position + 1) (q.k and p.v
+    against the cached keys); bytes = params_read elsize (the weights, read once per step) + 2 rows depth
+    (position + 1) width elsize (K and V read). `params_read` leaves out the embedding tables, of which a step
+    reads one row per sequence.
+    """
+    keys = position + 1
+    flops = 2 * params_read * rows + 4 * rows * depth * width * keys
+    return Cost(flops, params_read * elsize + 2 * rows * depth * keys * width * elsize)

@@ -1,9 +1,10 @@
 """spectralar_kernels: fused kernels for spectral autoregressive image models.
 
 Every op has a plain-PyTorch reference (`<op>/ref.py`: the CPU path, test oracle and benchmark
-baseline), a Triton implementation (`<op>/triton.py`) and one public function that validates its
-arguments and dispatches (see `_common.choose_backend`). Importing this package needs neither a
-GPU nor triton.
+baseline), Triton implementations (`<op>/triton.py` and siblings) and one public function that
+validates its arguments and dispatches (`_common.choose_kernel`: on CUDA only to kernels that the
+measured-decisions table `_dispatch.py` shows faster than the reference). Importing this package
+needs neither a GPU nor triton.
 """
 
 from .attention import attention, attention_with_kvcache

@@ -1,15 +1,20 @@
-"""Shared helpers for every op: backend choice, argument checks, warn-once.
+"""Shared helpers for every op: backend choice, argument checks, warn-once, ahead-of-time specs.
 
-Backend policy (per call, no import-time swapping):
-  SPECTRALAR_KERNELS=auto  (default) Triton when every tensor is on CUDA and triton imports, else
-                           the PyTorch reference (a CUDA tensor falling back warns once).
-  SPECTRALAR_KERNELS=triton  always Triton; on CPU tensors this needs TRITON_INTERPRET=1 (how the
-                           tests execute the kernels without a GPU).
+Backend policy (per call, no import-time swapping), `choose_kernel(op, variant, *tensors)`:
+  SPECTRALAR_KERNELS=auto  (default) on CUDA tensors, the implementation the measured-decisions table
+                           (`_dispatch.MEASURED`) says beat the PyTorch reference on a GPU for this
+                           (op, variant, dtype); the reference otherwise, and always on CPU tensors.
+  SPECTRALAR_KERNELS=triton  always the newest Triton implementation; on CPU tensors this needs
+                           TRITON_INTERPRET=1 (how the tests execute the kernels without a GPU).
+  SPECTRALAR_KERNELS=triton:ID[,ID]  Triton, with implementation ID (e.g. `blockwise-v1`) wherever an
+                           op ships it and the newest elsewhere (how the GPU report times older kernels).
   SPECTRALAR_KERNELS=ref   always the reference.
 `auto` does not pick the interpreter for CPU tensors even when TRITON_INTERPRET=1 is set: the
 interpreter is 100-1000x slower than the reference, and model tests would crawl (docs/design-notes.md).
-While torch.compile traces (`torch.compiler.is_compiling()`), every mode takes the reference: it is plain
-PyTorch that Inductor fuses and can capture in a CUDA graph, where our kernels would be opaque calls.
+While torch.compile traces (`torch.compiler.is_compiling()`), `choose_kernel` returns the reference: plain
+PyTorch that Inductor fuses and can capture in a CUDA graph. The exception is `attention_with_kvcache`,
+registered as the custom op `spectralar::attention_with_kvcache` (kernels/attention/kvcache.py): a compiled
+graph keeps it as one node, and the node chooses its implementation when the graph runs.
 """
 
 from __future__ import annotations
@@ -45,25 +50,35 @@ def warn_once(key: str, message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
-def choose_backend(op: str, *tensors: torch.Tensor) -> str:
-    """Return "triton" or "ref" for this call, following SPECTRALAR_KERNELS (see module docstring)."""
+def choose_kernel(op: str, variant: str, *tensors: torch.Tensor) -> str | None:
+    """Implementation id to run for this call (e.g. "blockwise-v1"), or None for the PyTorch reference.
+
+    `op`/`variant` index `_dispatch.IMPLEMENTATIONS`; the dtype is the first tensor's. See the module
+    docstring for the policy.
+    """
+    from . import _dispatch
+
     mode = os.environ.get("SPECTRALAR_KERNELS", "auto").lower()
-    if mode not in _BACKENDS:
-        raise ValueError(f"SPECTRALAR_KERNELS must be one of {_BACKENDS}, got {mode!r}")
+    mode, _, pinned = mode.partition(":")
+    if mode not in _BACKENDS or (pinned and mode != "triton"):
+        raise ValueError(f"SPECTRALAR_KERNELS must be one of {_BACKENDS} or triton:ID[,ID], got {mode!r}")
     if mode == "ref" or torch.compiler.is_compiling():
-        return "ref"
+        return None
     on_cuda = all(t.is_cuda for t in tensors)
     if mode == "triton":
         if not triton_available():
             raise RuntimeError("SPECTRALAR_KERNELS=triton but triton is not installed (pip install triton)")
         if not (on_cuda or interpreter_on()):
             raise RuntimeError("SPECTRALAR_KERNELS=triton needs CUDA tensors, or TRITON_INTERPRET=1 for CPU tensors")
-        return "triton"
-    if on_cuda:
-        if triton_available():
-            return "triton"
-        warn_once(op, f"spectralar_kernels.{op}: triton is not installed; CUDA tensors use the slower reference")
-    return "ref"
+        shipped = _dispatch.IMPLEMENTATIONS[(op, variant)]
+        chosen = [i for i in shipped if i in pinned.split(",")]
+        return chosen[-1] if chosen else shipped[-1]
+    if not on_cuda:
+        return None
+    if not triton_available():
+        warn_once(op, f"spectralar_kernels.{op}: triton is not installed; CUDA tensors use the reference")
+        return None
+    return _dispatch.measured_choice(op, variant, tensors[0].dtype)
 
 
 def check_float(name: str, t, min_ndim: int = 1) -> None:
@@ -84,14 +99,22 @@ def check_same_device(**tensors: torch.Tensor) -> None:
         raise ValueError(f"tensors must be on one device, got {devices}")
 
 
+AOT_OPS = ("dct", "blockwise", "subimages", "attention", "decode", "vq")
+
+
 @dataclass(frozen=True)
 class AOTSpec:
     """One launch configuration of a shipped Triton kernel, for the ahead-of-time compile check.
 
     Every `kernels/<op>/triton.py` defines `aot_specs() -> list[AOTSpec]` covering every block
-    configuration its launchers can choose; tests/test_aot_compile.py compiles each for sm_80 and
-    sm_90 with no GPU present (triton.compile on an ASTSource) and bench/kernel_resources.py prints
-    registers / spills / shared memory / tensor-core use.
+    configuration its launchers can choose on a GPU; bench/kernel_resources.py compiles each for sm_80
+    and sm_90 with no GPU present (triton.compile on an ASTSource) the way the JIT would for the
+    benchmark shapes, and tests/test_aot_compile.py asserts the design properties on the SASS.
+
+    JIT-like compile: the JIT specialises every launch on its arguments: 16-byte-aligned pointers and
+    integers divisible by 16 get `tt.divisibility = 16`, integers equal to 1 become constants. `values`
+    holds the integer arguments at a benchmark shape; from them the compile derives the same attributes
+    (every pointer argument is taken as 16-byte aligned, as fresh torch allocations are).
     """
 
     kernel: Any  # the @triton.jit function
@@ -99,5 +122,10 @@ class AOTSpec:
     constexprs: dict[str, Any] = field(default_factory=dict)  # values of the "constexpr" arguments
     num_warps: int = 4
     num_stages: int = 2
-    label: str = ""  # human-readable, e.g. "dct2d blockwise fp16 BLOCK=8"
+    label: str = ""  # human-readable and unique per op, e.g. "dct2d blockwise fp16 BLOCK=8"
     expect_tensor_cores: bool = False  # the SASS must contain HMMA/HGMMA (fp16/bf16 tl.dot paths)
+    op: str = ""  # record op, one of AOT_OPS (default: the op folder's name)
+    dtype: str = ""  # input dtype this configuration serves: "fp32", "fp16" or "bf16"
+    values: dict[str, int] | None = None  # integer arguments at a benchmark shape (JIT-like compile)
+    main: bool = False  # the op's main loop: must load through cp.async/TMA and with 128-bit loads
+    wide_stores: bool = False  # must store with 128-bit STG (blockwise DCT)

@@ -68,11 +68,11 @@ class SpectralGPT(nn.Module):
 
     # ---- sampling -------------------------------------------------------------------------------
 
-    def setup_caches(self, batch: int, dtype, device) -> list[KVCache]:
+    def setup_caches(self, batch: int, dtype, device, zero: bool = True) -> list[KVCache]:
         c = self.config
-        return [KVCache(batch, c.num_tokens, c.heads, c.width // c.heads, dtype, device) for _ in self.blocks]
+        return [KVCache(batch, c.num_tokens, c.heads, c.width // c.heads, dtype, device, zero) for _ in self.blocks]
 
-    def prefill(self, labels, caches, cache_seqlens):
+    def prefill(self, labels, caches, cache_seqlens=0):
         """Run the class token through the model, filling position 0 of every cache; logits for s_1."""
         x = self._embed(labels, None, 0)
         for blk, cache in zip(self.blocks, caches):
@@ -82,26 +82,51 @@ class SpectralGPT(nn.Module):
     def decode_one_token(self, token, caches, cache_seqlens):
         """Feed s_p (token [B]) at position p = cache_seqlens against the cache; logits for s_{p+1}.
 
-        The position is read from the int32 tensor `cache_seqlens [B]`, not passed as a Python int, so one
-        compiled graph (and one CUDA graph) serves every step.
+        `cache_seqlens` is an int32 tensor `[B]` (what a compiled step takes: one graph serves every
+        step, and nothing is read back to the host) or a host int shared by every row (the eager
+        sampler: the cache append and the attention then work by slicing).
         """
-        x = self.drop(self.tok_emb(token) + self.pos_emb[0, cache_seqlens.long()])[:, None]
+        x = self.tok_emb(token) + self.pos_emb[0, cache_seqlens]  # [B, C] (pos_emb row [C] for an int)
+        x = (self.drop(x) if self.training else x)[:, None]
         for blk, cache in zip(self.blocks, caches):
             x = blk(x, cache=cache, cache_seqlens=cache_seqlens)
         return self.head(self.ln_f(x[:, -1]))
 
-    def _decode_state(self, batch: int, dtype, device, compile: bool):
-        """(step function, caches, zeroed cache_seqlens) for one sampling call.
+    @staticmethod
+    def _guide(logits, cfg_scale: float):
+        """fp32 logits; with CFG (rows [cond; uncond]) mixed as uncond + cfg_scale * (cond - uncond)."""
+        logits = logits.float()
+        if cfg_scale != 1.0:
+            cond, uncond = logits.chunk(2)
+            logits = uncond + cfg_scale * (cond - uncond)
+        return logits
 
-        Eager: fresh caches per call. compile=True: `torch.compile(decode_one_token, fullgraph=True,
-        dynamic=False)`, with mode "reduce-overhead" (CUDA graphs) on CUDA; the caches and cache_seqlens are
-        kept on the model and reused by later calls with the same batch, dtype and device, and on CUDA marked
-        as static addresses, so the captured graph is replayed instead of re-recorded. A replay overwrites the
-        previous output, so on CUDA the step marks each call as a new step and returns a copy of the logits.
+    def sample_step(self, token, caches, cache_seqlens, u, cfg_scale, temperature, top_k, top_p):
+        """One whole sampling step, the unit `generate(compile=True)` compiles (one CUDA graph on CUDA).
+
+        token [B] at position cache_seqlens (see `decode_one_token`); with CFG the batch is doubled with
+        the null rows here. u [B, 1] is this step's uniform draw (None for greedy). A tensor cache_seqlens
+        is advanced in place. Returns the guided logits [B, K] (fp32) and the next token [B].
         """
-        if not compile:
-            seqlens = torch.zeros(batch, dtype=torch.int32, device=device)
-            return self.decode_one_token, self.setup_caches(batch, dtype, device), seqlens
+        rows = torch.cat([token, token]) if cfg_scale != 1.0 else token
+        logits = self._guide(self.decode_one_token(rows, caches, cache_seqlens), cfg_scale)
+        nxt = sample_from_logits(logits, temperature, top_k, top_p, u=u)
+        if isinstance(cache_seqlens, torch.Tensor):
+            cache_seqlens += 1
+        return logits, nxt
+
+    def _decode_state(self, batch: int, dtype, device, compile: bool):
+        """(step function, caches, positions) for one sampling call.
+
+        Eager: `sample_step`, fresh caches, and positions as host ints (None here). compile=True:
+        `torch.compile(sample_step, fullgraph=True, dynamic=False)`, with mode "reduce-overhead" (CUDA
+        graphs) on CUDA; the caches and the int32 `cache_seqlens` tensor are kept on the model and reused by
+        later calls with the same batch, dtype and device, and on CUDA marked as static addresses, so the
+        captured graph is replayed instead of re-recorded. A replay overwrites the previous outputs, so on
+        CUDA the step marks each call as a new step and returns copies.
+        """
+        if not compile:  # host-int positions read only what was written: the caches need no zeroing
+            return self.sample_step, self.setup_caches(batch, dtype, device, zero=False), None
         key = (id(self), batch, dtype, device)  # id: a deepcopy of the model must not call this model's graph
         state = self.__dict__.get("_compiled_decode")
         if state is None or state[0] != key:
@@ -111,17 +136,16 @@ class SpectralGPT(nn.Module):
             if cuda:
                 for t in [seqlens, *(b for c in caches for b in (c.k, c.v))]:
                     torch._dynamo.mark_static_address(t)
-            fn = torch.compile(self.decode_one_token, fullgraph=True, dynamic=False,
+            fn = torch.compile(self.sample_step, fullgraph=True, dynamic=False,
                                mode="reduce-overhead" if cuda else None)
             if cuda:
                 graph = fn
 
                 def fn(*args):
                     torch.compiler.cudagraph_mark_step_begin()
-                    return graph(*args).clone()
+                    return tuple(t.clone() for t in graph(*args))
             state = self.__dict__["_compiled_decode"] = (key, fn, caches, seqlens)
         _, fn, caches, seqlens = state
-        seqlens.zero_()
         return fn, caches, seqlens
 
     @torch.no_grad()
@@ -133,45 +157,49 @@ class SpectralGPT(nn.Module):
         logits uncond + cfg_scale * (cond - uncond). temperature 0 = greedy. top_k >= 1, 0 < top_p <= 1.
         kv_cache=False recomputes the whole prefix each step (the baseline). With return_logits, also
         returns the (guided) logits [B, N, K] used at each step.
-        compile=True (needs kv_cache) runs the one-token decode step through torch.compile, as CUDA graphs
-        on CUDA; the first call per batch size and dtype pays the compilation (seconds to a minute), later
-        calls reuse it. Prefill and sampling stay eager. See docs/benchmarks.md for what it buys.
+        compile=True (needs kv_cache) runs each whole decoding step (null rows, decode, CFG mixing, sampling,
+        position increment: `sample_step`) through torch.compile, as one CUDA graph on CUDA; the first call
+        per batch size and dtype pays the compilation (seconds to a minute), later calls reuse it. Prefill
+        stays eager. See docs/benchmarks.md for what it buys.
+        The N uniform draws of a sampled run are taken from `generator` up front, in step order (on CPU the
+        same numbers as one draw per step), so the compiled and eager steps see the same randomness.
         """
         c = self.config
         labels = self._check_sampling_args(labels, cfg_scale, temperature, top_k, top_p)
         if compile and not kv_cache:
             raise ValueError("compile=True compiles the KV-cached decode step; it needs kv_cache=True")
-        B = labels.shape[0]
+        B, device = labels.shape[0], labels.device
         use_cfg = cfg_scale != 1.0
         cls = torch.cat([labels, torch.full_like(labels, self.null_class)]) if use_cfg else labels
+        u = None
+        if temperature != 0:
+            u = torch.rand(c.num_tokens, B, 1, generator=generator,
+                           device=device if generator is None else generator.device).to(device)  # fmt: skip
+        sampling = (temperature, top_k, top_p)
 
-        def mix(logits):
-            logits = logits.float()
-            if use_cfg:
-                cond, uncond = logits[:B], logits[B:]
-                logits = uncond + cfg_scale * (cond - uncond)
-            return logits
-
-        codes = torch.empty(B, 0, dtype=torch.long, device=labels.device)
-        all_logits = []
+        all_logits, toks = [], []
         if kv_cache:
             dtype = next(self.parameters()).dtype
-            step, caches, seqlens = self._decode_state(cls.shape[0], dtype, labels.device, compile)
-            logits = mix(self.prefill(cls, caches, seqlens))
-        else:
-            logits = mix(self(cls, codes.repeat(2, 1) if use_cfg else codes)[:, -1])
-        for t in range(c.num_tokens):
+            step, caches, seqlens = self._decode_state(cls.shape[0], dtype, device, compile)
+            logits = self._guide(self.prefill(cls, caches, 0), cfg_scale)
+            nxt = sample_from_logits(logits, *sampling, u=None if u is None else u[0])
+            if seqlens is not None:
+                seqlens.fill_(1)
+            for t in range(1, c.num_tokens):
+                all_logits.append(logits)
+                toks.append(nxt)
+                pos = t if seqlens is None else seqlens  # where nxt goes: s_t sits at position t
+                logits, nxt = step(nxt, caches, pos, None if u is None else u[t], cfg_scale, *sampling)
             all_logits.append(logits)
-            nxt = sample_from_logits(logits, temperature, top_k, top_p, generator)
-            codes = torch.cat([codes, nxt[:, None]], 1)
-            if t == c.num_tokens - 1:
-                break
-            if kv_cache:
-                seqlens += 1
-                step_tok = torch.cat([nxt, nxt]) if use_cfg else nxt
-                logits = mix(step(step_tok, caches, seqlens))
-            else:
-                logits = mix(self(cls, codes.repeat(2, 1) if use_cfg else codes)[:, -1])
+            toks.append(nxt)
+            codes = torch.stack(toks, 1)
+        else:
+            codes = torch.empty(B, 0, dtype=torch.long, device=device)
+            for t in range(c.num_tokens):
+                logits = self._guide(self(cls, codes.repeat(2, 1) if use_cfg else codes)[:, -1], cfg_scale)
+                nxt = sample_from_logits(logits, *sampling, u=None if u is None else u[t])
+                all_logits.append(logits)
+                codes = torch.cat([codes, nxt[:, None]], 1)
         if return_logits:
             return codes, torch.stack(all_logits, 1)
         return codes

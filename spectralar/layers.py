@@ -14,13 +14,19 @@ from spectralar_kernels import attention, attention_with_kvcache
 
 
 class KVCache(nn.Module):
-    """A static per-layer cache [B, T_max, H, D], allocated once per sampling call (gpt-fast style)."""
+    """A static per-layer cache [B, T_max, H, D], allocated once per sampling call (gpt-fast style).
 
-    def __init__(self, batch: int, max_len: int, heads: int, head_dim: int, dtype, device):
+    zero=False leaves the memory uninitialised: only for callers that pass host-int positions (which read
+    just the written prefix) or run the Triton kernel (masked loads); the tensor-position reference masks
+    unwritten entries but still multiplies them by zero, and garbage may hold NaN.
+    """
+
+    def __init__(self, batch: int, max_len: int, heads: int, head_dim: int, dtype, device, zero: bool = True):
         super().__init__()
         shape = (batch, max_len, heads, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        alloc = torch.zeros if zero else torch.empty
+        self.register_buffer("k", alloc(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", alloc(shape, dtype=dtype, device=device), persistent=False)
 
 
 class SelfAttention(nn.Module):
@@ -40,7 +46,8 @@ class SelfAttention(nn.Module):
             y = attention(q, k, v, causal=causal, prefix_len=prefix_len)
         else:
             y = attention_with_kvcache(q, cache.k, cache.v, cache_seqlens, k=k, v=v)
-        return self.dropout(self.proj(y.reshape(B, T, C)))
+        y = self.proj(y.reshape(B, T, C))
+        return self.dropout(y) if self.training else y  # eval: skip the identity call (the sampler's hot loop)
 
 
 class Block(nn.Module):
@@ -69,11 +76,12 @@ def init_weights(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
-def sample_from_logits(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+def sample_from_logits(logits, temperature=1.0, top_k=None, top_p=None, generator=None, u=None):
     """Sample one index per row of `logits [B, K]` (fp32). temperature == 0 means greedy (argmax).
 
-    Inverse-CDF sampling from one uniform draw per row, so the same generator state gives the same
-    index whenever the probabilities agree to within the draw's distance from a CDF boundary.
+    Inverse-CDF sampling from one uniform draw per row (`u [B, 1]` when given, else drawn from
+    `generator`), so the same draws give the same index whenever the probabilities agree to within
+    the draw's distance from a CDF boundary. No host sync: a compiled step can include it.
     """
     if temperature == 0:
         return logits.argmax(-1)
@@ -89,8 +97,9 @@ def sample_from_logits(logits, temperature=1.0, top_k=None, top_p=None, generato
         sorted_p = sorted_p.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
         probs = probs / probs.sum(-1, keepdim=True)
-    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device if generator is None
-                   else generator.device).to(probs.device)
+    if u is None:
+        u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device if generator is None
+                       else generator.device).to(probs.device)
     cdf = probs.cumsum(-1)
     idx = torch.searchsorted(cdf, u * cdf[:, -1:]).squeeze(-1)
     return idx.clamp_(max=probs.shape[-1] - 1)

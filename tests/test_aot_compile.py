@@ -1,13 +1,16 @@
 """Ahead-of-time compile of every shipped Triton kernel for sm_80 and sm_90 (no GPU needed).
 
-Each `spectralar_kernels.<op>.triton` lists its launch configurations in `aot_specs()`. Every one must
-compile with ptxas, use no local memory (spills), stay within the arch's shared memory, and, when the
-spec says so, contain tensor-core instructions. The compile + parse logic lives in
-bench/kernel_resources.py (also a script that writes docs/kernel_resources.md); it runs once per
-test session in a child process with the Triton interpreter off.
+Each kernel module (`kernel_resources.MODULES`) lists its launch configurations in `aot_specs()`. Every one
+is compiled as the JIT compiles it for the benchmark shapes and must compile with ptxas, use no local memory
+(spills), stay within the arch's shared memory and, when the spec says so, contain tensor-core instructions.
+An op's main-loop kernel must also show its design in the SASS: on sm_90, wgmma (HGMMA) for fp16/bf16
+products of the GEMM-shaped ops, cp.async (or TMA) loads, 128-bit loads. The compile + parse logic lives in
+bench/kernel_resources.py (also a script that writes docs/kernel_resources.md); it runs once per test
+session in a child process with the Triton interpreter off.
 """
 
 import inspect
+import json
 import sys
 from pathlib import Path
 
@@ -20,15 +23,15 @@ from spectralar_kernels._common import AOTSpec  # noqa: E402
 
 
 def _collect():
-    """(op, specs or None, why-not) per op; import errors become failing cases, not collection errors."""
+    """(module, specs or None, why-not) per module; import errors become failing cases, not collection errors."""
     out = []
-    for op in kr.OPS:
+    for mod in kr.MODULES:
         try:
-            specs = kr.collect_specs((op,))[op]
+            specs = kr.collect_specs((mod,))[mod]
         except Exception as e:  # a broken module must fail its own test, not hide the others
-            out.append((op, None, f"importing spectralar_kernels.{op}.triton failed: {type(e).__name__}: {e}"))
+            out.append((mod, None, f"importing spectralar_kernels.{mod} failed: {type(e).__name__}: {e}"))
             continue
-        out.append((op, None, specs) if isinstance(specs, str) else (op, specs, ""))
+        out.append((mod, None, specs) if isinstance(specs, str) else (mod, specs, ""))
     return out
 
 
@@ -45,9 +48,9 @@ for _op, _specs, _why in COLLECTED:
 
 @pytest.fixture(scope="session")
 def aot_results():
-    """Compile everything once per session: {(op, label, arch): Result}."""
+    """Compile everything once per session: {(module, label, arch): Result}."""
     results, _missing = kr.compile_all()
-    return {(r.op, r.label, r.arch): r for r in results}
+    return {(r.module, r.label, r.arch): r for r in results}
 
 
 @pytest.mark.parametrize("op, specs, why", COLLECTED, ids=[c[0] for c in COLLECTED])
@@ -67,6 +70,12 @@ def test_specs_well_formed(op, specs, why):
         constexpr_args = [k for k, v in s.signature.items() if v == "constexpr"]
         assert sorted(s.constexprs) == sorted(constexpr_args), f"{s.label}: constexpr values {sorted(s.constexprs)}"
         assert s.num_warps in (1, 2, 4, 8, 16, 32) and s.num_stages >= 1, s.label
+        assert s.op in kr.RECORD_OPS, f"{s.label}: op {s.op!r} not one of {kr.RECORD_OPS}"
+        assert s.dtype in ("fp32", "fp16", "bf16"), f"{s.label}: dtype {s.dtype!r}"
+        assert s.values is not None, f"{s.label}: no benchmark-shape `values`, so it cannot be compiled JIT-like"
+        int_args = [k for k, v in s.signature.items() if v[0] in "iu"]
+        missing = [k for k in int_args if k not in s.values]
+        assert not missing, f"{s.label}: `values` lacks integer arguments {missing}"
 
 
 @pytest.mark.parametrize("op, label, arch, why", CASES)
@@ -78,7 +87,36 @@ def test_compiles_without_spills(aot_results, op, label, arch, why):
     result = aot_results.get((op, label, arch))
     assert result is not None, f"{op} {label} sm_{arch}: not compiled (labels changed between processes?)"
     assert not result.problems(), f"{label} sm_{arch}: " + "; ".join(result.problems())
-    assert result.registers > 0 and result.shared_bytes >= 0, result
+    assert result.registers > 0 and result.shared_bytes >= 0 and result.jit_like, result
+
+
+def test_every_op_has_a_checked_main_loop(aot_results):
+    """No op escapes the design rules by declaring no main-loop kernel, and on sm_90 each op's fp16/bf16
+    main loops of the GEMM-shaped ops carry HGMMA (the same rule as `problems`, asserted per op here)."""
+    for op in kr.RECORD_OPS:
+        mains = [r for r in aot_results.values() if r.op == op and r.main]
+        assert mains, f"{op}: no spec marked main=True"
+        for dtype in ("fp32", "fp16", "bf16"):
+            assert any(r.dtype == dtype for r in mains), f"{op}: no main-loop spec for {dtype}"
+        if op in kr.HGMMA_OPS:
+            low = [r for r in mains if r.arch == 90 and r.dtype in ("fp16", "bf16")]
+            assert low and all(r.hgmma > 0 for r in low), [(r.label, r.hgmma) for r in low]
+
+
+def test_json_records(tmp_path, aot_results):
+    """`kernel_resources.py --json PATH` writes one record per compiled kernel with the documented fields."""
+    out = tmp_path / "records.json"
+    assert kr.main(["--ops", "dct.blockwise", "--arch", "90", "--json", str(out)]) in (0, 1)
+    records = json.loads(out.read_text())
+    assert records and all(r["arch"] == "sm_90" and r["op"] == "blockwise" for r in records)
+    keys = {"op", "kernel", "config", "arch", "dtype", "jit_like", "registers", "spill_bytes", "shared_bytes",
+            "hgmma", "hmma", "ldgsts", "ldg128"}  # fmt: skip
+    assert all(keys <= set(r) for r in records), sorted(set(records[0]) ^ keys)
+    by_config = {(r["config"], r["arch"]): r for r in records}
+    for r in aot_results.values():  # the CLI and the session compile agree
+        key = (f"{r.label} (warps={r.num_warps}, stages={r.num_stages})", f"sm_{r.arch}")
+        if r.module == "dct.blockwise" and key in by_config:
+            assert by_config[key]["registers"] == r.registers and by_config[key]["hgmma"] == r.hgmma
 
 
 def test_parser_flags_problems():
@@ -92,10 +130,36 @@ def test_parser_flags_problems():
     assert kr.has_tensor_core_ops("        /*0a30*/                   HMMA.16816.F32 R4, R8, R12, R4 ;")
     assert kr.has_tensor_core_ops("  HGMMA.64x64x16.F32 R24, gdesc[UR4], R24 ;")
     assert not kr.has_tensor_core_ops("  FFMA R4, R8, R12, R4 ;\n  IMMA.8816.S32 R0, R2, R4, R0 ;")
-    ok = kr.Result(op="x", label="x", kernel="_k", arch=80, registers=64, spill_bytes=0, shared_bytes=1024)
+    ok = kr.Result(op="x", label="x", kernel="_k", arch=80, jit_like=True, registers=64, spill_bytes=0,
+                   shared_bytes=1024)  # fmt: skip
     assert ok.problems() == []
     assert kr.Result(**{**vars(ok), "spill_bytes": 8}).problems()
     assert kr.Result(**{**vars(ok), "shared_bytes": kr.SHARED_LIMIT[80] + 1}).problems()
     assert not kr.Result(**{**vars(ok), "arch": 90, "shared_bytes": kr.SHARED_LIMIT[80] + 1}).problems()
     assert kr.Result(**{**vars(ok), "expect_tensor_cores": True}).problems()
     assert kr.Result(**{**vars(ok), "error": "ptxas error"}).problems()
+
+
+def test_design_rules_flag_problems():
+    """The SASS counter and the main-loop rules recognise a kernel that misses its design."""
+    sass = "\n".join([
+        "        /*0100*/                   LDGSTS.E.BYPASS.LTC128B.128 [R3], desc[UR4][R4.64] ;",
+        "        /*0110*/              @!P0 LDG.E.128 R8, desc[UR4][R2.64] ;",
+        "        /*0120*/                   LDG.E.U16 R9, desc[UR4][R2.64] ;",
+        "        /*0130*/                   HGMMA.64x64x16.F32.BF16 R24, gdesc[UR8], R24 ;",
+        "        /*0140*/                   STG.E.128 desc[UR4][R6.64], R8 ;",
+        "        /*0150*/                   HMMA.16816.F32.BF16 R4, R8, R12, R4 ;",
+    ])  # fmt: skip
+    counts = kr.count_instructions(sass)
+    assert counts == {"hgmma": 1, "hmma": 1, "ldgsts": 1, "tma": 0, "ldg128": 2, "stg128": 1}, counts
+    good = kr.Result(op="attention", label="x", kernel="_k", arch=90, dtype="bf16", jit_like=True, registers=128,
+                     spill_bytes=0, shared_bytes=1024, main=True, hgmma=4, ldgsts=8, ldg128=8)  # fmt: skip
+    assert good.problems() == []
+    assert any("HGMMA" in p for p in kr.Result(**{**vars(good), "hgmma": 0}).problems())
+    assert not kr.Result(**{**vars(good), "hgmma": 0, "arch": 80}).problems()  # no wgmma before sm_90
+    assert not kr.Result(**{**vars(good), "hgmma": 0, "op": "vq"}).problems()  # VQ's products are tiny
+    assert any("cp.async" in p for p in kr.Result(**{**vars(good), "ldgsts": 0}).problems())
+    assert not kr.Result(**{**vars(good), "ldgsts": 0, "tma": 2}).problems()
+    assert any("128-bit global loads" in p for p in kr.Result(**{**vars(good), "ldg128": 0}).problems())
+    assert any("stores" in p for p in kr.Result(**{**vars(good), "wide_stores": True}).problems())
+    assert any("JIT-like" in p for p in kr.Result(**{**vars(good), "jit_like": False}).problems())

@@ -1,4 +1,6 @@
+import collections
 import dataclasses
+import functools
 
 import pytest
 import torch
@@ -57,21 +59,83 @@ def test_top_k_1_is_greedy(gpt):
 
 
 def test_compiled_decode_step_matches_eager(gpt):
-    # torch.compile of the decode step (Inductor's C++ backend here; CUDA graphs on a GPU): same codes, same
-    # logits to fp32 rounding, and a second call reuses the compiled step and caches instead of recompiling.
+    # torch.compile of the whole step (null rows, decode, CFG mixing, sampling, position increment; Inductor's
+    # C++ backend here, one CUDA graph on a GPU): the eager sampler's codes, with and without CFG, sampled and
+    # greedy; logits to fp32 rounding; a second call reuses the compiled step and caches.
     labels = torch.tensor([0, 2, 1])
-    for cfg_scale in (1.0, 2.0):
-        kw = {"cfg_scale": cfg_scale, "return_logits": True}
+    for cfg_scale, sampling in ((1.0, {}), (2.0, {}), (1.0, {"temperature": 0}), (2.0, {"top_k": 1})):
+        kw = {"cfg_scale": cfg_scale, "return_logits": True, **sampling}
         ref, ref_logits = gpt.generate(labels, generator=torch.Generator().manual_seed(3), **kw)
         for _ in range(2):
             got, logits = gpt.generate(labels, generator=torch.Generator().manual_seed(3), compile=True, **kw)
-            assert torch.equal(got, ref)
+            assert torch.equal(got, ref), (cfg_scale, sampling)
             torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
         state = gpt._compiled_decode
-        gpt.generate(labels, cfg_scale=cfg_scale, compile=True)
+        gpt.generate(labels, cfg_scale=cfg_scale, compile=True, **sampling)
         assert gpt._compiled_decode is state  # same batch, dtype, device: nothing rebuilt
     with pytest.raises(ValueError, match="kv_cache=True"):
         gpt.generate(labels, kv_cache=False, compile=True)
+
+
+def test_decode_step_has_no_host_sync(gpt):
+    """FakeTensorMode raises on any .item() / int(tensor): one decode step and one whole sampling step
+    (CFG rows, sampling from a given draw, position increment) must run on fake tensors."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
+        caches = gpt.setup_caches(4, torch.float32, "cpu")
+        seqlens = torch.full((4,), 2, dtype=torch.int32)
+        token = torch.zeros(4, dtype=torch.long)
+        assert gpt.decode_one_token(token, caches, seqlens).shape == (4, gpt.config.codebook_size)
+        logits, nxt = gpt.sample_step(token[:2], caches, seqlens, torch.rand(2, 1), 2.0, 1.0, None, 0.9)
+        assert logits.shape == (2, gpt.config.codebook_size) and nxt.shape == (2,)
+
+
+_NO_LAUNCH = {  # views and metadata: no kernel, no copy
+    "aten::view", "aten::reshape", "aten::_unsafe_view", "aten::unbind", "aten::select", "aten::slice", "aten::chunk",
+    "aten::split", "aten::narrow", "aten::transpose", "aten::t", "aten::permute", "aten::expand", "aten::as_strided",
+    "aten::unsqueeze", "aten::squeeze", "aten::detach", "aten::alias", "aten::empty", "aten::empty_like",
+    "aten::empty_strided", "aten::resolve_conj", "aten::resolve_neg", "aten::dropout",  # dropout: identity in eval
+}
+
+
+def ops_per_call(fn) -> collections.Counter:
+    """Top-level aten ops one call dispatches (ops called by other aten ops are theirs), views excluded:
+    on a GPU each is about one kernel launch."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    counts = collections.Counter()
+    for e in prof.events():
+        parent = e.cpu_parent
+        nested = parent is not None and parent.name.startswith("aten::")
+        if e.name.startswith("aten::") and e.name not in _NO_LAUNCH and not nested:
+            counts[e.name] += 1
+    return counts
+
+
+@pytest.mark.parametrize("position", ["tensor", "int"])
+def test_ops_per_decode_step(position):
+    """Per layer, a decode step dispatches 2 layer norms, 4 linears, 2 residual adds, 1 GELU and the
+    attention. Attention, reference path: with a tensor position, the append is remainder/eq (positions
+    in range), an arange, and per cache a gather, a where and one index_put (6), the mask is clamp,
+    arange, le, then SDPA: 13; with a host int, two slice copies and SDPA: 3. So <= 22 and <= 12 ops per
+    layer, and no host read (aten::item) at all; the old path had 3 item() syncs and 2 more reductions."""
+    counts = {}
+    for depth in (1, 2):
+        torch.manual_seed(0)
+        model = SpectralGPT(dataclasses.replace(preset("generator", "micro"), depth=depth)).eval()
+        caches = model.setup_caches(4, torch.float32, "cpu")
+        pos = torch.full((4,), 2, dtype=torch.int32) if position == "tensor" else 2
+        token = torch.zeros(4, dtype=torch.long)
+        with torch.no_grad():
+            model.decode_one_token(token, caches, pos)  # warm-up
+            counts[depth] = ops_per_call(functools.partial(model.decode_one_token, token, caches, pos))
+    per_layer = sum(counts[2].values()) - sum(counts[1].values())
+    assert per_layer <= (22 if position == "tensor" else 12), (per_layer, counts[2])
+    assert not {"aten::item", "aten::_local_scalar_dense"} & set(counts[2]), counts[2]
+    assert counts[2]["aten::scaled_dot_product_attention"] == 2
 
 
 @pytest.mark.gpu

@@ -2,7 +2,9 @@
 
 The float64 oracle is causal attention over whole sequences; decoding position p of sample b must
 reproduce row p of it. Caches of 20 entries use one split in the Triton decode kernel; 150 entries
-split the cache across programs and exercise the combine kernel.
+split the cache across programs and exercise the combine kernel. Also: no host sync (fake tensors),
+out-of-range cache_seqlens masked on the device, the debug switch, the custom op torch.compile keeps,
+and the decode-v2 kernel (fused append) against the float64 reference on awkward shapes.
 """
 
 import pytest
@@ -10,7 +12,7 @@ import torch
 from tolerances import assert_close_to_oracle, nan_like
 
 from spectralar_kernels import attention_with_kvcache
-from spectralar_kernels.attention import ref
+from spectralar_kernels.attention import decode, ref
 
 
 def sequences(b, t, h, d, dtype, seed=0):
@@ -117,14 +119,12 @@ def test_int_seqlens_and_scale(backend):
 
 @pytest.mark.parametrize("t_max,num_splits", [(20, 1), (150, None), (150, 3), (150, 10)])
 def test_triton_decode_writes_every_element(t_max, num_splits):
-    from spectralar_kernels.attention.decode import attention_with_kvcache_fwd
-
     b, h, d = 2, 2, 16
     q, k, v = sequences(b, t_max, h, d, torch.float32, seed=9)
     seqlens = torch.tensor([t_max - 3, 1], dtype=torch.int32)
     pos = seqlens.long()[:, None] + torch.arange(3)[None, :2]  # Tq = 2
     q_new = rows_at(q, pos)
-    out = attention_with_kvcache_fwd(q_new, k, v, seqlens, d**-0.5, out=nan_like(q_new), num_splits=num_splits)
+    out = decode.attention_with_kvcache_fwd(q_new, k, v, seqlens, d**-0.5, out=nan_like(q_new), num_splits=num_splits)
     check(out, rows_at(full_causal(q, k, v), pos), None, f"splits={num_splits}")
 
 
@@ -145,9 +145,9 @@ def _bad_cases():
     c = torch.randn(2, 8, 2, 16)
     s = torch.tensor([3, 4], dtype=torch.int32)
     return [
-        ("overflow", (q, c, c.clone(), torch.tensor([3, 8], dtype=torch.int32)), {"k": q, "v": q}, "overflow"),
-        ("overflow chunk", (torch.randn(2, 5, 2, 16), c, c.clone(), s), {}, "overflow"),
-        ("negative", (q, c, c.clone(), torch.tensor([-1, 0], dtype=torch.int32)), {}, ">= 0"),
+        ("int overflow", (q, c, c.clone(), 8), {"k": q, "v": q}, "overflow"),
+        ("int negative", (q, c, c.clone(), -1), {}, ">= 0"),
+        ("Tq > T_max", (torch.randn(2, 9, 2, 16), c, c.clone(), s), {}, "Tq 9 > T_max 8"),
         ("k only", (q, c, c.clone(), s), {"k": q}, "both k and v"),
         ("k shape", (q, c, c.clone(), s), {"k": torch.randn(2, 2, 2, 16), "v": torch.randn(2, 2, 2, 16)}, "k shape"),
         ("cache H", (q, torch.randn(2, 8, 1, 16), torch.randn(2, 8, 1, 16), s), {}, "differ in H"),
@@ -172,6 +172,211 @@ def test_errors(backend, case):
         assert torch.equal(args[1], k_cache_before), "a rejected call must not touch the cache"
 
 
+# ---- no host sync, out-of-range policy, debug switch ---------------------------------------------------
+
+
+def _value_cases():
+    """(name, caches T_max, Tq, cache_seqlens) that are out of range, so only the debug switch rejects them."""
+    return [
+        ("overflow", 8, 1, [3, 8]),
+        ("overflow chunk", 8, 5, [3, 4]),
+        ("negative", 8, 1, [-1, 0]),
+    ]
+
+
+@pytest.mark.parametrize("case", _value_cases(), ids=lambda c: c[0])
+def test_debug_switch_restores_value_errors(backend, monkeypatch, case):
+    _, t_max, t_q, seqlens = case
+    q, k, v = sequences(2, t_q, 2, 16, torch.float32, seed=11)
+    k_cache, v_cache = torch.randn(2, t_max, 2, 16), torch.randn(2, t_max, 2, 16)
+    seqlens = torch.tensor(seqlens, dtype=torch.int32)
+    before = k_cache.clone()
+    monkeypatch.setenv("SPECTRALAR_DEBUG_CHECKS", "1")
+    with pytest.raises(ValueError, match="overflow|>= 0"):
+        attention_with_kvcache(q, k_cache, v_cache, seqlens, k=k, v=v)
+    assert torch.equal(k_cache, before), "a rejected call must not touch the cache"
+    monkeypatch.delenv("SPECTRALAR_DEBUG_CHECKS")
+    out = attention_with_kvcache(q, k_cache, v_cache, seqlens, k=k, v=v)  # masked on the device instead
+    assert torch.isfinite(out).all()
+
+
+def policy_oracle(q, k_cache, v_cache, seqlens, k, v, scale):
+    """float64 loops spelling out the out-of-range policy: (output, caches after the call)."""
+    kc, vc = k_cache.double().clone(), v_cache.double().clone()
+    b, t_q, h, d = q.shape
+    t_max = kc.shape[1]
+    out = torch.empty(b, t_q, h, d, dtype=torch.float64)
+    for i in range(b):
+        for t in range(t_q):
+            p = int(seqlens[i]) + t
+            if 0 <= p < t_max:
+                kc[i, p], vc[i, p] = k[i, t].double(), v[i, t].double()
+    for i in range(b):
+        for t in range(t_q):
+            last = min(max(int(seqlens[i]) + t, 0), t_max - 1)
+            w = torch.einsum("hd,jhd->hj", q[i, t].double(), kc[i, : last + 1]) * scale
+            out[i, t] = torch.einsum("hj,jhd->hd", w.softmax(-1), vc[i, : last + 1])
+    return out, kc, vc
+
+
+@pytest.mark.parametrize("t_q", [1, 3])
+def test_out_of_range_seqlens_are_masked_on_device(backend, t_q):
+    """Negative, overflowing and far-out rows: nothing outside the cache is written (the rows around
+    are compared), positions in range are, and every query attends to what is in range."""
+    b, t_max, h, d = 5, 6, 2, 16
+    seqlens = torch.tensor([-2, t_max - 2, t_max + 5, 1, -40], dtype=torch.int32)
+    q, k, v = sequences(b, t_q, h, d, torch.float32, seed=12)
+    # caches with one guard row on each side: the call sees [:, 1:-1], the guards must stay untouched
+    k_full, v_full = torch.randn(b, t_max + 2, h, d), torch.randn(b, t_max + 2, h, d)
+    k_before, v_before = k_full.clone(), v_full.clone()
+    k_cache, v_cache = k_full[:, 1:-1], v_full[:, 1:-1]
+    want, k_want, v_want = policy_oracle(q, k_cache, v_cache, seqlens, k, v, d**-0.5)
+    out = attention_with_kvcache(q, k_cache, v_cache, seqlens, k=k, v=v)
+    check(out, want, None, f"{backend} out of range")
+    torch.testing.assert_close(k_cache.double(), k_want, rtol=0, atol=0)
+    torch.testing.assert_close(v_cache.double(), v_want, rtol=0, atol=0)
+    for full, before in ((k_full, k_before), (v_full, v_before)):
+        assert torch.equal(full[:, 0], before[:, 0]) and torch.equal(full[:, -1], before[:, -1])
+
+
+def test_no_host_sync_under_fake_tensors():
+    """FakeTensorMode raises on .item() / int(tensor): the op must run without reading a device value.
+    The debug switch is the one place that syncs, which is what this test would catch."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        q = torch.randn(3, 1, 2, 16)
+        k_cache, v_cache = torch.randn(3, 10, 2, 16), torch.randn(3, 10, 2, 16)
+        seqlens = torch.tensor([0, 4, 9], dtype=torch.int32)
+        out = attention_with_kvcache(q, k_cache, v_cache, seqlens, k=q, v=q)
+        assert out.shape == q.shape
+        out = attention_with_kvcache(q, k_cache, v_cache, seqlens)
+        assert out.shape == q.shape
+
+
+def test_fake_tensors_catch_a_host_sync(monkeypatch):
+    from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensorMode
+
+    monkeypatch.setenv("SPECTRALAR_DEBUG_CHECKS", "1")
+    with FakeTensorMode(), pytest.raises(DataDependentOutputException):
+        q = torch.randn(3, 1, 2, 16)
+        attention_with_kvcache(q, torch.randn(3, 10, 2, 16), torch.randn(3, 10, 2, 16),
+                               torch.tensor([0, 4, 9], dtype=torch.int32), k=q, v=q)  # fmt: skip
+
+
+def test_compiled_graph_keeps_the_custom_op(monkeypatch):
+    """torch.compile(fullgraph) traces the op as one `spectralar::attention_with_kvcache` node with its
+    cache mutation declared (not the reference's indexing ops) wherever a kernel could run (here the Triton
+    kernel under the interpreter), the compiled call runs the kernel and matches eager."""
+    monkeypatch.setenv("SPECTRALAR_KERNELS", "triton")
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    b, h, d, t_max = 2, 2, 16, 8
+    q, k, v = sequences(b, 1, h, d, torch.float32, seed=13)
+    seqlens = torch.tensor([0, 5], dtype=torch.int32)
+    k_cache, v_cache = torch.randn(b, t_max, h, d), torch.randn(b, t_max, h, d)
+    kc, vc = k_cache.clone(), v_cache.clone()
+    step = torch.compile(attention_with_kvcache, fullgraph=True, dynamic=False, backend=backend)
+    out = step(q, k_cache, v_cache, seqlens, k=k, v=v)
+    targets = [str(n.target) for n in graphs[0].graph.nodes if n.op == "call_function"]
+    assert any(t.startswith("spectralar.attention_with_kvcache") for t in targets), targets
+    assert not any("index_put" in t or "scaled_dot_product" in t for t in targets), targets
+    want = attention_with_kvcache(q, kc, vc, seqlens, k=k, v=v)
+    torch.testing.assert_close(out, want, rtol=0, atol=0)
+    assert torch.equal(k_cache, kc) and torch.equal(v_cache, vc)
+    monkeypatch.setenv("SPECTRALAR_KERNELS", "auto")  # CPU, auto: the reference traced inline
+    graphs.clear()
+    torch._dynamo.reset()
+    step(q, k_cache, v_cache, seqlens, k=k, v=v)
+    targets = [str(n.target) for n in graphs[0].graph.nodes if n.op == "call_function"]
+    assert not any(t.startswith("spectralar.") for t in targets) and any("scaled_dot_product" in t for t in targets)
+
+
+def test_custom_op_opcheck():
+    """torch.library's own check of the registration: fake implementation, declared mutation, schema."""
+    q, k, v = sequences(2, 1, 2, 16, torch.float32, seed=14)
+    args = (q, torch.randn(2, 6, 2, 16), torch.randn(2, 6, 2, 16), torch.tensor([1, 3], dtype=torch.int32), k, v,
+            0.25, "")
+    torch.library.opcheck(torch.ops.spectralar.attention_with_kvcache.default, args,
+                          test_utils=("test_schema", "test_faketensor"))  # fmt: skip
+
+
+# ---- decode-v2 (Triton, interpreter) against the float64 reference ------------------------------------
+
+DECODE_CASES = [  # b, t_max, h, d, t_q, num_splits
+    (3, 16, 2, 16, 1, None),
+    (2, 24, 1, 24, 3, 2),
+    (5, 40, 3, 40, 1, 3),
+    (1, 64, 2, 64, 3, None),
+    (2, 65, 1, 80, 1, 1),
+    (3, 80, 2, 16, 3, 4),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("case", DECODE_CASES, ids=lambda c: "b{}_t{}_h{}_d{}_q{}_s{}".format(*c))
+def test_decode_v2_against_oracle(dtype, case):
+    """Mixed per-row lengths (0 and T_max - Tq included), NaN-filled outputs, and the fused append writes
+    exactly the new rows: the caches after the call equal the reference's write, bit for bit."""
+    b, t_max, h, d, t_q, splits = case
+    g = torch.Generator().manual_seed(b * t_max + d)
+    k_cache, v_cache = (torch.randn(b, t_max, h, d, generator=g).to(dtype) for _ in range(2))
+    q, k, v = (torch.randn(b, t_q, h, d, generator=g).to(dtype) for _ in range(3))
+    seqlens = torch.randint(0, t_max - t_q + 1, (b,), generator=g, dtype=torch.int32)
+    seqlens[0] = 0
+    seqlens[-1] = t_max - t_q
+    k_want, v_want = k_cache.clone(), v_cache.clone()
+    ref.write_kvcache(k_want, v_want, seqlens, k, v)
+    oracle = ref.attention_with_kvcache_ref(q.double(), k_want.double(), v_want.double(), seqlens)
+    same = ref.attention_with_kvcache_ref(q, k_want, v_want, seqlens) if dtype != torch.float32 else None
+    out = decode.attention_with_kvcache_fwd(q, k_cache, v_cache, seqlens, d**-0.5, k=k, v=v, out=nan_like(q),
+                                            num_splits=splits)  # fmt: skip
+    check(out, oracle, same, f"decode-v2 {case} {dtype}")
+    assert torch.equal(k_cache, k_want) and torch.equal(v_cache, v_want)
+
+
+def test_decode_v2_one_launch_per_call(monkeypatch):
+    """The append is fused: one kernel launch per call without split-K, two (decode + combine) with it,
+    and no indexing ops around them."""
+    launches = []
+
+    class Counting:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            launches.append((self.kernel.fn.__name__ if hasattr(self.kernel, "fn") else "kernel", grid))
+            return self.kernel[grid]
+
+    monkeypatch.setattr(decode, "_attention_decode_kernel", Counting(decode._attention_decode_kernel))
+    monkeypatch.setattr(decode, "_attention_decode_combine_kernel", Counting(decode._attention_decode_combine_kernel))
+    monkeypatch.setenv("SPECTRALAR_KERNELS", "triton")
+    q, k, v = sequences(2, 1, 2, 16, torch.float32, seed=15)
+    seqlens = torch.tensor([1, 4], dtype=torch.int32)
+    attention_with_kvcache(q, torch.zeros(2, 6, 2, 16), torch.zeros(2, 6, 2, 16), seqlens, k=k, v=v)
+    assert len(launches) == 1, launches
+    launches.clear()
+    decode.attention_with_kvcache_fwd(q, torch.zeros(2, 70, 2, 16), torch.zeros(2, 70, 2, 16), seqlens, 0.25,
+                                      k=k, v=v, num_splits=2)  # fmt: skip
+    assert len(launches) == 2, launches
+
+
+def test_aot_specs_cover_the_launcher():
+    """Every spec is a one-token benchmark-shape compile (values given), the decode kernel is `main`,
+    and both the direct and the split-K configurations appear for every dtype."""
+    specs = decode.aot_specs()
+    assert all(s.values is not None and s.op == "decode" and s.dtype for s in specs)
+    mains = [s for s in specs if s.main]
+    for dt in ("fp32", "fp16", "bf16"):
+        kinds = {(s.constexprs["SPLIT"], s.constexprs["HAS_NEW"]) for s in mains if s.dtype == dt}
+        assert kinds == {(False, False), (False, True), (True, False), (True, True)}, (dt, kinds)
+    assert all(s.expect_tensor_cores == (s.dtype != "fp32") for s in mains)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
 @pytest.mark.parametrize(
@@ -188,3 +393,32 @@ def test_triton_decode_on_gpu(monkeypatch, dtype, b, h, d, t_max, t_q):
     want = ref.attention_with_kvcache_ref(q.double(), k_cache.double(), v_cache.double(), seqlens)
     same = ref.attention_with_kvcache_ref(q, k_cache, v_cache, seqlens) if dtype != torch.float32 else None
     check(out, want, same, f"gpu decode {dtype}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kernels", ["triton", "ref"])
+def test_decode_step_captured_in_cuda_graph(monkeypatch, kernels):
+    """No host sync: one call (append + attention, tensor cache_seqlens) records into a CUDA graph and the
+    replay matches the float64 reference; the cache rows written are the new ones."""
+    monkeypatch.setenv("SPECTRALAR_KERNELS", kernels)
+    b, h, d, t_max, dtype = 4, 4, 64, 65, torch.bfloat16
+    g = torch.Generator(device="cuda").manual_seed(0)
+    k_cache, v_cache = (torch.randn(b, t_max, h, d, device="cuda", generator=g).to(dtype) for _ in range(2))
+    q, k, v = (torch.randn(b, 1, h, d, device="cuda", generator=g).to(dtype) for _ in range(3))
+    seqlens = torch.tensor([0, 10, 33, t_max - 1], dtype=torch.int32, device="cuda")
+    k_want, v_want = k_cache.clone(), v_cache.clone()
+    ref.write_kvcache(k_want, v_want, seqlens, k, v)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside the capture (compiles the kernel)
+        attention_with_kvcache(q, k_cache.clone(), v_cache.clone(), seqlens, k=k, v=v)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = attention_with_kvcache(q, k_cache, v_cache, seqlens, k=k, v=v)
+    graph.replay()
+    torch.cuda.synchronize()
+    oracle = ref.attention_with_kvcache_ref(q.double(), k_want.double(), v_want.double(), seqlens)
+    same = ref.attention_with_kvcache_ref(q, k_want, v_want, seqlens)
+    check(out, oracle, same, f"CUDA graph {kernels}")
+    assert torch.equal(k_cache, k_want) and torch.equal(v_cache, v_want)

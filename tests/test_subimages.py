@@ -69,6 +69,25 @@ def test_all_prefixes(backend, b, c, s):
         assert torch.equal(as_tensor, y)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_several_tiles_strips_and_shells(backend, dtype):
+    """S = 70: two or three output tiles / strips per axis with ragged last ones; the all-prefixes
+    windows put several outputs in one 16-wide shell (3, 4, 5), none in others, one on a shell edge
+    (48) and the last at S; the per-sample windows include 64 and 65 (either side of a strip edge)."""
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(4, 1, 70, 70, generator=gen).to(dtype)
+    for windows, all_prefixes in (([3, 4, 5, 40, 48, 70], True), (torch.tensor([70, 5, 64, 65]), False)):
+        y = run(x[:1] if all_prefixes else x, windows, all_prefixes, backend)
+        xs = x[:1] if all_prefixes else x
+        w_list = windows if all_prefixes else windows.tolist()
+        oracle = numpy_oracle(xs, w_list, all_prefixes)
+        if dtype == torch.float32:
+            assert_close_to_oracle(y, oracle, atol=1e-5, name=f"{backend} S=70 {w_list}")
+        else:
+            same_precision = ref.spectral_subimages(xs, windows, all_prefixes)
+            assert_close_to_oracle(y, oracle, same_precision_ref=same_precision, name=f"{backend} S=70 {dtype}")
+
+
 def test_band_differences_reconstruct_and_stay_in_band(backend):
     """x_{w_i} - x_{w_{i-1}} holds exactly the DCT band B_i, and the bands sum back to x."""
     s = 12
@@ -96,6 +115,25 @@ def test_low_precision(backend, dtype):
         oracle = numpy_oracle(x, windows.tolist() if torch.is_tensor(windows) else windows, all_prefixes)
         same_precision = ref.spectral_subimages(x, windows, all_prefixes)  # computed in fp16 / bf16
         assert_close_to_oracle(y, oracle, same_precision_ref=same_precision, name=f"{backend} {dtype}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_gpu_benchmark_shape(dtype, monkeypatch):
+    """On a real GPU at 256 x 256 x 3 (fp32 runs 3xTF32 there): one window per sample and 64 prefixes."""
+    monkeypatch.setenv("SPECTRALAR_KERNELS", "triton")
+    gen = torch.Generator().manual_seed(10)
+    x = torch.randn(2, 3, 256, 256, generator=gen).to(dtype)
+    prefixes = spectral_windows(256, 64, "power", 2.0)
+    for windows, all_prefixes in ((torch.tensor([256, 37]), False), (prefixes, True)):
+        w_dev = windows.cuda() if torch.is_tensor(windows) else windows
+        y = spectral_subimages(x.cuda(), w_dev, all_prefixes=all_prefixes).cpu()
+        oracle = ref.spectral_subimages(x, windows, all_prefixes, upcast=True)
+        if dtype == torch.float32:
+            assert_close_to_oracle(y, oracle, atol=2e-5, name="gpu fp32")
+        else:
+            same_precision = ref.spectral_subimages(x.cuda(), w_dev, all_prefixes).cpu()
+            assert_close_to_oracle(y, oracle, same_precision_ref=same_precision, name=f"gpu {dtype}")
 
 
 def test_large_image_reference(monkeypatch):
@@ -127,13 +165,13 @@ def test_gradcheck_reference_float64():
     assert torch.autograd.gradcheck(lambda t: ref.spectral_subimages(t, [1, 3, 4], all_prefixes=True), (x,))
 
 
-@pytest.mark.parametrize("all_prefixes", [False, True])
-def test_gradient(backend, all_prefixes):
+@pytest.mark.parametrize("all_prefixes,s", [(False, 9), (True, 9), (True, 40)])
+def test_gradient(backend, all_prefixes, s):
     """Gradient = the same projection applied to the upstream gradient (summed over prefixes)."""
     gen = torch.Generator().manual_seed(7)
-    b, c, s = 2, 2, 9
+    b, c = 2, 2
     x = torch.randn(b, c, s, s, generator=gen, requires_grad=True)
-    windows = [2, 5, 9] if all_prefixes else torch.tensor([4, 7])
+    windows = [2, s // 2 + 1, s] if all_prefixes else torch.tensor([4, 7])
     g = torch.randn((b, 3, c, s, s) if all_prefixes else (b, c, s, s), generator=gen)
     run(x, windows, all_prefixes, backend).backward(g)
     if all_prefixes:

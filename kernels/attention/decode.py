@@ -1,51 +1,89 @@
-"""Triton KV-cache decoding (flash-decoding) for `attention_with_kvcache`.
+"""Triton KV-cache decoding for `attention_with_kvcache` ("decode-v2"): append and attention in one launch.
 
-Query t of sample b sees cache positions `0 .. cache_seqlens[b] + t`. When batch x heads is too small
-to fill the GPU, the cache is cut into `num_splits` contiguous chunks: one program per (batch, head,
-split, block of 16 queries) writes a normalised partial output and its logsumexp (log2 units), and
-a combine kernel merges the partials with the usual rescaling
+Query t of sample b sits at position `p = s_b + t` (`s = cache_seqlens`) and sees cache positions
+`0 .. clamp(p, 0, T_max - 1)`. One program owns (b, h, split, block of queries):
+
+  append   with new k/v, it stores the new rows of its queries whose position lies in its split and in
+           `[0, T_max)` into the caches (no separate indexing launches; out-of-range rows are dropped);
+  cache    pipelined loop (`tl.range(num_stages=...)`, cp.async on sm_80+) over the old positions
+           `[lo, min(hi, s))`: every query sees them, so only the bounds are masked;
+  new      a short loop over `[max(lo, s), hi)`, the new tokens, read from the k/v arguments rather
+           than from the cache another program may be writing (race-free), causal mask per query.
+
+Online softmax in base 2 (`qk_scale = scale * log2(e)`), fp32 accumulation. fp16/bf16 products run on
+tensor cores: the query tile is padded to 64 rows (a one-token step wastes 63 of them; the step is
+bound by reading the cache, not by arithmetic) so sm_90 can use wgmma, which wants >= 64 rows and
+4 warps. fp32 uses 16-row tiles and IEEE products (TF32 would miss the fp32 tolerance).
+
+Flash-decoding split-K only when batch x heads x query blocks cannot fill the GPU: the cache is cut
+into `num_splits` chunks, each program writes a normalised partial output and its logsumexp (log2
+units), and a combine kernel merges them:
     o = sum_s 2^(lse_s - m) o_s / sum_s 2^(lse_s - m),   m = max_s lse_s.
-With one split the decode kernel writes the output directly. A split holding no visible key for a
-row contributes weight 0. Numerics, tiles and head-dim padding follow `triton.py`.
+A split that holds no visible key for a row contributes weight 0.
+Reference: flash-attn's `flash_attn_with_kvcache` (append fused into attention) and the flash-decoding
+write-up (split-K with a log-sum-exp combine).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import triton
 import triton.language as tl
 
 from .._common import AOTSpec
-from .triton import (
-    _NAMES,
-    _PTR,
-    COMBINE_BLOCK_M,
-    DECODE_BLOCK_M,
-    HEAD_DIM_BLOCKS,
-    LOG2E,
-    NUM_STAGES,
-    NUM_WARPS,
-    _block_d,
-    _bth,
-    _check_out,
-    _dot_config,
-    _dot_over_d,
-    _last_dim_contiguous,
-    _load_rows,
-    _spec,
-    _tiles,
-)
+
+IMPLS = ("decode-v2",)
+LOG2E = math.log2(math.e)
+NUM_STAGES = 3
+COMBINE_BLOCK_M = 16
+HEAD_DIM_BLOCKS = (16, 32, 64, 128)
+_PTR = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
+_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+# Benchmark shape the ahead-of-time compile specialises for: the fmnist-batch / d16-like decode step.
+AOT_SHAPE = {"B": 128, "T_MAX": 65, "H": 16, "D": 64}
+AOT_SMALL_B = 2  # the d16 batch sweep starts here: B*H = 32 programs, the split path
+
+
+@triton.jit
+def _attend(q, k, v, visible, m_i, l_i, acc, qk_scale, PRECISION: tl.constexpr):
+    """One online-softmax step of q [M, D] against keys k, values v [N, D]; visible [M, N]."""
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+    s = tl.where(visible, s * qk_scale, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    alpha = tl.math.exp2(m_i - m_new)
+    p = tl.math.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _load_tile(base, stride, rows, mask_rows, offs_d, D, EVEN_D: tl.constexpr, UPCAST: tl.constexpr):
+    """[rows, BLOCK_D] tile, zero where not `mask_rows` (and beyond D unless EVEN_D)."""
+    ptrs = base + rows[:, None] * stride + offs_d[None, :]
+    if EVEN_D:
+        x = tl.load(ptrs, mask=mask_rows[:, None], other=0.0)
+    else:
+        x = tl.load(ptrs, mask=mask_rows[:, None] & (offs_d[None, :] < D), other=0.0)
+    if UPCAST:
+        x = x.to(tl.float32)
+    return x
 
 
 @triton.jit
 def _attention_decode_kernel(
-    Q, K, V, SEQLENS, OUT, O_PART, LSE_PART,
+    Q, K, V, K_NEW, V_NEW, SEQLENS, OUT, O_PART, LSE_PART,
     stride_qb, stride_qt, stride_qh,
     stride_kb, stride_kt, stride_kh,
     stride_vb, stride_vt, stride_vh,
+    stride_knb, stride_knt, stride_knh,
+    stride_vnb, stride_vnt, stride_vnh,
     stride_ob, stride_ot, stride_oh,
-    H, TQ, T_MAX, D, chunk, direct, qk_scale,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK_D: tl.constexpr,
+    H, TQ, T_MAX, D, chunk, qk_scale,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
+    HAS_NEW: tl.constexpr, SPLIT: tl.constexpr, STAGES: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     pid_bh = tl.program_id(0)
@@ -53,52 +91,74 @@ def _attention_decode_kernel(
     pid_m = tl.program_id(2)
     b = (pid_bh // H).to(tl.int64)
     h = (pid_bh % H).to(tl.int64)
-    seqlen = tl.load(SEQLENS + b)
+    s = tl.load(SEQLENS + b).to(tl.int32)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    q_base = Q + b * stride_qb + h * stride_qh
+    mask_m = offs_m < TQ
+    pos = s + offs_m  # position of each query's token
+    last = tl.minimum(tl.maximum(pos, 0), T_MAX - 1)  # the last cache position each query sees
+    q = _load_tile(Q + b * stride_qb + h * stride_qh, stride_qt, offs_m, mask_m, offs_d, D, EVEN_D, UPCAST)
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
-    if CHUNK_D == BLOCK_D:
-        q = _load_rows(q_base, stride_qt, offs_m, TQ, offs_d, D, UPCAST)
-    last = seqlen + offs_m  # the last cache position each query sees
+    kn_base = K_NEW + b * stride_knb + h * stride_knh
+    vn_base = V_NEW + b * stride_vnb + h * stride_vnh
+
+    lo = pid_s * chunk
+    if HAS_NEW:  # fused append: this split's new rows, for this block of queries, inside the cache
+        mine = mask_m & (pos >= lo) & (pos < lo + chunk) & (pos >= 0) & (pos < T_MAX)
+        kn = _load_tile(kn_base, stride_knt, offs_m, mine, offs_d, D, EVEN_D, False)
+        vn = _load_tile(vn_base, stride_vnt, offs_m, mine, offs_d, D, EVEN_D, False)
+        if EVEN_D:
+            mask_w = mine[:, None]
+        else:
+            mask_w = mine[:, None] & (offs_d[None, :] < D)
+        tl.store(k_base + pos[:, None] * stride_kt + offs_d[None, :], kn, mask=mask_w)
+        tl.store(v_base + pos[:, None] * stride_vt + offs_d[None, :], vn, mask=mask_w)
 
     m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    lo = pid_s * chunk
-    hi = tl.minimum(tl.minimum(lo + chunk, T_MAX), seqlen + tl.minimum((pid_m + 1) * BLOCK_M, TQ))
-    for start_n in range(lo, hi, BLOCK_N):
+    last_block = tl.minimum(tl.maximum(s + tl.minimum((pid_m + 1) * BLOCK_M, TQ) - 1, 0), T_MAX - 1)
+    hi = tl.minimum(lo + chunk, last_block + 1)
+    # Old positions: visible to every query (each sees at least up to min(s, T_MAX - 1)).
+    end_old = tl.minimum(hi, tl.maximum(s, 0))
+    for start_n in tl.range(lo, end_old, BLOCK_N, num_stages=STAGES):
         n = start_n + offs_n
-        if CHUNK_D == BLOCK_D:
-            k = _load_rows(k_base, stride_kt, n, hi, offs_d, D, UPCAST)
-            s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+        in_range = n < end_old
+        k = _load_tile(k_base, stride_kt, n, in_range, offs_d, D, EVEN_D, UPCAST)
+        v = _load_tile(v_base, stride_vt, n, in_range, offs_d, D, EVEN_D, UPCAST)
+        m_i, l_i, acc = _attend(q, k, v, in_range[None, :], m_i, l_i, acc, qk_scale, PRECISION)
+    # New positions (s .. s + TQ - 1, within this split and what the block sees): causal per query.
+    for start_n in tl.range(tl.maximum(lo, s), hi, BLOCK_N, num_stages=1):  # one or two steps: no pipeline
+        n = start_n + offs_n
+        in_range = n < hi
+        if HAS_NEW:  # per row: the new k/v argument for positions s .. s + TQ - 1, the cache otherwise
+            is_new = ((n >= s) & (n - s < TQ))[:, None]
+            k_rows = tl.where(is_new, kn_base + (n - s)[:, None] * stride_knt, k_base + n[:, None] * stride_kt)
+            v_rows = tl.where(is_new, vn_base + (n - s)[:, None] * stride_vnt, v_base + n[:, None] * stride_vt)
         else:
-            s = _dot_over_d(q_base, stride_qt, offs_m, TQ, k_base, stride_kt, n, hi, D,
-                            BLOCK_M, BLOCK_N, BLOCK_D, CHUNK_D, UPCAST, PRECISION)
-        visible = (n[None, :] <= last[:, None]) & (n[None, :] < hi)
-        s = tl.where(visible, s * qk_scale, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.math.exp2(m_i - m_new)
-        p = tl.math.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = _load_rows(v_base, stride_vt, n, hi, offs_d, D, UPCAST)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m_i = m_new
+            k_rows = k_base + n[:, None] * stride_kt
+            v_rows = v_base + n[:, None] * stride_vt
+        k = _load_tile(k_rows, 0, n, in_range, offs_d, D, EVEN_D, UPCAST)
+        v = _load_tile(v_rows, 0, n, in_range, offs_d, D, EVEN_D, UPCAST)
+        visible = in_range[None, :] & (n[None, :] <= last[:, None])
+        m_i, l_i, acc = _attend(q, k, v, visible, m_i, l_i, acc, qk_scale, PRECISION)
 
-    # A split can hold no visible key for some rows: output 0 with lse2 = -inf (weight 0 when combined).
     seen = l_i > 0.0
     acc = acc / tl.where(seen, l_i, 1.0)[:, None]
-    mask_md = (offs_m[:, None] < TQ) & (offs_d[None, :] < D)
-    if direct != 0:  # one split: write the output itself
+    if EVEN_D:
+        mask_md = mask_m[:, None]
+    else:
+        mask_md = mask_m[:, None] & (offs_d[None, :] < D)
+    if SPLIT:
+        row = (pid_s * tl.num_programs(0) + pid_bh).to(tl.int64) * TQ + offs_m  # [S, B*H, TQ] rows
+        tl.store(O_PART + row[:, None] * BLOCK_D + offs_d[None, :], acc, mask=mask_md)
+        lse = tl.where(seen, m_i + tl.math.log2(tl.where(seen, l_i, 1.0)), float("-inf"))
+        tl.store(LSE_PART + row, lse, mask=mask_m)
+    else:
         o_ptrs = OUT + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :]
         tl.store(o_ptrs, acc.to(OUT.dtype.element_ty), mask=mask_md)
-    else:
-        row = (pid_s * tl.num_programs(0) + pid_bh).to(tl.int64) * TQ + offs_m  # [S, B*H, TQ] rows
-        tl.store(O_PART + row[:, None] * D + offs_d[None, :], acc, mask=mask_md)
-        lse = tl.where(seen, m_i + tl.math.log2(tl.where(seen, l_i, 1.0)), float("-inf"))
-        tl.store(LSE_PART + row, lse, mask=offs_m < TQ)
 
 
 @triton.jit
@@ -122,7 +182,7 @@ def _attention_decode_combine_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     for _ in range(0, num_splits):
         lse = tl.load(LSE_PART + row, mask=mask_m, other=float("-inf"))
-        o = tl.load(O_PART + row[:, None] * D + offs_d[None, :], mask=mask_md, other=0.0)
+        o = tl.load(O_PART + row[:, None] * BLOCK_D + offs_d[None, :], mask=mask_md, other=0.0)
         m_new = tl.maximum(m_i, lse)
         alpha = tl.math.exp2(m_i - m_new)
         w = tl.math.exp2(lse - m_new)
@@ -135,18 +195,34 @@ def _attention_decode_combine_kernel(
     tl.store(o_ptrs, acc.to(OUT.dtype.element_ty), mask=mask_md)
 
 
+def _block_d(d: int) -> int:
+    return max(16, triton.next_power_of_2(d))
+
+
+def _tiles(block_d: int, dtype: torch.dtype) -> dict[str, int]:
+    """BLOCK_M, BLOCK_N, num_warps: 64-row tensor-core tiles for fp16/bf16, 16-row FMA tiles for fp32."""
+    if dtype == torch.float32:  # FMA products keep both operands in registers: 8 warps for D = 128
+        return {"BLOCK_M": 16, "BLOCK_N": 32 if block_d <= 64 else 16, "num_warps": 4 if block_d <= 64 else 8}
+    return {"BLOCK_M": 64, "BLOCK_N": 64 if block_d > 16 else 32, "num_warps": 4}
+
+
 def _num_sms(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
     return 16  # interpreter: any small number; it only decides how often tests exercise the split path
 
 
-def _decode_splits(programs: int, t_max: int, block_n: int, device: torch.device) -> tuple[int, int]:
-    """(num_splits, chunk): split the cache until there are ~2 programs per SM; chunk is a multiple of block_n."""
+def _decode_splits(programs: int, t_max: int, block_n: int, sms: int) -> tuple[int, int]:
+    """(num_splits, chunk). One split once the programs fill the SMs; below, split the cache until there
+    are ~2 programs per SM. chunk is a multiple of block_n."""
     n_blocks = triton.cdiv(t_max, block_n)
-    splits = max(1, min(n_blocks, triton.cdiv(2 * _num_sms(device), programs), 64))
+    splits = 1 if programs >= sms else max(1, min(n_blocks, triton.cdiv(2 * sms, programs), 64))
     chunk = triton.cdiv(n_blocks, splits) * block_n
     return triton.cdiv(t_max, chunk), chunk
+
+
+def _bth(t: torch.Tensor) -> tuple[int, int, int]:
+    return t.stride(0), t.stride(1), t.stride(2)
 
 
 def attention_with_kvcache_fwd(
@@ -155,52 +231,131 @@ def attention_with_kvcache_fwd(
     v_cache: torch.Tensor,
     cache_seqlens: torch.Tensor,
     scale: float,
+    k: torch.Tensor | None = None,
+    v: torch.Tensor | None = None,
+    impl: str = IMPLS[-1],
     out: torch.Tensor | None = None,
     num_splits: int | None = None,
 ) -> torch.Tensor:
-    """Decode launcher. q `[B, Tq, H, D]`, caches `[B, T_max, H, D]` (new keys already written),
-    int32 cache_seqlens `[B]` -> `[B, Tq, H, D]`. `num_splits` overrides the heuristic (tests)."""
-    q, k_cache, v_cache = (_last_dim_contiguous(t) for t in (q, k_cache, v_cache))
+    """Decode launcher (arguments validated by the public function). q `[B, Tq, H, D]`, caches
+    `[B, T_max, H, D]` (last dim contiguous, written in place with k/v `[B, Tq, H, D]` when given), int
+    cache_seqlens `[B]` -> `[B, Tq, H, D]`. `num_splits` overrides the heuristic (tests)."""
+    assert impl in IMPLS, impl
+    assert k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1, "the caches are written in place"
+    q = q if q.stride(-1) == 1 else q.contiguous()
+    has_new = k is not None
+    if has_new:
+        k = k if k.stride(-1) == 1 else k.contiguous()
+        v = v if v.stride(-1) == 1 else v.contiguous()
+    else:
+        k = v = q  # unused by the kernel
+    seqlens = cache_seqlens if cache_seqlens.dtype == torch.int32 else cache_seqlens.to(torch.int32)
     b, t_q, h, d = q.shape
     t_max = k_cache.shape[1]
-    out = torch.empty_like(q) if out is None else _check_out("out", out, q)
-    tiles = _tiles("decode", _block_d(d), q.dtype)
-    block_n = tiles["BLOCK_N"]
-    upcast, precision = _dot_config(q)
-    m_blocks = triton.cdiv(t_q, DECODE_BLOCK_M)
-    splits, chunk = _decode_splits(b * h * m_blocks, t_max, block_n, q.device)
+    out = torch.empty((b, t_q, h, d), device=q.device, dtype=q.dtype) if out is None else out
+    assert out.shape == q.shape and out.dtype == q.dtype and out.stride(-1) == 1
+    block_d = _block_d(d)
+    tiles = _tiles(block_d, q.dtype)
+    m_blocks = triton.cdiv(t_q, tiles["BLOCK_M"])
+    splits, chunk = _decode_splits(b * h * m_blocks, t_max, tiles["BLOCK_N"], _num_sms(q.device))
     if num_splits is not None:
-        chunk = triton.cdiv(triton.cdiv(t_max, block_n), num_splits) * block_n
+        chunk = triton.cdiv(triton.cdiv(t_max, tiles["BLOCK_N"]), num_splits) * tiles["BLOCK_N"]
         splits = triton.cdiv(t_max, chunk)
-    direct = splits == 1
-    if direct:
-        o_part = lse_part = out  # unused by the kernel
-    else:
-        o_part = torch.empty((splits, b * h, t_q, d), device=q.device, dtype=torch.float32)
+    split = splits > 1
+    if split:
+        o_part = torch.empty((splits, b * h, t_q, block_d), device=q.device, dtype=torch.float32)
         lse_part = torch.empty((splits, b * h, t_q), device=q.device, dtype=torch.float32)
+    else:
+        o_part = lse_part = out  # unused by the kernel
+    upcast = not q.is_cuda  # the interpreter computes bf16 products wrongly: fp32 loads
+    precision = "ieee" if upcast or q.dtype == torch.float32 else "tf32"
+    result = out
+    if upcast and q.dtype == torch.bfloat16:  # and it truncates fp32 -> bf16: round with torch instead
+        out = torch.full(q.shape, float("nan"), device=q.device, dtype=torch.float32)
     _attention_decode_kernel[(b * h, splits, m_blocks)](
-        q, k_cache, v_cache, cache_seqlens, out, o_part, lse_part,
-        *_bth(q), *_bth(k_cache), *_bth(v_cache), *_bth(out),
-        h, t_q, t_max, d, chunk, int(direct), scale * LOG2E,
-        **tiles, UPCAST=upcast, PRECISION=precision, num_stages=NUM_STAGES,
+        q, k_cache, v_cache, k, v, seqlens, out, o_part, lse_part,
+        *_bth(q), *_bth(k_cache), *_bth(v_cache), *_bth(k), *_bth(v), *_bth(out),
+        h, t_q, t_max, d, chunk, scale * LOG2E,
+        BLOCK_M=tiles["BLOCK_M"], BLOCK_N=tiles["BLOCK_N"], BLOCK_D=block_d, EVEN_D=d == block_d,
+        HAS_NEW=has_new, SPLIT=split, STAGES=NUM_STAGES, UPCAST=upcast, PRECISION=precision,
+        num_warps=tiles["num_warps"], num_stages=NUM_STAGES,
     )  # fmt: skip
-    if not direct:
+    if split:
         _attention_decode_combine_kernel[(b * h, triton.cdiv(t_q, COMBINE_BLOCK_M))](
             o_part, lse_part, out, *_bth(out), h, t_q, d, splits, b * h * t_q,
-            BLOCK_M=COMBINE_BLOCK_M, BLOCK_D=tiles["BLOCK_D"], num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+            BLOCK_M=COMBINE_BLOCK_M, BLOCK_D=block_d, num_warps=4, num_stages=1,
         )  # fmt: skip
-    return out
+    if result is not out:
+        result.copy_(out)
+    return result
 
 
-def decode_aot_specs() -> list[AOTSpec]:
+# ---- ahead-of-time compile specs ----------------------------------------------------------------------
+
+
+def _signature(kernel, ptr: str, pointers: dict[str, str], constexprs: dict) -> dict[str, str]:
+    """Every argument's type: upper-case names are tensors (`ptr` unless listed in `pointers`)."""
+    sig = {}
+    for name in kernel.arg_names:
+        if name in constexprs:
+            sig[name] = "constexpr"
+        elif name.isupper() and name not in ("H", "TQ", "T_MAX", "D"):
+            sig[name] = pointers.get(name, ptr)
+        elif name == "qk_scale":
+            sig[name] = "fp32"
+        else:
+            sig[name] = "i32"
+    return sig
+
+
+def _decode_values(block_d: int, batch: int, splits: int, chunk: int) -> tuple[dict[str, int], dict[str, int]]:
+    """Integer arguments of the decode and combine kernels for a contiguous one-token step at AOT_SHAPE."""
+    t_max, h = AOT_SHAPE["T_MAX"], AOT_SHAPE["H"]
+    row = h * block_d  # q, k, v, out: [B, 1, H, D]; caches [B, T_max, H, D]
+    values = {"H": h, "TQ": 1, "T_MAX": t_max, "D": block_d, "chunk": chunk}
+    for name in ("q", "kn", "vn", "o"):
+        values |= {f"stride_{name}b": row, f"stride_{name}t": row, f"stride_{name}h": block_d}
+    for name in ("k", "v"):
+        values |= {f"stride_{name}b": t_max * row, f"stride_{name}t": row, f"stride_{name}h": block_d}
+    combine = {"stride_ob": row, "stride_ot": row, "stride_oh": block_d, "H": h, "TQ": 1, "D": block_d,
+               "num_splits": splits, "rows_per_split": batch * h}
+    return values, combine
+
+
+def aot_specs() -> list[AOTSpec]:
+    """Every configuration the launcher can choose on a GPU: dtype x head-dim block x (with/without the
+    fused append) x (direct / split-K), plus the combine kernel, at the one-token benchmark shape
+    (B=128 direct; B=2, the small end of the d16 sweep, for split-K on an H200's 132 SMs)."""
     specs = []
+    sms = 132
     for dtype, ptr in _PTR.items():
-        common = {"UPCAST": False, "PRECISION": "ieee" if dtype == torch.float32 else "tf32"}
+        name = _NAMES[dtype]
+        precision = "ieee" if dtype == torch.float32 else "tf32"
         for block_d in HEAD_DIM_BLOCKS:
-            tag = f"{_NAMES[dtype]} D={block_d}"
-            decode = {**common, **_tiles("decode", block_d, dtype)}
-            parts = {"SEQLENS": "*i32", "O_PART": "*fp32", "LSE_PART": "*fp32"}
-            specs.append(_spec(_attention_decode_kernel, decode, parts, dtype != torch.float32, "decode", ptr, tag))
-            combine = {"BLOCK_M": COMBINE_BLOCK_M, "BLOCK_D": block_d}
-            specs.append(_spec(_attention_decode_combine_kernel, combine, parts, False, "decode combine", ptr, tag))
+            tiles = _tiles(block_d, dtype)
+            for batch in (AOT_SHAPE["B"], AOT_SMALL_B):
+                splits, chunk = _decode_splits(batch * AOT_SHAPE["H"], AOT_SHAPE["T_MAX"], tiles["BLOCK_N"], sms)
+                values, combine_values = _decode_values(block_d, batch, splits, chunk)
+                for has_new in (True, False):
+                    c = {"BLOCK_M": tiles["BLOCK_M"], "BLOCK_N": tiles["BLOCK_N"], "BLOCK_D": block_d, "EVEN_D": True,
+                         "HAS_NEW": has_new, "SPLIT": splits > 1, "STAGES": NUM_STAGES, "UPCAST": False,
+                         "PRECISION": precision}
+                    pointers = {"SEQLENS": "*i32", "O_PART": "*fp32", "LSE_PART": "*fp32"}
+                    kernel = _attention_decode_kernel
+                    specs.append(AOTSpec(
+                        kernel, _signature(kernel, ptr, pointers, c), c, tiles["num_warps"], NUM_STAGES,
+                        label=f"decode {name} D={block_d} B={batch} {'append' if has_new else 'no-append'} "
+                              f"{'split' if splits > 1 else 'direct'} {tiles['BLOCK_M']}x{tiles['BLOCK_N']}",
+                        expect_tensor_cores=dtype != torch.float32, op="decode", dtype=name, values=values,
+                        main=True,
+                    ))  # fmt: skip
+                if splits > 1:
+                    kernel = _attention_decode_combine_kernel
+                    c = {"BLOCK_M": COMBINE_BLOCK_M, "BLOCK_D": block_d}
+                    pointers = {"O_PART": "*fp32", "LSE_PART": "*fp32"}
+                    specs.append(AOTSpec(
+                        kernel, _signature(kernel, ptr, pointers, c), c, 4, 1,
+                        label=f"decode combine {name} D={block_d} B={batch} splits={splits}",
+                        op="decode", dtype=name, values=combine_values,
+                    ))  # fmt: skip
     return specs

@@ -5,6 +5,9 @@ reference transposes in and out. Masks use the same rule everywhere:
 
     key j is visible to query t  iff  not causal  or  j <= t  or  j < prefix_len       (attention)
     key j is visible to query t  iff  j <= cache_seqlens[b] + t                        (kv cache)
+
+(for the cache, `cache_seqlens[b] + t` is clamped to `[0, T_max - 1]`: out-of-range entries attend to
+what is in range; see kvcache.py).
 """
 
 from __future__ import annotations
@@ -50,15 +53,41 @@ def attention_ref(
     return o.transpose(1, 2).to(out_dtype)
 
 
+def new_positions(cache_seqlens: torch.Tensor, t_q: int) -> torch.Tensor:
+    """`[B, Tq]` positions `cache_seqlens[b] + t` of the new tokens (cache_seqlens' integer dtype)."""
+    pos = cache_seqlens[:, None]
+    return pos if t_q == 1 else pos + torch.arange(t_q, device=pos.device, dtype=pos.dtype)
+
+
 def write_kvcache(
-    k_cache: torch.Tensor, v_cache: torch.Tensor, cache_seqlens: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    cache_seqlens: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    pos: torch.Tensor | None = None,
 ) -> None:
-    """In place: `k_cache[b, cache_seqlens[b] + t] = k[b, t]` (same for v), for t in 0..Tq-1."""
+    """In place: `k_cache[b, p] = k[b, t]` (same for v) at `p = cache_seqlens[b] + t`, t in 0..Tq-1.
+
+    No host sync. A position outside `[0, T_max)` is not written: every token is routed to the distinct
+    row `p mod T_max` (distinct because Tq <= T_max) and an out-of-range one writes back what is there.
+    `pos`: the `[B, Tq]` positions when the caller has them.
+    """
     b, t_q = k.shape[:2]
-    pos = cache_seqlens.long()[:, None] + torch.arange(t_q, device=k.device)  # [B, Tq]
-    rows = torch.arange(b, device=k.device)[:, None].expand(b, t_q)
-    k_cache[rows, pos] = k
-    v_cache[rows, pos] = v
+    t_max = k_cache.shape[1]
+    assert t_q <= t_max, "Tq > T_max is rejected by the public function"
+    pos = new_positions(cache_seqlens, t_q) if pos is None else pos
+    row = pos.remainder(t_max)
+    inside = (row == pos)[:, :, None, None]
+    batch = torch.arange(b, device=k.device)[:, None]
+    for cache, new in ((k_cache, k), (v_cache, v)):
+        cache[batch, row] = torch.where(inside, new, cache[batch, row])
+
+
+def visible_mask(pos: torch.Tensor, t_k: int) -> torch.Tensor:
+    """`[B, Tq, Tk]` bool from the `[B, Tq]` query positions: key j is visible iff `j <= clamp(p, 0, Tk - 1)`."""
+    last = pos.clamp(0, t_k - 1)
+    return torch.arange(t_k, device=pos.device, dtype=pos.dtype) <= last[:, :, None]
 
 
 def attention_with_kvcache_ref(
@@ -68,25 +97,53 @@ def attention_with_kvcache_ref(
     cache_seqlens: torch.Tensor,
     softmax_scale: float | None = None,
     upcast: bool = False,
+    k: torch.Tensor | None = None,
+    v: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Attention of q `[B, Tq, H, D]` against caches `[B, T_max, H, D]` that already hold the new keys.
+    """Attention of q `[B, Tq, H, D]` against caches `[B, T_max, H, D]`; no host sync.
 
-    Query t of sample b sees cache positions `0 .. cache_seqlens[b] + t`. Only the first
-    `max(cache_seqlens) + Tq` positions are read (all T_max, masked, while torch.compile traces, so the
-    shapes stay static and no host sync breaks the graph). Returns `[B, Tq, H, D]`.
+    With k, v `[B, Tq, H, D]` they are first written into the caches in place (`write_kvcache`);
+    otherwise the caches already hold the new keys. Query t of sample b sees cache positions
+    `0 .. clamp(cache_seqlens[b] + t, 0, T_max - 1)`: all T_max positions are read, masked, so no
+    device value decides a shape. Returns `[B, Tq, H, D]` (fp32 for fp16/bf16 inputs with upcast=True).
     """
+    pos = new_positions(cache_seqlens, q.shape[1])  # [B, Tq]
+    if k is not None:
+        write_kvcache(k_cache, v_cache, cache_seqlens, k, v, pos)
     out_dtype = q.dtype
     if upcast and q.dtype in (torch.float16, torch.bfloat16):
         q, k_cache, v_cache = q.float(), k_cache.float(), v_cache.float()
         out_dtype = torch.float32
-    t_q = q.shape[1]
-    if torch.compiler.is_compiling():
-        t_k = k_cache.shape[1]
-    else:
-        t_k = min(int(cache_seqlens.max()) + t_q, k_cache.shape[1])
-    kh = k_cache[:, :t_k].transpose(1, 2)  # [B, H, Tk, D]
-    vh = v_cache[:, :t_k].transpose(1, 2)
-    last = cache_seqlens.long().to(q.device)[:, None] + torch.arange(t_q, device=q.device)  # [B, Tq]
-    mask = torch.arange(t_k, device=q.device)[None, None, :] <= last[:, :, None]  # [B, Tq, Tk]
+    mask = visible_mask(pos, k_cache.shape[1])  # [B, Tq, Tk]
+    kh, vh = k_cache.transpose(1, 2), v_cache.transpose(1, 2)  # [B, H, Tk, D]
     o = F.scaled_dot_product_attention(q.transpose(1, 2), kh, vh, attn_mask=mask[:, None], scale=softmax_scale)
-    return o.transpose(1, 2).to(out_dtype)
+    o = o.transpose(1, 2)
+    return o if o.dtype == out_dtype else o.to(out_dtype)
+
+
+def kvcache_step_ref(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    cache_seqlens: int,
+    k: torch.Tensor | None,
+    v: torch.Tensor | None,
+    softmax_scale: float | None = None,
+) -> torch.Tensor:
+    """`attention_with_kvcache_ref` for one host int position s shared by every sample (checked in range).
+
+    The append is a slice copy and the attention reads the first `s + Tq` positions, with a mask only
+    among the new tokens (none for Tq = 1): the fewest operations per step, which is what the CPU
+    sampler spends its time on.
+    """
+    s, t_q = cache_seqlens, q.shape[1]
+    if k is not None:
+        k_cache[:, s:s + t_q] = k
+        v_cache[:, s:s + t_q] = v
+    t_k = s + t_q
+    mask = None
+    if t_q > 1:
+        mask = torch.arange(t_k, device=q.device)[None, :] <= s + torch.arange(t_q, device=q.device)[:, None]
+    kh, vh = k_cache[:, :t_k].transpose(1, 2), v_cache[:, :t_k].transpose(1, 2)  # [B, H, Tk, D]
+    o = F.scaled_dot_product_attention(q.transpose(1, 2), kh, vh, attn_mask=mask, scale=softmax_scale)
+    return o.transpose(1, 2)

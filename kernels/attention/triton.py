@@ -1,74 +1,132 @@
-"""Triton attention: flash forward (online softmax), backward, and split-K KV-cache decoding.
+"""Triton attention ("attention-v2"): flash forward (online softmax) and one fused backward kernel.
 
-Forward, per (batch, head) and block of BLOCK_M queries, streaming key blocks:
-    s = q k^T * scale,   m = running max,   l = running sum of exp(s - m),   o = sum exp(s - m) v / l
-with key j visible to query t iff `j <= t or j < prefix_len`. Full attention is the same rule with
-prefix_len = T, so one kernel serves full, causal and prefix-LM masks (the mask is a runtime value;
-key blocks that no query of the block can see are skipped). Exponentials are base 2
-(`qk_scale = scale * log2(e)`), and the stored logsumexp `lse2 = m + log2(l)` is in log2 units.
+Key j is visible to query t iff `not causal or j <= t or j < prefix_len`. The launchers pass full
+attention as prefix_len = T, so one rule (`j <= t or j < prefix_len`, keys < T) serves every mask.
 
-Backward (Reference: FlashAttention-2, Dao 2023, Algorithm 2; our own code): a preprocess kernel
-computes delta = rowsum(dO * O); then `_attention_bwd_dkdv_kernel` owns a key block and loops over
-queries (dV += P^T dO, dK += dS^T Q * scale), and `_attention_bwd_dq_kernel` owns a query block and
-loops over keys (dQ += dS K * scale), with P = exp2(s * log2e - lse2), dS = P * (dO V^T - delta).
-Two kernels recompute P twice but need no atomics: gradients are deterministic.
+Forward, per (query block of BLOCK_M rows, batch x head), streaming key blocks of BLOCK_N:
+    s = q k^T * scale * log2(e),  m = running max,  l = running sum of 2^(s - m),  o = sum 2^(s - m) v / l
+and lse2 = m + log2(l) (log2 units) is kept for the backward. The grid is (query blocks, H, B), query
+block fastest, so the programs of one head run together and share its K/V in L2. Key blocks are visited
+in two passes: the keys every row of the block sees (j <= first row, or j < prefix_len) in a
+loop with no mask at all, then the few diagonal / prefix-boundary / sequence-end blocks with the mask;
+blocks no row sees are never loaded.
 
-KV-cache decoding lives in `decode.py` and shares this module's helpers and tile policy.
+Backward (Reference: FlashAttention-2, Dao 2023, Algorithm 2, and the fused backward of Triton's
+fused-attention tutorial; our own code), ONE kernel, grid (row blocks, H, B). Program i owns BLOCK_M rows
+twice:
+  1. keys [i*BLOCK_M, (i+1)*BLOCK_M): K, V stay resident while it steps through the query blocks that see
+     them, BLOCK_N rows at a time (transposed products, so the big block is the MMA's M):
+        p^T = 2^(k q^T * c - lse2),  dV += p^T dO,  dS^T = p^T * (v dO^T - delta),  dK += dS^T q;
+  2. queries [i*BLOCK_M, (i+1)*BLOCK_M): steps through the keys they see, dQ += dS k.
+delta = rowsum(dO * O) is computed inside (from O and dO tiles) instead of by a separate launch, and
+the scale is applied once to dK and dQ at the end. Each gradient element is written by exactly one
+program with no atomics, so the backward is deterministic. With causal masks the work is balanced:
+key block i meets T - i*BLOCK_M queries while query block i meets (i+1)*BLOCK_M keys. Masks are again
+applied only on the diagonal / prefix-boundary steps. Scaling K by scale*log2(e) before the products
+(as the tutorial does) would round K*scale to bf16; here the scale multiplies the fp32 logits instead,
+fused with the lse2 subtraction into one FMA per element, which costs the same.
 
-Numerics: fp32 accumulation everywhere. fp32 inputs use `input_precision="ieee"` in tl.dot so results
-match a float64 oracle (no TF32). Cost: ieee fp32 dots run on the FMA units, about 8x fewer FLOP/s
-than TF32 tensor cores on sm_80/sm_90, and Triton's FMA lowering holds a whole K-row of each operand
-in registers, so products over the head dim are read from memory CHUNK_D = 16 columns at a time
-(`_dot_over_d`) and the fp32 tiles keep K = 16 (a D = 64 tile would otherwise spill thousands of
-bytes). Use bf16 for speed. fp16/bf16 operands stay resident (CHUNK_D = BLOCK_D) and go to tensor
-cores; P and dS are rounded to the input dtype before their matmuls, as flash-attn does. On CPU tensors (the
-interpreter) every load is upcast to fp32 (UPCAST), because the interpreter mishandles bf16.
-Head dims up to 128 are padded to a power of two >= 16 (BLOCK_D) with masks.
+Numerics: fp32 accumulation everywhere; P and dS are rounded to the input dtype before their products
+(as flash-attn does). fp16/bf16 products run on tensor cores (wgmma on sm_90, mma on sm_80).
+fp32 inputs use 3xTF32 (`input_precision="tf32x3"`: each operand split into TF32 hi + lo parts, three
+tensor-core products). A CPU emulation of it (TF32-rounded hi/lo parts, fp32 products; T = 17..320,
+D = 16..128) erred against a float64 oracle as much as IEEE fp32 does, at most 0.16x the fp32 test
+tolerance, where plain TF32 was 25-270x over it; a GPU run has not measured it yet. 3xTF32 needs about
+twice the operand registers, so fp32 tiles are smaller (BLOCK_N 16 or 32), and at head dims above 64 the
+fused backward spilled in every tile tried (down to 16x16 with 4 warps): there, the documented fallback,
+the backward recomputes the gradients through the reference (`_reference_bwd`, SDPA); the fp32 forward at
+those head dims still runs here (32x16 tiles).
+On CPU tensors (the Triton interpreter) every load is upcast to fp32 (UPCAST) and products are IEEE fp32,
+because the interpreter mishandles bf16 and has no TF32; it also truncates fp32 -> bf16 stores, so bf16
+outputs go through an fp32 buffer there.
+Head dims up to 128 are padded to a power of two >= 16 (BLOCK_D) with masks on the head dim only when
+D != BLOCK_D.
+
+Tiles: on a GPU both kernels are autotuned (key: T and D; the tensor dtype is part of Triton's key) over
+short lists chosen per dtype and head-dim block (`_FWD_CONFIGS`, `_BWD_CONFIGS`); sequences of at most 64
+rows use 64-row blocks only. Under the interpreter, which cannot autotune, the first config of the same
+pruned list runs.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import triton
 import triton.language as tl
 
-from .._common import AOTSpec
+from .._common import AOTSpec, interpreter_on
 
 LOG2E = math.log2(math.e)
+IMPL = "attention-v2"
 
 
 @triton.jit
-def _dot_over_d(
-    a_base, stride_a, rows_a, len_a, b_base, stride_b, rows_b, len_b, D,
-    BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK_D: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-):  # fmt: skip
-    """`a[rows_a, :D] @ b[rows_b, :D]^T` -> [BLOCK_A, BLOCK_B] fp32, reading CHUNK_D columns at a time."""
-    out = tl.zeros([BLOCK_A, BLOCK_B], dtype=tl.float32)
-    for d0 in tl.static_range(0, BLOCK_D, CHUNK_D):
-        offs_d = d0 + tl.arange(0, CHUNK_D)
-        mask_d = offs_d < D
-        a = tl.load(a_base + rows_a[:, None] * stride_a + offs_d[None, :],
-                    mask=(rows_a[:, None] < len_a) & mask_d[None, :], other=0.0)
-        b = tl.load(b_base + rows_b[:, None] * stride_b + offs_d[None, :],
-                    mask=(rows_b[:, None] < len_b) & mask_d[None, :], other=0.0)
-        if UPCAST:
-            a = a.to(tl.float32)
-            b = b.to(tl.float32)
-        out += tl.dot(a, tl.trans(b), input_precision=PRECISION)
-    return out
-
-
-@triton.jit
-def _load_rows(base, stride, rows, n_rows, offs_d, D, UPCAST: tl.constexpr):
-    """A [rows, BLOCK_D] tile, zero outside `rows < n_rows` and `offs_d < D`."""
-    x = tl.load(base + rows[:, None] * stride + offs_d[None, :],
-                mask=(rows[:, None] < n_rows) & (offs_d[None, :] < D), other=0.0)
+def _load_tile(base, stride, rows, n_rows, offs_d, D, ROW_MASK: tl.constexpr, PAD_D: tl.constexpr,
+               UPCAST: tl.constexpr):  # fmt: skip
+    """A [rows, BLOCK_D] tile of a row-major (stride, 1) matrix; zero outside the masks it is asked for."""
+    ptrs = base + rows[:, None] * stride + offs_d[None, :]
+    if ROW_MASK and PAD_D:
+        x = tl.load(ptrs, mask=(rows[:, None] < n_rows) & (offs_d[None, :] < D), other=0.0)
+    elif ROW_MASK:
+        x = tl.load(ptrs, mask=rows[:, None] < n_rows, other=0.0)
+    elif PAD_D:
+        x = tl.load(ptrs, mask=offs_d[None, :] < D, other=0.0)
+    else:
+        x = tl.load(ptrs)
     if UPCAST:
         x = x.to(tl.float32)
     return x
+
+
+@triton.jit
+def _store_tile(base, stride, rows, n_rows, offs_d, D, x, PAD_D: tl.constexpr):
+    ptrs = base + rows[:, None] * stride + offs_d[None, :]
+    if PAD_D:
+        tl.store(ptrs, x.to(base.dtype.element_ty), mask=(rows[:, None] < n_rows) & (offs_d[None, :] < D))
+    else:
+        tl.store(ptrs, x.to(base.dtype.element_ty), mask=rows[:, None] < n_rows)
+
+
+@triton.jit
+def _visible_keys(first_row, last_row, T, prefix_len, BLOCK_N: tl.constexpr):
+    """For query rows [first_row, last_row): (end of the key blocks every row sees, end of the keys any row sees).
+
+    The first bound is rounded down to a whole key block, so the unmasked loop below it needs no mask.
+    """
+    every = tl.minimum(tl.maximum(first_row + 1, prefix_len), T)
+    anyone = tl.minimum(tl.maximum(last_row, prefix_len), T)
+    return (every // BLOCK_N) * BLOCK_N, anyone
+
+
+@triton.jit
+def _attention_fwd_steps(
+    acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, lo, hi, offs_m, T, D, prefix_len, qk_scale,
+    MASKED: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PAD_D: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """Online-softmax update over key blocks [lo, hi); MASKED applies the visibility rule and keys < T."""
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    for start_n in tl.range(lo, hi, BLOCK_N):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+        n = start_n + offs_n
+        k = _load_tile(k_base, stride_kt, n, T, offs_d, D, MASKED, PAD_D, UPCAST)
+        v = _load_tile(v_base, stride_vt, n, T, offs_d, D, MASKED, PAD_D, UPCAST)
+        # Scale before masking: a negative or zero softmax_scale must not turn -inf into +inf or NaN.
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+        if MASKED:
+            visible = ((n[None, :] <= offs_m[:, None]) | (n[None, :] < prefix_len)) & (n[None, :] < T)
+            s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.math.exp2(s - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
 
 
 @triton.jit
@@ -79,223 +137,238 @@ def _attention_fwd_kernel(
     stride_vb, stride_vt, stride_vh,
     stride_ob, stride_ot, stride_oh,
     H, T, D, prefix_len, qk_scale,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PAD_D: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
-    pid_bh = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = (pid_bh % H).to(tl.int64)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
+    # Grid (query blocks, H, B): the query block varies fastest, and no index needs a division.
+    pid_m = tl.program_id(0)
+    h = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
+    first = pid_m * BLOCK_M
+    offs_m = first + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    q_base = Q + b * stride_qb + h * stride_qh
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
-    if CHUNK_D == BLOCK_D:
-        q = _load_rows(q_base, stride_qt, offs_m, T, offs_d, D, UPCAST)
+    q = _load_tile(Q + b * stride_qb + h * stride_qh, stride_qt, offs_m, T, offs_d, D, True, PAD_D, UPCAST)
 
     # m starts finite so a block in which a row sees nothing leaves it unchanged (no inf - inf).
     m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    hi = tl.minimum(T, tl.maximum((pid_m + 1) * BLOCK_M, prefix_len))
-    for start_n in range(0, hi, BLOCK_N):
-        n = start_n + offs_n
-        if CHUNK_D == BLOCK_D:
-            k = _load_rows(k_base, stride_kt, n, T, offs_d, D, UPCAST)
-            s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
-        else:
-            s = _dot_over_d(q_base, stride_qt, offs_m, T, k_base, stride_kt, n, T, D,
-                            BLOCK_M, BLOCK_N, BLOCK_D, CHUNK_D, UPCAST, PRECISION)
-        visible = ((n[None, :] <= offs_m[:, None]) | (n[None, :] < prefix_len)) & (n[None, :] < T)
-        s = tl.where(visible, s * qk_scale, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.math.exp2(m_i - m_new)
-        p = tl.math.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = _load_rows(v_base, stride_vt, n, T, offs_d, D, UPCAST)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m_i = m_new
+    every, anyone = _visible_keys(first, first + BLOCK_M, T, prefix_len, BLOCK_N)
+    acc, l_i, m_i = _attention_fwd_steps(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, 0, every, offs_m,
+                                         T, D, prefix_len, qk_scale, False, BLOCK_N, BLOCK_D, PAD_D, UPCAST, PRECISION)
+    acc, l_i, m_i = _attention_fwd_steps(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, every, anyone,
+                                         offs_m, T, D, prefix_len, qk_scale, True, BLOCK_N, BLOCK_D, PAD_D, UPCAST,
+                                         PRECISION)  # fmt: skip
 
     acc = acc / l_i[:, None]
-    o_ptrs = O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :]
-    tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=(offs_m[:, None] < T) & (offs_d[None, :] < D))
-    tl.store(LSE + pid_bh.to(tl.int64) * T + offs_m, m_i + tl.math.log2(l_i), mask=offs_m < T)
+    _store_tile(O + b * stride_ob + h * stride_oh, stride_ot, offs_m, T, offs_d, D, acc, PAD_D)
+    tl.store(LSE + (b * H + h) * T + offs_m, m_i + tl.math.log2(l_i), mask=offs_m < T)
 
 
 @triton.jit
-def _attention_bwd_preprocess_kernel(
-    O, DO, DELTA,
-    stride_ob, stride_ot, stride_oh,
-    stride_dob, stride_dot, stride_doh,
-    H, T, D,
-    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+def _attention_bwd_dkdv_steps(
+    dk, dv, k, v, q_base, o_base, do_base, lse_base, stride_qt, stride_ot, stride_dot, lo, hi, offs_n,
+    T, D, prefix_len, qk_scale,
+    MASKED: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PAD_D: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
-    pid_bh = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = (pid_bh % H).to(tl.int64)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    """dK, dV of the resident key block from query rows [lo, hi), in [keys, queries] (transposed) tiles.
+
+    Query rows >= T load as zeros with lse2 = +inf, so their p is 0; key rows >= T are never stored.
+    """
     offs_d = tl.arange(0, BLOCK_D)
-    o = _load_rows(O + b * stride_ob + h * stride_oh, stride_ot, offs_m, T, offs_d, D, True)
-    do = _load_rows(DO + b * stride_dob + h * stride_doh, stride_dot, offs_m, T, offs_d, D, True)
-    tl.store(DELTA + pid_bh.to(tl.int64) * T + offs_m, tl.sum(o * do, 1), mask=offs_m < T)
+    for start_m in tl.range(lo, hi, BLOCK_N):
+        start_m = tl.multiple_of(start_m, BLOCK_N)
+        m = start_m + tl.arange(0, BLOCK_N)
+        q = _load_tile(q_base, stride_qt, m, T, offs_d, D, True, PAD_D, UPCAST)
+        do = _load_tile(do_base, stride_dot, m, T, offs_d, D, True, PAD_D, UPCAST)
+        o = _load_tile(o_base, stride_ot, m, T, offs_d, D, True, PAD_D, UPCAST)
+        lse = tl.load(lse_base + m, mask=m < T, other=float("inf"))
+        delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+        p_t = tl.math.exp2(tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale - lse[None, :])
+        if MASKED:
+            visible = (offs_n[:, None] <= m[None, :]) | (offs_n[:, None] < prefix_len)
+            p_t = tl.where(visible, p_t, 0.0)
+        dv += tl.dot(p_t.to(do.dtype), do, input_precision=PRECISION)
+        dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION)
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk += tl.dot(ds_t.to(q.dtype), q, input_precision=PRECISION)
+    return dk, dv
 
 
 @triton.jit
-def _attention_bwd_dkdv_kernel(
-    Q, K, V, DO, LSE, DELTA, DK, DV,
+def _attention_bwd_dq_steps(
+    dq, q, do, lse, delta, k_base, v_base, stride_kt, stride_vt, lo, hi, offs_m, T, D, prefix_len, qk_scale,
+    MASKED: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PAD_D: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """dQ of the resident query block from key blocks [lo, hi)."""
+    offs_d = tl.arange(0, BLOCK_D)
+    for start_n in tl.range(lo, hi, BLOCK_N):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+        n = start_n + tl.arange(0, BLOCK_N)
+        k = _load_tile(k_base, stride_kt, n, T, offs_d, D, MASKED, PAD_D, UPCAST)
+        v = _load_tile(v_base, stride_vt, n, T, offs_d, D, MASKED, PAD_D, UPCAST)
+        p = tl.math.exp2(tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale - lse[:, None])
+        if MASKED:
+            visible = ((n[None, :] <= offs_m[:, None]) | (n[None, :] < prefix_len)) & (n[None, :] < T)
+            p = tl.where(visible, p, 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+    return dq
+
+
+@triton.jit
+def _attention_bwd_kernel(
+    Q, K, V, O, DO, LSE, DQ, DK, DV,
     stride_qb, stride_qt, stride_qh,
     stride_kb, stride_kt, stride_kh,
     stride_vb, stride_vt, stride_vh,
+    stride_ob, stride_ot, stride_oh,
     stride_dob, stride_dot, stride_doh,
+    stride_dqb, stride_dqt, stride_dqh,
     stride_dkb, stride_dkt, stride_dkh,
     stride_dvb, stride_dvt, stride_dvh,
     H, T, D, prefix_len, scale, qk_scale,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PAD_D: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
-    pid_bh = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = (pid_bh % H).to(tl.int64)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_m = tl.arange(0, BLOCK_M)
+    pid = tl.program_id(0)
+    h = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
+    first = pid * BLOCK_M
+    offs_own = first + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     q_base = Q + b * stride_qb + h * stride_qh
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
+    o_base = O + b * stride_ob + h * stride_oh
     do_base = DO + b * stride_dob + h * stride_doh
-    row_base = pid_bh.to(tl.int64) * T
-    if CHUNK_D == BLOCK_D:
-        k = _load_rows(k_base, stride_kt, offs_n, T, offs_d, D, UPCAST)
-        v = _load_rows(v_base, stride_vt, offs_n, T, offs_d, D, UPCAST)
+    lse_base = LSE + (b * H + h) * T
 
-    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    # Keys inside the prefix are seen by every query; otherwise only queries t >= the block's first key.
-    first_key = pid_n * BLOCK_N
-    lo = tl.where(first_key < prefix_len, 0, (first_key // BLOCK_M) * BLOCK_M)
-    for start_m in range(lo, T, BLOCK_M):
-        m = start_m + offs_m
-        q = _load_rows(q_base, stride_qt, m, T, offs_d, D, UPCAST)
-        do = _load_rows(do_base, stride_dot, m, T, offs_d, D, UPCAST)
-        if CHUNK_D == BLOCK_D:
-            s = tl.dot(q, tl.trans(k), input_precision=PRECISION)  # [BLOCK_M, BLOCK_N]
-            dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-        else:
-            s = _dot_over_d(q_base, stride_qt, m, T, k_base, stride_kt, offs_n, T, D,
-                            BLOCK_M, BLOCK_N, BLOCK_D, CHUNK_D, UPCAST, PRECISION)
-            dp = _dot_over_d(do_base, stride_dot, m, T, v_base, stride_vt, offs_n, T, D,
-                             BLOCK_M, BLOCK_N, BLOCK_D, CHUNK_D, UPCAST, PRECISION)
-        lse = tl.load(LSE + row_base + m, mask=m < T, other=float("inf"))
-        delta = tl.load(DELTA + row_base + m, mask=m < T, other=0.0)
-        visible = ((offs_n[None, :] <= m[:, None]) | (offs_n[None, :] < prefix_len)) & (offs_n[None, :] < T)
-        p = tl.where(visible, tl.math.exp2(s * qk_scale - lse[:, None]), 0.0)
-        dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
-        ds = p * (dp - delta[:, None])
-        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
+    # 1. dK, dV of keys [first, first + BLOCK_M). Query rows >= its last key (or all rows, when every key of
+    # the block lies in the prefix) see the whole block: no mask. Below that, rows from `lo` (0 when the block
+    # reaches into the prefix, else its first key) see part of it: masked.
+    k = _load_tile(k_base, stride_kt, offs_own, T, offs_d, D, True, PAD_D, UPCAST)
+    v = _load_tile(v_base, stride_vt, offs_own, T, offs_d, D, True, PAD_D, UPCAST)
+    dk = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    all_prefix = tl.minimum(first + BLOCK_M, T) <= prefix_len
+    lo = tl.where(all_prefix | (first < prefix_len), 0, first)
+    mid = tl.where(all_prefix, 0, first + BLOCK_M)
+    dk, dv = _attention_bwd_dkdv_steps(dk, dv, k, v, q_base, o_base, do_base, lse_base, stride_qt, stride_ot,
+                                       stride_dot, lo, tl.minimum(mid, T), offs_own, T, D, prefix_len, qk_scale,
+                                       True, BLOCK_N, BLOCK_D, PAD_D, UPCAST, PRECISION)  # fmt: skip
+    dk, dv = _attention_bwd_dkdv_steps(dk, dv, k, v, q_base, o_base, do_base, lse_base, stride_qt, stride_ot,
+                                       stride_dot, mid, T, offs_own, T, D, prefix_len, qk_scale,
+                                       False, BLOCK_N, BLOCK_D, PAD_D, UPCAST, PRECISION)  # fmt: skip
+    _store_tile(DK + b * stride_dkb + h * stride_dkh, stride_dkt, offs_own, T, offs_d, D, dk * scale, PAD_D)
+    _store_tile(DV + b * stride_dvb + h * stride_dvh, stride_dvt, offs_own, T, offs_d, D, dv, PAD_D)
 
-    mask_nd = (offs_n[:, None] < T) & (offs_d[None, :] < D)
-    dk_ptrs = DK + b * stride_dkb + h * stride_dkh + offs_n[:, None] * stride_dkt + offs_d[None, :]
-    dv_ptrs = DV + b * stride_dvb + h * stride_dvh + offs_n[:, None] * stride_dvt + offs_d[None, :]
-    tl.store(dk_ptrs, (dk * scale).to(DK.dtype.element_ty), mask=mask_nd)
-    tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=mask_nd)
-
-
-@triton.jit
-def _attention_bwd_dq_kernel(
-    Q, K, V, DO, LSE, DELTA, DQ,
-    stride_qb, stride_qt, stride_qh,
-    stride_kb, stride_kt, stride_kh,
-    stride_vb, stride_vt, stride_vh,
-    stride_dob, stride_dot, stride_doh,
-    stride_dqb, stride_dqt, stride_dqh,
-    H, T, D, prefix_len, scale, qk_scale,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK_D: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-):  # fmt: skip
-    pid_bh = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = (pid_bh % H).to(tl.int64)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    q_base = Q + b * stride_qb + h * stride_qh
-    k_base = K + b * stride_kb + h * stride_kh
-    v_base = V + b * stride_vb + h * stride_vh
-    do_base = DO + b * stride_dob + h * stride_doh
-    if CHUNK_D == BLOCK_D:
-        q = _load_rows(q_base, stride_qt, offs_m, T, offs_d, D, UPCAST)
-        do = _load_rows(do_base, stride_dot, offs_m, T, offs_d, D, UPCAST)
-    row_base = pid_bh.to(tl.int64) * T
-    lse = tl.load(LSE + row_base + offs_m, mask=offs_m < T, other=float("inf"))
-    delta = tl.load(DELTA + row_base + offs_m, mask=offs_m < T, other=0.0)
-
+    # 2. dQ of queries [first, first + BLOCK_M), key blocks split as in the forward.
+    q = _load_tile(q_base, stride_qt, offs_own, T, offs_d, D, True, PAD_D, UPCAST)
+    do = _load_tile(do_base, stride_dot, offs_own, T, offs_d, D, True, PAD_D, UPCAST)
+    o = _load_tile(o_base, stride_ot, offs_own, T, offs_d, D, True, PAD_D, UPCAST)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    lse = tl.load(lse_base + offs_own, mask=offs_own < T, other=float("inf"))
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    hi = tl.minimum(T, tl.maximum((pid_m + 1) * BLOCK_M, prefix_len))
-    for start_n in range(0, hi, BLOCK_N):
-        n = start_n + offs_n
-        k = _load_rows(k_base, stride_kt, n, T, offs_d, D, UPCAST)
-        if CHUNK_D == BLOCK_D:
-            v = _load_rows(v_base, stride_vt, n, T, offs_d, D, UPCAST)
-            s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
-            dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-        else:
-            s = _dot_over_d(q_base, stride_qt, offs_m, T, k_base, stride_kt, n, T, D,
-                            BLOCK_M, BLOCK_N, BLOCK_D, CHUNK_D, UPCAST, PRECISION)
-            dp = _dot_over_d(do_base, stride_dot, offs_m, T, v_base, stride_vt, n, T, D,
-                             BLOCK_M, BLOCK_N, BLOCK_D, CHUNK_D, UPCAST, PRECISION)
-        visible = ((n[None, :] <= offs_m[:, None]) | (n[None, :] < prefix_len)) & (n[None, :] < T)
-        p = tl.where(visible, tl.math.exp2(s * qk_scale - lse[:, None]), 0.0)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
-
-    dq_ptrs = DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqt + offs_d[None, :]
-    tl.store(dq_ptrs, (dq * scale).to(DQ.dtype.element_ty), mask=(offs_m[:, None] < T) & (offs_d[None, :] < D))
+    every, anyone = _visible_keys(first, first + BLOCK_M, T, prefix_len, BLOCK_N)
+    dq = _attention_bwd_dq_steps(dq, q, do, lse, delta, k_base, v_base, stride_kt, stride_vt, 0, every, offs_own,
+                                 T, D, prefix_len, qk_scale, False, BLOCK_N, BLOCK_D, PAD_D, UPCAST, PRECISION)
+    dq = _attention_bwd_dq_steps(dq, q, do, lse, delta, k_base, v_base, stride_kt, stride_vt, every, anyone,
+                                 offs_own, T, D, prefix_len, qk_scale, True, BLOCK_N, BLOCK_D, PAD_D, UPCAST,
+                                 PRECISION)  # fmt: skip
+    _store_tile(DQ + b * stride_dqb + h * stride_dqh, stride_dqt, offs_own, T, offs_d, D, dq * scale, PAD_D)
 
 
 # ----------------------------------------------------------------------------------------------
-# Launchers
+# Tile configurations: (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel, dtype class and head-dim block.
+# Every entry compiles without spills on sm_80 and sm_90, and the fp16/bf16 ones use wgmma on sm_90 (>= 64-row
+# MMA tiles, >= 4 warps); `aot_specs` lists them all. The first entry is what the interpreter runs.
+
+HEAD_DIM_BLOCKS = (16, 32, 64, 128)
+_FWD_CONFIGS = {
+    ("lowp", 16): [(128, 64, 8, 3), (64, 64, 4, 3)],
+    ("lowp", 32): [(128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 3)],
+    ("lowp", 64): [(128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 2)],
+    ("lowp", 128): [(128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 8, 3)],
+    ("fp32", 16): [(64, 32, 4, 2), (128, 32, 8, 2)],
+    ("fp32", 32): [(64, 32, 4, 2), (128, 32, 8, 2)],
+    ("fp32", 64): [(64, 16, 4, 2), (128, 16, 8, 2)],
+    ("fp32", 128): [(32, 16, 4, 2)],
+}
+# An empty list: no tile of the fused backward fits the registers (fp32 at D = 128 spilled in every 3xTF32 tile
+# tried, 16x16 with 4 warps included), so that backward recomputes through the reference (`_reference_bwd`).
+_BWD_CONFIGS = {
+    ("lowp", 16): [(128, 32, 8, 2), (64, 32, 4, 2), (128, 64, 8, 2)],
+    ("lowp", 32): [(128, 32, 8, 2), (64, 32, 4, 2), (128, 64, 8, 2)],
+    ("lowp", 64): [(128, 32, 8, 2), (64, 32, 4, 2), (128, 64, 8, 2)],
+    ("lowp", 128): [(64, 32, 8, 2), (64, 16, 4, 2), (128, 16, 8, 2)],
+    ("fp32", 16): [(64, 16, 4, 2), (64, 32, 4, 2)],
+    ("fp32", 32): [(64, 16, 4, 2)],
+    ("fp32", 64): [(32, 16, 4, 2)],
+    ("fp32", 128): [],
+}
+SHORT_T = 64  # sequences this short use 64-row blocks only (a 128-row block would be mostly padding)
 
 
 def _block_d(d: int) -> int:
     return max(16, triton.next_power_of_2(d))
 
 
-DECODE_BLOCK_M = 16  # tl.dot needs >= 16 rows; a one-token decode step masks 15 of them
-COMBINE_BLOCK_M = 16
-PREPROCESS_BLOCK_M = 16
-NUM_STAGES = 2
-# Warps: 8, except the fp16/bf16 dK/dV kernel (4). Chosen from an ahead-of-time sweep of both values
-# on sm_80 and sm_90 with pointer alignment unknown (the worst case; the JIT usually knows 16-byte
-# alignment and needs fewer registers): with 4 warps ptxas spilled a few bytes in the fp16/bf16
-# forward at D=32, the fp32 forward at D=64 and the fp16/bf16 dQ at D=128; with 8, in the fp16/bf16
-# dK/dV at D=32. docs: registers per spec in `python bench/kernel_resources.py`.
-NUM_WARPS = 8
+def _configs(table: dict, dtype: torch.dtype, block_d: int, t: int) -> list[tuple[int, int, int, int]]:
+    """The configs of `table` a launch may choose: per dtype class and head-dim block, 64-row ones for short T."""
+    configs = table[("fp32" if dtype == torch.float32 else "lowp", block_d)]
+    short = [c for c in configs if c[0] <= 64]
+    return short if t <= SHORT_T and short else configs
 
 
-# One tile configuration per (kernel, head-dim block, dtype), whatever T: the sequences of this model
-# are short (17 to ~320 tokens), so a 64-row tile wasted on T = 17 costs nothing measurable, and each
-# extra configuration is one more ahead-of-time compile per architecture. fp32 (FMA dots) keeps every
-# dot's K at 16 and reads products over the head dim 16 columns at a time (see the module docstring).
-def _tiles(kernel: str, block_d: int, dtype: torch.dtype) -> dict[str, int]:
-    """BLOCK_M, BLOCK_N, BLOCK_D, CHUNK_D and num_warps for kernel "fwd", "dq", "dkdv" or "decode"."""
-    wide = 64 if block_d <= 64 else 32
-    if dtype == torch.float32:
-        m, n = {"fwd": (64, 16), "dq": (wide, 16), "dkdv": (16, wide), "decode": (DECODE_BLOCK_M, 16)}[kernel]
-        return {"BLOCK_M": m, "BLOCK_N": n, "BLOCK_D": block_d, "CHUNK_D": 16, "num_warps": NUM_WARPS}
-    m, n = {"fwd": (64, wide), "dq": (64, wide), "dkdv": (32, 32), "decode": (DECODE_BLOCK_M, wide)}[kernel]
-    warps = 4 if kernel == "dkdv" else NUM_WARPS
-    return {"BLOCK_M": m, "BLOCK_N": n, "BLOCK_D": block_d, "CHUNK_D": block_d, "num_warps": warps}
+def _prune(table: dict):
+    def prune(configs, nargs, **kwargs):
+        allowed = _configs(table, nargs["Q"].dtype, kwargs["BLOCK_D"], nargs["T"])
+        return [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in allowed]
+
+    return prune
+
+
+def _triton_configs(table: dict) -> list:
+    every = sorted({c for configs in table.values() for c in configs})
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in every]
+
+
+_KERNELS = {"fwd": (_attention_fwd_kernel, _FWD_CONFIGS), "bwd": (_attention_bwd_kernel, _BWD_CONFIGS)}
+
+
+@functools.cache
+def _tuned(kernel_name: str):
+    """The autotuned GPU launcher of a kernel (built on first use: the interpreter never needs it)."""
+    kernel, table = _KERNELS[kernel_name]
+    prune = {"early_config_prune": _prune(table)}
+    return triton.autotune(_triton_configs(table), key=["T", "D"], prune_configs_by=prune)(kernel)
+
+
+def _launch(kernel_name: str, shape: torch.Size, args: tuple, dtype, config, **constexprs):
+    """Run `kernel_name` over `[B, T, H, D]` = shape: autotuned on a GPU, else with one config (`config`, or the
+    first allowed one)."""
+    b, t, h, d = shape
+    block_d = _block_d(d)
+    if config is None and not interpreter_on():
+        grid = lambda meta: (triton.cdiv(t, meta["BLOCK_M"]), h, b)  # noqa: E731
+        _tuned(kernel_name)[grid](*args, BLOCK_D=block_d, **constexprs)
+        return
+    kernel, table = _KERNELS[kernel_name]
+    m, n, warps, stages = config if config is not None else _configs(table, dtype, block_d, t)[0]
+    kernel[(triton.cdiv(t, m), h, b)](*args, BLOCK_M=m, BLOCK_N=n, BLOCK_D=block_d, **constexprs,
+                                      num_warps=warps, num_stages=stages)  # fmt: skip
 
 
 def _dot_config(q: torch.Tensor) -> tuple[bool, str]:
-    """(UPCAST, PRECISION): CPU tensors run under the interpreter, which needs fp32 loads."""
+    """(UPCAST, PRECISION): CPU tensors run under the interpreter, which needs fp32 loads and IEEE products."""
     upcast = not q.is_cuda
-    return upcast, ("ieee" if upcast or q.dtype == torch.float32 else "tf32")
+    return upcast, ("ieee" if upcast else "tf32x3" if q.dtype == torch.float32 else "tf32")
 
 
 def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
@@ -311,6 +384,26 @@ def _check_out(name: str, out: torch.Tensor, like: torch.Tensor) -> torch.Tensor
     return out
 
 
+def _interpreter_scratch(out: torch.Tensor) -> torch.Tensor:
+    """Where the kernel writes `out`. The interpreter truncates fp32 -> bf16 instead of rounding, so there a
+    bf16 output goes through an fp32 buffer (NaN-filled: an element the kernel skips still shows) and torch
+    rounds it (`_copy_back`)."""
+    if out.dtype == torch.bfloat16 and interpreter_on():
+        return torch.full(out.shape, float("nan"), dtype=torch.float32, device=out.device)
+    return out
+
+
+def _copy_back(out: torch.Tensor, written: torch.Tensor) -> torch.Tensor:
+    if written is not out:
+        out.copy_(written)
+    return out
+
+
+def _check_impl(impl: str) -> None:
+    if impl != IMPL:
+        raise ValueError(f"attention: unknown Triton implementation {impl!r} (this module ships {IMPL!r})")
+
+
 def attention_fwd(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -319,22 +412,26 @@ def attention_fwd(
     prefix_len: int,
     scale: float,
     out: torch.Tensor | None = None,
+    impl: str = IMPL,
+    config: tuple[int, int, int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward launcher. q, k, v `[B, T, H, D]` -> (out `[B, T, H, D]`, lse2 `[B, H, T]` fp32, log2 units)."""
+    """Forward launcher. q, k, v `[B, T, H, D]` -> (out `[B, T, H, D]`, lse2 `[B, H, T]` fp32, log2 units).
+
+    `config` = (BLOCK_M, BLOCK_N, num_warps, num_stages) pins one tile configuration (tests); by default a GPU
+    autotunes and the interpreter runs the first allowed config.
+    """
+    _check_impl(impl)
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
     b, t, h, d = q.shape
     out = torch.empty_like(q) if out is None else _check_out("out", out, q)
     lse = torch.empty((b, h, t), device=q.device, dtype=torch.float32)
-    tiles = _tiles("fwd", _block_d(d), q.dtype)
+    block_d = _block_d(d)
     upcast, precision = _dot_config(q)
-    grid = (b * h, triton.cdiv(t, tiles["BLOCK_M"]))
-    _attention_fwd_kernel[grid](
-        q, k, v, out, lse,
-        *_bth(q), *_bth(k), *_bth(v), *_bth(out),
-        h, t, d, prefix_len if causal else t, scale * LOG2E,
-        **tiles, UPCAST=upcast, PRECISION=precision, num_stages=NUM_STAGES,
-    )  # fmt: skip
-    return out, lse
+    o = _interpreter_scratch(out)
+    args = (q, k, v, o, lse, *_bth(q), *_bth(k), *_bth(v), *_bth(o), h, t, d, prefix_len if causal else t,
+            scale * LOG2E)  # fmt: skip
+    _launch("fwd", q.shape, args, q.dtype, config, PAD_D=block_d != d, UPCAST=upcast, PRECISION=precision)
+    return _copy_back(out, o), lse
 
 
 def attention_bwd(
@@ -350,76 +447,93 @@ def attention_bwd(
     dq: torch.Tensor | None = None,
     dk: torch.Tensor | None = None,
     dv: torch.Tensor | None = None,
+    impl: str = IMPL,
+    config: tuple[int, int, int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Backward launcher: (dq, dk, dv), each `[B, T, H, D]` in q's dtype, from dO and the forward's o, lse2."""
+    """Backward launcher (one kernel): (dq, dk, dv), each `[B, T, H, D]` in q's dtype, from dO and the forward's
+    o, lse2. `config` as in `attention_fwd`."""
+    _check_impl(impl)
     do, q, k, v, o = (_last_dim_contiguous(t) for t in (do, q, k, v, o))
     b, t, h, d = q.shape
     dq = torch.empty_like(q) if dq is None else _check_out("dq", dq, q)
     dk = torch.empty_like(k) if dk is None else _check_out("dk", dk, k)
     dv = torch.empty_like(v) if dv is None else _check_out("dv", dv, v)
     block_d = _block_d(d)
+    if config is None and not _configs(_BWD_CONFIGS, q.dtype, block_d, t):
+        return _reference_bwd(do, q, k, v, causal, prefix_len, scale, dq, dk, dv)
     upcast, precision = _dot_config(q)
-    visible_prefix = prefix_len if causal else t
-    delta = torch.empty((b, h, t), device=q.device, dtype=torch.float32)
-    _attention_bwd_preprocess_kernel[(b * h, triton.cdiv(t, PREPROCESS_BLOCK_M))](
-        o, do, delta, *_bth(o), *_bth(do), h, t, d, BLOCK_M=PREPROCESS_BLOCK_M, BLOCK_D=block_d,
-        num_warps=NUM_WARPS, num_stages=NUM_STAGES,
-    )
-    tiles = _tiles("dkdv", block_d, q.dtype)
-    _attention_bwd_dkdv_kernel[(b * h, triton.cdiv(t, tiles["BLOCK_N"]))](
-        q, k, v, do, lse, delta, dk, dv,
-        *_bth(q), *_bth(k), *_bth(v), *_bth(do), *_bth(dk), *_bth(dv),
-        h, t, d, visible_prefix, scale, scale * LOG2E,
-        **tiles, UPCAST=upcast, PRECISION=precision, num_stages=NUM_STAGES,
-    )  # fmt: skip
-    tiles = _tiles("dq", block_d, q.dtype)
-    _attention_bwd_dq_kernel[(b * h, triton.cdiv(t, tiles["BLOCK_M"]))](
-        q, k, v, do, lse, delta, dq,
-        *_bth(q), *_bth(k), *_bth(v), *_bth(do), *_bth(dq),
-        h, t, d, visible_prefix, scale, scale * LOG2E,
-        **tiles, UPCAST=upcast, PRECISION=precision, num_stages=NUM_STAGES,
-    )  # fmt: skip
+    gq, gk, gv = (_interpreter_scratch(g) for g in (dq, dk, dv))
+    args = (q, k, v, o, do, lse, gq, gk, gv,
+            *_bth(q), *_bth(k), *_bth(v), *_bth(o), *_bth(do), *_bth(gq), *_bth(gk), *_bth(gv),
+            h, t, d, prefix_len if causal else t, scale, scale * LOG2E)  # fmt: skip
+    _launch("bwd", q.shape, args, q.dtype, config, PAD_D=block_d != d, UPCAST=upcast, PRECISION=precision)
+    return _copy_back(dq, gq), _copy_back(dk, gk), _copy_back(dv, gv)
+
+
+def _reference_bwd(do, q, k, v, causal, prefix_len, scale, dq, dk, dv):
+    """Gradients by recomputing through the reference, written into dq, dk, dv (see `_BWD_CONFIGS`)."""
+    from .ref import attention_ref
+
+    with torch.enable_grad():
+        x = [t.detach().requires_grad_(True) for t in (q, k, v)]
+        grads = torch.autograd.grad(attention_ref(*x, causal, prefix_len, scale), x, do)
+    for out, grad in zip((dq, dk, dv), grads):
+        out.copy_(grad)
     return dq, dk, dv
 
 
 class AttentionFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, causal, prefix_len, scale):
-        out, lse = attention_fwd(q, k, v, causal, prefix_len, scale)
+    def forward(ctx, q, k, v, causal, prefix_len, scale, impl):
+        out, lse = attention_fwd(q, k, v, causal, prefix_len, scale, impl=impl)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.causal, ctx.prefix_len, ctx.scale = causal, prefix_len, scale
+        ctx.causal, ctx.prefix_len, ctx.scale, ctx.impl = causal, prefix_len, scale, impl
         return out
 
     @staticmethod
     def backward(ctx, do):
         q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = attention_bwd(do, q, k, v, out, lse, ctx.causal, ctx.prefix_len, ctx.scale)
-        return dq, dk, dv, None, None, None
+        dq, dk, dv = attention_bwd(do, q, k, v, out, lse, ctx.causal, ctx.prefix_len, ctx.scale, impl=ctx.impl)
+        return dq, dk, dv, None, None, None, None
 
 
 def attention_triton(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, prefix_len: int, scale: float
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, prefix_len: int, scale: float, impl: str = IMPL
 ) -> torch.Tensor:
-    """Differentiable Triton attention (arguments already validated by the public function)."""
-    return AttentionFunction.apply(q, k, v, causal, prefix_len, scale)
+    """Differentiable Triton attention (arguments already validated and the mask canonicalised by the caller)."""
+    return AttentionFunction.apply(q, k, v, causal, prefix_len, scale, impl)
 
 
 # ----------------------------------------------------------------------------------------------
-# Ahead-of-time compile specs: every configuration the launchers here and in decode.py can choose on a GPU.
+# Ahead-of-time compile specs: every configuration the autotuned launchers can choose on a GPU, with the
+# integer arguments of the benchmark shapes (prefix-LM B=64 T=320 H=12, and causal B=128 T=65 H=16 for D=64).
 
 _PTR = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
 _NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-HEAD_DIM_BLOCKS = (16, 32, 64, 128)
+_SHAPES = {"prefix": (64, 320, 12, 256), "causal": (128, 65, 16, 0)}  # (B, T, H, prefix_len)
 
 
-def _signature(kernel, ptr: str, pointers: dict[str, str], constexprs: dict) -> dict[str, str]:
-    """Every argument's type: upper-case names are tensors (`ptr` unless listed in `pointers`)."""
+def _values(kernel, shape: str, d: int) -> dict[str, int]:
+    """The integer arguments of a launch on contiguous `[B, T, H, D]` tensors."""
+    b, t, h, prefix = _SHAPES[shape]
+    strides = {"b": t * h * d, "t": h * d, "h": d}
+    values = {}
+    for name in kernel.arg_names:
+        if name.startswith("stride_"):
+            values[name] = strides[name[-1]]
+    values.update(H=h, T=t, D=d, prefix_len=prefix)
+    return values
+
+
+def _signature(kernel, ptr: str, constexprs: dict) -> dict[str, str]:
     sig = {}
     for name in kernel.arg_names:
         if name in constexprs:
             sig[name] = "constexpr"
-        elif name.isupper() and name not in ("H", "T", "D", "TQ", "T_MAX"):
-            sig[name] = pointers.get(name, ptr)
+        elif name == "LSE":
+            sig[name] = "*fp32"
+        elif name.isupper() and name not in ("H", "T", "D"):
+            sig[name] = ptr
         elif name in ("scale", "qk_scale"):
             sig[name] = "fp32"
         else:
@@ -429,28 +543,20 @@ def _signature(kernel, ptr: str, pointers: dict[str, str], constexprs: dict) -> 
 
 def aot_specs() -> list[AOTSpec]:
     specs = []
+    kernels = (("fwd", _attention_fwd_kernel, _FWD_CONFIGS), ("bwd", _attention_bwd_kernel, _BWD_CONFIGS))
     for dtype, ptr in _PTR.items():
-        common = {"UPCAST": False, "PRECISION": "ieee" if dtype == torch.float32 else "tf32"}
-        tc = dtype != torch.float32  # fp16/bf16 tl.dot must land on tensor cores
+        lowp = dtype != torch.float32
         for block_d in HEAD_DIM_BLOCKS:
-            tag = f"{_NAMES[dtype]} D={block_d}"
-            fwd, dq, dkdv = ({**common, **_tiles(k, block_d, dtype)} for k in ("fwd", "dq", "dkdv"))
-            grads = {"DO": ptr, "LSE": "*fp32", "DELTA": "*fp32", "DQ": ptr, "DK": ptr, "DV": ptr}
-            table = [
-                (_attention_fwd_kernel, fwd, {"LSE": "*fp32"}, tc, "fwd"),
-                (_attention_bwd_preprocess_kernel, {"BLOCK_M": PREPROCESS_BLOCK_M, "BLOCK_D": block_d},
-                 {"DELTA": "*fp32"}, False, "bwd preprocess"),
-                (_attention_bwd_dkdv_kernel, dkdv, grads, tc, "bwd dkdv"),
-                (_attention_bwd_dq_kernel, dq, grads, tc, "bwd dq"),
-            ]
-            specs += [_spec(*row, ptr, tag) for row in table]
-    from .decode import decode_aot_specs  # decode.py imports this module
-
-    return specs + decode_aot_specs()
-
-
-def _spec(kernel, constexprs: dict, pointers: dict[str, str], expect_tc: bool, what: str, ptr: str, tag: str):
-    c = {n: v for n, v in constexprs.items() if n in kernel.arg_names}
-    return AOTSpec(kernel, _signature(kernel, ptr, pointers, c), c, constexprs.get("num_warps", NUM_WARPS), NUM_STAGES,
-                   label=f"attention {what} {tag} {c.get('BLOCK_M')}x{c.get('BLOCK_N', '-')}",
-                   expect_tensor_cores=expect_tc)
+            shapes = ("prefix", "causal") if block_d == 64 else ("prefix",)
+            for what, kernel, table in kernels:
+                for m, n, warps, stages in table[("lowp" if lowp else "fp32", block_d)]:
+                    constexprs = {"BLOCK_M": m, "BLOCK_N": n, "BLOCK_D": block_d, "PAD_D": False, "UPCAST": False,
+                                  "PRECISION": "tf32" if lowp else "tf32x3"}  # fmt: skip
+                    for shape in shapes:
+                        specs.append(AOTSpec(
+                            kernel, _signature(kernel, ptr, constexprs), constexprs, warps, stages,
+                            label=f"attention {what} {_NAMES[dtype]} D={block_d} {m}x{n} w{warps} s{stages} {shape}",
+                            expect_tensor_cores=True, op="attention", dtype=_NAMES[dtype],
+                            values=_values(kernel, shape, block_d), main=True,
+                        ))  # fmt: skip
+    return specs

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from .._common import check_float, choose_backend
+from .._common import check_float, choose_kernel
 from . import ref
 
 __all__ = ["dct2d", "idct2d"]
+
+BLOCKWISE_MAX = 32  # larger blocks are gathered into planes and run the whole-plane kernel
 
 
 def _check(name: str, x, block) -> None:
@@ -23,10 +25,16 @@ def _check(name: str, x, block) -> None:
 
 def _dispatch(op: str, x: torch.Tensor, block: int | None, inverse: bool) -> torch.Tensor:
     _check("x", x, block)
-    if choose_backend(op, x) == "triton":
+    # Blocks above BLOCKWISE_MAX run the whole-plane kernel on gathered tiles: the plane decision applies.
+    impl = choose_kernel("dct2d", "plane" if block is None or block > BLOCKWISE_MAX else "blockwise", x)
+    if impl is not None and block is not None:
+        from .blockwise import BlockwiseDCTFunction
+
+        return BlockwiseDCTFunction.apply(x, block, inverse, impl)
+    if impl is not None:
         from .triton import DCT2dFunction
 
-        return DCT2dFunction.apply(x, block, inverse)
+        return DCT2dFunction.apply(x, block, inverse, impl)
     fn = ref.idct2d if inverse else ref.dct2d
     if x.dtype == torch.float32:
         return fn(x, block)

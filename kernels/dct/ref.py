@@ -4,13 +4,23 @@
     D_N[k, n] = c_k cos(pi (2n + 1) k / (2N)),  c_0 = sqrt(1/N), c_k = sqrt(2/N)  (orthonormal)
 
 The inverse is x = D_H^T @ X @ D_W. This matches `scipy.fft.dctn(x, type=2, norm="ortho",
-axes=(-2, -1))` / `idctn`. Two formulations, chosen by plane size:
-  - matmul: `D_H @ x @ D_W^T` with the basis cached per (size, dtype, device);
-  - FFT: Makhoul's N-point reordering (one real FFT of length N per row, then a twiddle).
-This module is the CPU fallback, the test oracle (`upcast=True`: float64) and the benchmark
-baseline (`upcast=False`: computed in the input dtype).
+axes=(-2, -1))` / `idctn`. This module is the CPU path, the test oracle (`upcast=True`: float64) and the
+benchmark baseline (`upcast=False`: computed in the input dtype). Three formulations, chosen by plane size
+(thresholds measured on CPU, see FFT_MIN_SIZE and KRON_MAX_PIXELS):
+  - kron (tiny planes): one matmul of the flattened planes [P, H W] with kron(D_H, D_W)^T [H W, H W]:
+    more flops than two passes, but one large GEMM instead of two small batched ones;
+  - matmul (medium): `D_H @ (x @ D_W^T)`, the bases cached per (size, dtype, device);
+  - FFT (large): Makhoul's 2-D algorithm, one 2-D real FFT per plane. Reorder v[m1, m2] = x[p(m1), p(m2)]
+    with p = (0, 2, 4, ..., 5, 3, 1) along each axis, V = rfft2(v) [H, W/2 + 1]; with the per-axis
+    twiddles t_N[k] = s_N[k] exp(-i pi k / 2N) (s_N the orthonormal scales above) folded into two tables
+        A[k1, k2] = t_H[k1] t_W[k2] / 2,   B[k1, k2] = conj(t_H[k1]) t_W[k2] / 2,
+        C[k1, k2] = A V[k1, k2] + B V[-k1 mod H, k2],
+    X[k1, k2] = Re C[k1, k2] for k2 <= W/2 and X[k1, W - k2] = -Im C[k1, k2] for the rest. The inverse
+    runs the steps backwards: Z = X[k1, k2] - X[-k1, -k2] - i (X[k1, -k2] + X[-k1, k2]) (X at index N
+    is 0), V = Z / (t_H t_W), v = irfft2(V), undo the reorder.
+  The FFT form has no half-precision CPU kernels: fp16/bf16 planes take the fp32 FFT and round once.
 
-Reference: J. Makhoul, "A fast cosine transform in one and two dimensions", IEEE TASSP 1980.
+Reference: J. Makhoul, "A fast cosine transform in one and two dimensions", IEEE TASSP 28(1), 1980.
 """
 
 from __future__ import annotations
@@ -20,12 +30,15 @@ import math
 
 import torch
 
-# Measured on this machine (2 shared cores, torch 2.13 CPU, fp32, torch.set_num_threads(1) because
-# with 2 threads the shared cores add ~8 ms of thread hand-off per op; median of 7 runs):
-#   N=128, 48 planes: matmul 12.8 ms, FFT 25.3 ms     N=256, 48 planes: matmul 92 ms, FFT 150 ms
-#   N=384, 12 planes: matmul 97 ms,   FFT 77 ms       N=512, 12 planes: matmul 380 ms, FFT 206 ms
-# (N=32: matmul 7x faster). The crossover lies between 256 and 384: FFT from max(H, W) >= 320 on.
-FFT_MIN_SIZE = 320
+# Measured on a 2-core shared Xeon (AVX-512, torch 2.13 CPU with MKL), fp32, 1 thread, batches of ~0.8 M
+# pixels, minimum of interleaved repeats in one process (the machine was busy: numbers moved up to 2x
+# between runs). Matmul form: 4 (H + W) flop/pixel at ~190 GFLOP/s (MKL peak), 2.1-2.5 ms at 128 px,
+# 3.1-4.0 ms at 192, 4.3-5.0 ms at 256; FFT form: ~10 passes over the data plus rfft2, 3.3-4 ms at 192-256
+# on a quiet machine. They cross near 192 px. One kron GEMM beats the two-pass matmul at 8 x 8 (0.6 vs
+# 1.3 ms: one large GEMM instead of a batched one) and ties at 10 x 10; at 16 x 16 it loses (2.2 vs 0.8).
+# bench/bench_dct.py (test_dct2d_cpu_sweep) re-measures our path against scipy.fft per size.
+FFT_MIN_SIZE = 192  # max(H, W) >= this: FFT form
+KRON_MAX_PIXELS = 100  # H * W <= this (and below FFT_MIN_SIZE): one matmul with kron(D_H, D_W)
 
 
 @functools.lru_cache(maxsize=64)
@@ -44,33 +57,78 @@ def dct_basis(n: int, dtype: torch.dtype = torch.float32, device: torch.device |
     return basis.to(dtype=dtype, device=device)
 
 
-def _dct1d_fft(x: torch.Tensor, dim: int, inverse: bool) -> torch.Tensor:
-    """Orthonormal DCT-II (or its inverse, DCT-III) along `dim` via one real FFT of length N.
+@functools.lru_cache(maxsize=32)
+def _kron_basis(h: int, w: int, dtype: torch.dtype, device: torch.device, inverse: bool) -> torch.Tensor:
+    """M [H W, H W] with y.flatten() = x.flatten() @ M per plane: kron(D_H, D_W)^T, or kron(D_H, D_W) inverse."""
+    k = torch.kron(dct_basis(h, torch.float64), dct_basis(w, torch.float64))
+    return (k if inverse else k.T).to(dtype=dtype, device=device).contiguous()
 
-    Forward: v = [x_0, x_2, x_4, ..., x_5, x_3, x_1], V = rfft(v), Z_k = f_k V_k exp(-i pi k / 2N);
-    then X_k = Re Z_k (k <= N/2) and X_{N-k} = -Im Z_k (f_0 = sqrt(1/N), f_k = sqrt(2/N)).
-    Inverse: Z_k from (X_k, X_{N-k}) as above, v = irfft(Z_k / (f_k exp(-i pi k / 2N))), un-reorder.
-    """
-    x = x.movedim(dim, -1)
-    n = x.shape[-1]
-    m = n // 2 + 1
-    k = torch.arange(m, dtype=x.dtype, device=x.device)
+
+def _scale(n: int) -> torch.Tensor:
+    s = torch.full((n,), math.sqrt(2.0 / n), dtype=torch.float64)
+    s[0] = math.sqrt(1.0 / n)
+    return s
+
+
+def _reorder(n: int) -> torch.Tensor:
+    """p = (0, 2, 4, ..., 5, 3, 1): even indices up, odd indices down."""
+    return torch.cat([torch.arange(0, n, 2), torch.arange(1, n, 2).flip(0)])
+
+
+@functools.lru_cache(maxsize=32)
+def _fft_tables(h: int, w: int, dtype: torch.dtype, device: torch.device, inverse: bool):
+    """Twiddle tables A, B [H, W/2 + 1] (complex), row index maps, for the FFT form (see module docstring)."""
+    m = w // 2 + 1
+    cdt = torch.complex64 if dtype == torch.float32 else torch.complex128
+    k1 = torch.arange(h, dtype=torch.float64).unsqueeze(1)
+    k2 = torch.arange(m, dtype=torch.float64)
     if not inverse:
-        f = torch.full((m,), math.sqrt(2.0 / n), dtype=x.dtype, device=x.device)
-        f[0] = math.sqrt(1.0 / n)
-        v = torch.cat([x[..., 0::2], x[..., 1::2].flip(-1)], dim=-1)
-        z = torch.fft.rfft(v, dim=-1) * torch.polar(f, -math.pi * k / (2 * n))
-        out = torch.cat([z.real, z.imag[..., 1 : (n + 1) // 2].flip(-1).neg()], dim=-1)
-        return out.movedim(-1, dim)
-    g = torch.full((m,), math.sqrt(n / 2.0), dtype=x.dtype, device=x.device)
-    g[0] = math.sqrt(n)
-    x_rev = torch.cat([torch.zeros_like(x[..., :1]), x[..., 1:].flip(-1)[..., : m - 1]], dim=-1)  # X_{N-k}
-    v = torch.fft.irfft(torch.complex(x[..., :m], -x_rev) * torch.polar(g, math.pi * k / (2 * n)), n=n, dim=-1)
-    out = torch.empty_like(v)
-    half = (n + 1) // 2
+        a_h = torch.polar(_scale(h).unsqueeze(1) / 2, -math.pi * k1 / (2 * h))
+        a_w = torch.polar(_scale(w)[:m], -math.pi * k2 / (2 * w))
+        a, b = a_h * a_w, a_h.conj() * a_w
+    else:  # Z -> V: 1 / (scale * twiddle) per axis; B carries the -i and is 0 in row 0 (X at index H is 0)
+        a = torch.polar(1 / _scale(h).unsqueeze(1), math.pi * k1 / (2 * h)) * torch.polar(
+            1 / _scale(w)[:m], math.pi * k2 / (2 * w)
+        )
+        b = -1j * a
+        b[0] = 0
+    rows = _reorder(h)
+    flip = (-torch.arange(h)) % h  # row -k1 mod H
+    if inverse:
+        rows = torch.argsort(rows)
+    put = dict(device=device)
+    return a.to(cdt).to(**put), b.to(cdt).to(**put), rows.to(**put), flip.to(**put)
+
+
+def _fft_form(x: torch.Tensor, inverse: bool) -> torch.Tensor:
+    h, w = x.shape[-2], x.shape[-1]
+    m = w // 2 + 1
+    a, b, rows, flip = _fft_tables(h, w, x.dtype, x.device, inverse)
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    half = (w + 1) // 2
+    if not inverse:
+        xr = x.index_select(-2, rows)
+        # Columns: even ones, then odd ones descending = every other column of the flipped rows (a
+        # contiguous flip and stride-2 reads are cheaper than flipping the stride-2 odd columns).
+        v = torch.cat([xr[..., 0::2], xr.flip(-1)[..., w % 2 :: 2]], dim=-1)  # the reordered planes
+        spec = torch.fft.rfft2(v)  # [..., H, W/2 + 1]
+        spec_neg = spec.index_select(-2, flip)  # V[-k1 mod H, k2]
+        c = spec.mul_(a).addcmul_(spec_neg, b)
+        out[..., :m] = c.real
+        if w > m:
+            out[..., m:] = c.conj().imag[..., 1 : w - m + 1].flip(-1)  # -Im C, columns W - k2
+        return out
+    # Inverse: Z[k1, k2] = X[k1, k2] - i X[k1, -k2] (half spectrum along W), then rows k1 and -k1.
+    x_neg = torch.zeros(x.shape[:-1] + (m,), dtype=x.dtype, device=x.device)  # X[k1, W - k2], 0 at k2 = 0
+    if m > 1:
+        x_neg[..., 1:] = x[..., w - m + 1 :].flip(-1)
+    z = torch.complex(x[..., :m], -x_neg)
+    spec = z * a
+    spec = spec.addcmul_(z.index_select(-2, flip), b)
+    v = torch.fft.irfft2(spec, s=(h, w)).index_select(-2, rows)
     out[..., 0::2] = v[..., :half]
     out[..., 1::2] = v[..., half:].flip(-1)
-    return out.movedim(-1, dim)
+    return out
 
 
 def _transform(x: torch.Tensor, inverse: bool) -> torch.Tensor:
@@ -78,12 +136,15 @@ def _transform(x: torch.Tensor, inverse: bool) -> torch.Tensor:
     if max(h, w) >= FFT_MIN_SIZE:
         # torch.fft has no CPU half kernels: low precision takes the fp32 FFT and rounds once.
         xf = x if x.dtype in (torch.float32, torch.float64) else x.float()
-        return _dct1d_fft(_dct1d_fft(xf, -1, inverse), -2, inverse).to(x.dtype)
+        return _fft_form(xf, inverse).to(x.dtype)
+    if h * w <= KRON_MAX_PIXELS:
+        k = _kron_basis(h, w, x.dtype, x.device, inverse)
+        return (x.reshape(-1, h * w) @ k).reshape(x.shape)
     d_h = dct_basis(h, x.dtype, x.device)
     d_w = dct_basis(w, x.dtype, x.device)
     if inverse:
-        return d_h.transpose(0, 1) @ x @ d_w
-    return d_h @ x @ d_w.transpose(0, 1)
+        return d_h.transpose(0, 1) @ (x @ d_w)
+    return d_h @ (x @ d_w.transpose(0, 1))
 
 
 def _blockwise(x: torch.Tensor, block: int, inverse: bool) -> torch.Tensor:

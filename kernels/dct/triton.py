@@ -1,145 +1,119 @@
-"""Triton orthonormal 2-D DCT-II / inverse: whole-plane (fused) and JPEG-style blockwise.
+"""Triton orthonormal 2-D DCT-II / inverse over whole planes (plane-v2).
 
-Whole plane, every [H, W] plane p:   Y = L @ X @ R^T
+Every [H, W] plane p:   Y = L @ X @ R^T
     dct2d:  L = D_H,   R = D_W        idct2d:  L = D_H^T,  R = D_W^T     (D_N the orthonormal DCT-II)
-`_dct2d_fwd_kernel` (FUSE_L=True) computes one column tile Y[:, n0:n0+BLOCK_N] per program: for each
-row chunk i it forms T = X[i, :] @ R^T[:, n-tile] on chip and accumulates L[:, i] @ T, so both 1-D
-passes run in one kernel and X is read once per column tile (from L2), the intermediate never goes
-to memory. The accumulator holds a whole column [BLOCK_M >= H, BLOCK_N], so this path is used up to
-H = FUSED_MAX_H (256). Taller planes run the separable two-pass form with the same kernel
-(FUSE_L=False: Y[m-tile, n-tile] = X[m-tile, :] @ R^T), first along W into an fp32 scratch, then
-along H on transposed views. tl.dot needs every dim >= 16: small planes are zero-padded by masked
-loads (the padding costs compute, not memory traffic).
+`_dct2d_fwd_kernel` runs one program per (plane, BLOCK_N-column strip) and keeps the whole output strip
+Y[:, strip] [BLOCK_M >= H, BLOCK_N] on chip: for each BLOCK_K-row chunk i of X it forms
+T = X[i, :] @ R^T[:, strip] (inner loop over BLOCK_K-column chunks, pipelined with
+`tl.range(num_stages=...)`, so the tiles arrive by cp.async) and adds L[:, i] @ T to the strip. X is read
+once per strip (the strips of one plane are neighbouring programs, so the re-reads hit L2) and the
+intermediate never goes to memory.
 
-Blockwise (b x b blocks), `_dct2d_block_fwd_kernel`: one [BT, BT] tile (BT = 16/32/64, a power of
-two >= b) covers k = BT // b blocks per axis (R = k b <= BT rows/cols used), and with the
-block-diagonal K = diag(D_b, ..., D_b, 0) [BT, BT] the tile's transform is K @ X @ K^T: two small
-tensor-core dots, one read and one write of the tensor. Blocks larger than 32 run the whole-plane
-kernel on a [.., b, b] copy.
+Masks: the plane size is a compile-time constant and both bases are stored zero-padded to whole tiles
+([BLOCK_M, K_pad] and [K_pad, N_pad], cached per size), so basis loads never need a mask and the loads
+of X / stores of Y carry one only when H or W is not a multiple of the tile (a constexpr branch: no
+runtime bounds on the main path).
 
-Numerics: loads are cast to fp32 (the interpreter mishandles bf16 otherwise); fp32 inputs use
-tl.dot with input_precision="ieee" (TF32 would cost ~1e-3 relative error); fp16/bf16 inputs cast
-both dot operands to the input dtype (tensor cores, fp32 accumulation) and the basis is stored in
-that dtype, as the same-precision reference does. Under the interpreter bf16 dots are computed
-wrongly, so there the bf16 path uses an fp32 basis and fp32 dots.
+Numerics: fp16/bf16 use tensor cores in the input dtype with fp32 accumulation (wgmma on sm_90: 64-row
+tiles and >= 4 warps); T is rounded to the input dtype before the second product, as the
+same-precision reference rounds its intermediate. fp32 uses 3xTF32 (`input_precision="tf32x3"`: each
+operand split into a TF32 head and tail, three tensor-core products; emulated at 256 x 256 its error is
+~5e-7 of the largest coefficient, as IEEE fp32's, inside the fp32 tolerance, where one TF32 product
+errs ~4e-4 and fails it: tests/test_dct.py). Chosen over calling cuBLAS twice because it keeps the
+one-kernel form (no fp32 intermediate through HBM) and runs on tensor cores, where cuBLAS's IEEE fp32
+GEMM (torch's default) does not. The interpreter computes plain fp32 products, so only a GPU run
+measures the kernel's own 3xTF32 error.
 
-The window arguments (`win_ptr`, `window_mode`) serve spectral_subimages, which reuses this kernel
-with truncated bases (see kernels/subimages/triton.py); dct2d passes window_mode=0.
+Limits: planes with H > FUSED_MAX_H (256) rows do not fit on chip and run the PyTorch reference (warned
+once); W is unbounded (it is a loop). Under the interpreter bf16 products are computed wrongly, so there
+bf16 uses an fp32 basis and fp32 products (UPCAST) and bf16 outputs go through an fp32 buffer.
+
+Window modes (for spectral_subimages, see kernels/subimages/triton.py; dct2d uses WINDOW=0), with the
+window w of plane q read from win[(q // num_ch) % num_win]:
+  WINDOW=1  coefficients: strips at or past w are skipped (never written); in the others outputs with
+            u >= w or v >= w are written as zeros, so the next step reads whole chunks without masks;
+  WINDOW=2  reconstruction from such coefficients: both contractions stop after cdiv(w, BLOCK_K)
+            chunks (BLOCK_K divides BLOCK_N, so every chunk read lies in a strip step 1 wrote).
+
+Blockwise transforms live in kernels/dct/blockwise.py (which calls `dct2d_fwd` for big blocks).
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import triton
 import triton.language as tl
 
-from .._common import AOTSpec, interpreter_on
+from .._common import AOTSpec, interpreter_on, warn_once
 from . import ref
 
-FUSED_MAX_H = 256  # largest padded H whose whole output column [H, BLOCK_N] stays on chip
-BLOCKWISE_MAX = 32  # largest block handled by the one-pass blockwise kernel (BT=64 in fp32 spills)
-TWO_PASS_BLOCK_M = 64
+FUSED_MAX_H = 256  # largest padded H whose output strip [H, BLOCK_N] (fp32) stays in registers
+TILE = 64  # strip width / chunk depth of the fp16/bf16 configurations (wgmma wants >= 64-row tiles)
 
 
 @triton.jit
 def _dct2d_fwd_kernel(
     x_ptr, y_ptr, l_ptr, r_ptr, win_ptr,
-    M, N, K_I, K_J,  # output rows / cols; contraction lengths over rows / cols of x
-    tiles_m, tiles_n, num_ch, num_groups, num_win, window_mode,
-    stride_xp, stride_xh, stride_xw, stride_yp, stride_yh, stride_yw,
-    stride_lm, stride_lk, stride_rn, stride_rk,
-    FUSE_L: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    tiles_n, num_ch, num_win, stride_xp, stride_yp,
+    K_I: tl.constexpr, K_J: tl.constexpr, X_ROW: tl.constexpr,  # input plane rows / cols / row stride
+    M: tl.constexpr, N: tl.constexpr, Y_ROW: tl.constexpr,  # output plane rows / cols / row stride
+    L_ROW: tl.constexpr, R_ROW: tl.constexpr,  # row strides of the padded L [BLOCK_M, K_I pad], R^T [K_J pad, N pad]
+    WINDOW: tl.constexpr, UPCAST: tl.constexpr, NUM_STAGES: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    DOT: tl.constexpr = r_ptr.dtype.element_ty
-    pid = tl.program_id(0).to(tl.int64)
-    q = pid // (tiles_m * tiles_n)  # output plane
-    tm = (pid // tiles_n) % tiles_m
-    tn = pid % tiles_n
-    # Output plane q = ((b * num_groups + g) * num_ch + c) reads input plane b * num_ch + c, window
-    # win[(q // num_ch) % num_win] (spectral_subimages). dct2d: num_groups = 1, window_mode = 0.
-    ch = q % num_ch
-    grp = q // num_ch
-    in_plane = (grp // num_groups) * num_ch + ch
-    w = tl.load(win_ptr + grp % num_win).to(tl.int32)
-    # window_mode 1: only outputs u, v < w are needed; 2: only inputs i, j < w are non-zero.
-    m_hi = tl.where(window_mode == 1, tl.minimum(w, M), M)
-    n_hi = tl.where(window_mode == 1, tl.minimum(w, N), N)
-    i_hi = tl.where(window_mode == 2, tl.minimum(w, K_I), K_I)
-    j_hi = tl.where(window_mode == 2, tl.minimum(w, K_J), K_J)
+    DOT: tl.constexpr = l_ptr.dtype.element_ty
+    PRECISION: tl.constexpr = "tf32x3" if DOT == tl.float32 else "tf32"  # the second is ignored by 16-bit dots
+    EVEN_X: tl.constexpr = (K_I % BLOCK_K == 0) and (K_J % BLOCK_K == 0)
+    EVEN_Y: tl.constexpr = (M % BLOCK_M == 0) and (N % BLOCK_N == 0)
+    I_END: tl.constexpr = (K_I + BLOCK_K - 1) // BLOCK_K * BLOCK_K
+    J_END: tl.constexpr = (K_J + BLOCK_K - 1) // BLOCK_K * BLOCK_K
+    pid = tl.program_id(0)
+    q = (pid // tiles_n).to(tl.int64)  # plane
+    n0 = (pid % tiles_n) * BLOCK_N
+    i_end = I_END
+    j_end = J_END
+    w = 0
+    if WINDOW != 0:
+        w = tl.load(win_ptr + (q // num_ch) % num_win).to(tl.int32)
+        if WINDOW == 1:
+            if n0 >= w:
+                return  # the reconstruction never reads this strip
+        else:
+            w_pad = tl.cdiv(w, BLOCK_K) * BLOCK_K
+            i_end = tl.minimum(w_pad, I_END)
+            j_end = tl.minimum(w_pad, J_END)
 
-    offs_m = tm * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tn * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = n0 + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
-    active = (tm * BLOCK_M < m_hi) & (tn * BLOCK_N < n_hi)
-    j_end = tl.where(active, j_hi, 0)  # tiles outside the window do no work and write nothing
-    x_base = x_ptr + in_plane * stride_xp
-    # R^T[:, n-tile] chunks [BLOCK_K, BLOCK_N] are loaded through R's strides.
-    r_cols = r_ptr + offs_n[None, :] * stride_rn
-    n_ok = offs_n[None, :] < N
-
+    x_base = x_ptr + q * stride_xp
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    if FUSE_L:
-        i_end = tl.where(active, i_hi, 0)
-        for i0 in range(0, i_end, BLOCK_K):
-            offs_i = i0 + offs_k
-            t = tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.float32)
-            for j0 in range(0, j_end, BLOCK_K):
-                offs_j = j0 + offs_k
-                x_mask = (offs_i[:, None] < i_hi) & (offs_j[None, :] < j_hi)
-                xt = tl.load(x_base + offs_i[:, None] * stride_xh + offs_j[None, :] * stride_xw, mask=x_mask, other=0.0)
-                rt = tl.load(r_cols + offs_j[:, None] * stride_rk, mask=(offs_j[:, None] < K_J) & n_ok, other=0.0)
-                if DOT == tl.float32:
-                    t = tl.dot(xt.to(tl.float32), rt.to(tl.float32), t, input_precision="ieee")
-                else:
-                    t = tl.dot(xt.to(tl.float32).to(DOT), rt.to(tl.float32).to(DOT), t)
-            l_mask = (offs_m[:, None] < m_hi) & (offs_i[None, :] < i_hi)
-            lt = tl.load(l_ptr + offs_m[:, None] * stride_lm + offs_i[None, :] * stride_lk, mask=l_mask, other=0.0)
-            if DOT == tl.float32:
-                acc = tl.dot(lt.to(tl.float32), t, acc, input_precision="ieee")
+    for i0 in range(0, i_end, BLOCK_K):
+        rows = i0 + offs_k
+        # The L chunk is issued first so its latency overlaps the inner loop.
+        lt = tl.load(l_ptr + offs_m[:, None] * L_ROW + rows[None, :])
+        t = tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.float32)
+        for j0 in tl.range(0, j_end, BLOCK_K, num_stages=NUM_STAGES):
+            cols = j0 + offs_k
+            x_ptrs = x_base + rows[:, None] * X_ROW + cols[None, :]
+            if EVEN_X:
+                xt = tl.load(x_ptrs)
             else:
-                acc = tl.dot(lt.to(tl.float32).to(DOT), t.to(DOT), acc)  # T rounded like the reference's
+                xt = tl.load(x_ptrs, mask=(rows[:, None] < K_I) & (cols[None, :] < K_J), other=0.0)
+            rt = tl.load(r_ptr + cols[:, None] * R_ROW + offs_n[None, :])
+            if UPCAST:
+                xt = xt.to(tl.float32)
+            t = tl.dot(xt.to(DOT), rt, t, input_precision=PRECISION)
+        acc = tl.dot(lt, t.to(DOT), acc, input_precision=PRECISION)
+    if WINDOW == 1:
+        acc = tl.where((offs_m[:, None] < w) & (offs_n[None, :] < w), acc, 0.0)
+    y_ptrs = y_ptr + q * stride_yp + offs_m[:, None] * Y_ROW + offs_n[None, :]
+    if EVEN_Y:
+        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty))
     else:
-        for j0 in range(0, j_end, BLOCK_K):
-            offs_j = j0 + offs_k
-            x_mask = (offs_m[:, None] < M) & (offs_j[None, :] < j_hi)
-            xt = tl.load(x_base + offs_m[:, None] * stride_xh + offs_j[None, :] * stride_xw, mask=x_mask, other=0.0)
-            rt = tl.load(r_cols + offs_j[:, None] * stride_rk, mask=(offs_j[:, None] < K_J) & n_ok, other=0.0)
-            if DOT == tl.float32:
-                acc = tl.dot(xt.to(tl.float32), rt.to(tl.float32), acc, input_precision="ieee")
-            else:
-                acc = tl.dot(xt.to(tl.float32).to(DOT), rt.to(tl.float32).to(DOT), acc)
-    y_mask = (offs_m[:, None] < m_hi) & (offs_n[None, :] < n_hi) & active
-    y_ptrs = y_ptr + q * stride_yp + offs_m[:, None] * stride_yh + offs_n[None, :] * stride_yw
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=y_mask)
-
-
-@triton.jit
-def _dct2d_block_fwd_kernel(
-    x_ptr, y_ptr, k_ptr,
-    H, W, R, tiles_h, tiles_w,
-    stride_xp, stride_xh, stride_yp, stride_yh,
-    BT: tl.constexpr,
-):  # fmt: skip
-    DOT: tl.constexpr = k_ptr.dtype.element_ty
-    pid = tl.program_id(0).to(tl.int64)
-    p = pid // (tiles_h * tiles_w)
-    th = (pid // tiles_w) % tiles_h
-    tw = pid % tiles_w
-    offs = tl.arange(0, BT)
-    rows = th * R + offs
-    cols = tw * R + offs
-    # A tile covers R = k * b rows and cols (whole blocks), so masking at R never splits a block.
-    mask = (offs[:, None] < R) & (rows[:, None] < H) & (offs[None, :] < R) & (cols[None, :] < W)
-    xt = tl.load(x_ptr + p * stride_xp + rows[:, None] * stride_xh + cols[None, :], mask=mask, other=0.0)
-    k = tl.load(k_ptr + offs[:, None] * BT + offs[None, :]).to(tl.float32)  # K [BT, BT], zero-padded
-    kt = tl.load(k_ptr + offs[None, :] * BT + offs[:, None]).to(tl.float32)  # K^T
-    if DOT == tl.float32:
-        t = tl.dot(k, xt.to(tl.float32), input_precision="ieee")
-        y = tl.dot(t, kt, input_precision="ieee")
-    else:
-        t = tl.dot(k.to(DOT), xt.to(tl.float32).to(DOT))
-        y = tl.dot(t.to(DOT), kt.to(DOT))
-    tl.store(y_ptr + p * stride_yp + rows[:, None] * stride_yh + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
+        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
 
 def basis_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -149,15 +123,38 @@ def basis_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype
 
 
-def fused_config(m: int) -> dict:
-    """Block sizes of the fused whole-plane kernel for H = m rows (None: too tall, use two passes)."""
-    block_m = max(16, triton.next_power_of_2(m))
-    if block_m > FUSED_MAX_H:
+def padded(n: int, tile: int = TILE) -> int:
+    return triton.cdiv(n, tile) * tile
+
+
+def block_m(h: int) -> int:
+    """Rows of the on-chip output strip for H = h (a power of two >= 64)."""
+    return max(TILE, triton.next_power_of_2(h))
+
+
+def plane_config(h: int, dtype: torch.dtype) -> dict | None:
+    """Launch configuration for H = h rows, or None when the strip does not fit (use the reference).
+
+    fp16/bf16: 64-wide strips and chunks (wgmma), 4 warps up to BLOCK_M = 128 (8 warps there are
+    capped at 128 registers and spill on sm_80), 8 at 256. fp32 (3xTF32 splits every operand in two, so
+    registers run out first): 32-deep chunks, and 32-wide strips at BLOCK_M = 256; sm_80 and sm_90
+    compile both without spills.
+    """
+    bm = block_m(h)
+    if bm > FUSED_MAX_H:
         return None
-    return dict(BLOCK_M=block_m, BLOCK_N=16, BLOCK_K=32 if block_m <= 32 else 16, num_warps=4 if block_m <= 64 else 8)
+    if dtype == torch.float32:
+        return dict(BLOCK_M=bm, BLOCK_N=32 if bm == 256 else TILE, BLOCK_K=32, num_warps=8, NUM_STAGES=3)
+    return dict(BLOCK_M=bm, BLOCK_N=TILE, BLOCK_K=TILE, num_warps=8 if bm == 256 else 4, NUM_STAGES=3)
 
 
-TWO_PASS_CONFIG = dict(BLOCK_M=TWO_PASS_BLOCK_M, BLOCK_N=32, BLOCK_K=32, num_warps=4)
+@functools.lru_cache(maxsize=64)
+def padded_basis(n: int, rows: int, cols: int, dtype: torch.dtype, device, transpose: bool) -> torch.Tensor:
+    """D_n (or D_n^T) zero-padded to [rows, cols], contiguous; cached (callers must not modify it)."""
+    d = ref.dct_basis(n, torch.float64, "cpu")
+    out = torch.zeros(rows, cols, dtype=torch.float64)
+    out[:n, :n] = d.T if transpose else d
+    return out.to(dtype=dtype, device=device)
 
 
 def _interpreter_bf16(y: torch.Tensor) -> bool:
@@ -167,114 +164,56 @@ def _interpreter_bf16(y: torch.Tensor) -> bool:
 
 
 def plane_matmul(
-    x: torch.Tensor, y: torch.Tensor, left: torch.Tensor | None, right: torch.Tensor,
-    windows: torch.Tensor | None = None, window_mode: int = 0, num_ch: int = 1, num_groups: int = 1,
+    x: torch.Tensor, y: torch.Tensor, size: tuple[int, int], inverse: bool, dtype: torch.dtype,
+    windows: torch.Tensor | None = None, window_mode: int = 0, num_ch: int = 1,
 ) -> None:  # fmt: skip
-    """y[q] = left @ x[p(q)] @ right^T for 3-D views x [P, K_I, K_J], y [Q, M, N] (any strides).
+    """y[q] = L @ x[q] @ R^T for every plane q of contiguous x, y [P, H, W] (L = D_H or D_H^T, R likewise).
 
-    left None: y[q] = x[p(q)] @ right^T (one separable pass, tiled over rows). Plane mapping and
-    windows as in `_dct2d_fwd_kernel`.
+    size: (H, W). dtype: the op's dtype (sets the products' precision; under the interpreter an fp32
+    scratch stands for bf16 on either side). windows: int32 [num_win], read when window_mode != 0.
     """
+    assert x.is_contiguous() and y.is_contiguous() and x.shape[0] == y.shape[0]
     if _interpreter_bf16(y):
         tmp = torch.full(y.shape, float("nan"), dtype=torch.float32, device=y.device)
-        plane_matmul(x, tmp, left, right, windows, window_mode, num_ch, num_groups)
+        plane_matmul(x, tmp, size, inverse, dtype, windows, window_mode, num_ch)
         y.copy_(tmp)
         return
-    m, n = y.shape[1], y.shape[2]
-    k_i, k_j = x.shape[1], x.shape[2]
+    h, w = size
+    cfg = plane_config(h, dtype)
+    assert cfg is not None
+    bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
+    bdt = basis_dtype(dtype)
+    left = padded_basis(h, bm, padded(h, bk), bdt, x.device, inverse)  # L [BLOCK_M, H pad]
+    right_t = padded_basis(w, padded(w, bk), padded(w, bn), bdt, x.device, not inverse)  # R^T [W pad, W pad]
     if windows is None:
-        windows = torch.ones(1, dtype=torch.int64, device=x.device)
-    assert windows.dtype == torch.int64
-    fuse = left is not None
-    if not fuse:
-        cfg = TWO_PASS_CONFIG
-        tiles_m = triton.cdiv(m, cfg["BLOCK_M"])
-        left, stride_l = right, (0, 0)  # not read
-    else:
-        cfg = fused_config(m)
-        assert cfg is not None and m == left.shape[0] and k_i == left.shape[1]
-        tiles_m = 1
-        stride_l = left.stride()
-    assert right.shape == (n, k_j)
-    tiles_n = triton.cdiv(n, cfg["BLOCK_N"])
-    grid = (y.shape[0] * tiles_m * tiles_n,)
+        windows = torch.ones(1, dtype=torch.int32, device=x.device)
+    assert windows.dtype == torch.int32
+    tiles_n = triton.cdiv(w, bn)
+    grid = (x.shape[0] * tiles_n,)
     _dct2d_fwd_kernel[grid](
-        x, y, left, right, windows,
-        m, n, k_i, k_j,
-        tiles_m, tiles_n, num_ch, num_groups, windows.numel(), window_mode,
-        *x.stride(), *y.stride(), *stride_l, *right.stride(),
-        FUSE_L=fuse, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-        BLOCK_K=cfg["BLOCK_K"], num_warps=cfg["num_warps"],
+        x, y, left, right_t, windows,
+        tiles_n, num_ch, windows.numel(), x.stride(0), y.stride(0),
+        h, w, x.stride(1), h, w, y.stride(1), left.stride(0), right_t.stride(0),
+        WINDOW=window_mode, UPCAST=interpreter_on(), NUM_STAGES=cfg["NUM_STAGES"],
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=cfg["num_warps"], num_stages=cfg["NUM_STAGES"],
     )  # fmt: skip
 
 
-_KRON_CACHE: dict = {}
-
-
-def block_config(b: int) -> dict:
-    bt = max(16, triton.next_power_of_2(b))
-    return dict(BT=bt, num_warps=max(1, bt // 8))
-
-
-def _kron_basis(b: int, bt: int, dtype: torch.dtype, device, inverse: bool) -> torch.Tensor:
-    """K = diag(D_b, ..., D_b, 0) [BT, BT] with BT // b copies (D_b^T for the inverse); cached."""
-    key = (b, bt, dtype, device, inverse)
-    if key not in _KRON_CACHE:
-        d = ref.dct_basis(b, torch.float64, "cpu")
-        d = d.T if inverse else d
-        kron = torch.zeros(bt, bt, dtype=torch.float64)
-        for s in range(0, (bt // b) * b, b):
-            kron[s : s + b, s : s + b] = d
-        _KRON_CACHE[key] = kron.to(dtype=dtype, device=device).contiguous()
-    return _KRON_CACHE[key]
-
-
-def _basis(n: int, dtype: torch.dtype, device, inverse: bool) -> torch.Tensor:
-    d = ref.dct_basis(n, basis_dtype(dtype), device)
-    return d.T if inverse else d  # a strided view, no copy
-
-
 def dct2d_fwd(x: torch.Tensor, block: int | None, inverse: bool, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Launcher: DCT-II (inverse=False) or DCT-III of `x [..., H, W]`; writes into `out` when given."""
+    """Launcher: whole-plane DCT-II (inverse=False) or DCT-III of `x [..., H, W]` (block must be None).
+
+    Writes into `out` (contiguous, x's shape and dtype) when given. H > FUSED_MAX_H runs the reference.
+    """
+    assert block is None, "blockwise transforms live in kernels/dct/blockwise.py"
     h, w = x.shape[-2], x.shape[-1]
-    x3 = x.reshape(-1, h, w)  # [P, H, W]
-    if x3.stride(-1) != 1:
-        x3 = x3.contiguous()
     y = torch.empty_like(x, memory_format=torch.contiguous_format) if out is None else out
     assert y.shape == x.shape and y.dtype == x.dtype and y.is_contiguous()
-    y3 = y.view(-1, h, w)
-    if block is not None and block <= BLOCKWISE_MAX:
-        if _interpreter_bf16(y):
-            y3 = torch.full(y3.shape, float("nan"), dtype=torch.float32, device=y.device)
-        cfg = block_config(block)
-        bt = cfg["BT"]
-        rows = (bt // block) * block
-        kron = _kron_basis(block, bt, basis_dtype(x.dtype), x.device, inverse)
-        tiles_h, tiles_w = triton.cdiv(h, rows), triton.cdiv(w, rows)
-        grid = (x3.shape[0] * tiles_h * tiles_w,)
-        _dct2d_block_fwd_kernel[grid](
-            x3, y3, kron, h, w, rows, tiles_h, tiles_w, x3.stride(0), x3.stride(1), y3.stride(0), y3.stride(1),
-            BT=bt, num_warps=cfg["num_warps"],
-        )  # fmt: skip
-        if y3.dtype != y.dtype:
-            y.view(-1, h, w).copy_(y3)
-        return y
-    if block is not None:
-        # Big blocks: gather them into planes [P, H/b, W/b, b, b], transform, scatter back.
-        b = block
-        tiles = x3.reshape(-1, h // b, b, w // b, b).transpose(2, 3).contiguous()
-        res = dct2d_fwd(tiles, None, inverse)
-        y3.copy_(res.transpose(2, 3).reshape(-1, h, w))
-        return y
-    left = _basis(h, x.dtype, x.device, inverse)
-    right = _basis(w, x.dtype, x.device, inverse)
-    if fused_config(h) is not None:
-        plane_matmul(x3, y3, left, right)
-        return y
-    # Separable two passes through an fp32 scratch: T = X @ R^T, then Y^T = T^T @ L^T.
-    t = torch.empty(x3.shape, dtype=torch.float32, device=x.device)
-    plane_matmul(x3, t, None, right)
-    plane_matmul(t.transpose(1, 2), y3.transpose(1, 2), None, left)
+    if plane_config(h, x.dtype) is None:
+        warn_once("dct2d.large", f"dct2d: H={h} > {FUSED_MAX_H} has no Triton path: reference used")
+        fn = ref.idct2d if inverse else ref.dct2d
+        return y.copy_(fn(x.float()) if x.dtype != torch.float32 else fn(x))
+    x3 = x.reshape(-1, h, w).contiguous()  # [P, H, W]
+    plane_matmul(x3, y.view(-1, h, w), (h, w), inverse, x.dtype)
     return y
 
 
@@ -282,62 +221,52 @@ class DCT2dFunction(torch.autograd.Function):
     """dct2d / idct2d with the transpose as gradient: d(DCT)^T = IDCT (the basis is orthonormal)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, block: int | None, inverse: bool) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, block: int | None, inverse: bool, impl: str = "plane-v2") -> torch.Tensor:
+        assert impl == "plane-v2", impl
         ctx.block, ctx.inverse = block, inverse
         return dct2d_fwd(x, block, inverse)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return dct2d_fwd(grad.contiguous(), ctx.block, not ctx.inverse), None, None
+        return dct2d_fwd(grad.contiguous(), ctx.block, not ctx.inverse), None, None, None
 
 
 _DTYPE_SIG = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
-
-
 _SHORT = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
-def _fwd_spec(x_dt, y_dt, basis_dt, fuse: bool, cfg: dict, label: str) -> AOTSpec:
-    sig = {"x_ptr": _DTYPE_SIG[x_dt], "y_ptr": _DTYPE_SIG[y_dt], "l_ptr": _DTYPE_SIG[basis_dt],
-           "r_ptr": _DTYPE_SIG[basis_dt], "win_ptr": "*i64"}  # fmt: skip
-    for name in ("M", "N", "K_I", "K_J", "tiles_m", "tiles_n", "num_ch", "num_groups", "num_win", "window_mode",
-                 "stride_xp", "stride_xh", "stride_xw", "stride_yp", "stride_yh", "stride_yw",
-                 "stride_lm", "stride_lk", "stride_rn", "stride_rk"):  # fmt: skip
+def plane_spec(
+    dtype, size: int, window_mode: int, label: str, op: str, values: dict, main: bool, cfg: dict | None = None
+) -> AOTSpec:
+    """AOT spec of `_dct2d_fwd_kernel` for size x size planes (on a GPU x, y, scratch and basis share dtype)."""
+    cfg = cfg or plane_config(size, dtype)
+    bm, bk, bn = cfg["BLOCK_M"], cfg["BLOCK_K"], cfg["BLOCK_N"]
+    sig = {name: _DTYPE_SIG[dtype] for name in ("x_ptr", "y_ptr", "l_ptr", "r_ptr")}
+    sig["win_ptr"] = "*i32"
+    for name in ("tiles_n", "num_ch", "num_win", "stride_xp", "stride_yp"):
         sig[name] = "i32"
-    consts = dict(FUSE_L=fuse, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"])
+    consts = dict(K_I=size, K_J=size, X_ROW=size, M=size, N=size, Y_ROW=size, L_ROW=padded(size, bk),
+                  R_ROW=padded(size, bn), WINDOW=window_mode, UPCAST=False, NUM_STAGES=cfg["NUM_STAGES"],
+                  BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)  # fmt: skip
     for name in consts:
         sig[name] = "constexpr"
     return AOTSpec(
         kernel=_dct2d_fwd_kernel, signature=sig, constexprs=consts, num_warps=cfg["num_warps"], label=label,
-        expect_tensor_cores=basis_dt != torch.float32,
+        num_stages=cfg["NUM_STAGES"], expect_tensor_cores=True, op=op, dtype=_SHORT[dtype], values=values, main=main,
     )  # fmt: skip
 
 
 def aot_specs() -> list[AOTSpec]:
-    """Every launch configuration the launchers here (and spectral_subimages') can choose, per dtype."""
+    """Every block configuration `dct2d_fwd` can choose on a GPU (BLOCK_M = 64, 128, 256), per dtype.
+
+    `values` are the integer arguments at 64x3x256x256 (192 planes, 4 strips each); the smaller
+    BLOCK_M configurations are compiled at H = W = BLOCK_M.
+    """
     specs = []
     for dt in (torch.float32, torch.float16, torch.bfloat16):
-        bdt = dt  # on a GPU the basis has the input dtype (fp32 basis only under the interpreter)
-        name = _SHORT[dt]
-        # (x, y) dtype pairs: plain transform; into / out of the fp32 scratch (two-pass, sub-images).
-        pairs = [(dt, dt)] if dt == torch.float32 else [(dt, dt), (dt, torch.float32), (torch.float32, dt)]
-        for bm in (16, 32, 64, 128, 256):
-            cfg = fused_config(bm)
-            for x_dt, y_dt in pairs:
-                label = f"dct2d fused {name} x={_SHORT[x_dt]} y={_SHORT[y_dt]} M={bm}"
-                specs.append(_fwd_spec(x_dt, y_dt, bdt, True, cfg, label))
-        for x_dt, y_dt in pairs[1:] if dt != torch.float32 else pairs:
-            label = f"dct2d two-pass {name} x={_SHORT[x_dt]} y={_SHORT[y_dt]}"
-            specs.append(_fwd_spec(x_dt, y_dt, bdt, False, TWO_PASS_CONFIG, label))
-        for b in (8, 32):
-            cfg = block_config(b)
-            sig = {"x_ptr": _DTYPE_SIG[dt], "y_ptr": _DTYPE_SIG[dt], "k_ptr": _DTYPE_SIG[bdt]}
-            for arg in ("H", "W", "R", "tiles_h", "tiles_w", "stride_xp", "stride_xh", "stride_yp", "stride_yh"):
-                sig[arg] = "i32"
-            sig["BT"] = "constexpr"
-            specs.append(AOTSpec(
-                kernel=_dct2d_block_fwd_kernel, signature=sig, constexprs={"BT": cfg["BT"]},
-                num_warps=cfg["num_warps"], label=f"dct2d blockwise {name} BT={cfg['BT']}",
-                expect_tensor_cores=bdt != torch.float32,
-            ))  # fmt: skip
+        for size in (64, 128, 256):
+            tiles_n = size // plane_config(size, dt)["BLOCK_N"]
+            values = dict(tiles_n=tiles_n, num_ch=1, num_win=1, stride_xp=size * size, stride_yp=size * size)
+            label = f"dct2d plane-v2 {_SHORT[dt]} BLOCK_M={block_m(size)}"
+            specs.append(plane_spec(dt, size, 0, label, "dct", values, main=size == 256))
     return specs

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .._common import check_float, choose_backend
+from .._common import check_float, choose_kernel
 from . import ref
 
 __all__ = ["spectral_subimages"]
@@ -73,10 +73,11 @@ def spectral_subimages(x: torch.Tensor, windows, all_prefixes: bool = False) -> 
         windows = _check_prefix_windows(windows, x.shape[-1])
     else:
         _check_sample_windows(windows, x)
-    if choose_backend("spectral_subimages", x) == "triton":
+    impl = choose_kernel("spectral_subimages", "all_prefixes" if all_prefixes else "one_window", x)
+    if impl is not None:
         from .triton import SubimagesFunction
 
-        return SubimagesFunction.apply(x, windows, all_prefixes)
+        return SubimagesFunction.apply(x, windows, all_prefixes, impl)
     if x.dtype == torch.float32:
         return ref.spectral_subimages(x, windows, all_prefixes)
     return ref.spectral_subimages(x.float(), windows, all_prefixes).to(x.dtype)

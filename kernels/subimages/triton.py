@@ -1,36 +1,160 @@
-"""Triton spectral sub-images: x_w = IDCT(DCT(x) * M_w) = D_w^T (D_w x D_w^T) D_w,  D_w = D[:w].
+"""Triton spectral sub-images (subimages-v2): x_w = IDCT(DCT(x) * M_w) = D_w^T (D_w X D_w^T) D_w, D_w = D[:w].
 
 Only the first w rows of the orthonormal DCT basis D [S, S] take part, so the work shrinks with the
-window. Two launches of the DCT kernel (`_dct2d_fwd_kernel` in kernels/dct/triton.py, one fused
-L @ X @ R^T per plane) with per-plane windows:
-  1. coefficients  Cw = D_w X D_w^T           (window_mode=1: only the w x w outputs are computed
-                                              and written, into an fp32 scratch [B*C, S, S]);
-  2. sub-image     x_w = D_w^T Cw D_w          (window_mode=2: the contractions run over i, j < w).
-Cost per plane ~ 3 S^2 w + S w^2 multiply-adds instead of 4 S^3 for a full DCT + IDCT; memory:
-read x, write x_w, plus the w x w scratch. With all_prefixes, step 1 runs once with w = w_N and
-step 2 writes all N sub-images from it (the N outputs are the unavoidable cost).
+window. Coefficients go through a scratch C [B*C, S, S] in the products' dtype (the same-precision
+reference rounds them alike); the whole-plane DCT kernel (`_dct2d_fwd_kernel`, kernels/dct/triton.py)
+computes them with its window modes, at tile granularity (no runtime masks on the main loads):
+  1. C = D X D^T, only the BLOCK_N-column strips below w (the rest is never written), entries with u
+     or v >= w written as zeros (WINDOW=1): ~ cdiv(w, BLOCK_N) BLOCK_N / S of a full DCT;
+  2. one window per sample: x_w = D^T C D with both contractions cut after cdiv(w, BLOCK_K) chunks
+     (WINDOW=2): ~ w / S of a full IDCT.
+
+All prefixes (N increasing windows w_1 < ... < w_N, output [B, N, C, S, S]): step 1 once with w_N, then
+`_subimages_prefix_kernel`, one program per 64 x 64 output tile (rows m, cols n; 32 x 32 in fp32) of a
+plane, walks the coefficients in shells of BLOCK_S = 16 frequencies (r0 <= max(u, v) < r0 + 16), keeping
+acc = D[:r0, m]^T C[:r0, :r0] D[:r0, n] (every coefficient below the shell). For a shell it forms
+    F = C[shell, :r0] D[:r0, n]    [16, 64]        G = D[:r0, m]^T C[:r0, shell]    [64, 16]
+(each coefficient enters one F or G once), and with K = C[shell, shell], L_s = D[shell, m]^T,
+R_s = D[shell, n], every output whose window ends in the shell (r0 < w <= r0 + 16) is
+    x_w tile = acc + (L_s M) (F + K (M R_s)) + G (M R_s),      M = diag(shell index < w)
+and the shell then enters acc with M = I. Cost per tile ~ 1.5 * 64 S^2 + N * 2 * 64^2 * 16
+multiply-adds, independent of the windows' sizes; the N output tiles written are the floor.
 
 Gradient: the op is the symmetric projection P_w x P_w^T (P_w = D_w^T D_w), so the gradient of one
 window is the same op on the upstream gradient; for all prefixes it is
-sum_n P_{w_n} g_n P_{w_n}^T = IDCT(sum_n M_{w_n} * DCT(g_n)) (step 1 per prefix, a sum, one IDCT).
+sum_n P_{w_n} g_n P_{w_n}^T = IDCT(sum_n M_{w_n} * DCT(g_n)) (step 1 per prefix, a sum, step 2 once).
 
-Planes taller than the fused DCT limit (S > 256) use the reference (warned once).
+Numerics as in kernels/dct/triton.py (fp16/bf16 tensor cores with fp32 accumulation, fp32 via 3xTF32;
+fp32 basis and scratch for bf16 under the interpreter). Images larger than the DCT kernel's limit
+(S > 256) use the reference (warned once).
 """
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
+import triton
+import triton.language as tl
 
 from .._common import AOTSpec, warn_once
-from ..dct import ref as dct_ref
 from ..dct import triton as dct_triton
 from . import ref
 
+PREFIX_SHELL = 16  # shell width: the smallest tl.dot depth, so an output costs two 64 x 16 x 64 products
+PREFIX_PAD = 64  # the basis is zero-padded to a multiple of every output tile
 
-def _basis(size: int, x: torch.Tensor) -> torch.Tensor:
-    return dct_ref.dct_basis(size, dct_triton.basis_dtype(x.dtype), x.device)
+
+def prefix_config(dtype: torch.dtype) -> dict:
+    """All-prefixes kernel: 64 x 64 output tiles (wgmma); 32 x 32 in fp32, where 3xTF32 doubles every
+    operand and 64 x 64 spills on sm_80 (32 x 32 compiles without spills on sm_80 and sm_90)."""
+    if dtype == torch.float32:
+        return dict(BLOCK=32, num_warps=4, NUM_STAGES=3)
+    return dict(BLOCK=64, num_warps=4, NUM_STAGES=3)
+
+
+@triton.jit
+def _subimages_prefix_kernel(
+    c_ptr, y_ptr, d_ptr, win_ptr, first_ptr,
+    num_shells, num_ch, num_win, stride_cp, stride_yn,
+    S: tl.constexpr, D_ROW: tl.constexpr, NUM_STAGES: tl.constexpr,
+    BLOCK: tl.constexpr, BLOCK_S: tl.constexpr,
+):  # fmt: skip
+    DOT: tl.constexpr = d_ptr.dtype.element_ty
+    PRECISION: tl.constexpr = "tf32x3" if DOT == tl.float32 else "tf32"  # the second is ignored by 16-bit dots
+    EVEN_C: tl.constexpr = S % BLOCK_S == 0
+    EVEN_Y: tl.constexpr = S % BLOCK == 0
+    TILES: tl.constexpr = (S + BLOCK - 1) // BLOCK
+    pid = tl.program_id(0)
+    p = pid // (TILES * TILES)  # input plane b * num_ch + ch
+    tm = (pid // TILES) % TILES
+    tn = pid % TILES
+    b = p // num_ch
+    ch = p % num_ch
+    c_base = c_ptr + p.to(tl.int64) * stride_cp
+    y_base = y_ptr + ((b * num_win).to(tl.int64) * num_ch + ch) * (S * S)  # output plane (b, 0, ch)
+    rows = tm * BLOCK + tl.arange(0, BLOCK)  # output rows m
+    cols = tn * BLOCK + tl.arange(0, BLOCK)  # output cols n
+    offs_s = tl.arange(0, BLOCK_S)
+    y_offs = rows[:, None] * S + cols[None, :]
+    y_mask = (rows[:, None] < S) & (cols[None, :] < S)
+
+    acc = tl.zeros((BLOCK, BLOCK), dtype=tl.float32)
+    for s in range(num_shells):
+        r0 = s * BLOCK_S
+        ksh = r0 + offs_s
+        ft = tl.zeros((BLOCK, BLOCK_S), dtype=tl.float32)  # F^T [n, u]: 64 rows, so the product is a wgmma
+        g = tl.zeros((BLOCK, BLOCK_S), dtype=tl.float32)  # G [m, v]
+        for k0 in tl.range(0, r0, BLOCK_S, num_stages=NUM_STAGES):
+            kk = k0 + offs_s
+            d_n = tl.load(d_ptr + kk[None, :] * D_ROW + cols[:, None])  # [n, k] = D[k, n]
+            d_m = tl.load(d_ptr + kk[None, :] * D_ROW + rows[:, None])  # [m, k] = D[k, m]
+            ct_ptrs = c_base + ksh[None, :] * S + kk[:, None]  # [k, u] = C[u, k]
+            c_ptrs = c_base + kk[:, None] * S + ksh[None, :]  # [k, v] = C[k, v]
+            if EVEN_C:
+                ct = tl.load(ct_ptrs)
+                cc = tl.load(c_ptrs)
+            else:
+                ct = tl.load(ct_ptrs, mask=(ksh[None, :] < S) & (kk[:, None] < S), other=0.0)
+                cc = tl.load(c_ptrs, mask=(kk[:, None] < S) & (ksh[None, :] < S), other=0.0)
+            ft = tl.dot(d_n, ct, ft, input_precision=PRECISION)
+            g = tl.dot(d_m, cc, g, input_precision=PRECISION)
+        k_ptrs = c_base + ksh[:, None] * S + ksh[None, :]
+        if EVEN_C:
+            k = tl.load(k_ptrs)
+        else:
+            k = tl.load(k_ptrs, mask=(ksh[:, None] < S) & (ksh[None, :] < S), other=0.0)
+        f = tl.trans(ft)  # [u, n]
+        gd = g.to(DOT)
+        l_ptrs = d_ptr + ksh[None, :] * D_ROW + rows[:, None]  # [m, u] = D[u, m]
+        r_ptrs = d_ptr + ksh[:, None] * D_ROW + cols[None, :]  # [v, n] = D[v, n]
+        n_lo = tl.load(first_ptr + s)
+        n_hi = tl.load(first_ptr + s + 1)
+        for n in range(n_lo, n_hi):  # the outputs whose window ends inside this shell
+            # The masked basis tiles are re-read (from L1) per output rather than kept: registers.
+            keep = ksh < tl.load(win_ptr + n)
+            rm = tl.load(r_ptrs, mask=keep[:, None], other=0.0)
+            lm = tl.load(l_ptrs, mask=keep[None, :], other=0.0)
+            inner = tl.dot(k, rm, f, input_precision=PRECISION)  # F + K (M R_s)
+            y = tl.dot(lm, inner.to(DOT), acc, input_precision=PRECISION)
+            y = tl.dot(gd, rm, y, input_precision=PRECISION)
+            y_ptrs = y_base + n * stride_yn + y_offs  # n * stride_yn < N * C * S * S: int32 is enough
+            if EVEN_Y:
+                tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty))
+            else:
+                tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=y_mask)
+        r_sh = tl.load(r_ptrs)
+        inner = tl.dot(k, r_sh, f, input_precision=PRECISION)
+        acc = tl.dot(tl.load(l_ptrs), inner.to(DOT), acc, input_precision=PRECISION)
+        acc = tl.dot(gd, r_sh, acc, input_precision=PRECISION)
+
+
+def _scratch_dtype(dtype: torch.dtype) -> torch.dtype:
+    return dct_triton.basis_dtype(dtype)  # the products' dtype (fp32 for bf16 under the interpreter)
+
+
+def _prefix_launch(coeff: torch.Tensor, y: torch.Tensor, windows: list[int], num_ch: int) -> None:
+    """y [B, N, C, S, S] from coefficients coeff [B*C, S, S] (zero outside the largest window)."""
+    if dct_triton._interpreter_bf16(y):
+        tmp = torch.full(y.shape, float("nan"), dtype=torch.float32, device=y.device)
+        _prefix_launch(coeff, tmp, windows, num_ch)
+        y.copy_(tmp)
+        return
+    s = coeff.shape[-1]
+    cfg = prefix_config(coeff.dtype)
+    sp = dct_triton.padded(s, PREFIX_PAD)
+    basis = dct_triton.padded_basis(s, sp, sp, coeff.dtype, coeff.device, False)  # D zero-padded [SP, SP]
+    shell_of = [(w - 1) // PREFIX_SHELL for w in windows]
+    num_shells = shell_of[-1] + 1
+    first = [sum(1 for sh in shell_of if sh < i) for i in range(num_shells + 1)]  # outputs of shell i: first[i:i+2]
+    meta = torch.tensor(list(windows) + first, dtype=torch.int32).to(coeff.device)  # one copy to the device
+    n = len(windows)
+    tiles = triton.cdiv(s, cfg["BLOCK"])
+    grid = (coeff.shape[0] * tiles * tiles,)
+    _subimages_prefix_kernel[grid](
+        coeff, y, basis, meta, meta[n:],
+        num_shells, num_ch, n, coeff.stride(0), num_ch * s * s,
+        S=s, D_ROW=sp, NUM_STAGES=cfg["NUM_STAGES"], BLOCK=cfg["BLOCK"], BLOCK_S=PREFIX_SHELL,
+        num_warps=cfg["num_warps"], num_stages=cfg["NUM_STAGES"],
+    )  # fmt: skip
 
 
 def spectral_subimages_fwd(x: torch.Tensor, windows, all_prefixes: bool, out: torch.Tensor | None = None):
@@ -39,7 +163,7 @@ def spectral_subimages_fwd(x: torch.Tensor, windows, all_prefixes: bool, out: to
     Returns `[B, C, S, S]` or `[B, N, C, S, S]` in x.dtype; writes into `out` when given.
     """
     b, c, s, _ = x.shape
-    if dct_triton.fused_config(s) is None:
+    if dct_triton.plane_config(s, x.dtype) is None:
         warn_once("spectral_subimages.large", f"spectral_subimages: S={s} > 256 has no Triton path: reference used")
         res = ref.spectral_subimages(x.float(), windows, all_prefixes).to(x.dtype)
         return res if out is None else out.copy_(res)
@@ -47,62 +171,94 @@ def spectral_subimages_fwd(x: torch.Tensor, windows, all_prefixes: bool, out: to
     shape = (b, n_out, c, s, s) if all_prefixes else (b, c, s, s)
     y = torch.empty(shape, dtype=x.dtype, device=x.device) if out is None else out
     assert tuple(y.shape) == shape and y.dtype == x.dtype and y.is_contiguous()
-    x3 = x.reshape(b * c, s, s)  # [B*C, S, S]
-    if x3.stride(-1) != 1:
-        x3 = x3.contiguous()
-    d = _basis(s, x)
-    coeff = torch.empty((b * c, s, s), dtype=torch.float32, device=x.device)
+    x3 = x.reshape(b * c, s, s).contiguous()  # [B*C, S, S]
+    coeff = torch.empty((b * c, s, s), dtype=_scratch_dtype(x.dtype), device=x.device)
     if all_prefixes:
-        w_all = torch.tensor(list(windows), dtype=torch.int64, device=x.device)
-        dct_triton.plane_matmul(x3, coeff, d, d, w_all[-1:], window_mode=1, num_ch=c)
-        # output plane (b, n, c) reads coefficients of plane (b, c) with window w_all[n]
-        dct_triton.plane_matmul(coeff, y.view(-1, s, s), d.T, d.T, w_all, window_mode=2, num_ch=c, num_groups=n_out)
+        w_max = torch.full((1,), windows[-1], dtype=torch.int32, device=x.device)
+        dct_triton.plane_matmul(x3, coeff, (s, s), False, x.dtype, w_max, window_mode=1, num_ch=c)
+        _prefix_launch(coeff, y, windows, c)
     else:
-        w_all = windows.to(torch.int64)
-        dct_triton.plane_matmul(x3, coeff, d, d, w_all, window_mode=1, num_ch=c)
-        dct_triton.plane_matmul(coeff, y.view(-1, s, s), d.T, d.T, w_all, window_mode=2, num_ch=c)
+        w_all = windows.to(torch.int32)
+        dct_triton.plane_matmul(x3, coeff, (s, s), False, x.dtype, w_all, window_mode=1, num_ch=c)
+        dct_triton.plane_matmul(coeff, y.view(-1, s, s), (s, s), True, x.dtype, w_all, window_mode=2, num_ch=c)
     return y
 
 
 def _all_prefixes_bwd(grad: torch.Tensor, windows: list[int]) -> torch.Tensor:
     b, n, c, s, _ = grad.shape
-    g3 = grad.reshape(-1, s, s)  # [B*N*C, S, S]
-    if g3.stride(-1) != 1:
-        g3 = g3.contiguous()
-    w_all = torch.tensor(list(windows), dtype=torch.int64, device=grad.device)
-    d = _basis(s, grad)
-    coeff = torch.zeros((b, n, c, s, s), dtype=torch.float32, device=grad.device)  # zero outside each window
-    dct_triton.plane_matmul(g3, coeff.view(-1, s, s), d, d, w_all, window_mode=1, num_ch=c)
-    return dct_triton.dct2d_fwd(coeff.sum(1), None, inverse=True).to(grad.dtype)
+    g3 = grad.reshape(-1, s, s).contiguous()  # [B*N*C, S, S]
+    w_all = torch.tensor(list(windows), dtype=torch.int32, device=grad.device)
+    sdt = _scratch_dtype(grad.dtype)
+    coeff = torch.zeros((b, n, c, s, s), dtype=sdt, device=grad.device)  # strips past a window stay zero
+    # plane (b, n, c) takes window w_all[((b * n + n_i) * c + c_i) // c % n] = w_all[n_i]
+    dct_triton.plane_matmul(g3, coeff.view(-1, s, s), (s, s), False, grad.dtype, w_all, window_mode=1, num_ch=c)
+    total = coeff.sum(1, dtype=torch.float32).to(sdt).view(-1, s, s)  # [B*C, S, S], zero outside w_N
+    gx = torch.empty((b, c, s, s), dtype=grad.dtype, device=grad.device)
+    dct_triton.plane_matmul(total, gx.view(-1, s, s), (s, s), True, grad.dtype, w_all[-1:], window_mode=2, num_ch=c)
+    return gx
 
 
 class SubimagesFunction(torch.autograd.Function):
     """spectral_subimages, differentiable w.r.t. x (a symmetric projection: its own transpose)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, windows, all_prefixes: bool) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, windows, all_prefixes: bool, impl: str = "subimages-v2") -> torch.Tensor:
+        assert impl == "subimages-v2", impl
         ctx.windows, ctx.all_prefixes, ctx.x_shape = windows, all_prefixes, x.shape
         return spectral_subimages_fwd(x, windows, all_prefixes)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        if dct_triton.fused_config(grad.shape[-1]) is None:  # the forward used the reference: so does this
+        if dct_triton.plane_config(grad.shape[-1], grad.dtype) is None:  # the forward used the reference
             with torch.enable_grad():
                 x0 = torch.zeros(ctx.x_shape, dtype=torch.float32, device=grad.device, requires_grad=True)
                 y0 = ref.spectral_subimages(x0, ctx.windows, ctx.all_prefixes)
                 (gx,) = torch.autograd.grad(y0, x0, grad.float())  # the op is linear: any point will do
-            return gx.to(grad.dtype), None, None
+            return gx.to(grad.dtype), None, None, None
         if ctx.all_prefixes:
-            return _all_prefixes_bwd(grad, ctx.windows), None, None
-        return spectral_subimages_fwd(grad.contiguous(), ctx.windows, False), None, None
+            return _all_prefixes_bwd(grad, ctx.windows), None, None, None
+        return spectral_subimages_fwd(grad.contiguous(), ctx.windows, False), None, None, None
+
+
+_SIG = dct_triton._DTYPE_SIG
+_SHORT = dct_triton._SHORT
+
+
+def _prefix_spec(dtype: torch.dtype, size: int, values: dict) -> AOTSpec:
+    sig = {"c_ptr": _SIG[dtype], "y_ptr": _SIG[dtype], "d_ptr": _SIG[dtype], "win_ptr": "*i32", "first_ptr": "*i32"}
+    for name in ("num_shells", "num_ch", "num_win", "stride_cp", "stride_yn"):
+        sig[name] = "i32"
+    cfg = prefix_config(dtype)
+    consts = dict(S=size, D_ROW=dct_triton.padded(size, PREFIX_PAD), NUM_STAGES=cfg["NUM_STAGES"],
+                  BLOCK=cfg["BLOCK"], BLOCK_S=PREFIX_SHELL)  # fmt: skip
+    for name in consts:
+        sig[name] = "constexpr"
+    return AOTSpec(
+        kernel=_subimages_prefix_kernel, signature=sig, constexprs=consts, num_warps=cfg["num_warps"],
+        num_stages=cfg["NUM_STAGES"], label=f"subimages-v2 all-prefixes {_SHORT[dtype]} S={size}",
+        expect_tensor_cores=True, op="subimages", dtype=_SHORT[dtype], values=values, main=True,
+    )  # fmt: skip
 
 
 def aot_specs() -> list[AOTSpec]:
-    """The launches above: fused `_dct2d_fwd_kernel` configurations with (x, y) dtypes (input, fp32
-    scratch) and (fp32 scratch, input) for every S <= 256 (the same configs the DCT lists)."""
+    """Every configuration the launchers here choose on a GPU, per dtype: the DCT kernel's window modes
+    (coefficients, reconstruction) for each BLOCK_M (64, 128, 256), and the all-prefixes kernel.
+
+    `values` at the benchmarks: 64x3x256x256 with windows from a 64-token power mapping (one per
+    sample); all prefixes 8x3x256x256, N = 64 (16 shells). Smaller BLOCK_M compile at S = BLOCK_M.
+    """
     specs = []
-    for spec in dct_triton.aot_specs():
-        x_sig, y_sig = spec.signature["x_ptr"], spec.signature["y_ptr"]
-        if spec.constexprs.get("FUSE_L") and (x_sig != y_sig or x_sig == "*fp32"):
-            specs.append(dataclasses.replace(spec, label=spec.label.replace("dct2d fused", "subimages")))
+    for dt in (torch.float32, torch.float16, torch.bfloat16):
+        for size in (64, 128, 256):
+            tiles_n = size // dct_triton.plane_config(size, dt)["BLOCK_N"]
+            values = dict(tiles_n=tiles_n, num_ch=3, num_win=64, stride_xp=size * size, stride_yp=size * size)
+            for mode, step in ((1, "coefficients"), (2, "reconstruction")):
+                label = f"subimages-v2 {step} {_SHORT[dt]} BLOCK_M={dct_triton.block_m(size)}"
+                specs.append(dct_triton.plane_spec(dt, size, mode, label, "subimages", values, main=size == 256))
+        # all prefixes: the coefficients step runs with the one largest window (num_win = 1)
+        values = dict(tiles_n=tiles_n, num_ch=3, num_win=1, stride_xp=256 * 256, stride_yp=256 * 256)
+        label = f"subimages-v2 coefficients (all prefixes) {_SHORT[dt]} BLOCK_M=256"
+        specs.append(dct_triton.plane_spec(dt, 256, 1, label, "subimages", values, main=True))
+        values = dict(num_shells=16, num_ch=3, num_win=64, stride_cp=256 * 256, stride_yn=3 * 256 * 256)
+        specs.append(_prefix_spec(dt, 256, values))
     return specs

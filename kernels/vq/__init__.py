@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .._common import check_float, check_same_device, choose_backend
+from .._common import check_float, check_same_device, choose_kernel
 from .ref import vq_nearest_ref
 
 __all__ = ["vq_nearest"]
@@ -26,8 +26,11 @@ def vq_nearest(z: torch.Tensor, codebook: torch.Tensor, metric: str = "l2") -> t
         fp32 whatever the input dtype and carry no autograd graph (wrap with a straight-through
         estimator in the model). Ties go to the lowest index. A NaN in a row of z gives that row a
         NaN distance; a NaN in a code gives every row a NaN distance (the code is chosen).
-    Never allocates an M x K tensor: the reference works in bounded chunks, the Triton kernel keeps a
-    running min per row in registers.
+    Never allocates an M x K tensor: the reference works in bounded chunks, the Triton kernels keep a
+    running min per row in registers. Codes are ranked on data centred on the codebook mean, so the
+    argmin stays exact for data far from the origin. The Triton path (vq-v2) caches the prepared
+    codebook per tensor version: in-place ops are seen, writes through `.data` are not (pass a fresh
+    tensor, or bump it with an in-place op, after such writes).
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
@@ -40,8 +43,9 @@ def vq_nearest(z: torch.Tensor, codebook: torch.Tensor, metric: str = "l2") -> t
     if z.shape[1] != codebook.shape[1]:
         raise ValueError(f"code dim mismatch: z is {tuple(z.shape)}, codebook is {tuple(codebook.shape)}")
     check_same_device(z=z, codebook=codebook)
-    if choose_backend("vq_nearest", z, codebook) == "triton":
+    impl = choose_kernel("vq_nearest", metric, z, codebook)
+    if impl is not None:
         from .triton import vq_nearest_fwd
 
-        return vq_nearest_fwd(z.detach(), codebook.detach(), metric)
+        return vq_nearest_fwd(z.detach(), codebook.detach(), metric, impl)
     return vq_nearest_ref(z.detach(), codebook.detach(), metric)

@@ -5,12 +5,23 @@ For each row z_m of z [M, d] and codebook c [K, d]:
     cosine:  index_m = argmin_k 1 - cos(z_m, c_k),          distance_m = 1 - z_m.c_idx / (|z_m| |c_idx|)
 with |.| clamped below at EPS so zero vectors are safe (a zero vector has cos = 0 to everything).
 
-The argmin uses scores that drop per-row constants (which never change the argmin):
-    l2:      s_mk = ||c_k||^2 - 2 z_m.c_k
-    cosine:  s_mk = -z_m.c_k / max(|c_k|, EPS)
-and the reported distance is recomputed directly from the chosen code (no cancellation in
-||z||^2 - 2 z.c + ||c||^2). Ties go to the lowest index. A NaN score counts as -inf, so a NaN in a
-row of z or in any code is chosen and shows up as a NaN distance instead of a silent finite one.
+Ranking. The argmin uses scores s_mk = a_k + (z_m - mu) . w_k that differ from the distance by a
+per-row constant (which never changes the argmin), with codebook terms (`ranking_operands`) built in
+float64 and centred on the codebook mean:
+    l2:      mu = mean_k c_k (on a coarse grid: `centre`),  w_k = -2 (c_k - mu),  a_k = ||c_k - mu||^2
+    cosine:  mu = 0,  w_k = -(u_k - mean_j u_j) with u_k = c_k / max(|c_k|, EPS),  a_k = 0
+Why centre: the textbook form ||c||^2 - 2 z.c carries terms of size |offset|^2 whose fp32 rounding
+swamps the gaps between codes once data sit far from the origin (an offset of 100 in d = 12 flips
+about 1% of the indices of near-by codes). After centring every term is of the size of the spread of
+the data, so fp32 resolves the gaps it would resolve at the origin. For l2 the shift mu is exactly
+representable and shared by z and c, so z - mu only rounds at the scale of the spread. Cosine
+drops the row term -z . mean_j u_j; building w_k in float64 keeps its rounding at the scale of
+u_k - mean u instead of |u_k| = 1.
+
+The reported distance is recomputed directly from the chosen code (no cancellation). Ties go to the
+lowest index. A NaN score counts as -inf, so a NaN in a row of z or in any code is chosen and shows up
+as a NaN distance instead of a silent finite one (the mean skips non-finite codes, so one NaN code does
+not poison every score).
 
 Memory: the M x K score matrix is never allocated; rows and codes are processed in chunks of at most
 CHUNK_ELEMS scores, keeping a running (min, argmin) per row.
@@ -24,16 +35,44 @@ EPS = 1e-12
 CHUNK_ELEMS = 1 << 22  # scores alive at once (16 MiB in fp32)
 
 
-def code_scores_coeffs(codebook: torch.Tensor, cosine: bool, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-code (a, b) with score s_mk = a_k + b_k * (z_m . c_k); shapes [K], in `dtype`.
+def _finite_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean of the rows of x [K, d] whose entries are all finite; zeros if there are none."""
+    finite = torch.isfinite(x).all(dim=1, keepdim=True)
+    total = torch.where(finite, x, torch.zeros_like(x)).sum(dim=0)
+    return total / finite.sum().clamp_min(1).to(x.dtype)
 
-    The Triton kernel computes the same coefficients in-kernel from its codebook tiles.
+
+def centre(codebook: torch.Tensor) -> torch.Tensor:
+    """The l2 centring shift [d] (codebook dtype): the mean of the finite codes, rounded to a power-of-two grid.
+
+    The grid is the largest power of two not above the codes' largest deviation from their mean, so the
+    shift stays within the spread of the data (all centring needs) while keeping c - mu exact wherever
+    the data are coarse (small integers stay integers: exact ties stay exact ties).
     """
-    c = codebook.to(dtype)
-    sq = c.pow(2).sum(dim=1)
+    finite = torch.isfinite(codebook).all(dim=1, keepdim=True)
+    mean = _finite_mean(codebook)
+    spread = torch.where(finite, (codebook - mean).abs(), torch.zeros_like(codebook)).amax()
+    grid = torch.exp2(torch.floor(torch.log2(spread)))
+    return torch.where(spread > 0, torch.round(mean / grid) * grid, mean)
+
+
+@torch.no_grad()
+def ranking_operands(
+    codebook: torch.Tensor, cosine: bool, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Codebook terms of the centred ranking score s_mk = a_k + (z_m - mu) . w_k (module docstring).
+
+    Built in float64 and rounded once to `dtype`. Returns (w [K, d], a [K], mu [d]) in `dtype`;
+    the Triton kernels cache and pad these.
+    """
+    c = codebook.to(torch.float64)
     if cosine:
-        return torch.zeros_like(sq), -1.0 / sq.sqrt().clamp_min(EPS)
-    return sq, torch.full_like(sq, -2.0)
+        u = c / c.norm(dim=1, keepdim=True).clamp_min(EPS)
+        w = _finite_mean(u) - u
+        return w.to(dtype), torch.zeros(c.shape[0], dtype=dtype, device=c.device), w.new_zeros(c.shape[1]).to(dtype)
+    mu = centre(c).to(dtype).to(torch.float64)  # a shift exactly representable in `dtype`
+    centred = c - mu
+    return (-2.0 * centred).to(dtype), centred.pow(2).sum(dim=1).to(dtype), mu.to(dtype)
 
 
 def _direct_distance(z: torch.Tensor, c: torch.Tensor, cosine: bool) -> torch.Tensor:
@@ -71,21 +110,17 @@ def vq_nearest_ref(
     dtype = torch.float64 if upcast else torch.float32
     M, _ = z.shape
     K = codebook.shape[0]
-    a, b = code_scores_coeffs(codebook, cosine, dtype)
+    w, a, mu = ranking_operands(codebook, cosine, dtype)
     # Chunk codes first so one row chunk sees as many codes as fit, then rows.
     code_chunk = max(1, min(K, chunk_elems))
     row_chunk = max(1, min(M, chunk_elems // code_chunk))
     indices = torch.empty(M, dtype=torch.int64, device=z.device)
     for r0 in range(0, M, row_chunk):
-        zr = z[r0 : r0 + row_chunk].to(dtype)  # [m, d]
+        zr = z[r0 : r0 + row_chunk].to(dtype) - mu  # [m, d], centred (cosine: mu = 0)
         best = torch.full((zr.shape[0],), float("inf"), dtype=dtype, device=z.device)
         best_idx = torch.zeros(zr.shape[0], dtype=torch.int64, device=z.device)
         for k0 in range(0, K, code_chunk):
-            ck = codebook[k0 : k0 + code_chunk].to(dtype)  # [k, d]
-            if cosine:
-                s = (zr @ ck.T).mul_(b[k0 : k0 + code_chunk])  # [m, k]
-            else:
-                s = torch.addmm(a[k0 : k0 + code_chunk], zr, ck.T, alpha=-2.0)  # [m, k] = ||c||^2 - 2 z.c
+            s = torch.addmm(a[k0 : k0 + code_chunk], zr, w[k0 : k0 + code_chunk].T)  # [m, k]
             torch.nan_to_num_(s, nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
             cmin, cidx = s.min(dim=1)  # torch returns the first index among equal minima
             upd = cmin < best  # strict: an earlier chunk (lower index) keeps a tie

@@ -1,0 +1,244 @@
+"""Phases, child processes, the time budget, and the command line of bench/gpu_report.py.
+
+Every section runs in its own child process (`gpu_report.py --child NAME`), so a crash or a hung kernel in one
+section becomes a FAIL row and the rest still runs; a child writes its rows to JSON as it goes, so one killed
+at its deadline keeps what it measured. Phases run one after another; each ends at a fixed share of --budget-s,
+and sections still running then write SKIP rows (killed GRACE_S later); sections not started are listed as SKIP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import floors as fl
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "bench" / "gpu_report.py"
+GRACE_S = 15  # a child still running this long after its deadline is killed
+DEFAULT_BUDGET_S = 330.0  # CUDA: with GRACE_S and start-up, the whole report stays under 6 minutes
+OPS = ("dct", "subimages", "vq", "attention", "kvcache")
+OP_NAMES = {"dct": "dct2d", "subimages": "spectral_subimages", "vq": "vq_nearest", "attention": "attention",
+            "kvcache": "attention_with_kvcache"}  # fmt: skip
+MODELS = ("fmnist", "d16")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PARTS = ("awkward", "realistic")
+# heaviest first in the parallel check phase (compiles + work): the generator compiles, then by op
+WEIGHT = {"sampling": -1, "attention": 0, "subimages": 1, "dct": 2, "kvcache": 3, "vq": 4}
+
+
+def ensure_packages() -> None:
+    """Import spectralar_kernels as installed (pip install -e .); from the source tree when it is not."""
+    if "spectralar_kernels" in sys.modules or importlib.util.find_spec("spectralar_kernels") is not None:
+        return
+    spec = importlib.util.spec_from_file_location("spectralar_kernels", ROOT / "kernels" / "__init__.py",
+                                                  submodule_search_locations=[str(ROOT / "kernels")])  # fmt: skip
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["spectralar_kernels"] = module
+    spec.loader.exec_module(module)
+
+
+def older_ids(op: str) -> list[str]:
+    """Implementation ids of `op` that still ship but are not the newest of their variant."""
+    from spectralar_kernels._dispatch import IMPLEMENTATIONS
+
+    ids = []
+    for (name, _variant), shipped in IMPLEMENTATIONS.items():
+        if name == OP_NAMES[op]:
+            ids += [i for i in shipped[:-1] if i not in ids]
+    return ids
+
+
+def sections() -> dict:
+    """name -> (module, function, Ctx fields). Check sections cover one op x implementation x dtype x part, so
+    that their JIT compiles (Triton specialises integer arguments: every shape family compiles its own variants,
+    the slow part on a fresh machine) run on many CPU cores at once."""
+    table = {"machine": ("machine", "section_machine", {})}
+    for op in OPS:
+        for impl in (None, *older_ids(op)):
+            for dt, dtype in DTYPES.items():
+                for part in PARTS:
+                    name = f"check:{op}{'@' + impl if impl else ''}:{dt}:{part}"
+                    table[name] = (op, f"check_{op}", {"only_dtype": dtype, "part": part, "impl": impl})
+    for model in MODELS:
+        table[f"check:sampling:{model}"] = ("generators", "check_sampling", {"model": model})
+    for op in OPS:
+        table[f"time:{op}"] = (op, f"time_{op}", {})
+    for model in MODELS:
+        table[f"generator:{model}"] = ("generators", "section_generator", {"model": model})
+    return table
+
+
+def phases(names) -> list[tuple[list[str], float]]:
+    """(sections run side by side, end of the phase as a fraction of --budget-s). The checks share the CPU
+    cores; every timing phase runs one section alone on the GPU. A phase that ends early leaves its slack to the
+    next ones. Expected on an H200 at the default 330 s (estimates: the previous report, without the older
+    implementations, fp16 timings and compiled decoding, took 122 s): machine ~15 s; checks 90-120 s, the
+    longest being the d16 compile warm-up; each op's timings 5-25 s; fmnist ~25 s; d16 60-80 s."""
+    checks = [s for s in names if s.startswith("check:")]
+    return [(["machine"], 0.06), (checks, 0.42), (["time:dct"], 0.46), (["time:subimages"], 0.50),
+            (["time:vq"], 0.55), (["time:attention"], 0.64), (["time:kvcache"], 0.67),
+            (["generator:fmnist"], 0.76), (["generator:d16"], 1.0)]  # fmt: skip
+
+
+def report_order(names) -> list[str]:
+    """Sections in the order their tables appear in the report."""
+    order = ["machine"]
+    for op in OPS:
+        order += [s for s in names if s.startswith(f"check:{op}:") or s.startswith(f"check:{op}@")]
+        order.append(f"time:{op}")
+    order += [f"check:sampling:{m}" for m in MODELS] + [f"generator:{m}" for m in MODELS]
+    return order
+
+
+def matches(name: str, pattern: str) -> bool:
+    return name == pattern or name.startswith(pattern + ":") or name.startswith(pattern + "@")
+
+
+def child_main(args) -> int:
+    if args.interpret:
+        os.environ["TRITON_INTERPRET"] = "1"  # before any @triton.jit module is imported
+    ensure_packages()
+    from .common import Ctx, Writer, short_error
+    from .shapes import sizes
+
+    state = Path(args.state_dir)
+    writer = Writer(state / f"{args.child.replace(':', '_')}.json", args.child)
+    floors = fl.Floors.nominal()
+    machine = state / "machine.json"
+    if args.child != "machine" and machine.exists():
+        saved = json.loads(machine.read_text(encoding="utf-8")).get("floors")
+        if saved:
+            floors = fl.Floors(saved["copy_gbps"], saved["tflops"], saved["measured"])
+    device = "cpu" if args.dry_run else "cuda"
+    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 references and oracles stay fp32
+    torch.backends.cudnn.allow_tf32 = False
+    if args.dry_run:
+        torch.set_num_threads(1)  # on a shared CPU, OpenMP threads spin-waiting behind other jobs cost 10x
+    module, function, fields = sections()[args.child]
+    ctx = Ctx(device, args.dry_run, args.interpret, args.deadline, writer, floors, sizes(args.dry_run), **fields)
+    writer.save()
+    try:
+        getattr(importlib.import_module(f"report.{module}"), function)(ctx)
+    except Exception as exc:
+        traceback.print_exc()
+        writer.row(f"{args.child}: section error", ["result", "note"], {"result": "FAIL", "note": short_error(exc)})
+    return 0
+
+
+def _finish(state: Path, section: str, rc: int | None, problems: list) -> None:
+    if rc == 0:
+        return
+    tail = (state / f"{section.replace(':', '_')}.stderr").read_text(encoding="utf-8", errors="replace")
+    tail = " ".join(tail.strip().splitlines()[-3:])[-400:]
+    why = "killed at its time budget" if rc is None else f"exited with status {rc}"
+    problems.append((section, f"{why}; the rows it wrote are kept. stderr: {tail}"))
+    print(f"[{section}] {why}", flush=True)
+
+
+def run_phases(args, state: Path) -> tuple[list, list]:
+    """Run every phase's children, at most --jobs at once, heaviest first. Returns (problems, skipped):
+    children that crashed or were killed, and sections never started because the budget was spent."""
+    t0 = time.time()
+    problems, skipped = [], []
+    flags = (["--dry-run"] if args.dry_run else []) + (["--interpret"] if args.interpret else [])
+    env = dict(os.environ)
+    if not args.dry_run:
+        env.pop("TRITON_INTERPRET", None)
+    for names, end in phases(args.sections):
+        pending = sorted((s for s in names if s in args.sections),
+                         key=lambda s: WEIGHT.get(s.split(":")[1].split("@")[0], 9) if s.startswith("check:") else 0)
+        if not pending:
+            continue
+        label = ", ".join(pending) if len(pending) < 4 else f"{len(pending)} sections"
+        deadline = t0 + args.budget_s * end
+        running = []
+        while pending or running:
+            while pending and len(running) < args.jobs:
+                s = pending.pop(0)
+                if time.time() > deadline:
+                    skipped.append(s)
+                    continue
+                err = open(state / f"{s.replace(':', '_')}.stderr", "w", encoding="utf-8")
+                cmd = [sys.executable, str(SCRIPT), "--child", s, "--state-dir", str(state),
+                       "--deadline", str(deadline), *flags]  # fmt: skip
+                running.append((s, subprocess.Popen(cmd, stderr=err, env=env), err))
+            time.sleep(0.1)
+            for item in list(running):
+                s, proc, err = item
+                rc = proc.poll()
+                if rc is None and time.time() > deadline + GRACE_S:
+                    proc.kill()
+                    proc.wait()
+                elif rc is None:
+                    continue
+                err.close()
+                running.remove(item)
+                _finish(state, s, rc, problems)
+        print(f"-- phase {label} done at {time.time() - t0:.0f} s", flush=True)
+    return problems, skipped
+
+
+def main(argv=None, doc: str = "") -> int:
+    parser = argparse.ArgumentParser(description=(doc or __doc__).splitlines()[0])
+    parser.add_argument("--out", default=None,
+                        help="markdown file to write (default docs/gpu_report.md on CUDA; nothing on a dry run)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="run every code path on CPU with tiny shapes and perf_counter timings (no GPU needed)")
+    parser.add_argument("--interpret", action="store_true",
+                        help="with --dry-run: run the Triton kernels under TRITON_INTERPRET=1 instead of the reference")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help=f"hard wall-clock cap in seconds (default {DEFAULT_BUDGET_S:.0f} on CUDA, 3600 on a dry "
+                             "run); sections past their phase's share write SKIP rows")  # fmt: skip
+    parser.add_argument("--sections", nargs="+", default=None,
+                        help="run only these sections, by name or prefix (e.g. machine check:vq check:vq:fp32 "
+                             "check:dct@blockwise-v1 time:vq generator:d16); default all; an unknown name lists them")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2,
+                        help="most sections running at once in the parallel check phase (default: CPU count)")
+    parser.add_argument("--child", default=None, help="internal: run one section in this process")
+    parser.add_argument("--state-dir", default=None, help="internal: where children write their JSON")
+    parser.add_argument("--deadline", type=float, default=0.0, help="internal: epoch seconds a child must finish by")
+    args = parser.parse_args(argv)
+    if args.interpret and not args.dry_run:
+        parser.error("--interpret needs --dry-run")
+    if args.child:
+        return child_main(args)  # first: a child sets TRITON_INTERPRET before the kernels are imported
+    ensure_packages()
+    names = list(sections())
+    patterns = args.sections or list(names)
+    args.sections = [s for s in names if any(matches(s, p) for p in patterns)]
+    unknown = [p for p in patterns if not any(matches(s, p) for s in names)]
+    if unknown:
+        parser.error(f"unknown sections {unknown}; choose from {' '.join(names)}")
+    if not args.dry_run and not torch.cuda.is_available():
+        print("gpu_report.py needs a CUDA GPU (torch.cuda.is_available() is False). "
+              "Use --dry-run to exercise every code path on CPU.", file=sys.stderr)  # fmt: skip
+        return 2
+    if args.budget_s is None:
+        args.budget_s = 3600.0 if args.dry_run else DEFAULT_BUDGET_S
+    out = args.out if args.out is not None else (None if args.dry_run else str(ROOT / "docs" / "gpu_report.md"))
+    from .writer import markdown
+
+    t0 = time.time()
+    with tempfile.TemporaryDirectory(prefix="gpu_report_") as tmp:
+        state = Path(tmp)
+        problems, skipped = run_phases(args, state)
+        text, counts = markdown(state, report_order(names), problems, skipped, args, time.time() - t0)
+    print("\n" + text)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text, encoding="utf-8")
+        print(f"wrote {out}")
+    print(f"{counts['PASS']} PASS, {counts['FAIL']} FAIL, {counts['SKIP']} SKIP in {time.time() - t0:.0f} s")
+    return 1 if counts["FAIL"] else 0
+

@@ -1,0 +1,207 @@
+"""Blockwise dct2d / idct2d kernels (blockwise-v1, blockwise-v2) and the CPU reference's forms, against
+scipy.fft in float64.
+
+The Triton kernels run under the interpreter here (tiny shapes); each implementation is pinned with
+SPECTRALAR_KERNELS=triton:<id>.
+"""
+
+import numpy as np
+import pytest
+import scipy.fft
+import torch
+from tolerances import assert_close_to_oracle, nan_like
+
+from spectralar_kernels import dct2d, idct2d
+from spectralar_kernels.dct import blockwise as bw
+from spectralar_kernels.dct import ref
+
+IMPLS = ["blockwise-v1", "blockwise-v2"]
+LOWP = [torch.float16, torch.bfloat16]
+# (shape [..., H, W], b): H, W multiples of b but not of the 64-wide v2 tile; b that do not divide 64;
+# planes smaller than one tile; a batch of planes.
+CASES = [
+    ((3, 5, 7), 1),
+    ((2, 6, 10), 2),
+    ((2, 9, 15), 3),
+    ((1, 68, 12), 4),
+    ((4, 4), 4),
+    ((8, 8), 8),
+    ((2, 3, 72, 40), 8),
+    ((2, 80, 48), 16),
+    ((1, 30, 195), 15),  # R = 60 < 64: tiles would overlap without the R mask
+    ((32, 96), 32),
+]
+
+
+def scipy_blocks(x: torch.Tensor, block: int, inverse: bool) -> torch.Tensor:
+    """float64 scipy (i)dctn of every b x b block of x [..., H, W]."""
+    a = x.detach().double().numpy()
+    *lead, h, w = a.shape
+    tiles = a.reshape(*lead, h // block, block, w // block, block).swapaxes(-3, -2)
+    fn = scipy.fft.idctn if inverse else scipy.fft.dctn
+    out = fn(tiles, type=2, norm="ortho", axes=(-2, -1)).swapaxes(-3, -2).reshape(a.shape)
+    return torch.from_numpy(np.ascontiguousarray(out))
+
+
+def fp32_tol(oracle: torch.Tensor) -> dict:
+    return dict(atol=1e-5 * max(1.0, oracle.abs().max().item()), rtol=1e-4)
+
+
+@pytest.fixture(params=IMPLS)
+def impl(request, monkeypatch):
+    monkeypatch.setenv("SPECTRALAR_KERNELS", f"triton:{request.param}")
+    return request.param
+
+
+def run(x: torch.Tensor, block: int, inverse: bool, impl: str) -> torch.Tensor:
+    """The public function, and the launcher into a NaN-filled `out`, which must agree with it."""
+    y = (idct2d if inverse else dct2d)(x, block=block)
+    out = bw.blockwise_dct_fwd(x, block, inverse, impl, out=nan_like(x.contiguous()))
+    assert not torch.isnan(out).any(), f"{impl} left elements unwritten"
+    assert torch.equal(out, y), f"{impl}: launcher and public function differ"
+    return y
+
+
+@pytest.mark.parametrize("inverse", [False, True], ids=["dct", "idct"])
+@pytest.mark.parametrize("shape,block", CASES, ids=str)
+def test_matches_scipy_fp32(impl, shape, block, inverse):
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(block))
+    y = run(x, block, inverse, impl)
+    oracle = scipy_blocks(x, block, inverse)
+    assert y.dtype == torch.float32
+    assert_close_to_oracle(y, oracle, **fp32_tol(oracle), name=f"{impl} {shape} b={block}")
+
+
+@pytest.mark.parametrize("dtype", LOWP, ids=str)
+@pytest.mark.parametrize("shape,block", [((2, 3, 72, 40), 8), ((2, 9, 15), 3), ((2, 80, 48), 16)], ids=str)
+def test_low_precision(impl, shape, block, dtype):
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(2)).to(dtype)
+    for inverse in (False, True):
+        y = run(x, block, inverse, impl)
+        assert y.dtype == dtype
+        oracle = scipy_blocks(x, block, inverse)  # of the rounded input: input rounding is no error
+        same_precision = (ref.idct2d if inverse else ref.dct2d)(x, block)  # computed in fp16 / bf16
+        assert_close_to_oracle(y, oracle, same_precision_ref=same_precision, name=f"{impl} {dtype} b={block}")
+
+
+@pytest.mark.parametrize("programs", [1, 3, 64])
+def test_v2_persistent_loop(programs, monkeypatch):
+    """Several tiles per program (and more programs than tiles): every tile is written exactly once."""
+    monkeypatch.setenv("SPECTRALAR_KERNELS", "triton:blockwise-v2")
+    monkeypatch.setattr(bw, "INTERPRETER_PROGRAMS", programs)
+    x = torch.randn(7, 2, 16, 72, generator=torch.Generator().manual_seed(3))  # 14 planes x 2 tiles = 28 tiles
+    assert bw.v2_programs(x.device, 28) == min(programs, 28)
+    for inverse in (False, True):
+        oracle = scipy_blocks(x, 8, inverse)
+        y = run(x, 8, inverse, "blockwise-v2")
+        assert_close_to_oracle(y, oracle, **fp32_tol(oracle), name=f"v2 programs={programs}")
+
+
+def test_default_impl_is_the_newest_and_v1_v2_agree(monkeypatch):
+    monkeypatch.setenv("SPECTRALAR_KERNELS", "triton")
+    x = torch.randn(3, 24, 40, generator=torch.Generator().manual_seed(4))
+    y2 = bw.blockwise_dct_fwd(x, 8, False, "blockwise-v2")
+    assert torch.equal(bw.blockwise_dct_fwd(x, 8, False), y2)
+    assert torch.equal(dct2d(x, block=8), y2)
+    torch.testing.assert_close(bw.blockwise_dct_fwd(x, 8, False, "blockwise-v1"), y2, atol=2e-6, rtol=0)
+
+
+def test_non_contiguous_and_big_block(impl):
+    x = torch.randn(2, 24, 16, generator=torch.Generator().manual_seed(5)).transpose(-1, -2)  # [2, 16, 24] strided
+    oracle = scipy_blocks(x, 8, False)
+    assert_close_to_oracle(dct2d(x, block=8), oracle, **fp32_tol(oracle), name=f"{impl} non-contiguous")
+    x = torch.randn(33, 66, generator=torch.Generator().manual_seed(6))  # b > BLOCKWISE_MAX: plane launcher
+    for inverse in (False, True):
+        oracle = scipy_blocks(x, 33, inverse)
+        assert_close_to_oracle(run(x, 33, inverse, impl), oracle, **fp32_tol(oracle), name=f"{impl} b=33")
+
+
+@pytest.mark.parametrize("block", [3, 8])
+def test_gradient_is_the_inverse_transform(impl, block):
+    """d/dx <g, dct2d(x)> = idct2d(g) and vice versa, for a random upstream gradient g."""
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 3 * block, 9 * block, generator=gen, requires_grad=True)
+    g = torch.randn(2, 3 * block, 9 * block, generator=gen)
+    for inverse in (False, True):
+        x.grad = None
+        (idct2d if inverse else dct2d)(x, block=block).backward(g)
+        expected = scipy_blocks(g, block, not inverse)
+        assert_close_to_oracle(x.grad, expected, atol=1e-5, name=f"grad {impl} b={block} inverse={inverse}")
+
+
+@pytest.mark.parametrize("dtype", LOWP, ids=str)
+def test_low_precision_gradient(impl, dtype):
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(3, 16, 24, generator=gen).to(dtype).requires_grad_()
+    g = torch.randn(3, 16, 24, generator=gen).to(dtype)
+    dct2d(x, block=8).backward(g)
+    assert x.grad.dtype == dtype
+    same_precision = ref.idct2d(g, 8)
+    assert_close_to_oracle(x.grad, scipy_blocks(g, 8, True), same_precision_ref=same_precision, name="grad lowp")
+
+
+# ---- The CPU reference's three whole-plane forms (kron / matmul / FFT), each forced, around the thresholds.
+
+FORMS = {  # (FFT_MIN_SIZE, KRON_MAX_PIXELS) that force each form
+    "kron": (10**9, 10**9),
+    "matmul": (10**9, 0),
+    "fft": (1, 0),
+}
+PLANE_SIZES = [(1, 1), (1, 6), (5, 1), (2, 3), (8, 8), (10, 10), (10, 11), (9, 12), (31, 32), (64, 33),
+               (191, 190), (192, 193), (3, 200)]  # fmt: skip
+
+
+def scipy_planes(x: torch.Tensor, inverse: bool) -> torch.Tensor:
+    fn = scipy.fft.idctn if inverse else scipy.fft.dctn
+    return torch.from_numpy(fn(x.detach().double().numpy(), type=2, norm="ortho", axes=(-2, -1)))
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+@pytest.mark.parametrize("hw", PLANE_SIZES, ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_reference_forms_match_scipy(form, hw, dtype, monkeypatch):
+    h, w = hw
+    if form == "kron" and h * w > 1024:
+        pytest.skip("the kron form is only for tiny planes")
+    monkeypatch.setattr(ref, "FFT_MIN_SIZE", FORMS[form][0])
+    monkeypatch.setattr(ref, "KRON_MAX_PIXELS", FORMS[form][1])
+    x = torch.randn(2, 3, h, w, dtype=dtype, generator=torch.Generator().manual_seed(h * 1000 + w))
+    for inverse in (False, True):
+        y = (ref.idct2d if inverse else ref.dct2d)(x)
+        oracle = scipy_planes(x, inverse)
+        assert y.dtype == dtype
+        if dtype == torch.float64:
+            assert_close_to_oracle(y, oracle, atol=1e-12 * max(1.0, oracle.abs().max().item()), rtol=1e-12,
+                                   name=f"{form} {hw} inverse={inverse}")  # fmt: skip
+        else:
+            assert_close_to_oracle(y, oracle, **fp32_tol(oracle), name=f"{form} {hw} inverse={inverse}")
+
+
+@pytest.mark.parametrize("hw,form", [((10, 10), "kron"), ((11, 10), "matmul"), ((191, 64), "matmul"),
+                                     ((4, 192), "fft"), ((512, 512), "fft")], ids=str)  # fmt: skip
+def test_reference_picks_the_form_by_size(hw, form, monkeypatch):
+    """With the shipped thresholds, each size runs the form they name (the forms are spied on)."""
+    assert ref.KRON_MAX_PIXELS == 100 and ref.FFT_MIN_SIZE == 192
+    calls = []
+    monkeypatch.setattr(ref, "_fft_form", lambda x, inverse: calls.append("fft") or torch.zeros_like(x))
+    monkeypatch.setattr(ref, "_kron_basis", lambda h, w, *a: calls.append("kron") or torch.eye(h * w))
+    ref.dct2d(torch.zeros(hw))
+    assert calls == ([] if form == "matmul" else [form])
+
+
+@pytest.mark.parametrize("dtype", LOWP, ids=str)
+def test_reference_fft_form_low_precision(dtype):
+    """fp16/bf16 planes take the fp32 FFT and round once: the same as rounding the fp32 result."""
+    x = torch.randn(2, 200, 198, generator=torch.Generator().manual_seed(9)).to(dtype)
+    for inverse in (False, True):
+        y = (ref.idct2d if inverse else ref.dct2d)(x)
+        assert y.dtype == dtype
+        torch.testing.assert_close(y, (ref.idct2d if inverse else ref.dct2d)(x.float()).to(dtype), atol=0, rtol=0)
+
+
+def test_reference_fft_form_gradient(monkeypatch):
+    monkeypatch.setattr(ref, "FFT_MIN_SIZE", 1)
+    for shape in [(2, 5, 6), (1, 4, 7), (2, 1, 3)]:
+        x = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(10), requires_grad=True)
+        assert torch.autograd.gradcheck(lambda t: ref.dct2d(t), (x,))
+        assert torch.autograd.gradcheck(lambda t: ref.idct2d(t), (x,))

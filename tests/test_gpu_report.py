@@ -1,0 +1,120 @@
+"""bench/gpu_report.py: the CPU dry run writes its tables and the dispatch table; the dispatch-table rule."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from report.dispatch import derive, markdown, python_literal, report_constant  # noqa: E402
+
+from spectralar_kernels._dispatch import Measured  # noqa: E402
+
+IMPLS = {("vq_nearest", "l2"): ("vq-v1", "vq-v2"), ("attention", "causal"): ("attention-v2",),
+         ("dct2d", "blockwise"): ("blockwise-v1", "blockwise-v2")}  # fmt: skip
+
+
+def _run(args, tmp_path, timeout=120):
+    env = {k: v for k, v in os.environ.items() if k != "SPECTRALAR_KERNELS"}
+    cmd = [sys.executable, str(ROOT / "bench" / "gpu_report.py"), "--dry-run", "--jobs", "2", *args]
+    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_dry_run_writes_tables_and_dispatch_table(tmp_path):
+    out = tmp_path / "report.md"
+    proc = _run(["--sections", "check:vq:fp32:realistic", "time:vq", "--out", str(out)], tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    text = out.read_text(encoding="utf-8")
+    for heading in ("## vq_nearest: correctness", "## vq_nearest: timing", "## Dispatch table this run implies"):
+        assert heading in text
+    assert "| realistic l2 | M=256 K=512 d=12 | fp32 |" in text and "| PASS |" in text
+    assert "| ref (chunked) |" in text and "| torch.cdist+argmin |" in text
+    assert "MEASURED: dict[tuple[str, str, str], Measured] = {" in text
+    assert '("vq_nearest", "cosine", "fp32"): Measured(' in text
+    assert "DRY RUN: not measurements" in text
+    assert "0 FAIL" in proc.stdout
+
+
+def test_spent_budget_skips_sections(tmp_path):
+    out = tmp_path / "report.md"
+    proc = _run(["--sections", "machine", "time:dct", "--budget-s", "0", "--out", str(out)], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = out.read_text(encoding="utf-8")
+    assert "| machine | SKIP | not started: the time budget was spent |" in text
+    assert "| time:dct | SKIP |" in text
+    assert "No timings were recorded" in text
+
+
+def test_unknown_section_is_an_error(tmp_path):
+    proc = _run(["--sections", "time:nope"], tmp_path)
+    assert proc.returncode == 2 and "unknown sections" in proc.stderr
+
+
+def _rec(op, variant, case, provider, s, impl=None, dtype="bf16"):
+    return {"op": op, "variant": variant, "dtype": dtype, "case": case, "provider": provider, "impl": impl,
+            "baseline": provider == "ref", "s": s}  # fmt: skip
+
+
+def test_dispatch_takes_the_best_worst_case_speedup():
+    vq = [_rec("vq_nearest", "l2", case, "ref", 1.0) for case in ("K=4096", "K=16384")]
+    vq += [_rec("vq_nearest", "l2", "K=4096", "vq-v1", 0.5, "vq-v1"),
+           _rec("vq_nearest", "l2", "K=16384", "vq-v1", 0.5, "vq-v1"),
+           # v2 wins one case 4x but loses the other: its worst case (0.5x) decides, so v1 (2x on both) is chosen
+           _rec("vq_nearest", "l2", "K=4096", "vq-v2", 0.25, "vq-v2"),
+           _rec("vq_nearest", "l2", "K=16384", "vq-v2", 2.0, "vq-v2"),
+           _rec("vq_nearest", "l2", "K=16384", "cdist", 0.1)]  # a peer never becomes an entry
+    (d,) = derive(vq, IMPLS)
+    assert (d.kernel, d.speedup, d.auto) == ("vq-v1", 2.0, "vq-v1")
+    assert d.candidates == {"vq-v1": 2.0, "vq-v2": 0.5}
+    assert d.case.endswith("(worst of 2)")
+
+
+def test_dispatch_keeps_losers_out_of_auto_and_needs_every_case():
+    rows = [_rec("attention", "causal", c, "ref", 1.0, dtype="fp32") for c in ("fwd", "fwd+bwd")]
+    rows += [_rec("attention", "causal", "fwd", "attention-v2", 2.0, "attention-v2", dtype="fp32"),
+             _rec("attention", "causal", "fwd+bwd", "attention-v2", 1.25, "attention-v2", dtype="fp32")]
+    # blockwise-v2 is faster where it was timed, but it failed (no record) on the second case: not a candidate
+    rows += [_rec("dct2d", "blockwise", c, "ref", 1.0) for c in ("a", "b")]
+    rows += [_rec("dct2d", "blockwise", c, "blockwise-v1", 0.5, "blockwise-v1") for c in ("a", "b")]
+    rows += [_rec("dct2d", "blockwise", "a", "blockwise-v2", 0.1, "blockwise-v2")]
+    att, blk = derive(rows, IMPLS)
+    assert (att.kernel, att.auto) == ("attention-v2", None) and att.speedup == 0.5
+    assert (blk.kernel, blk.speedup) == ("blockwise-v1", 2.0)
+    assert blk.candidates["blockwise-v2"] is None
+    lines = markdown([att, blk])
+    assert "| attention | causal | fp32 | reference |" in lines[2]
+    assert "blockwise-v2 not timed on every case" in lines[3]
+
+
+def test_dispatch_literal_pastes_and_never_rounds_a_loss_up():
+    rows = [_rec("vq_nearest", "l2", "K=4096", "ref", 0.996), _rec("vq_nearest", "l2", "K=4096", "vq-v2", 1.0, "vq-v2")]
+    (d,) = derive(rows, IMPLS)
+    assert d.auto is None  # 0.996x
+    name, value = report_constant({"gpu": "NVIDIA H200", "torch": "2.13.0+cu130", "triton": "3.7.1"}, "2026-12-02",
+                                  dry=False)  # fmt: skip
+    assert name == "H200_2026_12_02" and "torch 2.13, triton 3.7" in value
+    scope = {"Measured": Measured}
+    exec("\n".join(python_literal([d], (name, value))), scope)
+    entry = scope["MEASURED"][("vq_nearest", "l2", "bf16")]
+    assert entry.kernel == "vq-v2" and entry.speedup == 0.99 and entry.report == value
+
+
+def test_kernel_probe_catches_another_implementation():
+    import torch
+    from report.common import KernelProbe, forced
+
+    from spectralar_kernels import vq_nearest
+
+    z, c = torch.randn(5, 4), torch.randn(7, 4)
+    with forced("ref"), KernelProbe() as probe:
+        vq_nearest(z, c)
+    assert probe.seen == [None]
+    assert probe.verdict(None)[0]
+    ok, note = probe.verdict("vq-v2")  # asked for a kernel, the reference ran: the report must say FAIL
+    assert not ok and "asked for vq-v2" in note
+    import spectralar_kernels.vq as vq_module
+    from spectralar_kernels._common import choose_kernel
+
+    assert vq_module.choose_kernel is choose_kernel  # the probe put the original back
