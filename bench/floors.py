@@ -4,7 +4,7 @@ A kernel's floor is the time the machine needs for its unavoidable work at the m
 rates: `floor_s = max(bytes / copy bandwidth, flops / matmul rate of its dtype)` (a roofline), so the
 reported "% of floor" is `floor_s / measured_s` whichever bound applies. The rates are measured on the
 machine itself (`measure_copy_gbps`, `measure_matmul_tflops`), never taken from a datasheet;
-`NOMINAL_H200` (DESIGN.md section 3) is only a fallback when a measurement failed.
+`NOMINAL_H200` (datasheet numbers) is only a fallback when a measurement failed.
 
 Work formulas (flops count a multiply-add as 2; bytes are the op's minimum traffic: each input read
 once, each output written once, scratch and recomputation not counted):
@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-# DESIGN.md section 3 (datasheet numbers, dense): only used when a measurement is missing.
+# H200 datasheet numbers (dense): only used when a measurement is missing.
 NOMINAL_H200 = {"copy_gbps": 4800.0, "tflops": {"fp32": 67.0, "tf32": 495.0, "bf16": 990.0, "fp16": 990.0}}
 
 DTYPE_NAME = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}

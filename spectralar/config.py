@@ -30,7 +30,8 @@ class TokenizerConfig:
     restart_every: int = 200  # dead-code restart period in steps (0 = never)
     restart_buffer: int = 4096  # recent encoder outputs kept to restart dead codes from
     # Prefix-length distribution in training: "uniform" (paper default) or "linear" (p(i) ~ i), which
-    # trains long prefixes more; shared/CALIBRATION.md found the full prefix undertrained under uniform.
+    # trains long prefixes more (under uniform sampling only 1/16 of the images train the full prefix,
+    # which stayed undertrained).
     prefix_dist: str = "uniform"
     recon_loss: str = "l2"  # l2 | l1
     adv_weight: float = 0.0  # hinge GAN loss weight (0 = off)

@@ -344,7 +344,7 @@ def time_providers(ctx: Ctx, title: str, key, case: str, dtype, providers, cost:
     implementation than asked, is FAIL; a peer failing (e.g. no bf16 support) is n/a."""
     ref_s = {}
     if not ctx.floors.measured:
-        ctx.writer.note(title, TIME_COLS, "% of floor uses DESIGN.md's nominal H200 rates: the machine section did "
+        ctx.writer.note(title, TIME_COLS, "% of floor uses nominal H200 datasheet rates: the machine section did "
                                           "not measure them")  # fmt: skip
 
     def one(p: Provider, baseline: bool):

@@ -63,4 +63,4 @@ def section_machine(ctx: Ctx) -> None:
                              ("fp32", torch.float32, False), ("tf32", torch.float32, True)):  # fmt: skip
         run_case(ctx, TITLE, COLS, {"quantity": f"GEMM {key}"}, gemm, key, dtype, tf32)
     if not w.data["floors"]["measured"]:
-        w.note(TITLE, COLS, "some floors were not measured: DESIGN.md's nominal H200 numbers stand in for them")
+        w.note(TITLE, COLS, "some floors were not measured: nominal H200 datasheet numbers stand in for them")
