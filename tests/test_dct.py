@@ -182,6 +182,7 @@ def test_fft_form_matches_matmul_form(n, monkeypatch):
         oracle = scipy_oracle(x, inverse)
         for threshold in (1, 10**9):
             monkeypatch.setattr(ref, "FFT_MIN_SIZE", threshold)
+            monkeypatch.setattr(ref, "IFFT_MIN_SIZE", threshold)
             y = (ref.idct2d if inverse else ref.dct2d)(x)
             assert max_err(y, oracle) < 1e-12, (threshold, inverse)
 

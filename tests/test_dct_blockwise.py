@@ -142,13 +142,19 @@ def test_low_precision_gradient(impl, dtype):
 
 # ---- The CPU reference's three whole-plane forms (kron / matmul / FFT), each forced, around the thresholds.
 
-FORMS = {  # (FFT_MIN_SIZE, KRON_MAX_PIXELS) that force each form
+FORMS = {  # (FFT_MIN_SIZE = IFFT_MIN_SIZE, KRON_MAX_PIXELS) that force each form
     "kron": (10**9, 10**9),
     "matmul": (10**9, 0),
     "fft": (1, 0),
 }
+
+
+def force_form(monkeypatch, form: str) -> None:
+    monkeypatch.setattr(ref, "FFT_MIN_SIZE", FORMS[form][0])
+    monkeypatch.setattr(ref, "IFFT_MIN_SIZE", FORMS[form][0])
+    monkeypatch.setattr(ref, "KRON_MAX_PIXELS", FORMS[form][1])
 PLANE_SIZES = [(1, 1), (1, 6), (5, 1), (2, 3), (8, 8), (10, 10), (10, 11), (9, 12), (31, 32), (64, 33),
-               (191, 190), (192, 193), (3, 200)]  # fmt: skip
+               (159, 158), (160, 161), (3, 200), (257, 2)]  # fmt: skip
 
 
 def scipy_planes(x: torch.Tensor, inverse: bool) -> torch.Tensor:
@@ -163,8 +169,7 @@ def test_reference_forms_match_scipy(form, hw, dtype, monkeypatch):
     h, w = hw
     if form == "kron" and h * w > 1024:
         pytest.skip("the kron form is only for tiny planes")
-    monkeypatch.setattr(ref, "FFT_MIN_SIZE", FORMS[form][0])
-    monkeypatch.setattr(ref, "KRON_MAX_PIXELS", FORMS[form][1])
+    force_form(monkeypatch, form)
     x = torch.randn(2, 3, h, w, dtype=dtype, generator=torch.Generator().manual_seed(h * 1000 + w))
     for inverse in (False, True):
         y = (ref.idct2d if inverse else ref.dct2d)(x)
@@ -177,15 +182,20 @@ def test_reference_forms_match_scipy(form, hw, dtype, monkeypatch):
             assert_close_to_oracle(y, oracle, **fp32_tol(oracle), name=f"{form} {hw} inverse={inverse}")
 
 
-@pytest.mark.parametrize("hw,form", [((10, 10), "kron"), ((11, 10), "matmul"), ((191, 64), "matmul"),
-                                     ((4, 192), "fft"), ((512, 512), "fft")], ids=str)  # fmt: skip
-def test_reference_picks_the_form_by_size(hw, form, monkeypatch):
+PICKS = [((10, 10), False, "kron"), ((10, 10), True, "kron"), ((11, 10), False, "matmul"),
+         ((159, 64), False, "matmul"), ((4, 160), False, "fft"), ((4, 160), True, "matmul"),
+         ((191, 9), True, "matmul"), ((192, 9), True, "fft"), ((512, 512), False, "fft"),
+         ((512, 512), True, "fft")]  # fmt: skip
+
+
+@pytest.mark.parametrize("hw,inverse,form", PICKS, ids=str)
+def test_reference_picks_the_form_by_size(hw, inverse, form, monkeypatch):
     """With the shipped thresholds, each size runs the form they name (the forms are spied on)."""
-    assert ref.KRON_MAX_PIXELS == 100 and ref.FFT_MIN_SIZE == 192
+    assert ref.KRON_MAX_PIXELS == 100 and ref.FFT_MIN_SIZE == 160 and ref.IFFT_MIN_SIZE == 192
     calls = []
     monkeypatch.setattr(ref, "_fft_form", lambda x, inverse: calls.append("fft") or torch.zeros_like(x))
     monkeypatch.setattr(ref, "_kron_basis", lambda h, w, *a: calls.append("kron") or torch.eye(h * w))
-    ref.dct2d(torch.zeros(hw))
+    (ref.idct2d if inverse else ref.dct2d)(torch.zeros(hw))
     assert calls == ([] if form == "matmul" else [form])
 
 
@@ -200,8 +210,25 @@ def test_reference_fft_form_low_precision(dtype):
 
 
 def test_reference_fft_form_gradient(monkeypatch):
-    monkeypatch.setattr(ref, "FFT_MIN_SIZE", 1)
+    force_form(monkeypatch, "fft")
     for shape in [(2, 5, 6), (1, 4, 7), (2, 1, 3)]:
         x = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(10), requires_grad=True)
         assert torch.autograd.gradcheck(lambda t: ref.dct2d(t), (x,))
         assert torch.autograd.gradcheck(lambda t: ref.idct2d(t), (x,))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_reference_fft_form_thread_paths(threads, monkeypatch):
+    """The FFT form gathers with index_select on 1 thread and gather on more: both match scipy."""
+    force_form(monkeypatch, "fft")
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for hw in [(7, 10), (16, 9)]:
+            x = torch.randn(2, *hw, generator=torch.Generator().manual_seed(11))
+            for inverse in (False, True):
+                oracle = scipy_planes(x, inverse)
+                y = (ref.idct2d if inverse else ref.dct2d)(x)
+                assert_close_to_oracle(y, oracle, **fp32_tol(oracle), name=f"{threads} threads {hw} {inverse}")
+    finally:
+        torch.set_num_threads(saved)

@@ -6,7 +6,7 @@
 The inverse is x = D_H^T @ X @ D_W. This matches `scipy.fft.dctn(x, type=2, norm="ortho",
 axes=(-2, -1))` / `idctn`. This module is the CPU path, the test oracle (`upcast=True`: float64) and the
 benchmark baseline (`upcast=False`: computed in the input dtype). Three formulations, chosen by plane size
-(thresholds measured on CPU, see FFT_MIN_SIZE and KRON_MAX_PIXELS):
+(thresholds measured on CPU, see FFT_MIN_SIZE, IFFT_MIN_SIZE and KRON_MAX_PIXELS):
   - kron (tiny planes): one matmul of the flattened planes [P, H W] with kron(D_H, D_W)^T [H W, H W]:
     more flops than two passes, but one large GEMM instead of two small batched ones;
   - matmul (medium): `D_H @ (x @ D_W^T)`, the bases cached per (size, dtype, device);
@@ -15,9 +15,15 @@ benchmark baseline (`upcast=False`: computed in the input dtype). Three formulat
     twiddles t_N[k] = s_N[k] exp(-i pi k / 2N) (s_N the orthonormal scales above) folded into two tables
         A[k1, k2] = t_H[k1] t_W[k2] / 2,   B[k1, k2] = conj(t_H[k1]) t_W[k2] / 2,
         C[k1, k2] = A V[k1, k2] + B V[-k1 mod H, k2],
-    X[k1, k2] = Re C[k1, k2] for k2 <= W/2 and X[k1, W - k2] = -Im C[k1, k2] for the rest. The inverse
-    runs the steps backwards: Z = X[k1, k2] - X[-k1, -k2] - i (X[k1, -k2] + X[-k1, k2]) (X at index N
-    is 0), V = Z / (t_H t_W), v = irfft2(V), undo the reorder.
+    X[k1, k2] = Re C[k1, k2] for k2 <= W/2 and X[k1, W - k2] = -Im C[k1, k2] for the rest. Reordering
+    with p(-m) instead gives conj(V), hence conj(C), whose parts are X with no sign: the output is then one
+    pure gather of the interleaved (Re, Im) planes, and the whole form is 2 gathers, a row flip, 2 complex
+    multiply-adds and the FFT (the cost is in the gathers; MKL's rfft2 is ~1/4 of scipy's whole dctn).
+    The inverse solves the 2 x 2 system (C[k1], C[-k1]) -> (V[k1], V[-k1]), and would then need irfft2,
+    which costs 2x rfft2 in torch (a c2c, a copy and a c2r); instead it uses the Hartley identity
+    irfft2(V) = Re R + Im R with R = rfft2(Re V + Im V) over the whole (Hermitian) spectrum, laid out with
+    gathers (see _fft_tables): 3 gathers, 3 complex multiply-adds and the FFT. Gradients: the transforms are
+    orthogonal, so the FFT form's backward is the other transform (`_FFTForm`).
   The FFT form has no half-precision CPU kernels: fp16/bf16 planes take the fp32 FFT and round once.
 
 Reference: J. Makhoul, "A fast cosine transform in one and two dimensions", IEEE TASSP 28(1), 1980.
@@ -30,14 +36,17 @@ import math
 
 import torch
 
-# Measured on a 2-core shared Xeon (AVX-512, torch 2.13 CPU with MKL), fp32, 1 thread, batches of ~0.8 M
-# pixels, minimum of interleaved repeats in one process (the machine was busy: numbers moved up to 2x
-# between runs). Matmul form: 4 (H + W) flop/pixel at ~190 GFLOP/s (MKL peak), 2.1-2.5 ms at 128 px,
-# 3.1-4.0 ms at 192, 4.3-5.0 ms at 256; FFT form: ~10 passes over the data plus rfft2, 3.3-4 ms at 192-256
-# on a quiet machine. They cross near 192 px. One kron GEMM beats the two-pass matmul at 8 x 8 (0.6 vs
+# Measured on a 2-core shared Xeon (AVX-512, torch 2.13 CPU with MKL), fp32, batches of ~0.8 M pixels, minimum
+# of interleaved repeats in one process (the machine was shared: numbers moved up to 1.5x between runs).
+# Matmul form: 4 (H + W) flop/pixel at ~190 GFLOP/s (MKL peak), 2.6-2.8 ms at 128 px, 3.0-3.3 at 160, 3.8-4.4
+# at 192 (1 thread); FFT form (1 thread) 2.4-3.0 ms forward and 3.0-4.0 ms inverse at 160-256 px, and worse
+# than matmul below 128 (4-5 ms at 96: the per-row work of the gathers). The forward crosses near 128-160 px
+# (1 thread: FFT 2.5 vs matmul 3.1 ms at 160; 2 threads: a tie), the inverse near 192 (160 px: FFT 3.1-3.3
+# vs 3.2 ms on 1 thread, 2.3 vs 1.6-1.9 ms on 2). One kron GEMM beats the two-pass matmul at 8 x 8 (0.6 vs
 # 1.3 ms: one large GEMM instead of a batched one) and ties at 10 x 10; at 16 x 16 it loses (2.2 vs 0.8).
 # bench/bench_dct.py (test_dct2d_cpu_sweep) re-measures our path against scipy.fft per size.
-FFT_MIN_SIZE = 192  # max(H, W) >= this: FFT form
+FFT_MIN_SIZE = 160  # max(H, W) >= this: FFT form (dct2d)
+IFFT_MIN_SIZE = 192  # the same for idct2d
 KRON_MAX_PIXELS = 100  # H * W <= this (and below FFT_MIN_SIZE): one matmul with kron(D_H, D_W)
 
 
@@ -75,65 +84,131 @@ def _reorder(n: int) -> torch.Tensor:
     return torch.cat([torch.arange(0, n, 2), torch.arange(1, n, 2).flip(0)])
 
 
+def _mix_tables(h: int, w: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Forward tables A, B [H, W/2 + 1] (complex128) and the row map k1 -> -k1 mod H (module docstring)."""
+    m = w // 2 + 1
+    k = torch.arange(max(h, w), dtype=torch.float64)
+    t_h = torch.polar(_scale(h), -math.pi * k[:h] / (2 * h)).unsqueeze(1)  # t_N[k] = s_N[k] exp(-i pi k / 2N)
+    t_w = torch.polar(_scale(w)[:m], -math.pi * k[:m] / (2 * w))
+    # conj: the input is reordered with p(-m), whose spectrum is conj(V); the products are conj(C)
+    return (t_h * t_w).conj() / 2, (t_h.conj() * t_w).conj() / 2, (-torch.arange(h)) % h
+
+
+def _paired_rows(h: int) -> torch.Tensor:
+    """Row order [0, 1 .. q, (H/2), H - 1 .. H - q], q = (H - 1) // 2: row k1 of the top block [1, 1 + q) and
+    row -k1 of the bottom block [H - q, H) sit at the same offset, so the inverse's (k1, -k1) mix is two
+    elementwise ops between slices, with no flipped copy (it is filled by a gather anyway)."""
+    q = (h - 1) // 2
+    return torch.cat([torch.arange(q + 1), torch.arange(h // 2, h // 2 + 1 - h % 2), h - torch.arange(1, q + 1)])
+
+
 @functools.lru_cache(maxsize=32)
 def _fft_tables(h: int, w: int, dtype: torch.dtype, device: torch.device, inverse: bool):
-    """Twiddle tables A, B [H, W/2 + 1] (complex), row index maps, for the FFT form (see module docstring)."""
+    """Tables of the FFT form: A, B [H, W/2 + 1] complex (inverse: rows in `_paired_rows` order), the row flip
+    k1 -> -k1 mod H (forward), and flat gathers within a plane (`dst.flatten() = src.flatten()[idx]`): input,
+    middle (inverse only) and output.
+    """
     m = w // 2 + 1
-    cdt = torch.complex64 if dtype == torch.float32 else torch.complex128
-    k1 = torch.arange(h, dtype=torch.float64).unsqueeze(1)
-    k2 = torch.arange(m, dtype=torch.float64)
+    a, b, flip = _mix_tables(h, w)
+    order = _paired_rows(h) if inverse else torch.arange(h)
+    pos = torch.argsort(order)  # row k1 sits at pos[k1]
+    rows, cols = (_reorder(n)[(-torch.arange(n)) % n] for n in (h, w))  # v[m1, m2] = x[p(-m1), p(-m2)]
+    k1, k2 = torch.arange(h).unsqueeze(1), torch.arange(m)
     if not inverse:
-        a_h = torch.polar(_scale(h).unsqueeze(1) / 2, -math.pi * k1 / (2 * h))
-        a_w = torch.polar(_scale(w)[:m], -math.pi * k2 / (2 * w))
-        a, b = a_h * a_w, a_h.conj() * a_w
-    else:  # Z -> V: 1 / (scale * twiddle) per axis; B carries the -i and is 0 in row 0 (X at index H is 0)
-        a = torch.polar(1 / _scale(h).unsqueeze(1), math.pi * k1 / (2 * h)) * torch.polar(
-            1 / _scale(w)[:m], math.pi * k2 / (2 * w)
-        )
-        b = -1j * a
-        b[0] = 0
-    rows = _reorder(h)
-    flip = (-torch.arange(h)) % h  # row -k1 mod H
-    if inverse:
-        rows = torch.argsort(rows)
+        j = torch.arange(w)
+        half = torch.where(j < m, 2 * j, 2 * (w - j) + 1)  # X[k1, k2] = Re C, X[k1, W - k2] = Im C
+        g_in, g_mid, g_out = rows.unsqueeze(1) * w + cols, None, k1 * 2 * m + half
+    else:
+        # (C[k1], C[-k1]) = [[A, B], [B(-k1), A(-k1)]] (V[k1], V[-k1]): invert the 2 x 2 (1 x 1 for k1 = -k1),
+        # and irfft2's 1 / (H W).
+        det = a * a[flip] - b * b[flip]
+        a_i, b_i = a[flip] / det, -b / det
+        own = flip == torch.arange(h)
+        a_i[own], b_i[own] = 1 / (a[own] + b[own]), 0
+        # c2r as r2c (Hartley): irfft2(V) = Re R + Im R with R = rfft2(u), u = Re V + Im V over the whole
+        # spectrum (u[k1, W - k2] = Re V - Im V at (-k1, k2)). So G = (1 + i) conj(V) holds u in its real
+        # (k2 <= W/2) and imaginary (k1 -> -k1, k2 -> W - k2) parts, and conj(C) is read directly as
+        # C'' = X[k1, W - k2] + i X[k1, k2] = i conj(C), or (1 + i) X[k1, 0] in column 0 where Im C = 0.
+        kappa = torch.full((m,), -1j, dtype=torch.complex128)
+        kappa[0] = 1 / (1 + 1j)
+        a, b = ((1 + 1j) * t.conj() * kappa / (h * w) for t in (a_i, b_i))
+        g_in = order.unsqueeze(1) * w + torch.stack([(w - k2) % w, k2], -1).reshape(-1)
+        # u'[j] = u[-j] (both axes), so rfft2(u') = conj(R) and z = (1 + i) conj(R) holds Re R + Im R in its
+        # real part and Re R - Im R (the output at (-m1, W - m2)) in its imaginary part.
+        n1, n2 = (-k1) % h, (-torch.arange(w)) % w
+        g_mid = torch.where(n2 <= w // 2, (pos[n1] * m + n2) * 2, (pos[(-n1) % h] * m + (w - n2) % w) * 2 + 1)
+        m1, m2 = torch.argsort(rows).unsqueeze(1), torch.argsort(cols)  # x[i, j] = y[m1[i], m2[j]]
+        g_out = torch.where(m2 <= w // 2, (m1 * m + m2) * 2, (((-m1) % h) * m + (w - m2) % w) * 2 + 1)
+    cdt = torch.complex64 if dtype == torch.float32 else torch.complex128
     put = dict(device=device)
-    return a.to(cdt).to(**put), b.to(cdt).to(**put), rows.to(**put), flip.to(**put)
+    g_in, g_mid, g_out = (None if g is None else g.reshape(-1).to(**put) for g in (g_in, g_mid, g_out))
+    return a[order].to(cdt).to(**put), b[order].to(cdt).to(**put), flip.to(**put), g_in, g_mid, g_out
+
+
+def _gather(x2: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x2[:, idx] for x2 [P, n]: index_select is the faster loop on 1 thread (0.45 vs 0.65 ms at 12 x 256^2) but
+    runs on one thread only; gather with a broadcast index runs in parallel (2 threads: 0.42 vs 0.47 ms)."""
+    if torch.get_num_threads() == 1:
+        return x2.index_select(1, idx)
+    return torch.gather(x2, 1, idx.expand(x2.shape[0], -1))
+
+
+def _rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """x[:, rows] for x [P, H, n]: as whole-row copies along dim 0, which run in parallel (index_select along
+    dim 1 does not: 0.17 vs 0.27 ms on 2 threads at 12 x 256 x 129 complex)."""
+    p, h, n = x.shape
+    idx = (torch.arange(0, p * h, h, device=x.device).unsqueeze(1) + rows).reshape(-1)
+    return x.reshape(p * h, n).index_select(0, idx).view(p, -1, n)
+
+
+def _paired_mix(c: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """A c + B c[-k1] for c [P, H, W/2 + 1] in `_paired_rows` order (B is 0 on the rows k1 = -k1)."""
+    q = (c.shape[1] - 1) // 2
+    top, bottom = slice(1, q + 1), slice(c.shape[1] - q, None)
+    out = torch.mul(c, a)
+    out[:, top].addcmul_(c[:, bottom], b[top])
+    out[:, bottom].addcmul_(c[:, top], b[bottom])
+    return out
+
+
+def _fft_planes(x: torch.Tensor, inverse: bool) -> torch.Tensor:
+    h, w = x.shape[-2], x.shape[-1]
+    m = w // 2 + 1
+    a, b, flip, g_in, g_mid, g_out = _fft_tables(h, w, x.dtype, x.device, inverse)
+    x2 = x.reshape(-1, h * w)  # [P, H W]
+    if not inverse:
+        v = _gather(x2, g_in).view(-1, h, w)  # the reordered planes
+        spec = torch.fft.rfft2(v)  # [P, H, W/2 + 1], rows in natural order
+        c = _rows(spec, flip).mul_(b).addcmul_(spec, a)  # conj(C)
+        return _gather(torch.view_as_real(c).view(-1, h * 2 * m), g_out).view(x.shape)
+    c = torch.view_as_complex(_gather(x2, g_in).view(-1, h, m, 2))  # C'' [P, H, W/2 + 1], rows paired
+    g = _paired_mix(c, a, b)  # G = (1 + i) conj(V)
+    u = _gather(torch.view_as_real(g).view(-1, h * 2 * m), g_mid).view(-1, h, w)  # u' = u[-k1, -k2]
+    z = torch.fft.rfft2(u).mul_(1 + 1j)
+    return _gather(torch.view_as_real(z).view(-1, h * 2 * m), g_out).view(x.shape)
+
+
+class _FFTForm(torch.autograd.Function):
+    """The FFT form with its gradient: the transforms are orthogonal, so the gradient of each is the other
+    applied to the upstream gradient (one transform, instead of scatter-adds back through the gathers)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, inverse: bool) -> torch.Tensor:
+        ctx.inverse = inverse
+        return _fft_planes(x, inverse)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return _FFTForm.apply(grad, not ctx.inverse), None
 
 
 def _fft_form(x: torch.Tensor, inverse: bool) -> torch.Tensor:
-    h, w = x.shape[-2], x.shape[-1]
-    m = w // 2 + 1
-    a, b, rows, flip = _fft_tables(h, w, x.dtype, x.device, inverse)
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    half = (w + 1) // 2
-    if not inverse:
-        xr = x.index_select(-2, rows)
-        # Columns: even ones, then odd ones descending = every other column of the flipped rows (a
-        # contiguous flip and stride-2 reads are cheaper than flipping the stride-2 odd columns).
-        v = torch.cat([xr[..., 0::2], xr.flip(-1)[..., w % 2 :: 2]], dim=-1)  # the reordered planes
-        spec = torch.fft.rfft2(v)  # [..., H, W/2 + 1]
-        spec_neg = spec.index_select(-2, flip)  # V[-k1 mod H, k2]
-        c = spec.mul_(a).addcmul_(spec_neg, b)
-        out[..., :m] = c.real
-        if w > m:
-            out[..., m:] = c.conj().imag[..., 1 : w - m + 1].flip(-1)  # -Im C, columns W - k2
-        return out
-    # Inverse: Z[k1, k2] = X[k1, k2] - i X[k1, -k2] (half spectrum along W), then rows k1 and -k1.
-    x_neg = torch.zeros(x.shape[:-1] + (m,), dtype=x.dtype, device=x.device)  # X[k1, W - k2], 0 at k2 = 0
-    if m > 1:
-        x_neg[..., 1:] = x[..., w - m + 1 :].flip(-1)
-    z = torch.complex(x[..., :m], -x_neg)
-    spec = z * a
-    spec = spec.addcmul_(z.index_select(-2, flip), b)
-    v = torch.fft.irfft2(spec, s=(h, w)).index_select(-2, rows)
-    out[..., 0::2] = v[..., :half]
-    out[..., 1::2] = v[..., half:].flip(-1)
-    return out
+    return _FFTForm.apply(x, inverse)
 
 
 def _transform(x: torch.Tensor, inverse: bool) -> torch.Tensor:
     h, w = x.shape[-2], x.shape[-1]
-    if max(h, w) >= FFT_MIN_SIZE:
+    if max(h, w) >= (IFFT_MIN_SIZE if inverse else FFT_MIN_SIZE):
         # torch.fft has no CPU half kernels: low precision takes the fp32 FFT and rounds once.
         xf = x if x.dtype in (torch.float32, torch.float64) else x.float()
         return _fft_form(xf, inverse).to(x.dtype)
