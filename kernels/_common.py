@@ -29,12 +29,24 @@ from typing import Any
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+DTYPE_NAME = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+PTR_SIG = {dtype: f"*{name}" for dtype, name in DTYPE_NAME.items()}  # AOT signature of a tensor argument
 _BACKENDS = ("auto", "triton", "ref")
 
 
 @functools.cache
 def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def cuda_sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (cached: launchers size their grids with it per call)."""
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def interpreter_on() -> bool:

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 
 import torch
 
-DTYPE_NAME = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+from ._common import DTYPE_NAME
+
+MIN_SPEEDUP = 1.0  # reference time / kernel time a kernel must reach for `auto` to run it
 
 # (op, variant) -> implementation ids shipped in kernels/, the newest last (what SPECTRALAR_KERNELS=triton runs).
 IMPLEMENTATIONS: dict[tuple[str, str], tuple[str, ...]] = {
@@ -81,7 +83,7 @@ def latest(op: str, variant: str) -> str:
 def measured_choice(op: str, variant: str, dtype: torch.dtype) -> str | None:
     """The implementation `auto` runs on CUDA for (op, variant, dtype), or None for the reference."""
     entry = MEASURED.get((op, variant, DTYPE_NAME.get(dtype, str(dtype))))
-    if entry is None or entry.speedup < 1.0:
+    if entry is None or entry.speedup < MIN_SPEEDUP:
         return None
     return entry.kernel if entry.kernel in IMPLEMENTATIONS.get((op, variant), ()) else None
 

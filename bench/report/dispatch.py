@@ -28,7 +28,9 @@ class Decision:
 
     @property
     def auto(self) -> str | None:
-        return self.kernel if self.speedup is not None and self.speedup >= 1.0 else None
+        from spectralar_kernels._dispatch import MIN_SPEEDUP  # the rule `auto` applies to the table
+
+        return self.kernel if self.speedup is not None and self.speedup >= MIN_SPEEDUP else None
 
 
 def derive(records: list[dict], implementations: dict) -> list[Decision]:

@@ -26,21 +26,17 @@ write-up (split-K with a log-sum-exp combine).
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
 
-from .._common import AOTSpec
+from .._common import DTYPE_NAME, PTR_SIG, AOTSpec, cuda_sm_count
+from .triton import LOG2E, _block_d, _bth
 
 IMPLS = ("decode-v2",)
-LOG2E = math.log2(math.e)
 NUM_STAGES = 3
 COMBINE_BLOCK_M = 16
 HEAD_DIM_BLOCKS = (16, 32, 64, 128)
-_PTR = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
-_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 # Benchmark shape the ahead-of-time compile specialises for: the fmnist-batch / d16-like decode step.
 AOT_SHAPE = {"B": 128, "T_MAX": 65, "H": 16, "D": 64}
 AOT_SMALL_B = 2  # the d16 batch sweep starts here: B*H = 32 programs, the split path
@@ -195,10 +191,6 @@ def _attention_decode_combine_kernel(
     tl.store(o_ptrs, acc.to(OUT.dtype.element_ty), mask=mask_md)
 
 
-def _block_d(d: int) -> int:
-    return max(16, triton.next_power_of_2(d))
-
-
 def _tiles(block_d: int, dtype: torch.dtype) -> dict[str, int]:
     """BLOCK_M, BLOCK_N, num_warps: 64-row tensor-core tiles for fp16/bf16, 16-row FMA tiles for fp32."""
     if dtype == torch.float32:  # FMA products keep both operands in registers: 8 warps for D = 128
@@ -207,9 +199,8 @@ def _tiles(block_d: int, dtype: torch.dtype) -> dict[str, int]:
 
 
 def _num_sms(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 16  # interpreter: any small number; it only decides how often tests exercise the split path
+    # interpreter: any small number; it only decides how often tests exercise the split path
+    return cuda_sm_count(device) if device.type == "cuda" else 16
 
 
 def _decode_splits(programs: int, t_max: int, block_n: int, sms: int) -> tuple[int, int]:
@@ -219,10 +210,6 @@ def _decode_splits(programs: int, t_max: int, block_n: int, sms: int) -> tuple[i
     splits = 1 if programs >= sms else max(1, min(n_blocks, triton.cdiv(2 * sms, programs), 64))
     chunk = triton.cdiv(n_blocks, splits) * block_n
     return triton.cdiv(t_max, chunk), chunk
-
-
-def _bth(t: torch.Tensor) -> tuple[int, int, int]:
-    return t.stride(0), t.stride(1), t.stride(2)
 
 
 def attention_with_kvcache_fwd(
@@ -328,8 +315,8 @@ def aot_specs() -> list[AOTSpec]:
     (B=128 direct; B=2, the small end of the d16 sweep, for split-K on an H200's 132 SMs)."""
     specs = []
     sms = 132
-    for dtype, ptr in _PTR.items():
-        name = _NAMES[dtype]
+    for dtype, ptr in PTR_SIG.items():
+        name = DTYPE_NAME[dtype]
         precision = "ieee" if dtype == torch.float32 else "tf32"
         for block_d in HEAD_DIM_BLOCKS:
             tiles = _tiles(block_d, dtype)

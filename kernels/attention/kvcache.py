@@ -32,6 +32,7 @@ from .ref import attention_with_kvcache_ref, kvcache_step_ref
 __all__ = ["attention_with_kvcache", "debug_checks"]
 
 DEBUG_ENV = "SPECTRALAR_DEBUG_CHECKS"
+_UNDECIDED = "undecided"  # no backend chosen yet in this call
 
 
 def debug_checks() -> bool:
@@ -108,7 +109,7 @@ def attention_with_kvcache(
         cache_seqlens = torch.full((b,), cache_seqlens, dtype=torch.int32, device=q.device)
         checked = True
     else:
-        checked = False
+        impl, checked = _UNDECIDED, False
     if not isinstance(cache_seqlens, torch.Tensor) or cache_seqlens.dtype not in (torch.int32, torch.int64):
         got = cache_seqlens.dtype if isinstance(cache_seqlens, torch.Tensor) else type(cache_seqlens).__name__
         raise ValueError(f"cache_seqlens must be an int32/int64 tensor [B] or an int, got {got}")
@@ -122,7 +123,8 @@ def attention_with_kvcache(
     if torch.compiler.is_compiling() and _kernel_possible(q):
         # One opaque node for the compiled graph; it dispatches when the graph runs ("auto").
         return torch.ops.spectralar.attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, k, v, scale, "auto")
-    impl = choose_kernel("attention_with_kvcache", "decode", q, k_cache, v_cache)
+    if impl is _UNDECIDED:  # a host int position has chosen already
+        impl = choose_kernel("attention_with_kvcache", "decode", q, k_cache, v_cache)
     with torch.no_grad():
         return _run(q, k_cache, v_cache, cache_seqlens, k, v, scale, impl, checked)
 

@@ -57,7 +57,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._common import AOTSpec, interpreter_on
+from .._common import DTYPE_NAME, PTR_SIG, AOTSpec, interpreter_on
 
 LOG2E = math.log2(math.e)
 IMPL = "attention-v2"
@@ -508,8 +508,6 @@ def attention_triton(
 # Ahead-of-time compile specs: every configuration the autotuned launchers can choose on a GPU, with the
 # integer arguments of the benchmark shapes (prefix-LM B=64 T=320 H=12, and causal B=128 T=65 H=16 for D=64).
 
-_PTR = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
-_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 _SHAPES = {"prefix": (64, 320, 12, 256), "causal": (128, 65, 16, 0)}  # (B, T, H, prefix_len)
 
 
@@ -544,7 +542,7 @@ def _signature(kernel, ptr: str, constexprs: dict) -> dict[str, str]:
 def aot_specs() -> list[AOTSpec]:
     specs = []
     kernels = (("fwd", _attention_fwd_kernel, _FWD_CONFIGS), ("bwd", _attention_bwd_kernel, _BWD_CONFIGS))
-    for dtype, ptr in _PTR.items():
+    for dtype, ptr in PTR_SIG.items():
         lowp = dtype != torch.float32
         for block_d in HEAD_DIM_BLOCKS:
             shapes = ("prefix", "causal") if block_d == 64 else ("prefix",)
@@ -552,11 +550,12 @@ def aot_specs() -> list[AOTSpec]:
                 for m, n, warps, stages in table[("lowp" if lowp else "fp32", block_d)]:
                     constexprs = {"BLOCK_M": m, "BLOCK_N": n, "BLOCK_D": block_d, "PAD_D": False, "UPCAST": False,
                                   "PRECISION": "tf32" if lowp else "tf32x3"}  # fmt: skip
+                    name = DTYPE_NAME[dtype]
                     for shape in shapes:
                         specs.append(AOTSpec(
                             kernel, _signature(kernel, ptr, constexprs), constexprs, warps, stages,
-                            label=f"attention {what} {_NAMES[dtype]} D={block_d} {m}x{n} w{warps} s{stages} {shape}",
-                            expect_tensor_cores=True, op="attention", dtype=_NAMES[dtype],
+                            label=f"attention {what} {name} D={block_d} {m}x{n} w{warps} s{stages} {shape}",
+                            expect_tensor_cores=True, op="attention", dtype=name,
                             values=_values(kernel, shape, block_d), main=True,
                         ))  # fmt: skip
     return specs

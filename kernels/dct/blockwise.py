@@ -33,16 +33,14 @@ cores with fp32 accumulation (an fp32 basis under the interpreter, which compute
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 
 from .. import dct as _dct
-from .._common import AOTSpec
+from .._common import DTYPE_NAME, PTR_SIG, AOTSpec, cuda_sm_count
 from . import ref
-from .triton import _DTYPE_SIG, _SHORT, _interpreter_bf16, basis_dtype, dct2d_fwd
+from .triton import _interpreter_bf16, basis_dtype, dct2d_fwd
 
 BLOCKWISE_MAX = _dct.BLOCKWISE_MAX  # largest block of the blockwise kernels (v1: BT=64 in fp32 spills)
 V2_TILE = 64  # v2 tile side: wgmma needs >= 64 rows; 64 is a multiple of every power-of-two block <= 32
@@ -156,14 +154,9 @@ def v2_config(b: int, dtype: torch.dtype) -> dict:
                 num_warps=V2_WARPS_FP32 if fp32 else V2_WARPS)  # fmt: skip
 
 
-@functools.lru_cache(maxsize=8)
-def _sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
 def v2_programs(device: torch.device, num_tiles: int) -> int:
     """Persistent grid size: PROGRAMS_PER_SM per SM on CUDA, INTERPRETER_PROGRAMS elsewhere."""
-    n = PROGRAMS_PER_SM * _sm_count(device) if device.type == "cuda" else INTERPRETER_PROGRAMS
+    n = PROGRAMS_PER_SM * cuda_sm_count(device) if device.type == "cuda" else INTERPRETER_PROGRAMS
     return max(1, min(n, num_tiles))
 
 
@@ -267,10 +260,10 @@ def aot_specs() -> list[AOTSpec]:
     """
     specs = []
     for dt in (torch.float32, torch.float16, torch.bfloat16):
-        name = _SHORT[dt]
+        name = DTYPE_NAME[dt]
         for b in (8, 32):
             cfg = block_config(b)
-            sig = {"x_ptr": _DTYPE_SIG[dt], "y_ptr": _DTYPE_SIG[dt], "k_ptr": _DTYPE_SIG[dt]}
+            sig = {"x_ptr": PTR_SIG[dt], "y_ptr": PTR_SIG[dt], "k_ptr": PTR_SIG[dt]}
             for arg in ("H", "W", "R", "tiles_h", "tiles_w", "stride_xp", "stride_xh", "stride_yp", "stride_yh"):
                 sig[arg] = "i32"
             sig["BT"] = "constexpr"
@@ -282,7 +275,7 @@ def aot_specs() -> list[AOTSpec]:
             ))  # fmt: skip
         for b in (8, 32, 24) if dt == torch.float32 else (8, 24):  # fp32: KW = 16 at b = 8, 64 at b = 32
             cfg = v2_config(b, dt)
-            sig = {"x_ptr": _DTYPE_SIG[dt], "y_ptr": _DTYPE_SIG[dt], "k_ptr": _DTYPE_SIG[dt]}
+            sig = {"x_ptr": PTR_SIG[dt], "y_ptr": PTR_SIG[dt], "k_ptr": PTR_SIG[dt]}
             for arg in ("H", "W", "R", "tiles_h", "tiles_w", "num_tiles",
                         "stride_xp", "stride_xh", "stride_yp", "stride_yh"):  # fmt: skip
                 sig[arg] = "i32"

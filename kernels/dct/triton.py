@@ -46,7 +46,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._common import AOTSpec, interpreter_on, warn_once
+from .._common import DTYPE_NAME, PTR_SIG, AOTSpec, interpreter_on, warn_once
 from . import ref
 
 FUSED_MAX_H = 256  # largest padded H whose output strip [H, BLOCK_N] (fp32) stays in registers
@@ -231,8 +231,6 @@ class DCT2dFunction(torch.autograd.Function):
         return dct2d_fwd(grad.contiguous(), ctx.block, not ctx.inverse), None, None, None
 
 
-_DTYPE_SIG = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
-_SHORT = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
 def plane_spec(
@@ -241,7 +239,7 @@ def plane_spec(
     """AOT spec of `_dct2d_fwd_kernel` for size x size planes (on a GPU x, y, scratch and basis share dtype)."""
     cfg = cfg or plane_config(size, dtype)
     bm, bk, bn = cfg["BLOCK_M"], cfg["BLOCK_K"], cfg["BLOCK_N"]
-    sig = {name: _DTYPE_SIG[dtype] for name in ("x_ptr", "y_ptr", "l_ptr", "r_ptr")}
+    sig = {name: PTR_SIG[dtype] for name in ("x_ptr", "y_ptr", "l_ptr", "r_ptr")}
     sig["win_ptr"] = "*i32"
     for name in ("tiles_n", "num_ch", "num_win", "stride_xp", "stride_yp"):
         sig[name] = "i32"
@@ -252,7 +250,8 @@ def plane_spec(
         sig[name] = "constexpr"
     return AOTSpec(
         kernel=_dct2d_fwd_kernel, signature=sig, constexprs=consts, num_warps=cfg["num_warps"], label=label,
-        num_stages=cfg["NUM_STAGES"], expect_tensor_cores=True, op=op, dtype=_SHORT[dtype], values=values, main=main,
+        num_stages=cfg["NUM_STAGES"], expect_tensor_cores=True, op=op, dtype=DTYPE_NAME[dtype], values=values,
+        main=main,
     )  # fmt: skip
 
 
@@ -267,6 +266,6 @@ def aot_specs() -> list[AOTSpec]:
         for size in (64, 128, 256):
             tiles_n = size // plane_config(size, dt)["BLOCK_N"]
             values = dict(tiles_n=tiles_n, num_ch=1, num_win=1, stride_xp=size * size, stride_yp=size * size)
-            label = f"dct2d plane-v2 {_SHORT[dt]} BLOCK_M={block_m(size)}"
+            label = f"dct2d plane-v2 {DTYPE_NAME[dt]} BLOCK_M={block_m(size)}"
             specs.append(plane_spec(dt, size, 0, label, "dct", values, main=size == 256))
     return specs

@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._common import AOTSpec, warn_once
+from .._common import DTYPE_NAME, PTR_SIG, AOTSpec, warn_once
 from ..dct import triton as dct_triton
 from . import ref
 
@@ -220,12 +220,10 @@ class SubimagesFunction(torch.autograd.Function):
         return spectral_subimages_fwd(grad.contiguous(), ctx.windows, False), None, None, None
 
 
-_SIG = dct_triton._DTYPE_SIG
-_SHORT = dct_triton._SHORT
 
 
 def _prefix_spec(dtype: torch.dtype, size: int, values: dict) -> AOTSpec:
-    sig = {"c_ptr": _SIG[dtype], "y_ptr": _SIG[dtype], "d_ptr": _SIG[dtype], "win_ptr": "*i32", "first_ptr": "*i32"}
+    sig = {name: PTR_SIG[dtype] for name in ("c_ptr", "y_ptr", "d_ptr")} | {"win_ptr": "*i32", "first_ptr": "*i32"}
     for name in ("num_shells", "num_ch", "num_win", "stride_cp", "stride_yn"):
         sig[name] = "i32"
     cfg = prefix_config(dtype)
@@ -235,8 +233,8 @@ def _prefix_spec(dtype: torch.dtype, size: int, values: dict) -> AOTSpec:
         sig[name] = "constexpr"
     return AOTSpec(
         kernel=_subimages_prefix_kernel, signature=sig, constexprs=consts, num_warps=cfg["num_warps"],
-        num_stages=cfg["NUM_STAGES"], label=f"subimages-v2 all-prefixes {_SHORT[dtype]} S={size}",
-        expect_tensor_cores=True, op="subimages", dtype=_SHORT[dtype], values=values, main=True,
+        num_stages=cfg["NUM_STAGES"], label=f"subimages-v2 all-prefixes {DTYPE_NAME[dtype]} S={size}",
+        expect_tensor_cores=True, op="subimages", dtype=DTYPE_NAME[dtype], values=values, main=True,
     )  # fmt: skip
 
 
@@ -253,11 +251,11 @@ def aot_specs() -> list[AOTSpec]:
             tiles_n = size // dct_triton.plane_config(size, dt)["BLOCK_N"]
             values = dict(tiles_n=tiles_n, num_ch=3, num_win=64, stride_xp=size * size, stride_yp=size * size)
             for mode, step in ((1, "coefficients"), (2, "reconstruction")):
-                label = f"subimages-v2 {step} {_SHORT[dt]} BLOCK_M={dct_triton.block_m(size)}"
+                label = f"subimages-v2 {step} {DTYPE_NAME[dt]} BLOCK_M={dct_triton.block_m(size)}"
                 specs.append(dct_triton.plane_spec(dt, size, mode, label, "subimages", values, main=size == 256))
         # all prefixes: the coefficients step runs with the one largest window (num_win = 1)
         values = dict(tiles_n=tiles_n, num_ch=3, num_win=1, stride_xp=256 * 256, stride_yp=256 * 256)
-        label = f"subimages-v2 coefficients (all prefixes) {_SHORT[dt]} BLOCK_M=256"
+        label = f"subimages-v2 coefficients (all prefixes) {DTYPE_NAME[dt]} BLOCK_M=256"
         specs.append(dct_triton.plane_spec(dt, 256, 1, label, "subimages", values, main=True))
         values = dict(num_shells=16, num_ch=3, num_win=64, stride_cp=256 * 256, stride_yn=3 * 256 * 256)
         specs.append(_prefix_spec(dt, 256, values))

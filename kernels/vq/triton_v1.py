@@ -29,14 +29,13 @@ d is padded with masked zeros to a multiple of BLOCK_D = 16 (tl.dot's minimum) a
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
-from .._common import AOTSpec, interpreter_on
+from .._common import DTYPE_NAME, AOTSpec, cuda_sm_count, interpreter_on
 from .ref import EPS, centre
 
 
@@ -66,7 +65,6 @@ BLOCK_D = 16
 MIN_BLOCKS_PER_SPLIT = 8  # a split scans at least this many code blocks (amortises its prologue)
 REDUCE_BLOCK_M = 128
 REDUCE_WARPS = 4
-_TL_DTYPE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
 @triton.jit
@@ -167,11 +165,6 @@ def _vq_nearest_reduce_kernel(
     tl.store(dist_ptr + rows, dist, mask=row_ok)
 
 
-@functools.cache
-def _num_sms(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
 def _codes_per_split(M: int, K: int, cfg: _Config, sms: int, split: int | None) -> int:
     """Codes per program along the codebook: enough programs to fill `sms` SMs, each >= 8 code blocks."""
     if split is None:
@@ -185,7 +178,7 @@ def device_sms(device: torch.device) -> int:
     """SMs of a CUDA device; 4 for the interpreter (any small number does)."""
     if device.type != "cuda":
         return 4
-    return _num_sms(device.index if device.index is not None else torch.cuda.current_device())
+    return cuda_sm_count(device)
 
 
 def launch_v1(
@@ -245,7 +238,7 @@ def aot_specs() -> list[AOTSpec]:
     l2 always runs the fp32 configuration (centred inputs); cosine runs the input dtype's.
     """
     specs = []
-    for dtype, ty in _TL_DTYPE.items():
+    for dtype, ty in DTYPE_NAME.items():
         cfg = CONFIGS[dtype]
         is_cosine = 0 if dtype == torch.float32 else 1  # fp16/bf16 kernels only ever serve cosine
         per_split = _codes_per_split(AOT_M, AOT_K, cfg, AOT_SMS, None)
