@@ -82,8 +82,12 @@ def choose_kernel(op: str, variant: str, *tensors: torch.Tensor) -> str | None:
             raise RuntimeError("SPECTRALAR_KERNELS=triton but triton is not installed (pip install triton)")
         if not (on_cuda or interpreter_on()):
             raise RuntimeError("SPECTRALAR_KERNELS=triton needs CUDA tensors, or TRITON_INTERPRET=1 for CPU tensors")
+        pins = [p for p in pinned.split(",") if p]
+        known = {i for impls in _dispatch.IMPLEMENTATIONS.values() for i in impls}
+        if unknown := [p for p in pins if p not in known]:
+            raise ValueError(f"SPECTRALAR_KERNELS pins {unknown}, which no op ships; shipped: {sorted(known)}")
         shipped = _dispatch.IMPLEMENTATIONS[(op, variant)]
-        chosen = [i for i in shipped if i in pinned.split(",")]
+        chosen = [i for i in shipped if i in pins]
         return chosen[-1] if chosen else shipped[-1]
     if not on_cuda:
         return None

@@ -76,6 +76,9 @@ def test_forced_modes(mode, monkeypatch):
     mode("triton:" + ",".join(impls[0] for impls in _dispatch.IMPLEMENTATIONS.values()))
     for key, impls in _dispatch.IMPLEMENTATIONS.items():
         assert choose_kernel(*key, x) == impls[0]
+    mode("triton:blockwise-v9")  # a typo must not silently run another implementation
+    with pytest.raises(ValueError, match="blockwise-v9"):
+        choose_kernel("dct2d", "blockwise", x)
     mode("fast")
     with pytest.raises(ValueError, match="SPECTRALAR_KERNELS"):
         choose_kernel("vq_nearest", "l2", x)

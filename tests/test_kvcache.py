@@ -239,6 +239,21 @@ def test_out_of_range_seqlens_are_masked_on_device(backend, t_q):
         assert torch.equal(full[:, 0], before[:, 0]) and torch.equal(full[:, -1], before[:, -1])
 
 
+def test_strided_seqlens_are_read_as_values(backend):
+    """A strided cache_seqlens view (every other entry of a longer tensor) must be read by value: a kernel
+    indexing `SEQLENS + b` on the raw storage would write row 1 at the wrong position."""
+    b, t_max, h, d = 2, 8, 2, 16
+    seqlens = torch.tensor([3, 0, t_max + 1, 0], dtype=torch.int32)[::2]  # [3, 9]: row 1 out of range
+    assert not seqlens.is_contiguous()
+    q, k, v = sequences(b, 1, h, d, torch.float32, seed=13)
+    k_cache, v_cache = torch.zeros(b, t_max, h, d), torch.zeros(b, t_max, h, d)
+    want, k_want, v_want = policy_oracle(q, k_cache, v_cache, seqlens, k, v, d**-0.5)
+    out = attention_with_kvcache(q, k_cache, v_cache, seqlens, k=k, v=v)
+    check(out, want, None, f"{backend} strided cache_seqlens")
+    torch.testing.assert_close(k_cache.double(), k_want, rtol=0, atol=0)
+    torch.testing.assert_close(v_cache.double(), v_want, rtol=0, atol=0)
+
+
 def test_no_host_sync_under_fake_tensors():
     """FakeTensorMode raises on .item() / int(tensor): the op must run without reading a device value.
     The debug switch is the one place that syncs, which is what this test would catch."""

@@ -57,6 +57,15 @@ def test_one_window_per_sample(backend, b, c, s):
     assert_close_to_oracle(y[0], x[0].double(), atol=1e-5, name="full window is the identity")
 
 
+def test_strided_windows_are_read_as_values(backend):
+    """An int32 windows view with a stride (every other entry) must give each sample its own window."""
+    x = torch.randn(3, 2, 17, 17, generator=torch.Generator().manual_seed(4))
+    w = torch.tensor([17, 1, 3, 1, 9, 1], dtype=torch.int32)[::2]  # [17, 3, 9]
+    assert not w.is_contiguous()
+    y = spectral_subimages(x, w)
+    assert_close_to_oracle(y, numpy_oracle(x, w.tolist(), False), atol=1e-5, name=f"{backend} strided windows")
+
+
 @pytest.mark.parametrize("b,c,s", CASES, ids=str)
 def test_all_prefixes(backend, b, c, s):
     x = torch.randn(b, c, s, s, generator=torch.Generator().manual_seed(1))

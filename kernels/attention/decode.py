@@ -236,7 +236,7 @@ def attention_with_kvcache_fwd(
         v = v if v.stride(-1) == 1 else v.contiguous()
     else:
         k = v = q  # unused by the kernel
-    seqlens = cache_seqlens if cache_seqlens.dtype == torch.int32 else cache_seqlens.to(torch.int32)
+    seqlens = cache_seqlens.to(torch.int32).contiguous()  # the kernel reads SEQLENS + b: a strided view would lie
     b, t_q, h, d = q.shape
     t_max = k_cache.shape[1]
     out = torch.empty((b, t_q, h, d), device=q.device, dtype=q.dtype) if out is None else out

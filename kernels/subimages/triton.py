@@ -178,7 +178,7 @@ def spectral_subimages_fwd(x: torch.Tensor, windows, all_prefixes: bool, out: to
         dct_triton.plane_matmul(x3, coeff, (s, s), False, x.dtype, w_max, window_mode=1, num_ch=c)
         _prefix_launch(coeff, y, windows, c)
     else:
-        w_all = windows.to(torch.int32)
+        w_all = windows.to(torch.int32).contiguous()  # the kernel reads win_ptr + b: no strided views
         dct_triton.plane_matmul(x3, coeff, (s, s), False, x.dtype, w_all, window_mode=1, num_ch=c)
         dct_triton.plane_matmul(coeff, y.view(-1, s, s), (s, s), True, x.dtype, w_all, window_mode=2, num_ch=c)
     return y
