@@ -37,6 +37,31 @@ def test_dry_run_writes_tables_and_dispatch_table(tmp_path):
     assert "0 FAIL" in proc.stdout
 
 
+def test_ctrl_c_keeps_what_finished(tmp_path):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) stops every child, writes the
+    report of what finished with the rest marked interrupted, and exits 130 without a traceback."""
+    import signal
+    import time
+
+    out = tmp_path / "report.md"
+    env = {k: v for k, v in os.environ.items() if k != "SPECTRALAR_KERNELS"}
+    cmd = [sys.executable, str(ROOT / "bench" / "gpu_report.py"), "--dry-run", "--jobs", "2", "--out", str(out)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    time.sleep(8)  # the machine section and a few checks have run
+    os.killpg(proc.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stdout[-1000:] + stderr[-2000:]
+    assert "Traceback" not in stderr, stderr[-2000:]
+    text = out.read_text(encoding="utf-8")
+    assert "## Machine and measured floors" in text and "not started: interrupted (Ctrl-C)" in text
+    try:
+        os.killpg(proc.pid, 0)
+        raise AssertionError("children of the report outlived it")
+    except ProcessLookupError:
+        pass
+
+
 def test_spent_budget_skips_sections(tmp_path):
     out = tmp_path / "report.md"
     proc = _run(["--sections", "machine", "time:dct", "--budget-s", "0", "--out", str(out)], tmp_path)

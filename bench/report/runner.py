@@ -148,9 +148,32 @@ def _finish(state: Path, section: str, rc: int | None, problems: list) -> None:
 
 def run_phases(args, state: Path) -> tuple[list, list]:
     """Run every phase's children, at most --jobs at once, heaviest first. Returns (problems, skipped):
-    children that crashed or were killed, and sections never started because the budget was spent."""
+    children that crashed or were killed, and sections never started because the budget was spent.
+
+    Ctrl-C stops the run but keeps what it measured: the running children are stopped (their saved rows
+    stay), every section not yet started is skipped, and `args.interrupted` is set for the report."""
+    problems, skipped, running = [], [], []
+    try:
+        _run_phases(args, state, problems, skipped, running)
+    except KeyboardInterrupt:
+        args.interrupted = True
+        for s, proc, err in running:
+            proc.kill()
+            proc.wait()
+            err.close()
+            problems.append((s, "interrupted (Ctrl-C) while running; the rows it wrote are kept"))
+        started = {s for s, _ in problems} | set(skipped)
+        skipped += [s for s in args.sections if s not in started and not _finished(state, s)]
+        print("\ninterrupted: writing the report of what finished", file=sys.stderr, flush=True)
+    return problems, skipped
+
+
+def _finished(state: Path, section: str) -> bool:
+    return (state / f"{section.replace(':', '_')}.json").exists()
+
+
+def _run_phases(args, state: Path, problems: list, skipped: list, running: list) -> None:
     t0 = time.time()
-    problems, skipped = [], []
     flags = (["--dry-run"] if args.dry_run else []) + (["--interpret"] if args.interpret else [])
     env = dict(os.environ)
     if not args.dry_run:
@@ -162,7 +185,6 @@ def run_phases(args, state: Path) -> tuple[list, list]:
             continue
         label = ", ".join(pending) if len(pending) < 4 else f"{len(pending)} sections"
         deadline = t0 + args.budget_s * end
-        running = []
         while pending or running:
             while pending and len(running) < args.jobs:
                 s = pending.pop(0)
@@ -186,7 +208,6 @@ def run_phases(args, state: Path) -> tuple[list, list]:
                 running.remove(item)
                 _finish(state, s, rc, problems)
         print(f"-- phase {label} done at {time.time() - t0:.0f} s", flush=True)
-    return problems, skipped
 
 
 def main(argv=None, doc: str = "") -> int:
@@ -240,5 +261,7 @@ def main(argv=None, doc: str = "") -> int:
         Path(out).write_text(text, encoding="utf-8")
         print(f"wrote {out}")
     print(f"{counts['PASS']} PASS, {counts['FAIL']} FAIL, {counts['SKIP']} SKIP in {time.time() - t0:.0f} s")
+    if getattr(args, "interrupted", False):
+        return 130  # the shell's code for an interrupted command
     return 1 if counts["FAIL"] else 0
 

@@ -106,7 +106,8 @@ def markdown(state: Path, order: list[str], problems, skipped, args, wall_s: flo
     if problems or skipped:
         body += ["## Harness problems", "", "| section | result | problem |", "|---|---|---|"]
         body += [f"| {s} | FAIL | {_cell(p)} |" for s, p in problems]
-        body += [f"| {s} | SKIP | not started: the time budget was spent |" for s in skipped]
+        why = "interrupted (Ctrl-C)" if getattr(args, "interrupted", False) else "the time budget was spent"
+        body += [f"| {s} | SKIP | not started: {why} |" for s in skipped]
         body.append("")
         counts["FAIL"] += len(problems)
         counts["SKIP"] += len(skipped)
