@@ -7,8 +7,8 @@ measured-decisions table `_dispatch.py` shows faster than the reference). Import
 needs neither a GPU nor triton.
 """
 
-from .attention import attention, attention_with_kvcache
-from .dct import dct2d, idct2d
+from .attention import attention, attention_with_kvcache, scaled_dot_product_attention
+from .dct import dct, dct2d, idct, idct2d
 from .subimages import spectral_subimages
 from .vq import vq_nearest
 from .windows import spectral_windows
@@ -16,10 +16,13 @@ from .windows import spectral_windows
 __all__ = [
     "attention",
     "attention_with_kvcache",
+    "dct",
     "dct2d",
+    "idct",
     "idct2d",
+    "scaled_dot_product_attention",
     "spectral_subimages",
     "spectral_windows",
     "vq_nearest",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

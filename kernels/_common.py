@@ -28,8 +28,10 @@ from typing import Any
 
 import torch
 
+from . import _dispatch
+from ._dispatch import DTYPE_NAME
+
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-DTYPE_NAME = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 PTR_SIG = {dtype: f"*{name}" for dtype, name in DTYPE_NAME.items()}  # AOT signature of a tensor argument
 _BACKENDS = ("auto", "triton", "ref")
 
@@ -68,8 +70,6 @@ def choose_kernel(op: str, variant: str, *tensors: torch.Tensor) -> str | None:
     `op`/`variant` index `_dispatch.IMPLEMENTATIONS`; the dtype is the first tensor's. See the module
     docstring for the policy.
     """
-    from . import _dispatch
-
     mode = os.environ.get("SPECTRALAR_KERNELS", "auto").lower()
     mode, _, pinned = mode.partition(":")
     if mode not in _BACKENDS or (pinned and mode != "triton"):
@@ -97,12 +97,13 @@ def choose_kernel(op: str, variant: str, *tensors: torch.Tensor) -> str | None:
     return _dispatch.measured_choice(op, variant, tensors[0].dtype)
 
 
-def check_float(name: str, t, min_ndim: int = 1) -> None:
-    """ValueError unless `t` is a non-empty fp32/fp16/bf16 tensor with at least `min_ndim` dims."""
+def check_float(name: str, t, min_ndim: int = 1, dtypes: tuple = FLOAT_DTYPES) -> None:
+    """ValueError unless `t` is a non-empty tensor of one of `dtypes` (fp32/fp16/bf16) with >= `min_ndim` dims."""
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in FLOAT_DTYPES:
-        raise ValueError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+    if t.dtype not in dtypes:
+        names = [str(d).removeprefix("torch.") for d in dtypes]
+        raise ValueError(f"{name} must be {', '.join(names[:-1])} or {names[-1]}, got {t.dtype}")
     if t.dim() < min_ndim:
         raise ValueError(f"{name} must have at least {min_ndim} dims, got shape {tuple(t.shape)}")
     if t.numel() == 0:

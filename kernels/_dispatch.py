@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._common import DTYPE_NAME
+DTYPE_NAME = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}  # the dtype keys of MEASURED
 
 MIN_SPEEDUP = 1.0  # reference time / kernel time a kernel must reach for `auto` to run it
 

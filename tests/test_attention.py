@@ -158,14 +158,18 @@ def test_softmax_scale_and_strided_inputs(backend, dtype):
     check_grads(dqkv.unbind(2), q, k, v, do, True, 4, "strided", scale=0.7)
 
 
-def test_negative_and_zero_scale(backend):
-    """The mask must hold for any finite scale: -inf logits stay -inf after scaling by a negative number."""
+@pytest.mark.parametrize("causal,prefix_len", [(True, 0), (True, 3), (False, 0)], ids=["causal", "prefix", "full"])
+def test_negative_and_zero_scale(backend, causal, prefix_len):
+    """The mask must hold for any finite scale: -inf logits stay -inf after scaling by a negative number or zero
+    (plain causal once went through SDPA's is_causal, which on CPU gave NaN for both)."""
     q, k, v = make_qkv(1, 17, 1, 16, torch.float32, seed=4, requires_grad=True)
     do = torch.randn(1, 17, 1, 16, generator=torch.Generator().manual_seed(8))
     for scale in (-0.5, 0.0):
-        out = attention(q, k, v, causal=True, prefix_len=3, softmax_scale=scale)
-        check(out.detach(), oracle(q, k, v, True, 3, scale=scale), None, f"scale={scale}")
-        check_grads(torch.autograd.grad(out, (q, k, v), do), q, k, v, do, True, 3, f"scale={scale}", scale=scale)
+        name = f"scale={scale} causal={causal} prefix={prefix_len}"
+        out = attention(q, k, v, causal=causal, prefix_len=prefix_len, softmax_scale=scale)
+        check(out.detach(), oracle(q, k, v, causal, prefix_len, scale=scale), None, name)
+        grads = torch.autograd.grad(out, (q, k, v), do)
+        check_grads(grads, q, k, v, do, causal, prefix_len, name, scale=scale)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)

@@ -6,7 +6,7 @@ import scipy.fft
 import torch
 from tolerances import assert_close_to_oracle, max_err, nan_like
 
-from spectralar_kernels import dct2d, idct2d
+from spectralar_kernels import dct, dct2d, idct, idct2d
 from spectralar_kernels.dct import ref
 
 # Shapes [..., H, W]: 1, odd, primes, non-square, tall/wide, batch dims. Tiny: the interpreter is slow.
@@ -250,7 +250,6 @@ def test_basis_is_cached_and_orthonormal():
         (lambda: torch.randn(8), None, "at least 2 dims"),
         (lambda: torch.zeros(4, 4, dtype=torch.int64), None, "int64"),
         (lambda: torch.zeros(4, 4, dtype=torch.complex64), None, "complex64"),
-        (lambda: torch.zeros(4, 4, dtype=torch.float64), None, "float64"),
         (lambda: torch.zeros(0, 4), None, "empty"),
         (lambda: np.zeros((4, 4), dtype=np.float32), None, "ndarray"),
         (lambda: torch.zeros(8, 12), 5, "block=5 must divide"),
@@ -263,3 +262,152 @@ def test_value_errors(backend, make, block, match):
     for fn in (dct2d, idct2d):
         with pytest.raises(ValueError, match=match):
             fn(make(), block=block)
+
+
+NORMS = ["ortho", "backward", "forward"]
+# (shape, dims): odd and prime sizes, dims not last, positive, negative and in either order
+DIM_CASES = [((3, 5, 7), (-2, -1)), ((3, 5, 7), (0, 2)), ((4, 2, 3, 5), (3, 1)), ((6, 1, 9), (-3, -1))]
+
+
+def scipy_norm_oracle(x, inverse: bool, norm: str, axes, block: int | None = None) -> torch.Tensor:
+    """float64 scipy (i)dctn with `norm` over `axes`, per b x b block when `block` is given."""
+    moved = torch.from_numpy(x.detach().double().numpy()).movedim(axes, (-2, -1))
+    a = moved.numpy()
+    fn = scipy.fft.idctn if inverse else scipy.fft.dctn
+    b = block or a.shape[-1]
+    bh = block or a.shape[-2]
+    tiles = a.reshape(*a.shape[:-2], a.shape[-2] // bh, bh, a.shape[-1] // b, b).swapaxes(-3, -2)
+    out = fn(tiles, type=2, norm=norm, axes=(-2, -1)).swapaxes(-3, -2).reshape(a.shape)
+    return torch.from_numpy(np.ascontiguousarray(out)).movedim((-2, -1), axes)
+
+
+def tol(oracle: torch.Tensor, dtype: torch.dtype) -> dict:
+    if dtype == torch.float64:
+        return dict(atol=1e-12 * max(1.0, oracle.abs().max().item()), rtol=1e-12)
+    return fp32_tol(oracle)
+
+
+@pytest.fixture
+def kernel_calls(backend, monkeypatch):
+    """Counts launches of the Triton autograd functions (which must never see float64)."""
+    from spectralar_kernels.dct import blockwise as dct_blockwise
+    from spectralar_kernels.dct import triton as dct_triton
+
+    calls = []
+    for cls in (dct_triton.DCT2dFunction, dct_blockwise.BlockwiseDCTFunction):
+        real = cls.apply
+
+        def counted(x, *args, real=real):
+            assert x.dtype != torch.float64, "float64 reached a Triton kernel"
+            calls.append(x.dtype)
+            return real(x, *args)
+
+        monkeypatch.setattr(cls, "apply", counted)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("shape,dims", DIM_CASES, ids=str)
+def test_norm_and_dim_match_scipy(backend, kernel_calls, shape, dims, norm, dtype):
+    """dctn / idctn with every scipy norm over any two dims; float64 runs the reference on every backend."""
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(20), dtype=dtype)
+    for inverse in (False, True):
+        y = (idct2d if inverse else dct2d)(x, norm=norm, dim=dims)
+        oracle = scipy_norm_oracle(x, inverse, norm, dims)
+        assert y.dtype == dtype
+        assert_close_to_oracle(y, oracle, **tol(oracle, dtype), name=f"{backend} {norm} {dims} inverse={inverse}")
+    assert len(kernel_calls) == (2 if backend == "triton" and dtype == torch.float32 else 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("norm", NORMS)
+def test_1d_matches_scipy(backend, kernel_calls, norm, dtype):
+    x = torch.randn(4, 9, 6, generator=torch.Generator().manual_seed(21), dtype=dtype)
+    for dim in (-1, 0, 1):
+        for inverse in (False, True):
+            y = (idct if inverse else dct)(x, dim=dim, norm=norm)
+            a = x.double().numpy()
+            oracle = torch.from_numpy((scipy.fft.idct if inverse else scipy.fft.dct)(a, type=2, norm=norm, axis=dim))
+            assert y.dtype == dtype
+            assert_close_to_oracle(y, oracle, **tol(oracle, dtype), name=f"{backend} 1-D {norm} dim={dim}")
+    one = torch.randn(11, generator=torch.Generator().manual_seed(22), dtype=dtype)  # a plain 1-D tensor
+    oracle = torch.from_numpy(scipy.fft.dct(one.double().numpy(), type=2, norm=norm))
+    assert_close_to_oracle(dct(one, norm=norm), oracle, **tol(oracle, dtype), name=f"{backend} 1-D vector {norm}")
+    assert len(kernel_calls) == (7 if backend == "triton" and dtype == torch.float32 else 0)
+
+
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("shape,block,dims", [((2, 8, 12), 4, (-2, -1)), ((9, 2, 15), 3, (0, 2))], ids=str)
+def test_blockwise_norms(backend, kernel_calls, shape, block, dims, norm):
+    """Each b x b block is transformed with `norm` as its own b x b plane (scipy per block)."""
+    for dtype in (torch.float32, torch.float64):
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(23), dtype=dtype)
+        for inverse in (False, True):
+            y = (idct2d if inverse else dct2d)(x, block=block, norm=norm, dim=dims)
+            oracle = scipy_norm_oracle(x, inverse, norm, dims, block)
+            assert_close_to_oracle(y, oracle, **tol(oracle, dtype), name=f"{backend} block={block} {norm} {dtype}")
+    assert len(kernel_calls) == (2 if backend == "triton" else 0)
+
+
+@pytest.mark.parametrize("dtype", LOWP, ids=str)
+@pytest.mark.parametrize("norm", ["backward", "forward"])
+def test_low_precision_norms(backend, dtype, norm):
+    """fp16/bf16 with a non-orthonormal norm: within 2x the same-precision reference's error (that reference
+    scales the orthonormal transform in the input dtype)."""
+    x = torch.randn(2, 5, 12, generator=torch.Generator().manual_seed(24)).to(dtype)
+    scale = torch.outer(ref.norm_scale(5, norm), ref.norm_scale(12, norm))
+    for inverse in (False, True):
+        y = (idct2d if inverse else dct2d)(x, norm=norm)
+        assert y.dtype == dtype
+        oracle = scipy_norm_oracle(x, inverse, norm, (-2, -1))
+        if inverse:
+            same_precision = ref.idct2d(x * (1 / scale).to(dtype))
+        else:
+            same_precision = ref.dct2d(x) * scale.to(dtype)
+        assert_close_to_oracle(y, oracle, same_precision_ref=same_precision, name=f"{backend} {dtype} {norm}")
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_norm_gradients(backend, norm):
+    """Gradients through the scaling, non-last dims and the 1-D form: fp32 (kernel or reference) against the
+    float64 reference's autograd, which gradcheck verifies."""
+    gen = torch.Generator().manual_seed(25)
+    x64 = torch.randn(5, 2, 6, dtype=torch.float64, generator=gen, requires_grad=True)
+    g = torch.randn(5, 2, 6, dtype=torch.float64, generator=gen)
+    fns = [
+        lambda t: dct2d(t, norm=norm, dim=(0, 2)),
+        lambda t: idct2d(t, norm=norm, dim=(2, 0)),
+        lambda t: dct(t, dim=0, norm=norm),
+        lambda t: idct(t, dim=-1, norm=norm),
+    ]
+    for fn in fns:
+        assert torch.autograd.gradcheck(fn, (x64,))
+        (expected,) = torch.autograd.grad(fn(x64), x64, g)
+        x32 = x64.detach().float().requires_grad_()
+        fn(x32).backward(g.float())
+        assert_close_to_oracle(x32.grad, expected, **fp32_tol(expected), name=f"{backend} grad {norm}")
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: dct2d(torch.zeros(4, 4), norm="ortho "), "norm must be one of"),
+        (lambda: idct2d(torch.zeros(4, 4), norm=None), "norm must be one of"),
+        (lambda: dct2d(torch.zeros(4, 4), dim=(1, 1)), "same dim twice"),
+        (lambda: dct2d(torch.zeros(4, 4), dim=(1, -1)), "same dim twice"),
+        (lambda: dct2d(torch.zeros(4, 4), dim=(0, 2)), "each entry must be an int in"),
+        (lambda: idct2d(torch.zeros(4, 4), dim=-1), "dim must be a pair"),
+        (lambda: dct2d(torch.zeros(4, 4), dim=(0, 1.0)), "each entry must be an int"),
+        (lambda: dct2d(torch.zeros(4, 6, 3), block=2, dim=(0, 2)), "block=2 must divide both H=4 and W=3"),
+        (lambda: dct(torch.zeros(4, 4), dim=2), "dim must be an int in"),
+        (lambda: idct(torch.zeros(4, 4), norm="ortho", dim=True), "dim must be an int in"),
+        (lambda: dct(torch.zeros(4), norm="backwards"), "norm must be one of"),
+        (lambda: dct(torch.zeros(4, dtype=torch.int32)), "int32"),
+        (lambda: idct(torch.zeros(0)), "empty"),
+        (lambda: idct(torch.tensor(1.0)), "at least 1 dims"),
+    ],
+)
+def test_norm_dim_value_errors(backend, call, match):
+    with pytest.raises(ValueError, match=match):
+        call()

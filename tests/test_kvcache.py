@@ -1,4 +1,5 @@
-"""attention_with_kvcache: step-by-step decoding vs full causal attention over the same keys.
+"""attention_with_kvcache: step-by-step decoding vs full causal attention over the same keys (flash-attn's
+`flash_attn_with_kvcache` contract, argument by argument: test_kvcache_flash.py).
 
 The float64 oracle is causal attention over whole sequences; decoding position p of sample b must
 reproduce row p of it. Caches of 20 entries use one split in the Triton decode kernel; 150 entries
@@ -78,7 +79,8 @@ def test_prefill_chunk(backend, t_q):
         k_cache[i, : start[i]] = k[i, : start[i]]
         v_cache[i, : start[i]] = v[i, : start[i]]
     pos = start.long()[:, None] + torch.arange(t_q)  # [B, Tq]
-    out = attention_with_kvcache(rows_at(q, pos), k_cache, v_cache, start, k=rows_at(k, pos), v=rows_at(v, pos))
+    out = attention_with_kvcache(rows_at(q, pos), k_cache, v_cache, start, k=rows_at(k, pos), v=rows_at(v, pos),
+                                 causal=True)  # fmt: skip
     check(out, rows_at(want_all, pos), None, f"prefill Tq={t_q}")
 
 
@@ -88,7 +90,7 @@ def test_without_new_kv_reads_what_the_caller_wrote(backend):
     seqlens = torch.tensor([4, 9], dtype=torch.int32)
     pos = seqlens.long()[:, None] + torch.arange(2)
     k_cache, v_cache = k.clone(), v.clone()  # positions up to seqlens + Tq - 1 already hold the new keys
-    out = attention_with_kvcache(rows_at(q, pos), k_cache, v_cache, seqlens)
+    out = attention_with_kvcache(rows_at(q, pos), k_cache, v_cache, seqlens + 2, causal=True)  # flash-attn: + Tq
     check(out, rows_at(full_causal(q, k, v), pos), None, "k=None")
     assert torch.equal(k_cache, k) and torch.equal(v_cache, v)
 
@@ -112,7 +114,7 @@ def test_traces_under_torch_compile():
 def test_int_seqlens_and_scale(backend):
     b, h, d, t_max = 2, 1, 16, 20
     q, k, v = sequences(b, t_max, h, d, torch.float32, seed=8)
-    out = attention_with_kvcache(q[:, 6:7], k.clone(), v.clone(), 6, softmax_scale=0.3)
+    out = attention_with_kvcache(q[:, 6:7], k.clone(), v.clone(), 7, softmax_scale=0.3)  # 7 valid keys, new one too
     want = ref.attention_ref(q.double(), k.double(), v.double(), causal=True, softmax_scale=0.3)[:, 6:7]
     check(out, want, None, "int seqlens")
 
@@ -135,7 +137,7 @@ def test_bf16_triton(monkeypatch):
     seqlens = torch.tensor([80, 2], dtype=torch.int32)
     pos = seqlens.long()[:, None]
     q_new = rows_at(q, pos)
-    out = attention_with_kvcache(q_new, k.clone(), v.clone(), seqlens)
+    out = attention_with_kvcache(q_new, k.clone(), v.clone(), seqlens + 1)
     same = ref.attention_with_kvcache_ref(q_new, k, v, seqlens)
     check(out, rows_at(full_causal(q, k, v), pos), same, "bf16")
 
@@ -147,18 +149,34 @@ def _bad_cases():
     return [
         ("int overflow", (q, c, c.clone(), 8), {"k": q, "v": q}, "overflow"),
         ("int negative", (q, c, c.clone(), -1), {}, ">= 0"),
-        ("Tq > T_max", (torch.randn(2, 9, 2, 16), c, c.clone(), s), {}, "Tq 9 > T_max 8"),
+        ("Tnew > T_max", (q, c, c.clone(), s), {"k": torch.randn(2, 9, 2, 16), "v": torch.randn(2, 9, 2, 16)},
+         "Tnew 9 > T_max 8"),
         ("k only", (q, c, c.clone(), s), {"k": q}, "both k and v"),
-        ("k shape", (q, c, c.clone(), s), {"k": torch.randn(2, 2, 2, 16), "v": torch.randn(2, 2, 2, 16)}, "k shape"),
-        ("cache H", (q, torch.randn(2, 8, 1, 16), torch.randn(2, 8, 1, 16), s), {}, "differ in H"),
+        ("k heads", (q, c, c.clone(), s), {"k": torch.randn(2, 1, 1, 16), "v": torch.randn(2, 1, 1, 16)},
+         "differ in H"),
+        ("v shape", (q, c, c.clone(), s), {"k": q, "v": torch.randn(2, 2, 2, 16)}, "k, v must be"),
+        ("cache H", (q, torch.randn(2, 8, 3, 16), torch.randn(2, 8, 3, 16), s), {}, "not a multiple"),
+        ("cache B", (q, c[:1], c[:1].clone(), s), {}, "fewer than the batch"),
         ("v_cache shape", (q, c, torch.randn(2, 9, 2, 16), s), {}, "v_cache shape"),
         ("cache dtype", (q, c.half(), c.half(), s), {}, "dtype"),
         ("seqlens dtype", (q, c, c.clone(), s.float()), {}, "int32/int64"),
-        ("seqlens shape", (q, c, c.clone(), torch.tensor([1], dtype=torch.int32)), {}, "shape \\[B=2\\]"),
+        ("seqlens shape", (q, c, c.clone(), torch.tensor([1, 2, 3], dtype=torch.int32)), {}, "shape \\(2,\\)"),
         ("seqlens list", (q, c, c.clone(), [1, 2]), {}, "int32/int64"),
         ("q 3 dims", (q[0], c, c.clone(), s), {}, "4 dims"),
         ("device", (q, c, c.to("meta"), s), {}, "one device"),
         ("scale", (q, c, c.clone(), s), {"softmax_scale": float("inf")}, "softmax_scale"),
+        ("causal int", (q, c, c.clone(), s), {"causal": 1}, "causal"),
+        ("window", (q, c, c.clone(), s), {"window_size": (-2, 0)}, "window_size"),
+        ("window len", (q, c, c.clone(), s), {"window_size": (3,)}, "window_size"),
+        ("softcap", (q, c, c.clone(), s), {"softcap": -1.0}, "softcap"),
+        ("num_splits", (q, c, c.clone(), s), {"num_splits": -1}, "num_splits"),
+        ("batch idx dtype", (q, c, c.clone(), s), {"cache_batch_idx": s.float()}, "cache_batch_idx"),
+        ("rotary alone", (q, c, c.clone(), s), {"rotary_cos": torch.ones(8, 4)}, "both rotary_cos and rotary_sin"),
+        ("rotary no k", (q, c, c.clone(), s), {"rotary_cos": torch.ones(8, 4), "rotary_sin": torch.ones(8, 4)},
+         "need k and v"),
+        ("rotary dim", (q, c, c.clone(), s), {"k": q, "v": q, "rotary_cos": torch.ones(8, 9),
+                                              "rotary_sin": torch.ones(8, 9)}, "rotary_dim <= D"),
+        ("lse flag", (q, c, c.clone(), s), {"return_softmax_lse": 1}, "return_softmax_lse"),
     ]
 
 
@@ -213,16 +231,17 @@ def policy_oracle(q, k_cache, v_cache, seqlens, k, v, scale):
                 kc[i, p], vc[i, p] = k[i, t].double(), v[i, t].double()
     for i in range(b):
         for t in range(t_q):
-            last = min(max(int(seqlens[i]) + t, 0), t_max - 1)
+            last = min(int(seqlens[i]) + t, t_max - 1)  # negative: sees nothing, output zero
             w = torch.einsum("hd,jhd->hj", q[i, t].double(), kc[i, : last + 1]) * scale
-            out[i, t] = torch.einsum("hj,jhd->hd", w.softmax(-1), vc[i, : last + 1])
+            out[i, t] = torch.einsum("hj,jhd->hd", w.softmax(-1), vc[i, : last + 1]) if last >= 0 else 0.0
     return out, kc, vc
 
 
 @pytest.mark.parametrize("t_q", [1, 3])
 def test_out_of_range_seqlens_are_masked_on_device(backend, t_q):
     """Negative, overflowing and far-out rows: nothing outside the cache is written (the rows around
-    are compared), positions in range are, and every query attends to what is in range."""
+    are compared), positions in range are, every query attends to what is in range, and one whose
+    position is negative sees nothing and returns zeros (flash-attn's empty-row rule)."""
     b, t_max, h, d = 5, 6, 2, 16
     seqlens = torch.tensor([-2, t_max - 2, t_max + 5, 1, -40], dtype=torch.int32)
     q, k, v = sequences(b, t_q, h, d, torch.float32, seed=12)
@@ -231,7 +250,7 @@ def test_out_of_range_seqlens_are_masked_on_device(backend, t_q):
     k_before, v_before = k_full.clone(), v_full.clone()
     k_cache, v_cache = k_full[:, 1:-1], v_full[:, 1:-1]
     want, k_want, v_want = policy_oracle(q, k_cache, v_cache, seqlens, k, v, d**-0.5)
-    out = attention_with_kvcache(q, k_cache, v_cache, seqlens, k=k, v=v)
+    out = attention_with_kvcache(q, k_cache, v_cache, seqlens, k=k, v=v, causal=True)
     check(out, want, None, f"{backend} out of range")
     torch.testing.assert_close(k_cache.double(), k_want, rtol=0, atol=0)
     torch.testing.assert_close(v_cache.double(), v_want, rtol=0, atol=0)
@@ -315,7 +334,7 @@ def test_custom_op_opcheck():
     """torch.library's own check of the registration: fake implementation, declared mutation, schema."""
     q, k, v = sequences(2, 1, 2, 16, torch.float32, seed=14)
     args = (q, torch.randn(2, 6, 2, 16), torch.randn(2, 6, 2, 16), torch.tensor([1, 3], dtype=torch.int32), k, v,
-            0.25, "")
+            0.25, True, "")
     torch.library.opcheck(torch.ops.spectralar.attention_with_kvcache.default, args,
                           test_utils=("test_schema", "test_faketensor"))  # fmt: skip
 
@@ -437,3 +456,4 @@ def test_decode_step_captured_in_cuda_graph(monkeypatch, kernels):
     same = ref.attention_with_kvcache_ref(q, k_want, v_want, seqlens)
     check(out, oracle, same, f"CUDA graph {kernels}")
     assert torch.equal(k_cache, k_want) and torch.equal(v_cache, v_want)
+

@@ -106,9 +106,77 @@ def test_energy_all_at_dc_forces_unit_steps():
         ((8, 4, "energy"), {"power_spectrum": -torch.ones(8, 8)}, "non-negative"),
         ((8, 4, "energy"), {"power_spectrum": torch.full((8, 8), float("nan"))}, "finite"),
         ((8, 4, "energy"), {"power_spectrum": torch.zeros(8, 8)}, "zero total energy"),
-        ((8, 4, "power"), {"power_spectrum": torch.ones(8, 8)}, "only used by mapping='energy'"),
+        ((8, 4, "power"), {"power_spectrum": torch.ones(8, 8)}, "only used by mappings"),
+        ((32, 4, "gain"), {}, "mapping='gain' needs power_spectrum"),
+        ((8, 4, "gain"), {"power_spectrum": torch.zeros(8, 8)}, "zero total energy"),
+        ((8, 4, "gain"), {"power_spectrum": torch.full((8, 8), float("inf"))}, "finite"),
     ],
 )
 def test_value_errors(args, kwargs, match):
     with pytest.raises(ValueError, match=match):
         spectral_windows(*args, **kwargs)
+
+
+def brute_force_gain_windows(p: np.ndarray, n: int) -> list[int]:
+    """The `gain` rule spelled out: residual energy per window, equal dB steps up to the last lossy window."""
+    size = p.shape[0]
+    resid = [sum(p[u, v] for u in range(size) for v in range(size) if max(u, v) >= w) for w in range(size)]
+    top = max(w for w in range(size) if resid[w] > 0)
+    if top == 0 or n == 1:
+        targets = [1] * n
+    else:
+        lo, hi = -10 * math.log10(resid[0]), -10 * math.log10(resid[top])
+        targets = []
+        for i in range(1, n):
+            goal = lo + (hi - lo) * i / (n - 1)
+            targets.append(next(w for w in range(1, top + 1) if -10 * math.log10(resid[w]) >= goal - 1e-9 * (hi - lo)))
+        targets.append(size)
+    out, prev = [], 0
+    for i, t in enumerate(targets, start=1):
+        t = size if i == n else t
+        prev = min(max(t, prev + 1), size - (n - i))
+        out.append(prev)
+    return out
+
+
+@pytest.mark.parametrize("size,n", [(8, 4), (16, 5), (32, 16), (13, 13), (9, 1), (32, 2)])
+def test_gain_matches_brute_force(size, n):
+    rng = np.random.default_rng(size * 100 + n)
+    u = np.arange(size)
+    decay = 1.0 / (1.0 + np.maximum(u[:, None], u[None, :])) ** 2.5  # natural-image-like fall-off
+    p = (decay * rng.uniform(0.2, 1.8, (size, size))).astype(np.float32).astype(np.float64)
+    w = spectral_windows(size, n, "gain", power_spectrum=torch.from_numpy(p).float())
+    assert_valid(w, size, n)
+    assert w == brute_force_gain_windows(p, n)
+
+
+def test_gain_never_ends_a_token_on_an_empty_ring():
+    """Energy on even rings only (a symmetric-image caricature): every token but the last must end just after
+    a ring that carries energy, where `uniform` would give odd-ring tokens nothing."""
+    size, n = 32, 6
+    u = np.arange(size)
+    r = np.maximum(u[:, None], u[None, :])
+    p = np.where(r % 2 == 0, 1.0 / (1.0 + r) ** 2, 0.0)
+    w = spectral_windows(size, n, "gain", power_spectrum=torch.from_numpy(p))
+    assert_valid(w, size, n)
+    assert all((wi - 1) % 2 == 0 for wi in w[:-1]), w
+    assert any((wi - 1) % 2 == 1 for wi in spectral_windows(size, n, "uniform")[:-1])
+
+
+def test_gain_steps_are_equal_in_db():
+    """Exact sub-image quality climbs in (nearly) equal dB steps when the spectrum is smooth enough to allow it."""
+    size, n = 256, 8
+    u = np.arange(size)
+    p = 1.0 / (1.0 + np.maximum(u[:, None], u[None, :])) ** 3.0
+    w = spectral_windows(size, n, "gain", power_spectrum=torch.from_numpy(p))
+    band = np.bincount(np.maximum(u[:, None], u[None, :]).ravel(), weights=p.ravel())
+    resid = band[::-1].cumsum()[::-1]
+    db = [-10 * math.log10(resid[0])] + [-10 * math.log10(resid[wi]) for wi in w[:-1]]
+    steps = np.diff(db)
+    assert steps.min() > 0.8 * steps.mean() and steps.max() < 1.35 * steps.mean(), steps
+
+
+def test_gain_all_at_dc_forces_unit_steps():
+    p = torch.zeros(16, 16)
+    p[0, 0] = 1.0
+    assert spectral_windows(16, 5, "gain", power_spectrum=p) == [1, 2, 3, 4, 16]

@@ -52,7 +52,8 @@ def check_kvcache(ctx: Ctx) -> None:
     def case(b, t_max, h, d, t_q, seqlens, dtype):
         kc, vc, q, k, v, sl = _inputs(ctx, b, t_max, h, d, t_q, seqlens, dtype)
         kc0, vc0 = kc.clone(), vc.clone()
-        o, problem, probe_note = public_check(ctx, KEY, lambda: attention_with_kvcache(q, kc, vc, sl, k=k, v=v))
+        step = lambda: attention_with_kvcache(q, kc, vc, sl, k=k, v=v, causal=True)  # noqa: E731
+        o, problem, probe_note = public_check(ctx, KEY, step)
         pos = sl.long()[:, None] + torch.arange(t_q, device=ctx.device)  # [B, Tq]
         rows = torch.arange(b, device=ctx.device)[:, None].expand(b, t_q)
         written = torch.zeros(b, t_max, dtype=torch.bool, device=ctx.device)
@@ -95,7 +96,8 @@ def time_kvcache(ctx: Ctx) -> None:
             return ref.attention_with_kvcache_ref(q, kc, vc, sl)
 
         providers = [Provider("ref", reference),
-                     *kernel_providers(ctx, KEY, lambda: attention_with_kvcache(q, kc, vc, sl, k=k, v=v))]  # fmt: skip
+                     *kernel_providers(ctx, KEY, lambda: attention_with_kvcache(q, kc, vc, sl, k=k, v=v,
+                                                                                causal=True))]  # fmt: skip
         if flash is not None and dtype in LOWP:
             fn = flash.flash_attn_with_kvcache
             providers.append(Provider("flash-attn", lambda: fn(q, kc, vc, k=k, v=v, cache_seqlens=sl, causal=True)))

@@ -1,4 +1,5 @@
-"""Softmax attention in flash-attn's `[B, T, H, D]` layout, plus KV-cached decoding.
+"""Softmax attention in flash-attn's `[B, T, H, D]` layout, plus KV-cached decoding and a drop-in for torch's
+`scaled_dot_product_attention` in its `[B, H, T, D]` layout (`sdpa.py`).
 
 Backends, chosen per call:
   flash-attn  when `flash_attn` imports, the tensors are CUDA fp16/bf16, D % 8 == 0, the mask is
@@ -21,8 +22,9 @@ from .._common import check_same_device, choose_kernel, warn_once
 from .checks import TRITON_MAX_HEAD_DIM, check_bthd, check_scale, flash_attn_usable
 from .kvcache import attention_with_kvcache
 from .ref import attention_ref
+from .sdpa import scaled_dot_product_attention
 
-__all__ = ["attention", "attention_with_kvcache"]
+__all__ = ["attention", "attention_with_kvcache", "scaled_dot_product_attention"]
 
 
 def attention(

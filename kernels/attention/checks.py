@@ -25,16 +25,19 @@ def flash_attn_usable(*tensors: torch.Tensor) -> bool:
     return importlib.util.find_spec("flash_attn") is not None
 
 
-def check_scale(softmax_scale) -> None:
+def check_scale(softmax_scale, name: str = "softmax_scale") -> None:
+    """ValueError unless None or a finite number (zero and negative scales are valid: every path masks after
+    scaling)."""
     if softmax_scale is None:
         return
     if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)):
-        raise ValueError(f"softmax_scale must be a float or None, got {softmax_scale!r}")
+        raise ValueError(f"{name} must be a float or None, got {softmax_scale!r}")
     if not math.isfinite(softmax_scale):
-        raise ValueError(f"softmax_scale must be finite, got {softmax_scale!r}")
+        raise ValueError(f"{name} must be finite, got {softmax_scale!r}")
 
 
-def check_bthd(name: str, t, ref_name: str | None = None, ref: torch.Tensor | None = None) -> None:
+def check_bthd(name: str, t, ref_name: str | None = None, ref: torch.Tensor | None = None, same: str = "BHD") -> None:
+    """ValueError unless t is a `[B, T, H, D]` float tensor with ref's dtype and, of ref's B, H, D, those in `same`."""
     check_float(name, t, min_ndim=4)
     if t.dim() != 4:
         raise ValueError(f"{name} must be [B, T, H, D], got shape {tuple(t.shape)}")
@@ -45,7 +48,7 @@ def check_bthd(name: str, t, ref_name: str | None = None, ref: torch.Tensor | No
     if t.dtype != ref.dtype:
         raise ValueError(f"{name} dtype {t.dtype} differs from {ref_name} dtype {ref.dtype}")
     for axis, label in ((0, "B"), (2, "H"), (3, "D")):
-        if t.shape[axis] != ref.shape[axis]:
+        if label in same and t.shape[axis] != ref.shape[axis]:
             raise ValueError(
                 f"{name} shape {tuple(t.shape)} and {ref_name} shape {tuple(ref.shape)} differ in {label}"
             )

@@ -1,38 +1,43 @@
-"""`attention_with_kvcache`: one decoding step (or a prefill chunk) against a preallocated KV cache.
+"""`attention_with_kvcache`: flash-attn's `flash_attn_with_kvcache` contract against a preallocated KV cache.
 
 No host synchronisation: with a tensor `cache_seqlens` nothing here reads a device value on the host, so a
 decoding step can be captured in a CUDA graph, traced by torch.compile (fullgraph) or run on fake tensors.
-The value checks that would need a sync (`0 <= cache_seqlens`, `cache_seqlens + Tq <= T_max`) run only with
-SPECTRALAR_DEBUG_CHECKS=1; otherwise out-of-range entries are masked on the device (policy below). A
-Python int `cache_seqlens` is known on the host: it is always checked, and the reference path then
-appends and attends by slicing, with no index arithmetic at all (how the eager sampler calls it).
+The value checks that would need a sync (`0 <= cache_seqlens`, `cache_seqlens + Tnew <= T_max`, cache_batch_idx
+in range) run only with SPECTRALAR_DEBUG_CHECKS=1; otherwise out-of-range entries are masked on the device
+(policy below). A Python int `cache_seqlens` is known on the host: it is always checked, and the reference path
+then appends and attends by slicing, with no index arithmetic at all (how the eager sampler calls it).
 
 Out-of-range policy (every backend, no debug switch): the new token t of sample b belongs at position
 `p = cache_seqlens[b] + t`. It is written only when `0 <= p < T_max`; a position outside the cache is
-dropped, nothing else is touched. Its query attends to cache positions `0 .. clamp(p, 0, T_max - 1)`:
-what is in range, never an empty set, so the output stays finite.
+dropped, nothing else is touched. Keys are read only from `[0, T_max)`, and a query that sees no key
+returns zeros (flash-attn's rule for an empty row), so the output stays finite.
 
-Under torch.compile the op is traced as one opaque custom op (`spectralar::attention_with_kvcache`, with
-its cache mutation declared): the graph keeps it, CUDA graphs capture it, and its implementation chooses
-the backend (Triton or reference) when the graph runs, as an eager call would. Where no kernel can be
-chosen (CPU tensors, SPECTRALAR_KERNELS auto or ref) the reference is traced inline instead, so Inductor
-fuses its indexing and masking into the surrounding code.
+Backends: flash-attn (CUDA fp16/bf16 under `auto`, host-checked positions); the Triton decode kernel
+(`decode.py`) for what it implements: causal or not, GQA, with or without new k/v (Tnew == Tq), no window,
+softcap, rotary, cache_batch_idx or softmax_lse; the reference (`ref.kvcache_ref`) for everything.
+
+Under torch.compile the Triton-capable calls are traced as one opaque custom op
+(`spectralar::attention_with_kvcache`, with its cache mutation declared): the graph keeps it, CUDA graphs
+capture it, and its implementation chooses the backend (Triton or reference) when the graph runs, as an
+eager call would. Where no kernel can be chosen (CPU tensors, SPECTRALAR_KERNELS auto or ref) the reference
+is traced inline instead, so Inductor fuses its indexing and masking into the surrounding code.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
 
 from .._common import check_same_device, choose_kernel, warn_once
 from .checks import TRITON_MAX_HEAD_DIM, check_bthd, check_scale, flash_attn_usable
-from .ref import attention_with_kvcache_ref, kvcache_step_ref
+from .ref import host_readable, kvcache_ref, kvcache_step_ref
 
 __all__ = ["attention_with_kvcache", "debug_checks"]
 
 DEBUG_ENV = "SPECTRALAR_DEBUG_CHECKS"
-_UNDECIDED = "undecided"  # no backend chosen yet in this call
+NO_WINDOW = (-1, -1)
 
 
 def debug_checks() -> bool:
@@ -40,12 +45,46 @@ def debug_checks() -> bool:
     return os.environ.get(DEBUG_ENV, "0") == "1"
 
 
-def check_seqlens_range(lo: int, hi: int, t_q: int, t_max: int) -> None:
-    """ValueError unless every sample has room: `0 <= lo` and `hi + Tq <= T_max` (host ints)."""
+def check_seqlens_range(lo: int, hi: int, t_new: int, t_max: int) -> None:
+    """ValueError unless every sample fits: `0 <= lo` and `hi + Tnew <= T_max` (host ints)."""
     if lo < 0:
         raise ValueError(f"cache_seqlens must be >= 0, got min {lo}")
-    if hi + t_q > t_max:
-        raise ValueError(f"cache overflow: cache_seqlens max {hi} + Tq {t_q} > T_max {t_max}")
+    if hi + t_new > t_max:
+        raise ValueError(f"cache overflow: cache_seqlens max {hi} + Tnew {t_new} > T_max {t_max}")
+
+
+def _int_tensor(name: str, t, shapes: tuple) -> None:
+    if not isinstance(t, torch.Tensor) or t.dtype not in (torch.int32, torch.int64) or t.shape not in shapes:
+        got = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+        raise ValueError(f"{name} must be an int32/int64 tensor of shape {' or '.join(map(str, shapes))}, got {got}")
+
+
+def _check_extras(q, k, causal, window_size, softcap, rotary_cos, rotary_sin, rotary_interleaved,
+                  return_softmax_lse, num_splits):  # fmt: skip
+    """ValueError for a malformed flash-attn argument (everything but the tensors' shapes)."""
+    for name, flag in (("causal", causal), ("rotary_interleaved", rotary_interleaved),
+                       ("return_softmax_lse", return_softmax_lse)):  # fmt: skip
+        if not isinstance(flag, bool):
+            raise ValueError(f"{name} must be a bool, got {flag!r}")
+    if not (isinstance(window_size, (tuple, list)) and len(window_size) == 2
+            and all(isinstance(w, int) and not isinstance(w, bool) and w >= -1 for w in window_size)):  # fmt: skip
+        raise ValueError(f"window_size must be (left, right), ints >= -1 (-1: unbounded), got {window_size!r}")
+    if isinstance(softcap, bool) or not isinstance(softcap, (int, float)) or not 0 <= softcap < float("inf"):
+        raise ValueError(f"softcap must be a finite float >= 0 (0: off), got {softcap!r}")
+    if isinstance(num_splits, bool) or not isinstance(num_splits, int) or num_splits < 0:
+        raise ValueError(f"num_splits must be an int >= 0 (0: heuristic), got {num_splits!r}")
+    if (rotary_cos is None) != (rotary_sin is None):
+        raise ValueError("pass both rotary_cos and rotary_sin, or neither")
+    if rotary_cos is None:
+        return
+    if k is None:
+        raise ValueError("rotary_cos/rotary_sin rotate the new k and q: they need k and v (flash-attn's rule)")
+    for name, t in (("rotary_cos", rotary_cos), ("rotary_sin", rotary_sin)):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.dim() != 2:
+            raise ValueError(f"{name} must be a float tensor [T_ro, rotary_dim / 2], got {t!r:.80}")
+    if rotary_sin.shape != rotary_cos.shape or not 0 < 2 * rotary_cos.shape[1] <= q.shape[-1]:
+        raise ValueError(f"rotary_cos/sin must both be [T_ro, rotary_dim / 2] with rotary_dim <= D={q.shape[-1]}, "
+                         f"got {tuple(rotary_cos.shape)} and {tuple(rotary_sin.shape)}")  # fmt: skip
 
 
 def attention_with_kvcache(
@@ -56,77 +95,154 @@ def attention_with_kvcache(
     k: torch.Tensor | None = None,
     v: torch.Tensor | None = None,
     softmax_scale: float | None = None,
-) -> torch.Tensor:
-    """One decoding step (or a prefill chunk) against a preallocated KV cache; flash-attn's contract.
+    *,
+    causal: bool = False,
+    window_size: tuple[int, int] = NO_WINDOW,
+    softcap: float = 0.0,
+    cache_batch_idx: torch.Tensor | None = None,
+    rotary_cos: torch.Tensor | None = None,
+    rotary_sin: torch.Tensor | None = None,
+    rotary_interleaved: bool = True,
+    return_softmax_lse: bool = False,
+    num_splits: int = 0,
+    cache_leftpad: torch.Tensor | None = None,
+    block_table: torch.Tensor | None = None,
+    alibi_slopes: torch.Tensor | None = None,
+):
+    """Attention of new queries against a preallocated KV cache, flash-attn's `flash_attn_with_kvcache`.
 
-    Args:
-        q: `[B, Tq, H, D]` (Tq is usually 1; Tq <= T_max).
-        k_cache, v_cache: `[B, T_max, H, D]`, q's dtype and device, preallocated by the caller.
-        cache_seqlens: int32/int64 tensor `[B]` (or an int for every sample): valid cache entries
-            before this call.
-        k, v: optional `[B, Tq, H, D]`; written IN PLACE into the caches at positions
-            `cache_seqlens[b] .. cache_seqlens[b] + Tq - 1`.
-        softmax_scale: default `1 / sqrt(D)`.
-    The query at position `p = cache_seqlens[b] + t` attends to cache positions `0 .. p` (causal
-    among the new tokens). Without k/v the caller must already have written positions up to
-    `cache_seqlens + Tq - 1` (unlike flash-attn, cache_seqlens never counts the new tokens).
-    An int cache_seqlens out of range (`< 0`, or `+ Tq > T_max`) raises ValueError. A tensor is not read
-    on the host (no sync): out-of-range entries are masked on the device (a new token outside the cache
-    is not written; its query sees positions `0 .. clamp(p, 0, T_max - 1)`), and raise ValueError only
-    with SPECTRALAR_DEBUG_CHECKS=1 (one host sync per call, skipped while torch.compile traces or a
-    CUDA graph is captured). The caller advances cache_seqlens.
+    Args (flash-attn's meanings; only the order of the first seven differs, see the README):
+        q: `[B, Tq, H, D]`, fp32/fp16/bf16, D <= 256.
+        k_cache, v_cache: `[B_cache, T_max, H_kv, D]`, q's dtype and device; H % H_kv == 0 (GQA: query
+            head h reads cache head h // (H / H_kv)); B_cache >= B.
+        cache_seqlens: int32/int64 tensor `[B]`, `[1]` or `[]` (broadcast), or an int: with k/v, the valid
+            entries before this call (the new ones are appended there and attended too); without, the valid
+            entries in all (the caller has written the new keys). The caller advances it.
+        k, v: optional `[B, Tnew, H_kv, D]` (Tnew <= T_max), written IN PLACE into the caches at positions
+            `cache_seqlens[b] .. cache_seqlens[b] + Tnew - 1` (rows `cache_batch_idx[b]`).
+        softmax_scale: default `1 / sqrt(D)`; zero and negative scales are valid.
+        causal: the mask is aligned to the bottom right: with L valid keys, query i sees keys
+            `j <= L - Tq + i`. With Tq = 1 causal changes nothing.
+        window_size: (left, right), -1 unbounded: query i sees keys `[L - Tq + i - left, L - Tq + i + right]`.
+        softcap: > 0 replaces each logit s by `softcap * tanh(s / softcap)`.
+        cache_batch_idx: int tensor `[B]`: the cache row of each sample (default 0 .. B-1).
+        rotary_cos, rotary_sin: `[T_ro, R / 2]` (R <= D, needs k/v): rotate the first R dims of the new k at
+            positions `cache_seqlens + t` and of q at `cache_seqlens + i` (causal or windowed) or at
+            `cache_seqlens` (otherwise); rotary_interleaved pairs dims (0, 1), (2, 3)... else (i, i + R/2).
+        return_softmax_lse: also return the logsumexp (natural log) of each row's logits, `[B, H, Tq]` fp32,
+            -inf for a row that sees no key (flash-attn returns +inf there).
+        num_splits: split-K count for the Triton kernel (0: heuristic); does not change the result.
+        cache_leftpad, block_table, alibi_slopes: not supported (NotImplementedError).
+    An int cache_seqlens out of range (`< 0`, or `+ Tnew > T_max`) raises ValueError. A tensor is not read
+    on the host (no sync): out-of-range entries are masked on the device (module docstring) and raise
+    ValueError only with SPECTRALAR_DEBUG_CHECKS=1 (one host sync per call, skipped while torch.compile traces
+    or a CUDA graph is captured).
     Returns:
-        `[B, Tq, H, D]` in q's dtype. No autograd.
+        out `[B, Tq, H, D]` in q's dtype, or (out, softmax_lse) with return_softmax_lse. No autograd.
     """
+    for name, arg in (("cache_leftpad", cache_leftpad), ("block_table", block_table), ("alibi_slopes", alibi_slopes)):
+        if arg is not None:
+            raise NotImplementedError(f"attention_with_kvcache: {name} is not supported (flash-attn's argument; "
+                                      "no backend here implements it)")  # fmt: skip
     check_bthd("q", q)
-    check_bthd("k_cache", k_cache, "q", q)
-    check_bthd("v_cache", v_cache, "q", q)
+    check_bthd("k_cache", k_cache, "q", q, same="D")
+    check_bthd("v_cache", v_cache, "q", q, same="D")
     if v_cache.shape != k_cache.shape:
         raise ValueError(f"v_cache shape {tuple(v_cache.shape)} differs from k_cache shape {tuple(k_cache.shape)}")
+    b, t_q, h, d = q.shape
+    b_cache, t_max, h_kv = k_cache.shape[:3]
+    if h % h_kv:
+        raise ValueError(f"q has {h} heads, not a multiple of the caches' {h_kv} (k_cache {tuple(k_cache.shape)})")
     if (k is None) != (v is None):
         raise ValueError("pass both k and v, or neither")
-    b, t_q = q.shape[:2]
-    t_max = k_cache.shape[1]
+    t_new = 0
     if k is not None:
-        check_bthd("k", k, "q", q)
-        check_bthd("v", v, "q", q)
-        for name, t in (("k", k), ("v", v)):
-            if t.shape != q.shape:
-                raise ValueError(f"{name} shape {tuple(t.shape)} must equal q shape {tuple(q.shape)}")
-    check_same_device(q=q, k_cache=k_cache, v_cache=v_cache, k=k, v=v)
-    if t_q > t_max:
-        raise ValueError(f"cache overflow: Tq {t_q} > T_max {t_max}")
+        check_bthd("k", k, "k_cache", k_cache, same="HD")
+        check_bthd("v", v, "k_cache", k_cache, same="HD")
+        if k.shape[0] != b or v.shape != k.shape:
+            raise ValueError(f"k, v must be [B={b}, Tnew, H_kv={h_kv}, D={d}], got {tuple(k.shape)}, {tuple(v.shape)}")
+        t_new = k.shape[1]
+        if t_new > t_max:
+            raise ValueError(f"cache overflow: Tnew {t_new} > T_max {t_max}")
+    others = (k_cache, v_cache, k, v, cache_batch_idx, rotary_cos, rotary_sin, cache_seqlens)
+    if not all(t.device == q.device for t in others if isinstance(t, torch.Tensor)):  # the common case, fast
+        check_same_device(q=q, k_cache=k_cache, v_cache=v_cache, k=k, v=v, cache_batch_idx=cache_batch_idx,
+                          rotary_cos=rotary_cos, rotary_sin=rotary_sin, cache_seqlens=cache_seqlens)  # fmt: skip
     check_scale(softmax_scale)
-    scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
-    if isinstance(cache_seqlens, int) and not isinstance(cache_seqlens, bool):
-        check_seqlens_range(cache_seqlens, cache_seqlens, t_q, t_max)  # a host int: free to check
-        impl = choose_kernel("attention_with_kvcache", "decode", q, k_cache, v_cache) if _kernel_possible(q) else None
-        if impl is None and not (q.is_cuda and flash_attn_usable(q, k_cache, v_cache)):
-            if not torch.is_grad_enabled():  # the sampler's case: skip entering no_grad per layer
-                return kvcache_step_ref(q, k_cache, v_cache, cache_seqlens, k, v, scale)
-            with torch.no_grad():
-                return kvcache_step_ref(q, k_cache, v_cache, cache_seqlens, k, v, scale)
-        cache_seqlens = torch.full((b,), cache_seqlens, dtype=torch.int32, device=q.device)
-        checked = True
-    else:
-        impl, checked = _UNDECIDED, False
-    if not isinstance(cache_seqlens, torch.Tensor) or cache_seqlens.dtype not in (torch.int32, torch.int64):
-        got = cache_seqlens.dtype if isinstance(cache_seqlens, torch.Tensor) else type(cache_seqlens).__name__
-        raise ValueError(f"cache_seqlens must be an int32/int64 tensor [B] or an int, got {got}")
-    if cache_seqlens.shape != (b,):
-        raise ValueError(f"cache_seqlens must have shape [B={b}], got {tuple(cache_seqlens.shape)}")
-    check_same_device(q=q, cache_seqlens=cache_seqlens)
-    if debug_checks() and not (torch.compiler.is_compiling() or q.is_cuda and torch.cuda.is_current_stream_capturing()):
-        check_seqlens_range(int(cache_seqlens.min()), int(cache_seqlens.max()), t_q, t_max)
-        checked = True
+    defaults = (isinstance(causal, bool) and type(window_size) is tuple and window_size == NO_WINDOW and softcap == 0
+                and rotary_cos is None and rotary_sin is None and rotary_interleaved is True
+                and return_softmax_lse is False and num_splits == 0)  # fmt: skip
+    if not defaults:
+        _check_extras(q, k, causal, window_size, softcap, rotary_cos, rotary_sin, rotary_interleaved,
+                      return_softmax_lse, num_splits)  # fmt: skip
+    if cache_batch_idx is not None:
+        _int_tensor("cache_batch_idx", cache_batch_idx, ((b,),))
+    elif b_cache < b:
+        raise ValueError(f"k_cache holds {b_cache} sequences, fewer than the batch {b} (pass cache_batch_idx?)")
+    scale = softmax_scale if softmax_scale is not None else d**-0.5
+    # What only the reference implements (flash-attn implements it all).
+    extras = not defaults and (tuple(window_size) != NO_WINDOW or softcap > 0 or rotary_cos is not None
+                               or return_softmax_lse)  # fmt: skip
+    extras = extras or cache_batch_idx is not None or b_cache != b or 0 < t_new != t_q
+    kernel = not extras and _kernel_possible(q)
 
-    if torch.compiler.is_compiling() and _kernel_possible(q):
-        # One opaque node for the compiled graph; it dispatches when the graph runs ("auto").
-        return torch.ops.spectralar.attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, k, v, scale, "auto")
-    if impl is _UNDECIDED:  # a host int position has chosen already
-        impl = choose_kernel("attention_with_kvcache", "decode", q, k_cache, v_cache)
-    with torch.no_grad():
-        return _run(q, k_cache, v_cache, cache_seqlens, k, v, scale, impl, checked)
+    checked = isinstance(cache_seqlens, int) and not isinstance(cache_seqlens, bool)
+    if not checked:
+        _int_tensor("cache_seqlens", cache_seqlens, ((b,), (1,), ()))
+        if cache_seqlens.shape != (b,):
+            cache_seqlens = cache_seqlens.expand(b)
+        if not kernel and not extras and host_readable(cache_seqlens):
+            # CPU positions in host memory: one shared in-range position takes the host int's slicing path
+            lo, hi = cache_seqlens.aminmax()
+            if int(lo) == int(hi) and 0 <= int(lo) <= t_max - t_new:
+                cache_seqlens, checked = int(lo), True
+    grad = torch.no_grad() if torch.is_grad_enabled() else contextlib.nullcontext()
+    if checked:
+        check_seqlens_range(cache_seqlens, cache_seqlens, t_new, t_max)  # a host int: free to check
+        impl = choose_kernel("attention_with_kvcache", "decode", q, k_cache, v_cache) if kernel else None
+        simple = not extras and cache_seqlens + t_new > 0 and (not causal or cache_seqlens + t_new >= t_q)
+        if impl is None and simple and not (q.is_cuda and flash_attn_usable(q, k_cache, v_cache)):
+            with grad:  # the eager sampler's case: slices, no index arithmetic
+                return kvcache_step_ref(q, k_cache, v_cache, cache_seqlens, k, v, scale, causal)
+        cache_seqlens = torch.full((b,), cache_seqlens, dtype=torch.int32, device=q.device)
+    else:
+        capturing = torch.compiler.is_compiling() or q.is_cuda and torch.cuda.is_current_stream_capturing()
+        if debug_checks() and not capturing:
+            check_seqlens_range(int(cache_seqlens.min()), int(cache_seqlens.max()), t_new, t_max)
+            idx = cache_batch_idx
+            if idx is not None and not 0 <= int(idx.min()) <= int(idx.max()) < b_cache:
+                raise ValueError(f"cache_batch_idx must lie in [0, {b_cache}), got {cache_batch_idx.tolist()}")
+            checked = True
+        impl = None
+        if kernel:
+            if torch.compiler.is_compiling():  # one opaque node for the compiled graph; it dispatches when run
+                return torch.ops.spectralar.attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, k, v, scale,
+                                                                   causal, "auto")  # fmt: skip
+            impl = choose_kernel("attention_with_kvcache", "decode", q, k_cache, v_cache)
+
+    if impl is None and checked and q.is_cuda and _flash_kvcache_usable(q, k_cache, v_cache, k, v, rotary_cos):
+        from flash_attn import flash_attn_with_kvcache
+
+        return flash_attn_with_kvcache(
+            q, k_cache, v_cache, k=k, v=v, rotary_cos=rotary_cos, rotary_sin=rotary_sin,
+            cache_seqlens=cache_seqlens.to(torch.int32), cache_batch_idx=cache_batch_idx, softmax_scale=scale,
+            causal=causal, window_size=tuple(window_size), softcap=float(softcap),
+            rotary_interleaved=rotary_interleaved, num_splits=num_splits, return_softmax_lse=return_softmax_lse,
+        )  # fmt: skip
+    with grad:
+        if extras:
+            return kvcache_ref(q, k_cache, v_cache, cache_seqlens, k, v, softmax_scale=scale, causal=causal,
+                               window_size=tuple(window_size), softcap=softcap, cache_batch_idx=cache_batch_idx,
+                               rotary_cos=rotary_cos, rotary_sin=rotary_sin, rotary_interleaved=rotary_interleaved,
+                               return_softmax_lse=return_softmax_lse)  # fmt: skip
+        return _run(q, k_cache, v_cache, cache_seqlens, k, v, scale, causal, impl, num_splits)
+
+
+def _flash_kvcache_usable(q, k_cache, v_cache, k, v, rotary_cos) -> bool:
+    """flash-attn takes the call: CUDA fp16/bf16 under auto, unit-stride caches, rotary dims a multiple of 16."""
+    new = [k, v] if k is not None else []
+    return (flash_attn_usable(q, k_cache, v_cache, *new) and k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1
+            and (rotary_cos is None or rotary_cos.shape[1] % 8 == 0))  # fmt: skip
 
 
 def _kernel_possible(q: torch.Tensor) -> bool:
@@ -136,30 +252,20 @@ def _kernel_possible(q: torch.Tensor) -> bool:
     return q.is_cuda or os.environ.get("SPECTRALAR_KERNELS", "auto").lower().startswith("triton")
 
 
-def _run(q, k_cache, v_cache, cache_seqlens, k, v, scale: float, impl: str | None, checked: bool) -> torch.Tensor:
-    """The chosen backend: flash-attn, the Triton decode kernel `impl`, or the reference (impl None).
-
-    flash-attn only with `checked` positions (a host int, or the debug checks): its out-of-range behaviour
-    is not ours to promise, while the Triton kernel and the reference mask on the device."""
-    t_q = q.shape[1]
-    tensors = [q, k_cache, v_cache] + ([k, v] if k is not None else [])
-    if impl is None and checked and k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1 and flash_attn_usable(*tensors):
-        from flash_attn import flash_attn_with_kvcache
-
-        # flash-attn counts the new tokens in cache_seqlens only when it writes them itself.
-        seqlens = cache_seqlens.to(torch.int32)
-        seqlens = seqlens if k is not None else seqlens + t_q
-        return flash_attn_with_kvcache(
-            q, k_cache, v_cache, k=k, v=v, cache_seqlens=seqlens, softmax_scale=scale, causal=True
-        )
+def _run(q, k_cache, v_cache, cache_seqlens, k, v, scale: float, causal: bool, impl: str | None,
+         num_splits: int = 0) -> torch.Tensor:  # fmt: skip
+    """A call without the reference-only arguments: the Triton decode kernel `impl`, or the reference (None)."""
     if impl is not None:
         if q.shape[-1] <= TRITON_MAX_HEAD_DIM and k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1:
             from .decode import attention_with_kvcache_fwd
 
-            return attention_with_kvcache_fwd(q, k_cache, v_cache, cache_seqlens, scale, k=k, v=v, impl=impl)
+            # The kernel takes the position of the first query; without k/v cache_seqlens counts the new tokens.
+            first = cache_seqlens if k is not None else cache_seqlens - q.shape[1]
+            return attention_with_kvcache_fwd(q, k_cache, v_cache, first, scale, k=k, v=v, impl=impl, causal=causal,
+                                              num_splits=num_splits or None)  # fmt: skip
         if q.is_cuda:
             warn_once("kvcache.head_dim", f"attention_with_kvcache: head dim {q.shape[-1]} > 128 uses SDPA")
-    return attention_with_kvcache_ref(q, k_cache, v_cache, cache_seqlens, scale, k=k, v=v)
+    return kvcache_ref(q, k_cache, v_cache, cache_seqlens, k, v, softmax_scale=scale, causal=causal)
 
 
 # ---- custom op: what torch.compile and CUDA graphs keep ---------------------------------------------------
@@ -174,6 +280,7 @@ def _attention_with_kvcache_op(
     k: torch.Tensor | None,
     v: torch.Tensor | None,
     scale: float,
+    causal: bool,
     impl: str,
 ) -> torch.Tensor:
     """Validated arguments only (the public function checks). impl "auto" = choose_kernel at run time."""
@@ -183,9 +290,9 @@ def _attention_with_kvcache_op(
         chosen = impl or None
     with torch.no_grad():
         # contiguous: the strides the fake implementation promises the compiler
-        return _run(q, k_cache, v_cache, cache_seqlens, k, v, scale, chosen, False).contiguous()
+        return _run(q, k_cache, v_cache, cache_seqlens, k, v, scale, causal, chosen).contiguous()
 
 
 @_attention_with_kvcache_op.register_fake
-def _(q, k_cache, v_cache, cache_seqlens, k, v, scale, impl):
+def _(q, k_cache, v_cache, cache_seqlens, k, v, scale, causal, impl):
     return torch.empty_like(q, memory_format=torch.contiguous_format)

@@ -1,13 +1,16 @@
 """Plain-PyTorch attention: CPU path, test oracle and benchmark baseline.
 
 Layout is flash-attn's `[B, T, H, D]`; `scaled_dot_product_attention` wants `[B, H, T, D]`, so the
-reference transposes in and out. Masks use the same rule everywhere:
+reference transposes in and out. Masks:
 
-    key j is visible to query t  iff  not causal  or  j <= t  or  j < prefix_len       (attention)
-    key j is visible to query t  iff  j <= cache_seqlens[b] + t                        (kv cache)
+    attention:  key j is visible to query t  iff  not causal  or  j <= t  or  j < prefix_len
+    kv cache:   flash-attn's `flash_attn_with_kvcache` rule (`kvcache_visible`): with `L` valid cache
+                entries after the append, query i sits at position `L - Tq + i` (bottom-right aligned)
+                and sees keys `j < min(L, T_max)`, with causal `j <= L - Tq + i`, with a window
+                `L - Tq + i - left <= j <= L - Tq + i + right`. A query that sees nothing returns zeros.
 
-(for the cache, `cache_seqlens[b] + t` is clamped to `[0, T_max - 1]`: out-of-range entries attend to
-what is in range; see kvcache.py).
+A scale <= 0 never goes through SDPA's `is_causal`: on CPU that multiplies the masked -inf logits by the
+scale (NaN for 0, +inf for a negative scale), so those calls get the explicit boolean mask instead.
 """
 
 from __future__ import annotations
@@ -47,16 +50,25 @@ def attention_ref(
         out_dtype = torch.float32
     t_q, t_k = q.shape[1], k.shape[1]
     qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
-    plain_causal = causal and prefix_len <= 1 and t_q == t_k
+    plain_causal = causal and prefix_len <= 1 and t_q == t_k and (softmax_scale is None or softmax_scale > 0)
     mask = None if plain_causal else attention_mask(t_q, t_k, causal, prefix_len, q.device)
     o = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, is_causal=plain_causal, scale=softmax_scale)
     return o.transpose(1, 2).to(out_dtype)
 
 
-def new_positions(cache_seqlens: torch.Tensor, t_q: int) -> torch.Tensor:
-    """`[B, Tq]` positions `cache_seqlens[b] + t` of the new tokens (cache_seqlens' integer dtype)."""
+# ---- KV cache ------------------------------------------------------------------------------------------
+
+
+def new_positions(cache_seqlens: torch.Tensor, t_new: int) -> torch.Tensor:
+    """`[B, Tnew]` positions `cache_seqlens[b] + t` of the new tokens (cache_seqlens' integer dtype)."""
     pos = cache_seqlens[:, None]
-    return pos if t_q == 1 else pos + torch.arange(t_q, device=pos.device, dtype=pos.dtype)
+    return pos if t_new == 1 else pos + torch.arange(t_new, device=pos.device, dtype=pos.dtype)
+
+
+def host_readable(t: torch.Tensor) -> bool:
+    """A plain CPU tensor outside tracing: its values live in host memory, so reading them is no sync (fake,
+    functional and traced tensors are subclasses or run while compiling, and are never read)."""
+    return type(t) is torch.Tensor and t.is_cpu and not torch.compiler.is_compiling()
 
 
 def write_kvcache(
@@ -66,28 +78,145 @@ def write_kvcache(
     k: torch.Tensor,
     v: torch.Tensor,
     pos: torch.Tensor | None = None,
+    cache_batch_idx: torch.Tensor | None = None,
 ) -> None:
-    """In place: `k_cache[b, p] = k[b, t]` (same for v) at `p = cache_seqlens[b] + t`, t in 0..Tq-1.
+    """In place: `k_cache[c_b, p] = k[b, t]` (same for v) at `p = cache_seqlens[b] + t`, t in 0..Tnew-1, where
+    `c_b = cache_batch_idx[b]` (default b).
 
     No host sync. A position outside `[0, T_max)` is not written: every token is routed to the distinct
-    row `p mod T_max` (distinct because Tq <= T_max) and an out-of-range one writes back what is there.
-    `pos`: the `[B, Tq]` positions when the caller has them.
+    row `p mod T_max` (distinct because Tnew <= T_max) and an out-of-range one writes back what is there.
+    Positions in host memory (`host_readable`) are checked there instead, and when all are in range the
+    tokens are written directly (a third of the operations: what a small CPU decoding step spends).
+    `pos`: the `[B, Tnew]` positions when the caller has them.
     """
-    b, t_q = k.shape[:2]
+    b, t_new = k.shape[:2]
     t_max = k_cache.shape[1]
-    assert t_q <= t_max, "Tq > T_max is rejected by the public function"
-    pos = new_positions(cache_seqlens, t_q) if pos is None else pos
+    assert t_new <= t_max, "Tnew > T_max is rejected by the public function"
+    pos = new_positions(cache_seqlens, t_new) if pos is None else pos
+    batch = (torch.arange(b, device=k.device) if cache_batch_idx is None else cache_batch_idx.long())[:, None]
+    if host_readable(pos):
+        lo, hi = pos.aminmax()
+        if int(lo) >= 0 and int(hi) < t_max:
+            k_cache[batch, pos] = k
+            v_cache[batch, pos] = v
+            return
     row = pos.remainder(t_max)
     inside = (row == pos)[:, :, None, None]
-    batch = torch.arange(b, device=k.device)[:, None]
     for cache, new in ((k_cache, k), (v_cache, v)):
-        cache[batch, row] = torch.where(inside, new, cache[batch, row])
+        cache[batch, row] = torch.where(inside, new.to(cache.dtype), cache[batch, row])
 
 
-def visible_mask(pos: torch.Tensor, t_k: int) -> torch.Tensor:
-    """`[B, Tq, Tk]` bool from the `[B, Tq]` query positions: key j is visible iff `j <= clamp(p, 0, Tk - 1)`."""
-    last = pos.clamp(0, t_k - 1)
-    return torch.arange(t_k, device=pos.device, dtype=pos.dtype) <= last[:, :, None]
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor, interleaved: bool) -> torch.Tensor:
+    """Rotary embedding of x `[B, T, H, D]` at positions pos `[B, T]` on its first `2 * cos.shape[1]` dims.
+
+    cos, sin `[T_ro, R/2]`. interleaved: pairs (0, 1), (2, 3), ...; else (i, i + R/2) (GPT-NeoX). Positions
+    are clamped to the table, so an out-of-range one (whose key is dropped anyway) reads its last row.
+    """
+    half = cos.shape[1]
+    idx = pos.long().clamp(0, cos.shape[0] - 1)
+    c, s = cos[idx][:, :, None].to(torch.float32), sin[idx][:, :, None].to(torch.float32)  # [B, T, 1, R/2]
+    xr = x[..., : 2 * half].float()
+    if interleaved:
+        x1, x2 = xr[..., 0::2], xr[..., 1::2]
+        rot = torch.stack((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1).flatten(-2)
+    else:
+        x1, x2 = xr[..., :half], xr[..., half:]
+        rot = torch.cat((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1)
+    return torch.cat((rot.to(x.dtype), x[..., 2 * half:]), dim=-1)
+
+
+def kvcache_visible(
+    seqlen_k: torch.Tensor, t_q: int, t_max: int, causal: bool, window: tuple[int, int]
+) -> torch.Tensor:
+    """`[B, Tq, T_max]` bool: key j visible to query i of sample b (module docstring), from the `[B]` valid
+    lengths `seqlen_k` after the append. No host sync."""
+    j = torch.arange(t_max, device=seqlen_k.device)
+    visible = j < seqlen_k[:, None, None]  # keys 0 .. L-1 (and < T_max: j never reaches it)
+    left, right = window[0], 0 if causal else window[1]
+    if t_q == 1 and right >= 0:  # the one query sits at L - 1: `j <= L - 1 + right` adds nothing
+        right = -1
+    if left >= 0 or right >= 0:
+        qpos = new_positions(seqlen_k - t_q, t_q)[:, :, None]  # [B, Tq, 1]
+        if right >= 0:
+            visible = visible & (j <= qpos + right)
+        if left >= 0:
+            visible = visible & (j >= qpos - left)
+    return visible
+
+
+def kvcache_ref(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    cache_seqlens: torch.Tensor,
+    k: torch.Tensor | None = None,
+    v: torch.Tensor | None = None,
+    *,
+    softmax_scale: float | None = None,
+    causal: bool = False,
+    window_size: tuple[int, int] = (-1, -1),
+    softcap: float = 0.0,
+    cache_batch_idx: torch.Tensor | None = None,
+    rotary_cos: torch.Tensor | None = None,
+    rotary_sin: torch.Tensor | None = None,
+    rotary_interleaved: bool = True,
+    return_softmax_lse: bool = False,
+    upcast: bool = False,
+):
+    """flash-attn's `flash_attn_with_kvcache` in plain PyTorch (arguments validated by the caller); no host sync.
+
+    q `[B, Tq, H, D]`; caches `[B_cache, T_max, H_kv, D]` (H % H_kv == 0); cache_seqlens int `[B]`: valid
+    entries before the append (with k, v `[B, Tnew, H_kv, D]`, written in place at `cache_seqlens + t`,
+    rotated first when rotary_cos/sin are given) or in all (without). Returns out `[B, Tq, H, D]` in q's
+    dtype (fp32 for fp16/bf16 with upcast), and with return_softmax_lse the natural-log logsumexp of each
+    row's scaled (soft-capped) logits `[B, H, Tq]` fp32 (-inf for a row that sees nothing).
+    """
+    b, t_q = q.shape[:2]
+    seqlen_k = cache_seqlens
+    if rotary_cos is not None:
+        interleaved = rotary_interleaved
+        k = rotate(k, rotary_cos, rotary_sin, new_positions(cache_seqlens, k.shape[1]), interleaved)
+        q_pos = cache_seqlens[:, None].expand(b, t_q)
+        if causal or window_size != (-1, -1):
+            q_pos = new_positions(cache_seqlens, t_q)
+        q = rotate(q, rotary_cos, rotary_sin, q_pos, interleaved)
+    if k is not None:
+        write_kvcache(k_cache, v_cache, cache_seqlens, k, v, cache_batch_idx=cache_batch_idx)
+        seqlen_k = cache_seqlens + k.shape[1]
+    if cache_batch_idx is not None:
+        k_cache, v_cache = k_cache[cache_batch_idx.long()], v_cache[cache_batch_idx.long()]
+    elif k_cache.shape[0] != b:
+        k_cache, v_cache = k_cache[:b], v_cache[:b]
+    visible = kvcache_visible(seqlen_k, t_q, k_cache.shape[1], causal, window_size)[:, None]  # [B, 1, Tq, T_max]
+    out_dtype = q.dtype
+    lowp = q.dtype in (torch.float16, torch.bfloat16)
+    if upcast and lowp:
+        out_dtype = torch.float32
+    qh, kh, vh = q.transpose(1, 2), k_cache.transpose(1, 2), v_cache.transpose(1, 2)  # [B, H, T, D]
+    gqa = qh.shape[1] != kh.shape[1]
+    if softcap > 0 or return_softmax_lse:  # explicit logits, in fp32 at least
+        work = torch.promote_types(q.dtype, torch.float32)
+        if gqa:
+            kh, vh = (x.repeat_interleave(qh.shape[1] // x.shape[1], dim=1) for x in (kh, vh))
+        scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
+        logits = torch.matmul(qh.to(work), kh.to(work).transpose(-1, -2)) * scale
+        if softcap > 0:
+            logits = softcap * torch.tanh(logits / softcap)
+        logits = logits.masked_fill(~visible, float("-inf"))
+        lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+        p = torch.exp(logits - torch.where(torch.isfinite(lse), lse, 0.0))
+        out = torch.matmul(p, vh.to(work)).transpose(1, 2).to(out_dtype)
+        return (out, lse[..., 0].float()) if return_softmax_lse else out
+    if upcast and lowp:
+        qh, kh, vh = qh.float(), kh.float(), vh.float()
+    mask = visible
+    if qh.dtype == torch.float32:  # additive: SDPA would convert a boolean mask on every call (a small step's cost)
+        mask = torch.where(visible, 0.0, float("-inf"))
+    o = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=softmax_scale, enable_gqa=gqa)
+    if not q.is_cpu:  # torch's CPU SDPA returns zeros for a row that sees nothing; not every CUDA backend does
+        o = o * visible.any(-1, keepdim=True)
+    o = o.transpose(1, 2)
+    return o if o.dtype == out_dtype else o.to(out_dtype)
 
 
 def attention_with_kvcache_ref(
@@ -100,25 +229,13 @@ def attention_with_kvcache_ref(
     k: torch.Tensor | None = None,
     v: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Attention of q `[B, Tq, H, D]` against caches `[B, T_max, H, D]`; no host sync.
-
-    With k, v `[B, Tq, H, D]` they are first written into the caches in place (`write_kvcache`);
-    otherwise the caches already hold the new keys. Query t of sample b sees cache positions
-    `0 .. clamp(cache_seqlens[b] + t, 0, T_max - 1)`: all T_max positions are read, masked, so no
-    device value decides a shape. Returns `[B, Tq, H, D]` (fp32 for fp16/bf16 inputs with upcast=True).
-    """
-    pos = new_positions(cache_seqlens, q.shape[1])  # [B, Tq]
-    if k is not None:
-        write_kvcache(k_cache, v_cache, cache_seqlens, k, v, pos)
-    out_dtype = q.dtype
-    if upcast and q.dtype in (torch.float16, torch.bfloat16):
-        q, k_cache, v_cache = q.float(), k_cache.float(), v_cache.float()
-        out_dtype = torch.float32
-    mask = visible_mask(pos, k_cache.shape[1])  # [B, Tq, Tk]
-    kh, vh = k_cache.transpose(1, 2), v_cache.transpose(1, 2)  # [B, H, Tk, D]
-    o = F.scaled_dot_product_attention(q.transpose(1, 2), kh, vh, attn_mask=mask[:, None], scale=softmax_scale)
-    o = o.transpose(1, 2)
-    return o if o.dtype == out_dtype else o.to(out_dtype)
+    """The decode launcher's convention (tests, benchmarks): query t of sample b sits at position
+    `p = cache_seqlens[b] + t` and sees cache positions `0 .. min(p, T_max - 1)`, with or without k, v
+    (without, the caches already hold the new keys). `kvcache_ref` with causal=True."""
+    if k is None:
+        cache_seqlens = cache_seqlens + q.shape[1]
+    return kvcache_ref(q, k_cache, v_cache, cache_seqlens, k, v, softmax_scale=softmax_scale, causal=True,
+                       upcast=upcast)  # fmt: skip
 
 
 def kvcache_step_ref(
@@ -128,22 +245,25 @@ def kvcache_step_ref(
     cache_seqlens: int,
     k: torch.Tensor | None,
     v: torch.Tensor | None,
-    softmax_scale: float | None = None,
+    softmax_scale: float | None,
+    causal: bool,
 ) -> torch.Tensor:
-    """`attention_with_kvcache_ref` for one host int position s shared by every sample (checked in range).
+    """`kvcache_ref` for one host int `cache_seqlens` shared by every sample (checked in range), no extras.
 
-    The append is a slice copy and the attention reads the first `s + Tq` positions, with a mask only
-    among the new tokens (none for Tq = 1): the fewest operations per step, which is what the CPU
-    sampler spends its time on.
+    The append is a slice copy and the attention reads the first L valid positions, with a mask only
+    when causal among several queries: the fewest operations per step, which is what the CPU sampler
+    spends its time on.
     """
     s, t_q = cache_seqlens, q.shape[1]
+    t_k = s
     if k is not None:
-        k_cache[:, s:s + t_q] = k
-        v_cache[:, s:s + t_q] = v
-    t_k = s + t_q
+        t_k = s + k.shape[1]
+        k_cache[:q.shape[0], s:t_k] = k
+        v_cache[:q.shape[0], s:t_k] = v
     mask = None
-    if t_q > 1:
-        mask = torch.arange(t_k, device=q.device)[None, :] <= s + torch.arange(t_q, device=q.device)[:, None]
-    kh, vh = k_cache[:, :t_k].transpose(1, 2), v_cache[:, :t_k].transpose(1, 2)  # [B, H, Tk, D]
-    o = F.scaled_dot_product_attention(q.transpose(1, 2), kh, vh, attn_mask=mask, scale=softmax_scale)
+    if causal and t_q > 1:
+        mask = torch.arange(t_k, device=q.device)[None, :] <= t_k - t_q + torch.arange(t_q, device=q.device)[:, None]
+    kh, vh = k_cache[:q.shape[0], :t_k].transpose(1, 2), v_cache[:q.shape[0], :t_k].transpose(1, 2)  # [B, H, L, D]
+    o = F.scaled_dot_product_attention(q.transpose(1, 2), kh, vh, attn_mask=mask, scale=softmax_scale,
+                                       enable_gqa=q.shape[2] != kh.shape[1])  # fmt: skip
     return o.transpose(1, 2)

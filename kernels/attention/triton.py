@@ -51,34 +51,25 @@ pruned list runs.
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 import triton
 import triton.language as tl
 
 from .._common import DTYPE_NAME, PTR_SIG, AOTSpec, interpreter_on
+from ._tiles import (
+    HEAD_DIM_BLOCKS,
+    LOG2E,
+    bth,
+    copy_back,
+    head_dim_block,
+    interpreter_scratch,
+    last_dim_contiguous,
+    load_tile,
+    online_softmax_step,
+)
 
-LOG2E = math.log2(math.e)
 IMPL = "attention-v2"
-
-
-@triton.jit
-def _load_tile(base, stride, rows, n_rows, offs_d, D, ROW_MASK: tl.constexpr, PAD_D: tl.constexpr,
-               UPCAST: tl.constexpr):  # fmt: skip
-    """A [rows, BLOCK_D] tile of a row-major (stride, 1) matrix; zero outside the masks it is asked for."""
-    ptrs = base + rows[:, None] * stride + offs_d[None, :]
-    if ROW_MASK and PAD_D:
-        x = tl.load(ptrs, mask=(rows[:, None] < n_rows) & (offs_d[None, :] < D), other=0.0)
-    elif ROW_MASK:
-        x = tl.load(ptrs, mask=rows[:, None] < n_rows, other=0.0)
-    elif PAD_D:
-        x = tl.load(ptrs, mask=offs_d[None, :] < D, other=0.0)
-    else:
-        x = tl.load(ptrs)
-    if UPCAST:
-        x = x.to(tl.float32)
-    return x
 
 
 @triton.jit
@@ -113,19 +104,14 @@ def _attention_fwd_steps(
     for start_n in tl.range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         n = start_n + offs_n
-        k = _load_tile(k_base, stride_kt, n, T, offs_d, D, MASKED, PAD_D, UPCAST)
-        v = _load_tile(v_base, stride_vt, n, T, offs_d, D, MASKED, PAD_D, UPCAST)
+        k = load_tile(k_base, stride_kt, n, n < T, offs_d, D, MASKED, PAD_D, UPCAST)
+        v = load_tile(v_base, stride_vt, n, n < T, offs_d, D, MASKED, PAD_D, UPCAST)
         # Scale before masking: a negative or zero softmax_scale must not turn -inf into +inf or NaN.
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
         if MASKED:
             visible = ((n[None, :] <= offs_m[:, None]) | (n[None, :] < prefix_len)) & (n[None, :] < T)
             s = tl.where(visible, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.math.exp2(s - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m_i = m_new
+        m_i, l_i, acc = online_softmax_step(s, v, m_i, l_i, acc, PRECISION)
     return acc, l_i, m_i
 
 
@@ -149,7 +135,7 @@ def _attention_fwd_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
-    q = _load_tile(Q + b * stride_qb + h * stride_qh, stride_qt, offs_m, T, offs_d, D, True, PAD_D, UPCAST)
+    q = load_tile(Q + b * stride_qb + h * stride_qh, stride_qt, offs_m, offs_m < T, offs_d, D, True, PAD_D, UPCAST)
 
     # m starts finite so a block in which a row sees nothing leaves it unchanged (no inf - inf).
     m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
@@ -182,9 +168,9 @@ def _attention_bwd_dkdv_steps(
     for start_m in tl.range(lo, hi, BLOCK_N):
         start_m = tl.multiple_of(start_m, BLOCK_N)
         m = start_m + tl.arange(0, BLOCK_N)
-        q = _load_tile(q_base, stride_qt, m, T, offs_d, D, True, PAD_D, UPCAST)
-        do = _load_tile(do_base, stride_dot, m, T, offs_d, D, True, PAD_D, UPCAST)
-        o = _load_tile(o_base, stride_ot, m, T, offs_d, D, True, PAD_D, UPCAST)
+        q = load_tile(q_base, stride_qt, m, m < T, offs_d, D, True, PAD_D, UPCAST)
+        do = load_tile(do_base, stride_dot, m, m < T, offs_d, D, True, PAD_D, UPCAST)
+        o = load_tile(o_base, stride_ot, m, m < T, offs_d, D, True, PAD_D, UPCAST)
         lse = tl.load(lse_base + m, mask=m < T, other=float("inf"))
         delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
         p_t = tl.math.exp2(tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale - lse[None, :])
@@ -209,8 +195,8 @@ def _attention_bwd_dq_steps(
     for start_n in tl.range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         n = start_n + tl.arange(0, BLOCK_N)
-        k = _load_tile(k_base, stride_kt, n, T, offs_d, D, MASKED, PAD_D, UPCAST)
-        v = _load_tile(v_base, stride_vt, n, T, offs_d, D, MASKED, PAD_D, UPCAST)
+        k = load_tile(k_base, stride_kt, n, n < T, offs_d, D, MASKED, PAD_D, UPCAST)
+        v = load_tile(v_base, stride_vt, n, n < T, offs_d, D, MASKED, PAD_D, UPCAST)
         p = tl.math.exp2(tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale - lse[:, None])
         if MASKED:
             visible = ((n[None, :] <= offs_m[:, None]) | (n[None, :] < prefix_len)) & (n[None, :] < T)
@@ -252,8 +238,8 @@ def _attention_bwd_kernel(
     # 1. dK, dV of keys [first, first + BLOCK_M). Query rows >= its last key (or all rows, when every key of
     # the block lies in the prefix) see the whole block: no mask. Below that, rows from `lo` (0 when the block
     # reaches into the prefix, else its first key) see part of it: masked.
-    k = _load_tile(k_base, stride_kt, offs_own, T, offs_d, D, True, PAD_D, UPCAST)
-    v = _load_tile(v_base, stride_vt, offs_own, T, offs_d, D, True, PAD_D, UPCAST)
+    k = load_tile(k_base, stride_kt, offs_own, offs_own < T, offs_d, D, True, PAD_D, UPCAST)
+    v = load_tile(v_base, stride_vt, offs_own, offs_own < T, offs_d, D, True, PAD_D, UPCAST)
     dk = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     all_prefix = tl.minimum(first + BLOCK_M, T) <= prefix_len
@@ -269,9 +255,9 @@ def _attention_bwd_kernel(
     _store_tile(DV + b * stride_dvb + h * stride_dvh, stride_dvt, offs_own, T, offs_d, D, dv, PAD_D)
 
     # 2. dQ of queries [first, first + BLOCK_M), key blocks split as in the forward.
-    q = _load_tile(q_base, stride_qt, offs_own, T, offs_d, D, True, PAD_D, UPCAST)
-    do = _load_tile(do_base, stride_dot, offs_own, T, offs_d, D, True, PAD_D, UPCAST)
-    o = _load_tile(o_base, stride_ot, offs_own, T, offs_d, D, True, PAD_D, UPCAST)
+    q = load_tile(q_base, stride_qt, offs_own, offs_own < T, offs_d, D, True, PAD_D, UPCAST)
+    do = load_tile(do_base, stride_dot, offs_own, offs_own < T, offs_d, D, True, PAD_D, UPCAST)
+    o = load_tile(o_base, stride_ot, offs_own, offs_own < T, offs_d, D, True, PAD_D, UPCAST)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     lse = tl.load(lse_base + offs_own, mask=offs_own < T, other=float("inf"))
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -289,7 +275,6 @@ def _attention_bwd_kernel(
 # Every entry compiles without spills on sm_80 and sm_90, and the fp16/bf16 ones use wgmma on sm_90 (>= 64-row
 # MMA tiles, >= 4 warps); `aot_specs` lists them all. The first entry is what the interpreter runs.
 
-HEAD_DIM_BLOCKS = (16, 32, 64, 128)
 _FWD_CONFIGS = {
     ("lowp", 16): [(128, 64, 8, 3), (64, 64, 4, 3)],
     ("lowp", 32): [(128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 3)],
@@ -313,10 +298,6 @@ _BWD_CONFIGS = {
     ("fp32", 128): [],
 }
 SHORT_T = 64  # sequences this short use 64-row blocks only (a 128-row block would be mostly padding)
-
-
-def _block_d(d: int) -> int:
-    return max(16, triton.next_power_of_2(d))
 
 
 def _configs(table: dict, dtype: torch.dtype, block_d: int, t: int) -> list[tuple[int, int, int, int]]:
@@ -354,7 +335,7 @@ def _launch(kernel_name: str, shape: torch.Size, args: tuple, dtype, config, **c
     """Run `kernel_name` over `[B, T, H, D]` = shape: autotuned on a GPU, else with one config (`config`, or the
     first allowed one)."""
     b, t, h, d = shape
-    block_d = _block_d(d)
+    block_d = head_dim_block(d)
     if config is None and not interpreter_on():
         grid = lambda meta: (triton.cdiv(t, meta["BLOCK_M"]), h, b)  # noqa: E731
         _tuned(kernel_name)[grid](*args, BLOCK_D=block_d, **constexprs)
@@ -371,31 +352,8 @@ def _dot_config(q: torch.Tensor) -> tuple[bool, str]:
     return upcast, ("ieee" if upcast else "tf32x3" if q.dtype == torch.float32 else "tf32")
 
 
-def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
-def _bth(t: torch.Tensor) -> tuple[int, int, int]:
-    return t.stride(0), t.stride(1), t.stride(2)
-
-
 def _check_out(name: str, out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     assert out.shape == like.shape and out.dtype == like.dtype and out.stride(-1) == 1, name
-    return out
-
-
-def _interpreter_scratch(out: torch.Tensor) -> torch.Tensor:
-    """Where the kernel writes `out`. The interpreter truncates fp32 -> bf16 instead of rounding, so there a
-    bf16 output goes through an fp32 buffer (NaN-filled: an element the kernel skips still shows) and torch
-    rounds it (`_copy_back`)."""
-    if out.dtype == torch.bfloat16 and interpreter_on():
-        return torch.full(out.shape, float("nan"), dtype=torch.float32, device=out.device)
-    return out
-
-
-def _copy_back(out: torch.Tensor, written: torch.Tensor) -> torch.Tensor:
-    if written is not out:
-        out.copy_(written)
     return out
 
 
@@ -421,17 +379,17 @@ def attention_fwd(
     autotunes and the interpreter runs the first allowed config.
     """
     _check_impl(impl)
-    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    q, k, v = (last_dim_contiguous(t) for t in (q, k, v))
     b, t, h, d = q.shape
     out = torch.empty_like(q) if out is None else _check_out("out", out, q)
     lse = torch.empty((b, h, t), device=q.device, dtype=torch.float32)
-    block_d = _block_d(d)
+    block_d = head_dim_block(d)
     upcast, precision = _dot_config(q)
-    o = _interpreter_scratch(out)
-    args = (q, k, v, o, lse, *_bth(q), *_bth(k), *_bth(v), *_bth(o), h, t, d, prefix_len if causal else t,
+    o = interpreter_scratch(out)
+    args = (q, k, v, o, lse, *bth(q), *bth(k), *bth(v), *bth(o), h, t, d, prefix_len if causal else t,
             scale * LOG2E)  # fmt: skip
     _launch("fwd", q.shape, args, q.dtype, config, PAD_D=block_d != d, UPCAST=upcast, PRECISION=precision)
-    return _copy_back(out, o), lse
+    return copy_back(out, o), lse
 
 
 def attention_bwd(
@@ -453,21 +411,21 @@ def attention_bwd(
     """Backward launcher (one kernel): (dq, dk, dv), each `[B, T, H, D]` in q's dtype, from dO and the forward's
     o, lse2. `config` as in `attention_fwd`."""
     _check_impl(impl)
-    do, q, k, v, o = (_last_dim_contiguous(t) for t in (do, q, k, v, o))
+    do, q, k, v, o = (last_dim_contiguous(t) for t in (do, q, k, v, o))
     b, t, h, d = q.shape
     dq = torch.empty_like(q) if dq is None else _check_out("dq", dq, q)
     dk = torch.empty_like(k) if dk is None else _check_out("dk", dk, k)
     dv = torch.empty_like(v) if dv is None else _check_out("dv", dv, v)
-    block_d = _block_d(d)
+    block_d = head_dim_block(d)
     if config is None and not _configs(_BWD_CONFIGS, q.dtype, block_d, t):
         return _reference_bwd(do, q, k, v, causal, prefix_len, scale, dq, dk, dv)
     upcast, precision = _dot_config(q)
-    gq, gk, gv = (_interpreter_scratch(g) for g in (dq, dk, dv))
+    gq, gk, gv = (interpreter_scratch(g) for g in (dq, dk, dv))
     args = (q, k, v, o, do, lse, gq, gk, gv,
-            *_bth(q), *_bth(k), *_bth(v), *_bth(o), *_bth(do), *_bth(gq), *_bth(gk), *_bth(gv),
+            *bth(q), *bth(k), *bth(v), *bth(o), *bth(do), *bth(gq), *bth(gk), *bth(gv),
             h, t, d, prefix_len if causal else t, scale, scale * LOG2E)  # fmt: skip
     _launch("bwd", q.shape, args, q.dtype, config, PAD_D=block_d != d, UPCAST=upcast, PRECISION=precision)
-    return _copy_back(dq, gq), _copy_back(dk, gk), _copy_back(dv, gv)
+    return copy_back(dq, gq), copy_back(dk, gk), copy_back(dv, gv)
 
 
 def _reference_bwd(do, q, k, v, causal, prefix_len, scale, dq, dk, dv):

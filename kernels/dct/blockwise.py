@@ -37,12 +37,12 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import dct as _dct
 from .._common import DTYPE_NAME, PTR_SIG, AOTSpec, cuda_sm_count
 from . import ref
+from .ref import BLOCKWISE_MAX
 from .triton import _interpreter_bf16, basis_dtype, dct2d_fwd
 
-BLOCKWISE_MAX = _dct.BLOCKWISE_MAX  # largest block of the blockwise kernels (v1: BT=64 in fp32 spills)
+# BLOCKWISE_MAX (kernels/dct/ref.py): largest block of the blockwise kernels (v1: BT=64 in fp32 spills)
 V2_TILE = 64  # v2 tile side: wgmma needs >= 64 rows; 64 is a multiple of every power-of-two block <= 32
 V2_WARPS = 4  # fp16/bf16: one warpgroup, the smallest wgmma unit (32 fp32 accumulator registers per thread)
 V2_WARPS_FP32 = 8  # fp32 (IEEE FMA products): 4 warps spill at KW = 64, 8 need ~120-150 registers

@@ -66,6 +66,26 @@ def dct_basis(n: int, dtype: torch.dtype = torch.float32, device: torch.device |
     return basis.to(dtype=dtype, device=device)
 
 
+BLOCKWISE_MAX = 32  # larger blocks are gathered into planes and run the whole-plane kernel
+NORMS = ("ortho", "backward", "forward")
+
+
+def norm_scale(n: int, norm: str) -> torch.Tensor:
+    """Factors [n] (float64) turning the orthonormal DCT-II of length n into scipy's `norm` (type 2).
+
+    scipy's "backward" DCT-II is y[k] = 2 sum_i x[i] cos(pi k (2i + 1) / 2n), with no orthogonalisation of
+    the DC term, i.e. the orthonormal y[k] times 2 sqrt(n) (k = 0) or sqrt(2n) (k > 0); "forward" divides
+    that by 2n. The matching inverses divide the coefficients by the same factors before the orthonormal
+    inverse (every norm is a per-frequency scaling of the orthonormal pair).
+    """
+    s = torch.ones(n, dtype=torch.float64)
+    if norm == "ortho":
+        return s
+    s *= math.sqrt(2.0 * n)
+    s[0] = 2.0 * math.sqrt(n)
+    return s if norm == "backward" else s / (2 * n)
+
+
 @functools.lru_cache(maxsize=32)
 def _kron_basis(h: int, w: int, dtype: torch.dtype, device: torch.device, inverse: bool) -> torch.Tensor:
     """M [H W, H W] with y.flatten() = x.flatten() @ M per plane: kron(D_H, D_W)^T, or kron(D_H, D_W) inverse."""

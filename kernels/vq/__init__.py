@@ -1,4 +1,4 @@
-"""vq_nearest: index and distance of the nearest codebook entry for each row, without an M x K matrix."""
+"""vq_nearest: index and distance of the nearest codebook entries for each row, without an M x K matrix."""
 
 from __future__ import annotations
 
@@ -10,42 +10,116 @@ from .ref import vq_nearest_ref
 __all__ = ["vq_nearest"]
 
 METRICS = ("l2", "cosine")
+DISTANCES = ("squared", "euclidean")
 
 
-def vq_nearest(z: torch.Tensor, codebook: torch.Tensor, metric: str = "l2") -> tuple[torch.Tensor, torch.Tensor]:
-    """Nearest code for every row of `z`.
+def _check(z, codebook, metric, topk, return_distances) -> None:
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    if return_distances not in DISTANCES:
+        raise ValueError(f"return_distances must be one of {DISTANCES}, got {return_distances!r}")
+    if metric == "cosine" and return_distances != "squared":
+        raise ValueError(
+            "return_distances='euclidean' needs metric='l2' (cosine distances are 1 - cos; the Euclidean "
+            "distance between the normalised vectors is sqrt(2 * (1 - cos)))"
+        )
+    check_float("z", z)
+    check_float("codebook", codebook)
+    if z.dim() < 2:
+        raise ValueError(f"z must be [..., M, d], got shape {tuple(z.shape)}")
+    if codebook.dim() not in (2, 3):
+        raise ValueError(f"codebook must be [K, d] (shared) or [G, K, d] (one per group), got {tuple(codebook.shape)}")
+    if codebook.dim() == 3 and (z.dim() < 3 or z.shape[-3] != codebook.shape[0]):
+        raise ValueError(
+            f"with codebook [G, K, d] = {tuple(codebook.shape)}, z must be [..., G, M, d] with G = "
+            f"{codebook.shape[0]} at dim -3, got {tuple(z.shape)} (move the group dim there with z.movedim)"
+        )
+    if z.shape[-1] != codebook.shape[-1]:
+        raise ValueError(f"code dim mismatch: z is {tuple(z.shape)}, codebook is {tuple(codebook.shape)}")
+    K = codebook.shape[-2]
+    if topk is not None and (isinstance(topk, bool) or not isinstance(topk, int) or not 1 <= topk <= K):
+        raise ValueError(f"topk must be None or an int in [1, K={K}], got {topk!r}")
+    check_same_device(z=z, codebook=codebook)
+
+
+def _nearest(z: torch.Tensor, codebook: torch.Tensor, metric: str, topk: int | None):
+    """One [M, d] x [K, d] problem: the kernel for the nearest code, the reference for k > 1."""
+    if (topk or 1) == 1:
+        impl = choose_kernel("vq_nearest", metric, z, codebook)
+        if impl is not None:
+            from .triton import vq_nearest_fwd
+
+            idx, dist = vq_nearest_fwd(z, codebook, metric, impl)
+            return (idx, dist) if topk is None else (idx[:, None], dist[:, None])
+    return vq_nearest_ref(z, codebook, metric, topk=topk)
+
+
+def vq_nearest(
+    z: torch.Tensor,
+    codebook: torch.Tensor,
+    metric: str = "l2",
+    *,
+    topk: int | None = None,
+    return_distances: str = "squared",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest code(s) for every row of `z`, against one shared codebook or one codebook per group.
 
     Args:
-        z: [M, d] fp32/fp16/bf16 vectors to quantise.
-        codebook: [K, d] fp32/fp16/bf16 codes, same device as `z` (dtypes may differ).
+        z: [..., M, d] fp32/fp16/bf16 vectors to quantise (any leading dims). With a per-group codebook
+            [G, K, d], z must be [..., G, M, d]: dim -3 is the group, and rows of group g are matched
+            against codebook[g] only.
+        codebook: [K, d] shared, or [G, K, d] one per group; fp32/fp16/bf16, same device as `z` (dtypes
+            may differ).
         metric: "l2" -> distance ||z - c||^2 (squared Euclidean);
                 "cosine" -> distance 1 - cos(z, c), both vectors normalised inside with norms
                 clamped at 1e-12 (a zero vector is at distance 1 from everything).
+        topk: None (default) for the nearest code, outputs [..., M]; k for the k nearest codes, outputs
+            [..., M, k] in ascending order of distance (ties by lowest index; codes whose distances differ by
+            less than fp32 rounding may come in either order).
+        return_distances: "squared" (default: the metric's distance above) or "euclidean" (||z - c||, as
+            torch.cdist and faiss-style peers report; metric="l2" only).
     Returns:
-        (indices, distances): int64 [M] and float32 [M] on z's device. Distances are computed in
+        (indices, distances): int64 and float32 on z's device, shapes as above. Distances are computed in
         fp32 whatever the input dtype and carry no autograd graph (wrap with a straight-through
         estimator in the model). Ties go to the lowest index. A NaN in a row of z gives that row a
         NaN distance; a NaN in a code gives every row a NaN distance (the code is chosen).
     Never allocates an M x K tensor: the reference works in bounded chunks, the Triton kernels keep a
     running min per row in registers. Codes are ranked on data centred on the codebook mean, so the
-    argmin stays exact for data far from the origin. The Triton path (vq-v2) caches the prepared
-    codebook per tensor version: in-place ops are seen, writes through `.data` are not (pass a fresh
-    tensor, or bump it with an in-place op, after such writes).
-    """
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-    check_float("z", z)
-    check_float("codebook", codebook)
-    if z.dim() != 2:
-        raise ValueError(f"z must be [M, d], got shape {tuple(z.shape)}")
-    if codebook.dim() != 2:
-        raise ValueError(f"codebook must be [K, d], got shape {tuple(codebook.shape)}")
-    if z.shape[1] != codebook.shape[1]:
-        raise ValueError(f"code dim mismatch: z is {tuple(z.shape)}, codebook is {tuple(codebook.shape)}")
-    check_same_device(z=z, codebook=codebook)
-    impl = choose_kernel("vq_nearest", metric, z, codebook)
-    if impl is not None:
-        from .triton import vq_nearest_fwd
+    argmin stays exact for data far from the origin. Per-group codebooks run one [M, d] x [K, d] problem
+    per group (each group centred on its own codebook); topk > 1 always runs the reference (the kernels
+    keep one running minimum). The Triton path (vq-v2) caches the prepared codebook per tensor version:
+    in-place ops are seen, writes through `.data` are not (pass a fresh tensor, or bump it with an
+    in-place op, after such writes).
 
-        return vq_nearest_fwd(z.detach(), codebook.detach(), metric, impl)
-    return vq_nearest_ref(z.detach(), codebook.detach(), metric)
+    Training losses that need logits over codes (soft VQ, a cross-entropy over codes): the logits are
+    -||z - c||^2 / temperature, differentiable, so build them in torch. Over all K codes that is an
+    M x K matrix by nature; keep it to chunks of rows (and sum the per-chunk losses), and expand it on
+    centred data so far-from-origin inputs keep their precision::
+
+        mu = codebook.detach().mean(0)
+        zc, cc = z - mu, codebook - mu
+        logits = (2 * zc @ cc.T - cc.pow(2).sum(-1)) / temperature  # -||z - c||^2 / T up to a per-row constant
+
+    Or restrict the softmax to the k nearest codes (the others get probability 0), found here without
+    any M x K buffer; the nearest code is column 0::
+
+        idx, _ = vq_nearest(z, codebook, topk=k)  # [M, k]
+        logits = -(z.unsqueeze(-2) - codebook[idx]).pow(2).sum(-1) / temperature  # [M, k], differentiable
+    """
+    _check(z, codebook, metric, topk, return_distances)
+    z, codebook = z.detach(), codebook.detach()
+    d = z.shape[-1]
+    tail = () if topk is None else (topk,)
+    if codebook.dim() == 2:
+        idx, dist = _nearest(z.reshape(-1, d), codebook, metric, topk)
+        idx, dist = idx.view(*z.shape[:-1], *tail), dist.view(*z.shape[:-1], *tail)
+    else:
+        zg = z.movedim(-3, 0)  # [G, ..., M, d]
+        parts = [_nearest(zg[g].reshape(-1, d), codebook[g], metric, topk) for g in range(codebook.shape[0])]
+        shape = (*zg.shape[:-1], *tail)  # [G, ..., M(, k)] -> group back at its place in z
+        where = z.dim() - 3
+        idx = torch.stack([p[0] for p in parts]).view(shape).movedim(0, where).contiguous()
+        dist = torch.stack([p[1] for p in parts]).view(shape).movedim(0, where).contiguous()
+    if return_distances == "euclidean":
+        dist = dist.sqrt()
+    return idx, dist

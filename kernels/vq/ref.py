@@ -93,6 +93,7 @@ def vq_nearest_ref(
     metric: str = "l2",
     upcast: bool = False,
     chunk_elems: int = CHUNK_ELEMS,
+    topk: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference nearest-code lookup (arguments are assumed valid: see `vq_nearest`).
 
@@ -103,33 +104,54 @@ def vq_nearest_ref(
         upcast: compute in float64 (oracle quality) instead of float32. Either way fp16/bf16
             inputs are upcast, since fp32 distance arithmetic is the op's contract.
         chunk_elems: most scores alive at once (row chunk x code chunk).
+        topk: None for the nearest code ([M] outputs), or k <= K for the k nearest ([M, k], ascending
+            score, ties by lowest index).
     Returns:
-        indices int64 [M], distances [M] (float32, or float64 with `upcast`); no autograd.
+        indices int64 [M] (or [M, k]), distances of the same shape (float32, or float64 with `upcast`); no autograd.
     """
     cosine = metric == "cosine"
     dtype = torch.float64 if upcast else torch.float32
-    M, _ = z.shape
+    M, d = z.shape
     K = codebook.shape[0]
+    k = topk or 1
     w, a, mu = ranking_operands(codebook, cosine, dtype)
-    # Chunk codes first so one row chunk sees as many codes as fit, then rows.
-    code_chunk = max(1, min(K, chunk_elems))
-    row_chunk = max(1, min(M, chunk_elems // code_chunk))
-    indices = torch.empty(M, dtype=torch.int64, device=z.device)
+    # Chunk codes first so one row chunk sees as many codes as fit, then rows (top-k: + k carried columns).
+    carried = k if k > 1 else 0
+    code_chunk = max(1, min(K, chunk_elems - carried))
+    row_chunk = max(1, min(M, chunk_elems // (code_chunk + carried)))
+    indices = torch.empty(M, k, dtype=torch.int64, device=z.device)
     for r0 in range(0, M, row_chunk):
         zr = z[r0 : r0 + row_chunk].to(dtype) - mu  # [m, d], centred (cosine: mu = 0)
-        best = torch.full((zr.shape[0],), float("inf"), dtype=dtype, device=z.device)
-        best_idx = torch.zeros(zr.shape[0], dtype=torch.int64, device=z.device)
+        m = zr.shape[0]
+        if k == 1:
+            best = torch.full((m,), float("inf"), dtype=dtype, device=z.device)
+            best_idx = torch.zeros(m, dtype=torch.int64, device=z.device)
+        else:
+            best = torch.empty(m, 0, dtype=dtype, device=z.device)
+            best_idx = torch.empty(m, 0, dtype=torch.int64, device=z.device)
         for k0 in range(0, K, code_chunk):
             s = torch.addmm(a[k0 : k0 + code_chunk], zr, w[k0 : k0 + code_chunk].T)  # [m, k]
             torch.nan_to_num_(s, nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
-            cmin, cidx = s.min(dim=1)  # torch returns the first index among equal minima
-            upd = cmin < best  # strict: an earlier chunk (lower index) keeps a tie
-            best = torch.where(upd, cmin, best)
-            best_idx = torch.where(upd, cidx + k0, best_idx)
-        indices[r0 : r0 + row_chunk] = best_idx
-    distances = torch.empty(M, dtype=dtype, device=z.device)
-    rows_per_step = max(1, chunk_elems // z.shape[1])
+            if k == 1:
+                cmin, cidx = s.min(dim=1)  # torch returns the first index among equal minima
+                upd = cmin < best  # strict: an earlier chunk (lower index) keeps a tie
+                best = torch.where(upd, cmin, best)
+                best_idx = torch.where(upd, cidx + k0, best_idx)
+            else:
+                # the running best (lower indices, already in order) first, then this chunk in index order:
+                # a stable sort by score keeps the lowest index first among equal scores
+                cand = torch.arange(k0, k0 + s.shape[1], device=z.device).expand(m, -1)
+                s, order = torch.cat([best, s], dim=1).sort(dim=1, stable=True)
+                best = s[:, :k]
+                best_idx = torch.cat([best_idx, cand], dim=1).gather(1, order[:, :k])
+        indices[r0 : r0 + row_chunk] = best_idx.view(m, k)
+    distances = torch.empty(M, k, dtype=dtype, device=z.device)
+    rows_per_step = max(1, chunk_elems // (d * k))
     for r0 in range(0, M, rows_per_step):
         rows = slice(r0, r0 + rows_per_step)
-        distances[rows] = _direct_distance(z[rows].to(dtype), codebook[indices[rows]].to(dtype), cosine)
+        zr = z[rows].to(dtype)[:, None, :].expand(-1, k, -1).reshape(-1, d)
+        chosen = codebook[indices[rows].reshape(-1)].to(dtype)
+        distances[rows] = _direct_distance(zr, chosen, cosine).view(-1, k)
+    if topk is None:
+        return indices.view(M), distances.view(M)
     return indices, distances

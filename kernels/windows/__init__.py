@@ -12,7 +12,8 @@ import torch
 
 __all__ = ["spectral_windows"]
 
-MAPPINGS = ("uniform", "power", "energy")
+MAPPINGS = ("uniform", "power", "energy", "gain")
+DATA_MAPPINGS = ("energy", "gain")  # computed from a power spectrum of the training data
 
 
 def _is_int(v) -> bool:
@@ -33,9 +34,10 @@ def _make_increasing(targets: list[float | int], size: int) -> list[int]:
     return out
 
 
-def _energy_targets(size: int, num_tokens: int, power_spectrum) -> list[int]:
+def _ring_energy(size: int, power_spectrum, mapping: str) -> torch.Tensor:
+    """band[r] = energy of the ring max(u, v) = r, float64, after validating the spectrum."""
     if not isinstance(power_spectrum, torch.Tensor):
-        raise ValueError(f"mapping='energy' needs power_spectrum, a [size, size] tensor, got {type(power_spectrum)}")
+        raise ValueError(f"mapping={mapping!r} needs power_spectrum, a [size, size] tensor, got {type(power_spectrum)}")
     if tuple(power_spectrum.shape) != (size, size):
         raise ValueError(f"power_spectrum must have shape ({size}, {size}), got {tuple(power_spectrum.shape)}")
     if power_spectrum.dtype.is_complex or not power_spectrum.dtype.is_floating_point:
@@ -43,17 +45,38 @@ def _energy_targets(size: int, num_tokens: int, power_spectrum) -> list[int]:
     p = power_spectrum.detach().to(device="cpu", dtype=torch.float64)
     if not torch.isfinite(p).all() or (p < 0).any():
         raise ValueError("power_spectrum must be finite and non-negative")
-    # cum[w] = energy inside the low-pass square max(u, v) < w, for w = 0..size.
     idx = torch.arange(size)
     radius = torch.maximum(idx.unsqueeze(1), idx.unsqueeze(0))
     band = torch.zeros(size, dtype=torch.float64).index_add_(0, radius.flatten(), p.flatten())
+    if not band.sum().item() > 0:
+        raise ValueError("power_spectrum has zero total energy")
+    return band
+
+
+def _energy_targets(size: int, num_tokens: int, power_spectrum) -> list[int]:
+    band = _ring_energy(size, power_spectrum, "energy")
+    # cum[w] = energy inside the low-pass square max(u, v) < w, for w = 0..size.
     cum = torch.cat([torch.zeros(1, dtype=torch.float64), band.cumsum(0)])
     total = cum[-1].item()
-    if not total > 0:
-        raise ValueError("power_spectrum has zero total energy")
     # w_i = the smallest window whose low-pass square holds at least i/N of the energy.
     targets = [i / num_tokens * total for i in range(1, num_tokens + 1)]
     return [int(torch.searchsorted(cum, torch.tensor(t, dtype=torch.float64)).item()) for t in targets]
+
+
+def _gain_targets(size: int, num_tokens: int, power_spectrum) -> list[int]:
+    band = _ring_energy(size, power_spectrum, "gain")
+    # resid[w] = energy outside the low-pass square = S^2 x the MSE of the exact sub-image (Parseval), w < size.
+    resid = band.flip(0).cumsum(0).flip(0)
+    live = (resid > 0).nonzero().flatten()
+    top = int(live[-1])  # the last window whose sub-image still misses something
+    if top == 0 or num_tokens == 1:
+        return [1] * num_tokens  # nothing to share out: unit steps, then w_N = size
+    # Quality in dB (up to a constant): q(w) = -10 log10 resid[w]. Token i ends where q has climbed i/(N-1) of
+    # the way from q(0) to q(top); the last token takes whatever is left, up to the full image.
+    q = -10.0 * torch.log10(resid[1 : top + 1])
+    lo, hi = -10.0 * math.log10(resid[0].item()), q[-1].item()
+    targets = torch.tensor([lo + (hi - lo) * i / (num_tokens - 1) for i in range(1, num_tokens)], dtype=torch.float64)
+    return [int(w) + 1 for w in torch.searchsorted(q, targets - 1e-9 * abs(hi - lo))] + [size]
 
 
 def spectral_windows(
@@ -74,10 +97,17 @@ def spectral_windows(
             list used by the design's calibration.
             "energy": w_i = the smallest window whose low-pass square {max(u, v) < w_i} holds at
             least i/N of the energy of `power_spectrum`, so each band B_i carries about an equal share,
-            then at least +1 per step.
+            then at least +1 per step. On natural images the DC term alone holds a large share of the
+            power, so this degenerates into one ring per token and a last token holding the rest.
+            "gain": each token adds an equal step of reconstruction quality in dB. With R(w) the energy
+            of `power_spectrum` outside the low-pass square (the squared error of the exact sub-image, by
+            Parseval), w_i is the smallest window with -10 log10 R(w_i) at least i/(N-1) of the way from
+            R(0) to R(w_top) on that log scale (w_top: the last window still missing energy), then at least
+            +1 per step. Rings that carry almost nothing (odd rings of left-right symmetric images) are
+            merged into the next token instead of getting one of their own.
         gamma: exponent of "power" (> 0; > 1 spends more tokens on low frequencies).
         power_spectrum: `[size, size]` mean DCT power |X[u, v]|^2 over the training data (only for
-            "energy").
+            "energy" and "gain").
     Every rule finally clamps w_i to size - (N - i) so that the remaining steps fit, and sets w_N = size.
     Returns:
         list of N Python ints.
@@ -92,14 +122,16 @@ def spectral_windows(
         raise ValueError(f"mapping must be one of {MAPPINGS}, got {mapping!r}")
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not math.isfinite(gamma) or gamma <= 0:
         raise ValueError(f"gamma must be a finite number > 0, got {gamma!r}")
-    if mapping != "energy" and power_spectrum is not None:
-        raise ValueError(f"power_spectrum is only used by mapping='energy', got mapping={mapping!r}")
+    if mapping not in DATA_MAPPINGS and power_spectrum is not None:
+        raise ValueError(f"power_spectrum is only used by mappings {DATA_MAPPINGS}, got mapping={mapping!r}")
 
     n = num_tokens
     if mapping == "uniform":
         targets = [round(size * i / n) for i in range(1, n + 1)]
     elif mapping == "power":
         targets = [round(size * (i / n) ** gamma) for i in range(1, n + 1)]
-    else:
+    elif mapping == "energy":
         targets = _energy_targets(size, n, power_spectrum)
+    else:
+        targets = _gain_targets(size, n, power_spectrum)
     return _make_increasing(targets, size)

@@ -1,0 +1,192 @@
+"""scaled_dot_product_attention: the drop-in for torch's, checked against torch's own function in float64.
+
+Every case runs on both backends (`backend` fixture). What the Triton kernel implements (full, causal and
+prefix-LM attention with Tq == Tk, GQA) must really run it under SPECTRALAR_KERNELS=triton (launches are
+counted); masks, dropout, Tq != Tk and block-causal run torch's SDPA on both. Gradients are compared too.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tolerances import assert_close_to_oracle
+
+import spectralar_kernels
+from spectralar_kernels import scaled_dot_product_attention as sdpa
+from spectralar_kernels.attention import triton as attn_triton
+
+
+def qkv(b, h_q, h_kv, t_q, t_k, d, seed, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, h_q, t_q, d, generator=g).to(dtype).requires_grad_(True)
+    k, v = (torch.randn(b, h_kv, t_k, d, generator=g).to(dtype).requires_grad_(True) for _ in range(2))
+    return q, k, v
+
+
+def torch64(q, k, v, **kw):
+    """torch's SDPA in float64 on detached copies: (out, (q, k, v) leaves for gradients)."""
+    x = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
+    mask = kw.pop("attn_mask", None)
+    if mask is not None and mask.dtype != torch.bool:
+        mask = mask.double()
+    return F.scaled_dot_product_attention(*x, attn_mask=mask, **kw), x
+
+
+def explicit_mask(t_q, t_k, prefix_len=None, block_sizes=None):
+    """The extensions' masks from their definitions, for torch's SDPA (True = attend)."""
+    t = torch.arange(t_q)[:, None]
+    j = torch.arange(t_k)[None, :]
+    if block_sizes is not None:
+        block = torch.tensor([i for i, n in enumerate(block_sizes) for _ in range(n)])
+        return block[None, :] <= block[:, None]
+    return (j <= t) | (j < prefix_len)
+
+
+def compare(backend, monkeypatch, q, k, v, want, leaves, kernel_expected, name, **kw):
+    """Our output and gradients vs float64 torch; counts Triton forward launches."""
+    launches = []
+    fwd = attn_triton.attention_fwd
+    monkeypatch.setattr(attn_triton, "attention_fwd", lambda *a, **k_: launches.append(1) or fwd(*a, **k_))
+    out = sdpa(q, k, v, **kw)
+    assert bool(launches) == (backend == "triton" and kernel_expected), f"{name}: {len(launches)} launches"
+    assert out.shape == want.shape and out.dtype == q.dtype
+    assert_close_to_oracle(out.detach(), want, None, atol=2e-6, rtol=1e-4, name=name)
+    do = torch.randn(want.shape, generator=torch.Generator().manual_seed(5))
+    got = torch.autograd.grad(out, (q, k, v), do)
+    grads = torch.autograd.grad(want, leaves, do.double())
+    for n, a, w in zip("qkv", got, grads):
+        assert_close_to_oracle(a, w, None, atol=1e-5, rtol=1e-4, name=f"d{n} {name}")
+
+
+# name, (B, Hq, Hkv, Tq, Tk, D), keyword arguments for both, whether the Triton kernel takes it
+STRUCTURAL = [
+    ("full", (2, 2, 2, 9, 9, 16), {}, True),
+    ("causal", (2, 2, 2, 9, 9, 16), {"is_causal": True}, True),
+    ("causal Tq<Tk", (1, 2, 2, 5, 9, 16), {"is_causal": True}, False),
+    ("causal Tq>Tk", (1, 2, 2, 9, 5, 16), {"is_causal": True}, False),
+    ("full Tq!=Tk", (1, 2, 2, 3, 7, 16), {}, False),
+    ("gqa causal", (1, 4, 2, 7, 7, 16), {"is_causal": True, "enable_gqa": True}, True),
+    ("gqa 4:1 Tq<Tk", (1, 4, 1, 3, 7, 16), {"is_causal": True, "enable_gqa": True}, False),
+    ("scale", (1, 2, 2, 7, 7, 24), {"is_causal": True, "scale": 0.3}, True),
+    ("head dim 40", (1, 1, 1, 7, 7, 40), {}, True),
+]
+
+
+@pytest.mark.parametrize("case", STRUCTURAL, ids=lambda c: c[0])
+def test_matches_torch(backend, monkeypatch, case):
+    name, (b, h_q, h_kv, t_q, t_k, d), kw, kernel = case
+    q, k, v = qkv(b, h_q, h_kv, t_q, t_k, d, seed=len(name))
+    want, leaves = torch64(q, k, v, **kw)
+    compare(backend, monkeypatch, q, k, v, want, leaves, kernel, name, **kw)
+
+
+@pytest.mark.parametrize("shape", [(6, 8), (2, 1, 6, 8), (1, 3, 1, 8), (1, 8)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("kind", ["bool", "additive"])
+def test_random_masks(backend, monkeypatch, kind, shape):
+    """Random boolean (True = attend) and additive masks in broadcastable shapes, with some rows fully masked
+    in the boolean case: torch returns zeros there, and so must we."""
+    q, k, v = qkv(2, 3, 3, 6, 8, 16, seed=11)
+    g = torch.Generator().manual_seed(12)
+    if kind == "bool":
+        mask = torch.rand(shape, generator=g) < 0.6
+        if shape[-2] > 1:
+            mask[..., 0, :] = False  # a row that sees nothing
+    else:
+        mask = torch.randn(shape, generator=g)
+        mask = mask.masked_fill(torch.rand(shape, generator=g) < 0.3, float("-inf"))
+        mask[..., 0] = 0.0  # every row keeps a finite logit
+    want, leaves = torch64(q, k, v, attn_mask=mask)
+    compare(backend, monkeypatch, q, k, v, want, leaves, False, f"{kind} {shape}", attn_mask=mask)
+    if kind == "bool" and shape[-2] > 1:
+        assert torch.equal(sdpa(q, k, v, attn_mask=mask)[..., 0, :].detach(), torch.zeros(2, 3, 16))
+
+
+@pytest.mark.parametrize("prefix_len", [0, 1, 4, 9])
+def test_prefix_len(backend, monkeypatch, prefix_len):
+    q, k, v = qkv(1, 2, 2, 9, 9, 16, seed=20 + prefix_len)
+    want, leaves = torch64(q, k, v, attn_mask=explicit_mask(9, 9, prefix_len=prefix_len))
+    compare(backend, monkeypatch, q, k, v, want, leaves, True, f"prefix {prefix_len}", prefix_len=prefix_len)
+
+
+def test_prefix_len_with_padding_mask(backend, monkeypatch):
+    """An extension combined with attn_mask: a key must pass both (torch path)."""
+    q, k, v = qkv(2, 2, 2, 9, 9, 16, seed=24)
+    pad = torch.arange(9)[None, None, None, :] < torch.tensor([9, 6])[:, None, None, None]  # key padding per sample
+    want, leaves = torch64(q, k, v, attn_mask=explicit_mask(9, 9, prefix_len=3) & pad)
+    compare(backend, monkeypatch, q, k, v, want, leaves, False, "prefix + padding", prefix_len=3, attn_mask=pad)
+
+
+@pytest.mark.parametrize("block_sizes", [[1, 4, 4], [3, 3, 3], [9]])
+def test_block_causal(backend, monkeypatch, block_sizes):
+    q, k, v = qkv(1, 2, 2, 9, 9, 16, seed=30)
+    want, leaves = torch64(q, k, v, attn_mask=explicit_mask(9, 9, block_sizes=block_sizes))
+    compare(backend, monkeypatch, q, k, v, want, leaves, False, f"blocks {block_sizes}", block_sizes=block_sizes)
+
+
+@pytest.mark.parametrize("scale", [0.0, -0.5])
+@pytest.mark.parametrize("t_q", [7, 4])
+def test_zero_and_negative_scale_stay_finite(backend, monkeypatch, scale, t_q):
+    """torch's CPU is_causal scales the masked logits (NaN for these scales); the explicit mask does not."""
+    q, k, v = qkv(1, 2, 2, t_q, 7, 16, seed=40)
+    want, leaves = torch64(q, k, v, attn_mask=explicit_mask(t_q, 7, prefix_len=0), scale=scale)
+    compare(backend, monkeypatch, q, k, v, want, leaves, t_q == 7, f"scale {scale}", is_causal=True, scale=scale)
+
+
+def test_dropout_is_torchs(backend):
+    """dropout_p > 0 runs torch's SDPA: the same seed gives torch's exact output."""
+    q, k, v = qkv(1, 2, 2, 6, 6, 16, seed=50)
+    torch.manual_seed(0)
+    got = sdpa(q, k, v, dropout_p=0.3, is_causal=True)
+    torch.manual_seed(0)
+    want = F.scaled_dot_product_attention(q, k, v, dropout_p=0.3, is_causal=True)
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_low_precision(backend, dtype):
+    q, k, v = qkv(1, 2, 2, 17, 17, 32, seed=60, dtype=dtype)
+    out = sdpa(q, k, v, is_causal=True)
+    want, _ = torch64(q, k, v, is_causal=True)
+    same = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert_close_to_oracle(out.detach(), want, same.detach(), name=f"{dtype}")
+
+
+def test_float64_runs_torch(backend):
+    q, k, v = qkv(1, 2, 2, 5, 5, 16, seed=61, dtype=torch.float64)
+    assert torch.equal(sdpa(q, k, v, is_causal=True), F.scaled_dot_product_attention(q, k, v, is_causal=True))
+
+
+def test_exported():
+    assert spectralar_kernels.scaled_dot_product_attention is sdpa
+
+
+def _bad_cases():
+    x = torch.randn(1, 2, 5, 16)
+    return [
+        ("3 dims", (x[0], x, x), {}, "\\[B, H, T, D\\]"),
+        ("int", (x.long(), x.long(), x.long()), {}, "float32"),
+        ("dtype", (x, x.half(), x.half()), {}, "differs from query"),
+        ("D", (x, torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8)), {}, "key must be"),
+        ("value T", (x, x, torch.randn(1, 2, 4, 16)), {}, "key must be"),
+        ("heads", (x, torch.randn(1, 1, 5, 16), torch.randn(1, 1, 5, 16)), {}, "enable_gqa"),
+        ("gqa multiple", (torch.randn(1, 3, 5, 16), x, x), {"enable_gqa": True}, "multiple"),
+        ("mask shape", (x, x, x), {"attn_mask": torch.ones(5, 4, dtype=torch.bool)}, "does not broadcast"),
+        ("mask dtype", (x, x, x), {"attn_mask": torch.ones(5, 5, dtype=torch.int32)}, "attn_mask must be"),
+        ("mask 1-D", (x, x, x), {"attn_mask": torch.ones(5, dtype=torch.bool)}, "at least 2 dims"),
+        ("mask and causal", (x, x, x), {"attn_mask": torch.ones(5, 5, dtype=torch.bool), "is_causal": True},
+         "not both"),
+        ("dropout", (x, x, x), {"dropout_p": 1.0}, "dropout_p"),
+        ("scale", (x, x, x), {"scale": float("nan")}, "scale"),
+        ("causal int", (x, x, x), {"is_causal": 1}, "is_causal"),
+        ("prefix", (x, x, x), {"prefix_len": 6}, "prefix_len"),
+        ("blocks sum", (x, x, x), {"block_sizes": [2, 2]}, "block_sizes"),
+        ("blocks Tq!=Tk", (x, torch.randn(1, 2, 6, 16), torch.randn(1, 2, 6, 16)), {"block_sizes": [5]}, "block_sizes"),
+        ("both", (x, x, x), {"prefix_len": 2, "block_sizes": [5]}, "not both"),
+        ("device", (x, x.to("meta"), x), {}, "one device"),
+    ]
+
+
+@pytest.mark.parametrize("case", _bad_cases(), ids=lambda c: c[0])
+def test_errors(backend, case):
+    _, args, kwargs, match = case
+    with pytest.raises(ValueError, match=match):
+        sdpa(*args, **kwargs)
