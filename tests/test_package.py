@@ -2,9 +2,11 @@
 
 import ast
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
+import zipfile
 from pathlib import Path
 
 import spectralar_kernels
@@ -13,8 +15,11 @@ KERNELS_DIR = Path(__file__).resolve().parent.parent / "kernels"
 PUBLIC_API = [
     "attention",
     "attention_with_kvcache",
+    "dct",
     "dct2d",
+    "idct",
     "idct2d",
+    "scaled_dot_product_attention",
     "spectral_subimages",
     "spectral_windows",
     "vq_nearest",
@@ -119,3 +124,65 @@ def test_import_and_reference_paths_without_triton():
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stdout + proc.stderr
+
+
+def test_kernels_install_alone(tmp_path):
+    """`pip install ./kernels` builds a wheel that needs torch only and imports without the model stack."""
+    # Build from a copy: setuptools writes build/ and *.egg-info beside the sources.
+    skip = shutil.ignore_patterns("build", "*.egg-info", "__pycache__")
+    src = shutil.copytree(KERNELS_DIR, tmp_path / "src", ignore=skip)
+    sources = {p.relative_to(src).as_posix() for p in src.rglob("*.py")}
+    wheels = tmp_path / "wheels"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", str(src), "-w", str(wheels)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (wheel,) = wheels.glob("spectralar_kernels-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+        meta = z.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+        z.extractall(tmp_path / "site")
+    assert {n.split("/")[0] for n in names} == {"spectralar_kernels", wheel.name.split("-py3")[0] + ".dist-info"}
+    assert sources == {n.removeprefix("spectralar_kernels/") for n in names if n.endswith(".py")}
+    requires = [line.split(":", 1)[1].strip() for line in meta.splitlines() if line.startswith("Requires-Dist:")]
+    assert [r for r in requires if "extra ==" not in r] == ["torch>=2.3"], requires
+    assert f"Version: {spectralar_kernels.__version__}" in meta
+
+    # Import from the unpacked wheel with everything but torch (and its own needs) blocked.
+    script = textwrap.dedent(
+        """
+        import sys
+
+        BLOCKED = ("spectralar", "matplotlib", "PIL", "safetensors", "tqdm")
+
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in BLOCKED:
+                    raise ImportError(name + " blocked for this test")
+                return None
+
+        sys.meta_path.insert(0, Block())
+        import torch
+        import spectralar_kernels as sk
+
+        assert sk.__file__.startswith(sys.argv[1]), sk.__file__
+        x = torch.randn(2, 1, 8, 8)
+        assert (sk.idct2d(sk.dct2d(x)) - x).abs().max() < 1e-4
+        print("OK")
+        """
+    )
+    site = str(tmp_path / "site")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([site] + [p for p in sys.path if p]))
+    proc = subprocess.run([sys.executable, "-c", script, site], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stdout + proc.stderr
+
+
+def test_one_version():
+    import spectralar
+
+    assert spectralar.__version__ == spectralar_kernels.__version__
+    root = KERNELS_DIR.parent
+    for path in [root / "setup.py", root / "pyproject.toml", KERNELS_DIR / "pyproject.toml"]:
+        assert spectralar_kernels.__version__ not in path.read_text(encoding="utf-8"), f"{path} repeats the version"
+    assert f"## {spectralar_kernels.__version__}" in (root / "CHANGELOG.md").read_text(encoding="utf-8")
