@@ -8,7 +8,7 @@ unrelated PyPI project). The kernels also install on their own: `pip install ./k
 
 from setuptools import setup
 
-KERNEL_PACKAGES = ["dct", "windows", "subimages", "vq", "attention"]
+KERNEL_PACKAGES = ["dct", "windows", "subimages", "vq", "attention", "testing"]
 
 setup(
     packages=["spectralar", "spectralar_kernels"] + [f"spectralar_kernels.{p}" for p in KERNEL_PACKAGES],

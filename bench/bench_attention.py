@@ -1,9 +1,11 @@
 """Attention benchmarks: SDPA reference vs our Triton kernels vs flash-attn (when installed).
 
-Run with `pytest bench/bench_attention.py --benchmark-only`. Shapes are this model's: the generator
-(causal, T = 65 = class token + 64 codes), the encoder (prefix-LM, 256 patches + 64 queries), both
-at head dim 64, the fmnist sizes at head dim 32 (T = 17 causal, 64 + 16 prefix-LM), and one KV-cache
-decode step against 65 cached entries. CPU runs use small fp32 batches; CUDA runs use bf16.
+Run with `pytest bench/bench_attention.py --benchmark-only`. Shapes are this model's, the GPU report's
+(bench/cases.py): the generator (128 rows with CFG, causal, T = 65 = class token + 64 codes, 16 heads), the
+tokenizer's encoder (prefix-LM, 256 patches + 64 queries, 12 heads) and decoder (full, T = 320), all at head
+dim 64, and one KV-cache decode step against 64 cached entries (65 after the write) for 128 rows and for 2;
+plus the fmnist sizes at head dim 32 (T = 17 causal, 64 + 16 prefix-LM). CUDA runs use bf16 at these shapes;
+CPU runs fp32 with at most 4 rows of 4 heads.
 Each case checks correctness once against the float64 reference, then times, the forward alone and the
 forward with the gradients of q, k, v; `extra_info` holds the achieved TFLOP/s (4 * B * H * D * visible
 (query, key) pairs for the forward, ~halved for causal; 3.5x that with the backward) and, for decode,
@@ -11,31 +13,38 @@ the GB/s of reading the cache, plus peak memory on CUDA.
 """
 
 import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from spectralar_kernels import attention, attention_with_kvcache
 from spectralar_kernels.attention import ref
+from spectralar_kernels.testing import assert_close_to_oracle
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from tolerances import assert_close_to_oracle  # noqa: E402
+from . import cases
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
 DTYPE = torch.bfloat16 if CUDA else torch.float32
-BATCH, HEADS = (64, 16) if CUDA else (4, 4)
 HAS_FLASH = importlib.util.find_spec("flash_attn") is not None
 
-# name: (T, head dim, causal, prefix_len)
-SHAPES = {
-    "generator-T65": (65, 64, True, 0),
-    "encoder-T320-prefix256": (320, 64, True, 256),
-    "fmnist-generator-T17": (17, 32, True, 0),
-    "fmnist-encoder-T80-prefix64": (80, 32, True, 64),
-}
+
+def _sized(b, t, h, d) -> tuple:
+    """[B, T, H, D] as this machine times it: as is on CUDA, at most 4 rows of 4 heads on CPU."""
+    return (b, t, h, d) if CUDA else (min(b, 4), t, min(h, 4), d)
+
+
+def _case_id(name, t, prefix_len):
+    return f"{name}-T{t}" + (f"-prefix{prefix_len}" if prefix_len else "")
+
+
+# name: ([B, T, H, D], causal, prefix_len)
+SHAPES = {}
+for _name, (_shape, _mask) in cases.ATTENTION.items():
+    _causal, _prefix, _ = cases.parse_mask(_mask, _shape[1])
+    SHAPES[_case_id(_name, _shape[1], _prefix)] = (_sized(*_shape), _causal, _prefix)
+SHAPES["fmnist-generator-T17"] = (_sized(64, 17, 16, 32), True, 0)
+SHAPES["fmnist-encoder-T80-prefix64"] = (_sized(64, 80, 16, 32), True, 64)
 PROVIDERS = ["ref", "triton", "flash-attn"]
 
 
@@ -83,10 +92,10 @@ def _visible_pairs(t, causal, prefix_len):
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_attention_forward(benchmark, monkeypatch, provider, shape):
-    t, d, causal, prefix_len = SHAPES[shape]
+    (b, t, h, d), causal, prefix_len = SHAPES[shape]
     _skip_unavailable(provider, causal, prefix_len)
     g = torch.Generator(device=DEVICE).manual_seed(0)
-    q, k, v = (torch.randn(BATCH, t, HEADS, d, device=DEVICE, generator=g, dtype=DTYPE) for _ in range(3))
+    q, k, v = (torch.randn(b, t, h, d, device=DEVICE, generator=g, dtype=DTYPE) for _ in range(3))
     fn = _run(provider, lambda: attention(q, k, v, causal=causal, prefix_len=prefix_len), monkeypatch)
 
     out = fn()  # correctness once, against the float64 reference
@@ -97,17 +106,17 @@ def test_attention_forward(benchmark, monkeypatch, provider, shape):
     if CUDA:
         torch.cuda.reset_peak_memory_stats()
     benchmark(fn)
-    _record(benchmark, 4 * BATCH * HEADS * d * _visible_pairs(t, causal, prefix_len))
+    _record(benchmark, 4 * b * h * d * _visible_pairs(t, causal, prefix_len))
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_attention_forward_backward(benchmark, monkeypatch, provider, shape):
     """Forward plus the gradients of q, k, v (training); checks the gradients once against float64."""
-    t, d, causal, prefix_len = SHAPES[shape]
+    (b, t, h, d), causal, prefix_len = SHAPES[shape]
     _skip_unavailable(provider, causal, prefix_len)
     g = torch.Generator(device=DEVICE).manual_seed(0)
-    q, k, v, do = (torch.randn(BATCH, t, HEADS, d, device=DEVICE, generator=g, dtype=DTYPE) for _ in range(4))
+    q, k, v, do = (torch.randn(b, t, h, d, device=DEVICE, generator=g, dtype=DTYPE) for _ in range(4))
     q, k, v = (x.requires_grad_(True) for x in (q, k, v))
     grads = lambda: torch.autograd.grad(attention(q, k, v, causal=causal, prefix_len=prefix_len), (q, k, v), do)  # noqa: E731
     fn = _run(provider, grads, monkeypatch)
@@ -125,28 +134,30 @@ def test_attention_forward_backward(benchmark, monkeypatch, provider, shape):
         torch.cuda.reset_peak_memory_stats()
     benchmark(fn)
     # backward: 5 products of the forward's size (s and dp recomputed, dv, dk, dq) -> 3.5x the forward's flops
-    _record(benchmark, 3.5 * 4 * BATCH * HEADS * d * _visible_pairs(t, causal, prefix_len))
+    _record(benchmark, 3.5 * 4 * b * h * d * _visible_pairs(t, causal, prefix_len))
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
-def test_attention_decode_step(benchmark, monkeypatch, provider):
-    """One generated token per sample against a cache holding 64 entries (65 after the write)."""
+@pytest.mark.parametrize("case", list(cases.DECODE))
+def test_attention_decode_step(benchmark, monkeypatch, provider, case):
+    """One decoding step: the new token's k, v written into a cache holding `seqlen` entries, then read."""
     _skip_unavailable(provider)
-    t_max, d, seqlen = 65, 64, 64
+    b, t_max, h, d, t_q, seqlen = cases.DECODE[case]
+    b, t_max, h, d = _sized(b, t_max, h, d)
     g = torch.Generator(device=DEVICE).manual_seed(0)
-    k_cache, v_cache = (torch.randn(BATCH, t_max, HEADS, d, device=DEVICE, generator=g, dtype=DTYPE) for _ in range(2))
-    q, k, v = (torch.randn(BATCH, 1, HEADS, d, device=DEVICE, generator=g, dtype=DTYPE) for _ in range(3))
-    seqlens = torch.full((BATCH,), seqlen, dtype=torch.int32, device=DEVICE)
+    k_cache, v_cache = (torch.randn(b, t_max, h, d, device=DEVICE, generator=g, dtype=DTYPE) for _ in range(2))
+    q, k, v = (torch.randn(b, t_q, h, d, device=DEVICE, generator=g, dtype=DTYPE) for _ in range(3))
+    seqlens = torch.full((b,), seqlen, dtype=torch.int32, device=DEVICE)
     fn = _run(provider, lambda: attention_with_kvcache(q, k_cache, v_cache, seqlens, k=k, v=v), monkeypatch)
 
-    out = fn()  # writes k, v at position 64 (the same values on every later call)
+    out = fn()  # writes k, v at position `seqlen` (the same values on every later call)
     oracle = ref.attention_with_kvcache_ref(q.double(), k_cache.double(), v_cache.double(), seqlens)
     same = ref.attention_with_kvcache_ref(q, k_cache, v_cache, seqlens) if DTYPE != torch.float32 else None
-    assert_close_to_oracle(out, oracle, same, atol=1e-5, rtol=1e-4, name=f"{provider} decode")
+    assert_close_to_oracle(out, oracle, same, atol=1e-5, rtol=1e-4, name=f"{provider} decode {case}")
 
     if CUDA:
         torch.cuda.reset_peak_memory_stats()
     benchmark(fn)
-    n_keys = seqlen + 1
-    cache_bytes = 2 * BATCH * n_keys * HEADS * d * k_cache.element_size()
-    _record(benchmark, 4 * BATCH * HEADS * n_keys * d, cache_bytes)
+    n_keys = seqlen + t_q
+    cache_bytes = 2 * b * n_keys * h * d * k_cache.element_size()
+    _record(benchmark, 4 * b * h * t_q * n_keys * d, cache_bytes)  # t_q = 1: every query sees every key

@@ -1,11 +1,12 @@
 """DCT benchmarks: reference vs Triton vs scipy.fft.dctn vs torch-dct (if installed) vs unfold-matmul-fold blockwise.
 
-Run with `pytest bench/bench_dct.py --benchmark-only`. Cases: the whole-image DCT of the fmnist
-preset (32 x 32, one channel), of ImageNet-size images (256 x 256 x 3), and the JPEG-style 8 x 8
-blockwise DCT. CPU runs use small fp32 batches (the Triton provider is CUDA-only: the interpreter is
-not a speed); CUDA runs use bigger batches. Each case checks correctness once against the float64
-reference, then times; `extra_info` holds GB/s (one read + one write of the tensor, the floor for
-the blockwise case) and GFLOP/s of the matmul form (2 (H + W) flops per pixel), plus peak memory on CUDA.
+Run with `pytest bench/bench_dct.py --benchmark-only`. Cases: the whole-image DCT of the fmnist preset (32 x
+32, one channel), of ImageNet-size images (256 x 256 x 3), and the JPEG-style 8 x 8 blockwise DCT; the
+ImageNet-size ones are the GPU report's (bench/cases.py). CPU runs use small fp32 batches (the Triton provider
+is CUDA-only: the interpreter is not a speed); CUDA runs use bigger batches. Each case checks correctness once
+against the float64 reference, then times; `extra_info` holds GB/s (one read + one write of the tensor, the
+floor for the blockwise case) and GFLOP/s of the matmul form (2 (H + W) flops per pixel), plus peak memory on
+CUDA.
 
 `test_dct2d_cpu_sweep`: the whole-plane CPU path (our reference, the product on CPU) against
 scipy.fft.dctn / idctn per plane size 8 ... 512, with 1 and 2 threads (torch.set_num_threads(t) for ours,
@@ -14,9 +15,7 @@ interleaved (minimum of several repeats: robust on a shared machine), and the `r
 `speed_vs_scipy` = scipy time / our time (>= 1: ours is faster) in `extra_info`.
 """
 
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,17 +25,16 @@ import torch.nn.functional as F
 
 from spectralar_kernels import dct2d, idct2d
 from spectralar_kernels.dct import ref
+from spectralar_kernels.testing import max_err
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from tolerances import max_err  # noqa: E402
+from . import cases
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
 # name: (shape [B, C, H, W], block)
 CASES = {
     "fmnist-32x32": ((256 if CUDA else 64, 1, 32, 32), None),
-    "imagenet-256x256x3": ((64 if CUDA else 2, 3, 256, 256), None),
-    "block8-256x256x3": ((64 if CUDA else 2, 3, 256, 256), 8),
+    **{name: (shape if CUDA else cases.smaller(shape, 2), block) for name, (shape, block) in cases.DCT.items()},
 }
 PROVIDERS = ["ref", "triton", "scipy", "unfold", "torch_dct"]
 

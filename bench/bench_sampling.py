@@ -26,9 +26,10 @@ import torch
 from spectralar.config import preset
 from spectralar.generator import SpectralGPT
 
+from .cases import CFG_SCALE
+
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
-CFG_SCALE = 2.0
 AGREE_BATCH = 8
 _agreement: dict[str, tuple[float, float]] = {}
 

@@ -1,17 +1,13 @@
 """Spectral sub-image benchmarks: reference vs Triton vs scipy.fft (dctn, mask, idctn).
 
-Run with `pytest bench/bench_subimages.py --benchmark-only`. Cases: one window per sample (the
-tokenizer's training targets) and all N prefixes (progressive decoding), at the fmnist size (32 x 32
-x 1, N = 16) and at ImageNet size (256 x 256 x 3, N = 64; CUDA only on the reference path's
-account: it materialises N full-size coefficient tensors), in fp32 and (CUDA only) bf16. CPU runs use
-small batches and skip the Triton provider (the interpreter is not a speed). Each case checks
-correctness once against the float64 reference (bf16: within 2x the error of the bf16 reference, the
-tests' rule), then times; `extra_info` holds GB/s (read x once, write the outputs), plus peak memory
-on CUDA.
+Run with `pytest bench/bench_subimages.py --benchmark-only`. Cases: one window per sample (the tokenizer's
+training targets) and all N prefixes (progressive decoding), at the fmnist size (32 x 32 x 1, N = 16) and at
+ImageNet size (256 x 256 x 3, N = 64: the GPU report's cases, bench/cases.py; all prefixes CUDA only on the
+reference path's account: it materialises N full-size coefficient tensors), in fp32 and (CUDA only) bf16. CPU
+runs use small batches and skip the Triton provider (the interpreter is not a speed). Each case checks
+correctness once against the float64 reference (bf16: within 2x the error of the bf16 reference, the tests'
+rule), then times; `extra_info` holds GB/s (read x once, write the outputs), plus peak memory on CUDA.
 """
-
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,9 +16,9 @@ import torch
 
 from spectralar_kernels import spectral_subimages, spectral_windows
 from spectralar_kernels.subimages import ref
+from spectralar_kernels.testing import assert_close_to_oracle, max_err
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from tolerances import assert_close_to_oracle, max_err  # noqa: E402
+from . import cases
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -30,9 +26,9 @@ DEVICE = "cuda" if CUDA else "cpu"
 CASES = {
     "fmnist-32-per-sample": ((256 if CUDA else 64, 1, 32, 32), 16, False),
     "fmnist-32-all16": ((256 if CUDA else 16, 1, 32, 32), 16, True),
-    "imagenet-256-per-sample": ((64 if CUDA else 2, 3, 256, 256), 64, False),
-    "imagenet-256-all64": ((8, 3, 256, 256), 64, True),
-}
+    **{name: (shape if CUDA else cases.smaller(shape, 2), n, all_prefixes)
+       for name, (shape, n, all_prefixes) in cases.SUBIMAGES.items()},
+}  # fmt: skip
 PROVIDERS = ["ref", "triton", "scipy"]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 

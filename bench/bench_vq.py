@@ -19,15 +19,16 @@ import torch
 
 from spectralar_kernels.vq import ref
 
+from . import cases
+
 PROVIDERS = ["ref", "vq-v1", "vq-v2", "vq-v2-cold", "cdist", "matmul"]
 GPU_ONLY = ("vq-v1", "vq-v2", "vq-v2-cold")
 # (device, M, K, d): 64 images x 16 tokens against the fmnist codebook; 64 x 64 tokens against
-# ImageNet-size codebooks (code dim 12 in both).
+# ImageNet-size codebooks (code dim 12 in both; the GPU report's cases, bench/cases.py).
 CASES = [
     pytest.param("cpu", 64 * 16, 1024, 12, id="cpu-M1024-K1024-d12"),
     pytest.param("cuda", 64 * 16, 1024, 12, id="cuda-M1024-K1024-d12", marks=pytest.mark.gpu),
-    pytest.param("cuda", 64 * 64, 4096, 12, id="cuda-M4096-K4096-d12", marks=pytest.mark.gpu),
-    pytest.param("cuda", 64 * 64, 16384, 12, id="cuda-M4096-K16384-d12", marks=pytest.mark.gpu),
+    *(pytest.param("cuda", m, k, d, id=f"cuda-{name}", marks=pytest.mark.gpu) for name, (m, k, d) in cases.VQ.items()),
 ]
 
 

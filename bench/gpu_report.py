@@ -1,12 +1,14 @@
 """One-shot GPU report: every kernel's correctness and speed, generator decoding and sampling, in one markdown file.
 
-    python bench/gpu_report.py --out docs/gpu_report.md    # CUDA: under 6 min on an H200 (hard cap --budget-s)
-    python bench/gpu_report.py --dry-run                   # CPU, tiny shapes, reference backend, perf_counter
-    python bench/gpu_report.py --dry-run --interpret       # same, with the Triton kernels under TRITON_INTERPRET=1
-    python bench/gpu_report.py --dry-run --sections machine check:vq time:vq    # some sections (names or prefixes)
+    python -m bench.gpu_report --out docs/gpu_report.md    # CUDA: under 6 min on an H200 (hard cap --budget-s)
+    python -m bench.gpu_report --dry-run                   # CPU, tiny shapes, reference backend, perf_counter
+    python -m bench.gpu_report --dry-run --interpret       # same, with the Triton kernels under TRITON_INTERPRET=1
+    python -m bench.gpu_report --dry-run --sections machine check:vq time:vq    # some sections (names or prefixes)
+(from the repository root, or with it on PYTHONPATH).
 
-Phases (the code is in bench/report/; every section runs in its own child process, so a crash or a hung kernel in
-one section becomes a FAIL row and the rest still runs; a child killed at its deadline keeps the rows it wrote):
+Phases (the code is in bench/report/, the realistic shapes in bench/cases.py; every section runs in its own child
+process, so a crash or a hung kernel in one section becomes a FAIL row and the rest still runs; a child killed at
+its deadline keeps the rows it wrote):
   1. machine: GPU, torch / triton / CUDA versions and the floors measured here: device-to-device copy
      bandwidth and square-GEMM TFLOP/s (bf16, fp16, fp32 with TF32 off, TF32).
   2. correctness, up to --jobs sections at once, one per op x implementation x dtype x shape family: every
@@ -25,7 +27,7 @@ one section becomes a FAIL row and the rest still runs; a child killed at its de
 The report ends with the dispatch table the timings imply, as markdown and as `MEASURED` entries to paste into
 kernels/_dispatch.py. Every phase ends at a fixed share of --budget-s; past it, sections write SKIP rows.
 
-Tolerances (the rule of tests/tolerances.py, which does the comparing): fp32 outputs need
+Tolerances (the rule of spectralar_kernels.testing, which does the comparing): fp32 outputs need
 |out - oracle| <= atol + 1e-4 |oracle| elementwise, atol = 1e-5 max(1, max|oracle|) (VQ l2 distances:
 1e-5 max(1, max|z|^2 + max|c|^2), the test suite's, since ||z||^2 - 2 z.c + ||c||^2 cancels); fp16 / bf16
 outputs need max error <= 2 x the max error of the same-precision PyTorch reference + 1e-3 max|oracle|.
@@ -35,12 +37,8 @@ Exit status: 0 all PASS, 1 some FAIL (the report is written either way), 2 no CU
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "tests"), str(ROOT)]  # report, floors, tolerances, spectralar
-
-from report.runner import main  # noqa: E402
+from .report.runner import main
 
 if __name__ == "__main__":
     sys.exit(main(doc=__doc__))

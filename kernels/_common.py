@@ -124,7 +124,7 @@ class AOTSpec:
     """One launch configuration of a shipped Triton kernel, for the ahead-of-time compile check.
 
     Every `kernels/<op>/triton.py` defines `aot_specs() -> list[AOTSpec]` covering every block
-    configuration its launchers can choose on a GPU; bench/kernel_resources.py compiles each for sm_80
+    configuration its launchers can choose on a GPU; spectralar_kernels.testing.aot compiles each for sm_80
     and sm_90 with no GPU present (triton.compile on an ASTSource) the way the JIT would for the
     benchmark shapes, and tests/test_aot_compile.py asserts the design properties on the SASS.
 

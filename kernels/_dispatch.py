@@ -3,7 +3,7 @@
 A Triton kernel reaches users by default only where a measured GPU run showed it at least as fast as
 the PyTorch reference it replaces, in the same dtype, side by side in one run. Everything else runs the
 reference under `auto`; the newest kernels stay reachable with `SPECTRALAR_KERNELS=triton` (that is how
-`python bench/gpu_report.py` times them, and its output ends with the table a run implies).
+`python -m bench.gpu_report` times them, and its output ends with the table a run implies).
 
 Keys are (op, variant, dtype). An entry names the implementation that was timed (`kernel`), its speed-up
 over the reference (reference time / kernel time; the smallest over the cases timed, forward and

@@ -1,25 +1,21 @@
 """Ahead-of-time compile of every shipped Triton kernel for sm_80 and sm_90 (no GPU needed).
 
-Each kernel module (`kernel_resources.MODULES`) lists its launch configurations in `aot_specs()`. Every one
+Each kernel module (`aot.MODULES`) lists its launch configurations in `aot_specs()`. Every one
 is compiled as the JIT compiles it for the benchmark shapes and must compile with ptxas, use no local memory
 (spills), stay within the arch's shared memory and, when the spec says so, contain tensor-core instructions.
 An op's main-loop kernel must also show its design in the SASS: on sm_90, wgmma (HGMMA) for fp16/bf16
 products of the GEMM-shaped ops, cp.async (or TMA) loads, 128-bit loads. The compile + parse logic lives in
-bench/kernel_resources.py (also a script that writes docs/kernel_resources.md); it runs once per test
-session in a child process with the Triton interpreter off.
+spectralar_kernels.testing.aot (bench/kernel_resources.py writes its table to docs/kernel_resources.md); it runs
+once per test session in a child process with the Triton interpreter off.
 """
 
 import inspect
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-import kernel_resources as kr  # noqa: E402
-
-from spectralar_kernels._common import AOTSpec  # noqa: E402
+from spectralar_kernels._common import AOTSpec
+from spectralar_kernels.testing import aot as kr
 
 
 def _collect():
@@ -104,7 +100,7 @@ def test_every_op_has_a_checked_main_loop(aot_results):
 
 
 def test_json_records(tmp_path, aot_results):
-    """`kernel_resources.py --json PATH` writes one record per compiled kernel with the documented fields."""
+    """`python -m spectralar_kernels.testing.aot --json PATH`: one record per compiled kernel, the documented fields."""
     out = tmp_path / "records.json"
     assert kr.main(["--ops", "dct.blockwise", "--arch", "90", "--json", str(out)]) in (0, 1)
     records = json.loads(out.read_text())

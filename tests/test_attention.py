@@ -7,10 +7,10 @@ The oracle builds its boolean mask straight from the definition (key j visible t
 import pytest
 import torch
 import torch.nn.functional as F
-from tolerances import assert_close_to_oracle, nan_like
 
 from spectralar_kernels import attention
 from spectralar_kernels.attention import ref
+from spectralar_kernels.testing import assert_close_to_oracle, nan_like
 
 # (B, H, D) per sequence length: tiny for the interpreter. 65 is one 128-row block plus one row beyond 64,
 # 130 crosses a 128-row block by two rows.

@@ -1,25 +1,34 @@
-"""bench/gpu_report.py: the CPU dry run writes its tables and the dispatch table; the dispatch-table rule."""
+"""`python -m bench.gpu_report`: the CPU dry run writes its tables and the dispatch table; the dispatch-table rule.
+
+`bench` imports as a package because the root conftest.py puts the repository root on sys.path."""
 
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+from bench.report.dispatch import derive, markdown, python_literal, report_constant
+from spectralar_kernels._dispatch import Measured
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
-
-from report.dispatch import derive, markdown, python_literal, report_constant  # noqa: E402
-
-from spectralar_kernels._dispatch import Measured  # noqa: E402
 
 IMPLS = {("vq_nearest", "l2"): ("vq-v1", "vq-v2"), ("attention", "causal"): ("attention-v2",),
          ("dct2d", "blockwise"): ("blockwise-v1", "blockwise-v2")}  # fmt: skip
 
 
-def _run(args, tmp_path, timeout=120):
+def _env():
+    """The report as a user runs it, from another folder (output lands in tmp_path), with the repository on
+    PYTHONPATH as `python -m bench.gpu_report` from the root would have it."""
     env = {k: v for k, v in os.environ.items() if k != "SPECTRALAR_KERNELS"}
-    cmd = [sys.executable, str(ROOT / "bench" / "gpu_report.py"), "--dry-run", "--jobs", "2", *args]
-    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))])
+    return env
+
+
+CMD = [sys.executable, "-m", "bench.gpu_report", "--dry-run", "--jobs", "2"]
+
+
+def _run(args, tmp_path, timeout=120):
+    return subprocess.run([*CMD, *args], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=timeout)
 
 
 def test_dry_run_writes_tables_and_dispatch_table(tmp_path):
@@ -44,10 +53,8 @@ def test_ctrl_c_keeps_what_finished(tmp_path):
     import time
 
     out = tmp_path / "report.md"
-    env = {k: v for k, v in os.environ.items() if k != "SPECTRALAR_KERNELS"}
-    cmd = [sys.executable, str(ROOT / "bench" / "gpu_report.py"), "--dry-run", "--jobs", "2", "--out", str(out)]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen([*CMD, "--out", str(out)], cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
     time.sleep(8)  # the machine section and a few checks have run
     os.killpg(proc.pid, signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
@@ -128,8 +135,8 @@ def test_dispatch_literal_pastes_and_never_rounds_a_loss_up():
 
 def test_kernel_probe_catches_another_implementation():
     import torch
-    from report.common import KernelProbe, forced
 
+    from bench.report.common import KernelProbe, forced
     from spectralar_kernels import vq_nearest
 
     z, c = torch.randn(5, 4), torch.randn(7, 4)

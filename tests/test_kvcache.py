@@ -10,10 +10,10 @@ and the decode-v2 kernel (fused append) against the float64 reference on awkward
 
 import pytest
 import torch
-from tolerances import assert_close_to_oracle, nan_like
 
 from spectralar_kernels import attention_with_kvcache
 from spectralar_kernels.attention import decode, ref
+from spectralar_kernels.testing import assert_close_to_oracle, nan_like
 
 
 def sequences(b, t, h, d, dtype, seed=0):

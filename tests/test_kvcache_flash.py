@@ -5,10 +5,10 @@ float64 loops written here as the oracle; cache_seqlens given as expanded / stri
 import pytest
 import torch
 from test_kvcache import check
-from tolerances import nan_like
 
 from spectralar_kernels import attention_with_kvcache
 from spectralar_kernels.attention import decode
+from spectralar_kernels.testing import nan_like
 
 # ---- flash-attn's contract, argument by argument, against float64 loops ---------------------------------
 

@@ -8,11 +8,11 @@ counted); masks, dropout, Tq != Tk and block-causal run torch's SDPA on both. Gr
 import pytest
 import torch
 import torch.nn.functional as F
-from tolerances import assert_close_to_oracle
 
 import spectralar_kernels
 from spectralar_kernels import scaled_dot_product_attention as sdpa
 from spectralar_kernels.attention import triton as attn_triton
+from spectralar_kernels.testing import assert_close_to_oracle
 
 
 def qkv(b, h_q, h_kv, t_q, t_k, d, seed, dtype=torch.float32):

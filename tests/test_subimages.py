@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import scipy.fft
 import torch
-from tolerances import assert_close_to_oracle, nan_like
 
 from spectralar_kernels import _common, spectral_subimages, spectral_windows
 from spectralar_kernels.subimages import ref
+from spectralar_kernels.testing import assert_close_to_oracle, nan_like
 
 # (B, C, S): 1, odd, primes. Tiny: the interpreter is slow.
 CASES = [(2, 3, 8), (3, 1, 17), (1, 2, 1)]

@@ -9,10 +9,10 @@ computes in fp32 whatever the input dtype, so fp32 tolerances apply to every dty
 import numpy as np
 import pytest
 import torch
-from tolerances import assert_close_to_oracle
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from spectralar_kernels import vq_nearest
+from spectralar_kernels.testing import assert_close_to_oracle
 from spectralar_kernels.vq import ref
 
 # (M, K, d): M = 1, d = 1, d = 12 (the real code dim), K not a multiple of the code block (32/64),

@@ -8,9 +8,9 @@ import pytest
 import test_vq
 import torch
 from test_vq import METRICS, MaxNumel, l2_atol, nearest, oracle_distances
-from tolerances import assert_close_to_oracle
 
 from spectralar_kernels import vq_nearest
+from spectralar_kernels.testing import assert_close_to_oracle
 from spectralar_kernels.vq import ref
 
 backend = test_vq.backend  # the same fixture: reference, vq-v1 and vq-v2

@@ -1,8 +1,8 @@
-"""The GPU report behind `python bench/gpu_report.py`, split by concern.
+"""The GPU report behind `python -m bench.gpu_report`, split by concern.
 
     runner       phases, child processes, deadlines, the command line
     common       Ctx (one section's context), rows saved as they are produced, checks, timing helper
-    shapes       the shapes every section uses (realistic on CUDA, tiny on a dry run)
+    shapes       the shapes every section uses (realistic on CUDA: ../cases.py; tiny on a dry run)
     machine      GPU and versions, the floors measured here (copy bandwidth, GEMM rates)
     dct, subimages, vq, attention, kvcache
                  per op: correctness of every shipped Triton implementation, timings against the reference

@@ -7,9 +7,10 @@ plain causal, fp16/bf16 on CUDA), and flash-attn when it imports.
 
 from __future__ import annotations
 
-import floors as fl
 import torch
 
+from .. import floors as fl
+from ..cases import parse_mask
 from .common import (
     CHECK_COLS,
     LOWP,
@@ -28,14 +29,6 @@ from .common import (
     time_providers,
     with_probe,
 )
-
-
-def parse_mask(mask: str, t: int) -> tuple[bool, int, str]:
-    """(causal, prefix_len, label) for "full", "causal", "prefix" (prefix T // 2) or "prefix=P"."""
-    if mask.startswith("prefix"):
-        prefix = int(mask.split("=")[1]) if "=" in mask else t // 2
-        return True, prefix, f"prefix={prefix}"
-    return mask == "causal", 0, mask
 
 
 def canonical(causal: bool, prefix_len: int, t: int) -> tuple[bool, int]:

@@ -19,8 +19,9 @@ import time
 import traceback
 from pathlib import Path
 
-import floors as fl
 import torch
+
+from .. import floors as fl
 
 CHECK_COLS = ["case", "shape", "dtype", "max err", "ref err", "rule", "result", "note"]
 TIME_COLS = ["case", "dtype", "provider", "ms", "GB/s", "TFLOP/s", "bound", "% of floor", "x ref", "peak MB",
@@ -242,8 +243,8 @@ def _worst(values) -> float:
 
 
 def check(items, atol: float | None = None, rtol: float = 1e-4, note: str = "") -> dict:
-    """items: (name, out, float64 oracle, same-precision reference or None). tests/tolerances.py decides."""
-    from tolerances import assert_close_to_oracle, max_err
+    """items: (name, out, float64 oracle, same-precision reference or None). spectralar_kernels.testing decides."""
+    from spectralar_kernels.testing import assert_close_to_oracle, max_err
 
     errs, ref_errs, problems, atols, lowp = [], [], [], [], False
     for name, out, oracle, same in items:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import floors as fl
-
+from .. import floors as fl
 from .common import (
     CHECK_COLS,
     Ctx,

@@ -19,13 +19,13 @@ import traceback
 import types
 from pathlib import Path
 
-import floors as fl
 import torch
 
+from .. import floors as fl
+from ..cases import CFG_SCALE
 from .common import Ctx, dname, forced, run_case, short_error
 
 ROOT = Path(__file__).resolve().parents[2]
-CFG_SCALE = 2.0
 STEP_TITLE = "generator decode step (random init, bf16; one step = one token for every row)"
 STEP_COLS = ["model", "rows", "step", "us/step", "tokens/s", "weights floor us", "% of weights floor", "roofline us",
              "% of roofline", "x eager", "result", "note"]  # fmt: skip

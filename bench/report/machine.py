@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import platform
 
-import floors as fl
 import torch
 
+from .. import floors as fl
 from .common import Ctx, optional_module, run_case
 
 TITLE, COLS = "Machine and measured floors", ["quantity", "value", "result", "note"]

@@ -1,9 +1,10 @@
-"""Phases, child processes, the time budget, and the command line of bench/gpu_report.py.
+"""Phases, child processes, the time budget, and the command line of `python -m bench.gpu_report`.
 
-Every section runs in its own child process (`gpu_report.py --child NAME`), so a crash or a hung kernel in one
-section becomes a FAIL row and the rest still runs; a child writes its rows to JSON as it goes, so one killed
-at its deadline keeps what it measured. Phases run one after another; each ends at a fixed share of --budget-s,
-and sections still running then write SKIP rows (killed GRACE_S later); sections not started are listed as SKIP.
+Every section runs in its own child process (`python -m bench.gpu_report --child NAME`), so a crash or a hung
+kernel in one section becomes a FAIL row and the rest still runs; a child writes its rows to JSON as it goes, so
+one killed at its deadline keeps what it measured. Phases run one after another; each ends at a fixed share of
+--budget-s, and sections still running then write SKIP rows (killed GRACE_S later); sections not started are listed
+as SKIP.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ import time
 import traceback
 from pathlib import Path
 
-import floors as fl
 import torch
 
+from .. import floors as fl
+
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "bench" / "gpu_report.py"
+ENTRY = "bench.gpu_report"  # what the children run, with ROOT on their PYTHONPATH
 GRACE_S = 15  # a child still running this long after its deadline is killed
 DEFAULT_BUDGET_S = 330.0  # CUDA: with GRACE_S and start-up, the whole report stays under 6 minutes
 OPS = ("dct", "subimages", "vq", "attention", "kvcache")
@@ -129,7 +131,7 @@ def child_main(args) -> int:
     ctx = Ctx(device, args.dry_run, args.interpret, args.deadline, writer, floors, sizes(args.dry_run), **fields)
     writer.save()
     try:
-        getattr(importlib.import_module(f"report.{module}"), function)(ctx)
+        getattr(importlib.import_module(f".{module}", __package__), function)(ctx)
     except Exception as exc:
         traceback.print_exc()
         writer.row(f"{args.child}: section error", ["result", "note"], {"result": "FAIL", "note": short_error(exc)})
@@ -176,6 +178,7 @@ def _run_phases(args, state: Path, problems: list, skipped: list, running: list)
     t0 = time.time()
     flags = (["--dry-run"] if args.dry_run else []) + (["--interpret"] if args.interpret else [])
     env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))])
     if not args.dry_run:
         env.pop("TRITON_INTERPRET", None)
     for names, end in phases(args.sections):
@@ -192,7 +195,7 @@ def _run_phases(args, state: Path, problems: list, skipped: list, running: list)
                     skipped.append(s)
                     continue
                 err = open(state / f"{s.replace(':', '_')}.stderr", "w", encoding="utf-8")
-                cmd = [sys.executable, str(SCRIPT), "--child", s, "--state-dir", str(state),
+                cmd = [sys.executable, "-m", ENTRY, "--child", s, "--state-dir", str(state),
                        "--deadline", str(deadline), *flags]  # fmt: skip
                 running.append((s, subprocess.Popen(cmd, stderr=err, env=env), err))
             time.sleep(0.1)
@@ -242,7 +245,7 @@ def main(argv=None, doc: str = "") -> int:
     if unknown:
         parser.error(f"unknown sections {unknown}; choose from {' '.join(names)}")
     if not args.dry_run and not torch.cuda.is_available():
-        print("gpu_report.py needs a CUDA GPU (torch.cuda.is_available() is False). "
+        print("the GPU report needs a CUDA GPU (torch.cuda.is_available() is False). "
               "Use --dry-run to exercise every code path on CPU.", file=sys.stderr)  # fmt: skip
         return 2
     if args.budget_s is None:

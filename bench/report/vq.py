@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import inspect
 
-import floors as fl
 import torch
 
+from .. import floors as fl
 from .common import (
     CHECK_COLS,
     Ctx,

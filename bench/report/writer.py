@@ -13,13 +13,13 @@ HOW_TO_READ = (
     "How to read: correctness compares each Triton implementation (forced with SPECTRALAR_KERNELS=triton for the "
     "newest, triton:ID for an older one that still ships) with the float64 reference; `ref err` is the same-precision "
     "PyTorch reference's own error; the note names the implementation `choose_kernel` returned (a different one than "
-    "asked is a FAIL). Rule (tests/tolerances.py): fp32 |out - oracle| <= atol + rtol |oracle| elementwise, atol = "
-    "1e-5 max(1, max|oracle|) (VQ l2: 1e-5 max(1, max|z|^2 + max|c|^2)); fp16/bf16 max err <= 2 x ref err + 1e-3 "
-    "max|oracle|. `launcher out=NaN` reruns the launcher into a NaN-filled output. Timings: triton.testing.do_bench "
-    "mean, every implementation side by side in one process; GB/s and TFLOP/s by the formulas in bench/floors.py; "
-    "`% of floor` = roofline time max(bytes / copy bandwidth, flops / GEMM rate of the dtype, measured above; fp32 = "
-    "TF32 off) / measured time; `bound` names the larger term; `x ref` = speed-up over the same-precision reference; "
-    "`peak MB` = peak allocation above the inputs."
+    "asked is a FAIL). Rule (spectralar_kernels.testing): fp32 |out - oracle| <= atol + rtol |oracle| elementwise, "
+    "atol = 1e-5 max(1, max|oracle|) (VQ l2: 1e-5 max(1, max|z|^2 + max|c|^2)); fp16/bf16 max err <= 2 x ref err + "
+    "1e-3 max|oracle|. `launcher out=NaN` reruns the launcher into a NaN-filled output. Timings: "
+    "triton.testing.do_bench mean, every implementation side by side in one process; GB/s and TFLOP/s by the formulas "
+    "in bench/floors.py; `% of floor` = roofline time max(bytes / copy bandwidth, flops / GEMM rate of the dtype, "
+    "measured above; fp32 = TF32 off) / measured time; `bound` names the larger term; `x ref` = speed-up over the "
+    "same-precision reference; `peak MB` = peak allocation above the inputs."
 )
 
 
@@ -120,7 +120,7 @@ def markdown(state: Path, order: list[str], problems, skipped, args, wall_s: flo
         mode = f"DRY RUN on CPU (tiny shapes, {backend}, perf_counter timings: not GPU numbers)"
     head = [
         "# spectralar GPU report", "",
-        f"- command: `python bench/gpu_report.py {' '.join(sys.argv[1:])}`",
+        f"- command: `python -m bench.gpu_report {' '.join(sys.argv[1:])}`",
         f"- date: {now:%Y-%m-%d %H:%M UTC}; mode: {mode}; wall time {wall_s:.0f} s (budget {args.budget_s:.0f} s)",
         f"- results: {counts['PASS']} PASS, {counts['FAIL']} FAIL, {counts['SKIP']} SKIP (time budget)", "",
         HOW_TO_READ, "",

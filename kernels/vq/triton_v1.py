@@ -54,7 +54,7 @@ class _Config:
 # fp16/bf16 64 x 64 tiles, 8 warps, ~4 programs per SM: 113 us (torch.cdist + argmin: 521 us).
 # fp32 ranks codes with 3xTF32 tensor-core products ("tf32x3": ~1e-6 relative error, never plain
 # tf32): 171 us; the FMA "ieee" dot took 218+ us and spilled at its faster tiles. One stage for fp32
-# because two spilled 8-16 bytes on sm_80/sm_90 (bench/kernel_resources.py). The returned distance
+# because two spilled 8-16 bytes on sm_80/sm_90 (spectralar_kernels.testing.aot). The returned distance
 # is recomputed in plain fp32 either way. BLOCK_D = 16 is tl.dot's minimum (the real d is 12).
 CONFIGS = {
     torch.float32: _Config(block_m=32, block_k=64, num_warps=4, dot_precision="tf32x3", ctas_per_sm=2, num_stages=1),
