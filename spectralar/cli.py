@@ -1,9 +1,20 @@
-"""Small helpers shared by the command-line tools."""
+"""Small helpers shared by the command-line tools: one-line errors, flag types (the sampling flags checked by
+the library's own rule), shared flag groups, and the checks every CLI runs on its device and output path before
+any model is loaded (so a typo costs a second, not a sampling run). Imported by the command lines, never by
+the library."""
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .sampling import check_sampling_args
 
 
 class Parser(argparse.ArgumentParser):
@@ -26,11 +37,189 @@ def int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def positive_int(text: str) -> int:
+def _int_at_least(text: str, lo: int) -> int:
     try:
         v = int(text)
     except ValueError:
-        v = 0
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+        v = lo - 1
+    if v < lo:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {text!r}")
     return v
+
+
+def positive_int(text: str) -> int:
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    return _int_at_least(text, 0)
+
+
+def _finite(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return v
+
+
+def positive_float(text: str) -> float:
+    v = _finite(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return v
+
+
+def _sampling_flag(name: str, parse):
+    """An argparse type for sampling argument `name`: parsed by `parse`, then judged by
+    `sampling.check_sampling_args`, the rule `SpectralGPT.generate` applies too."""
+
+    def flag(text: str):
+        try:
+            v = parse(text)
+            check_sampling_args(**{name: v})
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"got {text!r}: {e}") from None
+        return v
+
+    flag.__name__ = name  # argparse names the type in its messages
+    return flag
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError("not a number") from None
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError("not an integer") from None
+
+
+cfg_scale = _sampling_flag("cfg_scale", _float)
+temperature = _sampling_flag("temperature", _float)
+top_k = _sampling_flag("top_k", _int)
+top_p = _sampling_flag("top_p", _float)
+
+
+def add_sampling_flags(p, num_per_class: int) -> None:
+    """--num-per-class, --cfg, --temperature, --top-k, --top-p (the generate, evaluate and experiments CLIs)."""
+    p.add_argument("--num-per-class", type=positive_int, default=num_per_class, help="generated samples per class")
+    p.add_argument("--cfg", dest="cfg_scale", metavar="CFG", type=cfg_scale, default=2.0,
+                   help="classifier-free guidance scale (1 = none)")
+    p.add_argument("--temperature", type=temperature, default=1.0, help="sampling temperature (0 = greedy)")
+    p.add_argument("--top-k", type=top_k, default=None, help="keep the k most likely codes")
+    p.add_argument("--top-p", type=top_p, default=None, help="nucleus sampling mass in (0, 1]")
+
+
+def add_common_flags(p, out_default: str) -> None:
+    """Data, output, batch, seed, device and thread flags of the evaluate and experiments subcommands."""
+    p.add_argument("--data", default="fmnist",
+                   help="'fmnist' (Debian's dataset-fashion-mnist), a folder of its IDX files, or an image folder")
+    p.add_argument("--split", default="test", help="held-out split to evaluate on (test; 'val' for ROOT/val folders)")
+    p.add_argument("--out", default=out_default, help=f"output directory for JSON and PNGs (default {out_default})")
+    p.add_argument("--batch-size", type=positive_int, default=100, help="images per forward pass")
+    p.add_argument("--seed", type=int, default=0, help="seed for the image subset and for sampling")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+
+
+def run_command(prog: str, parser, commands: dict, argv=None) -> int:
+    """Body of a CLI with subcommands: parse, check the device and the output folder (before any model is
+    loaded), set threads, dispatch to commands[args.command](args, device, command line). A ValueError (the
+    library's CheckpointError and DataError among them) or a missing file becomes one line and exit 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    try:
+        device = pick_device(args.device)
+        check_output(args.out)
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        commands[args.command](args, device, " ".join([prog, *argv]))
+    except (ValueError, FileNotFoundError) as e:
+        return fail(f"{prog} {args.command}", e)
+    return 0
+
+
+def pick_device(name: str | None) -> torch.device:
+    """The torch device for --device NAME (None: cuda if available, else cpu), checked to exist on this machine.
+
+    A CUDA device without an index is cuda:LOCAL_RANK, so one command line serves every torchrun process.
+    """
+    if name is None:
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {name!r}: not a device; use cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name!r}: unsupported device type; use cpu, cuda or cuda:N")
+    if device.type == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    if device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                         f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return device
+
+
+def _writable_dir(d: Path, what: str) -> None:
+    """Raise unless a file can be created in existing directory `d` (tried, since os.access lies for root, /proc)."""
+    try:
+        fd, probe = tempfile.mkstemp(dir=d, prefix=".spectralar-write-test-")
+    except OSError as e:
+        raise ValueError(f"{what}: cannot create files in {d} ({e.strerror or e})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def check_output(path, flag: str = "--out", image: bool = False) -> Path:
+    """Check that `path` can be written, before any work: a file (image=True: a format Pillow can save, judged by
+    its extension) or, with image=False, a directory. Missing parent folders are fine where they can be created;
+    nothing is created here except a probe file that is removed at once."""
+    p = Path(path)
+    what = f"{flag} {path}"
+    if image:
+        from PIL import Image
+
+        if p.is_dir():
+            raise ValueError(f"{what}: is a directory, expected an image file name")
+        Image.init()
+        ext = p.suffix.lower()
+        fmt = Image.registered_extensions().get(ext)
+        if fmt is None or fmt not in Image.SAVE:
+            raise ValueError(f"{what}: unknown image extension {ext or '(none)'!r}; use .png (or .jpg, .bmp, .tif, "
+                             ".webp)")
+    elif p.exists() and not p.is_dir():
+        raise ValueError(f"{what}: exists and is not a directory")
+    d = p.parent if image else p
+    d = d.absolute()
+    while not d.exists():
+        d = d.parent
+    if not d.is_dir():
+        raise ValueError(f"{what}: {d} is not a directory")
+    _writable_dir(d, what)
+    if p.exists() and not os.access(p, os.W_OK):
+        raise ValueError(f"{what}: exists and is not writable")
+    return p
+
+
+def check_grid_pixels(rows: int, cols: int, size: int, scale: int) -> None:
+    """Refuse, before sampling, an image grid larger than Pillow itself would open (its decompression-bomb limit)."""
+    from PIL import Image
+
+    pad = 2  # viz.save_grid's default
+    pixels = (rows * (size + pad) + pad) * (cols * (size + pad) + pad) * scale * scale
+    if Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS:
+        raise ValueError(f"a grid of {rows}x{cols} images of {size}x{size} at --scale {scale} would have {pixels:.3g} "
+                         f"pixels, more than Pillow opens ({Image.MAX_IMAGE_PIXELS:.3g}); use a smaller --scale or "
+                         "fewer images")

@@ -84,12 +84,17 @@ def fashion_mnist(split: str = "train", root: str | os.PathLike | None = None, s
         raise DataError(f"{img_f}: expected images [N, H, W] and labels [N], got {images.shape} / {labels.shape}")
     if labels.max() >= len(FMNIST_CLASSES):
         raise DataError(f"{lab_f}: label {labels.max()} outside [0, 10)")
-    x = torch.from_numpy(images.copy())[:, None]
-    pad = size - x.shape[-1]
-    if pad < 0:
-        raise ValueError(f"size {size} is smaller than the images ({x.shape[-1]})")
-    x = torch.nn.functional.pad(x, (pad // 2, pad - pad // 2, pad // 2, pad - pad // 2), value=0)
+    x = pad_to(torch.from_numpy(images.copy())[:, None], size)
     return TensorImages(x, torch.from_numpy(labels.astype(np.int64)), FMNIST_CLASSES)
+
+
+def pad_to(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 images [..., s, s] -> [..., size, size], centred, padded with 0 (Fashion-MNIST's background).
+    Used by training and by spectralar.reconstruct, so an image of the native size is prepared the same way."""
+    pad = size - images.shape[-1]
+    if pad < 0:
+        raise ValueError(f"size {size} is smaller than the images ({images.shape[-1]})")
+    return torch.nn.functional.pad(images, (pad // 2, pad - pad // 2, pad // 2, pad - pad // 2), value=0)
 
 
 def load_image(path, size: int, channels: int = 3) -> torch.Tensor:

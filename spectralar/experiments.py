@@ -8,7 +8,7 @@ truncation: quality vs number of tokens used. Reconstruction PSNR / SSIM per pre
   samples decoded from their first i tokens, scored by the classifier (accuracy, and the classifier Frechet
   distance CFD -- not FID -- against real test images), next to the same scores for the exact low-pass
   sub-images x_i of real images (what blur alone costs under that classifier).
-mapping-ablation: trains one tokenizer per token-frequency mapping (uniform, power, energy) with identical
+mapping-ablation: trains one tokenizer per token-frequency mapping (uniform, power, energy, gain) with identical
   arguments except --mapping (same steps, batch, seed, model), optionally a generator on each, and compares
   reconstruction per prefix length (and CFD / accuracy of samples).
 causality-probe: how predictable token i is from tokens < i. A ridge regression maps the concatenated
@@ -30,47 +30,61 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from spectralar_kernels import dct2d, spectral_subimages
+from spectralar_kernels import spectral_subimages
+from spectralar_kernels.windows import MAPPINGS
 
 from .checkpoint import CheckpointError, read_meta
 from .classifier import classify
-from .cli import Parser, positive_int
-from .evaluate import (
+from .cli import (
+    Parser,
     add_common_flags,
     add_sampling_flags,
-    check_classifier,
-    check_sampling_flags,
-    class_accuracy,
-    decode_all,
-    find_classifier,
-    load_subset,
-    plot_panels,
-    reconstruction_metrics,
+    non_negative_int,
+    positive_float,
+    positive_int,
     run_command,
-    sample_codes,
-    tokenizer_dir,
+)
+from .config import preset
+from .evaluation import (
+    check_classifier,
+    class_accuracy,
+    dct_bands,
+    decode_all,
+    load_subset,
+    pca_project,
+    probe_r2,
+    raster_patches,
+    reconstruction_metrics,
     uncapped,
     write_json,
 )
-from .metrics import CFD_LABEL, frechet_distance_from_features, ridge_r2
-from .pretrained import load_model, load_pretrained, resolve
-from .viz import save_grid
+from .metrics import CFD_LABEL, frechet_distance_from_features
+from .pretrained import classifier_dir, load_model, load_pretrained, resolve, tokenizer_dir
+from .sampling import sample_codes
+from .training import TrainOptions, parse_overrides, train
+from .viz import plot_panels, save_grid
 
-__all__ = ["build_parser", "dct_bands", "main", "pca_project", "raster_patches"]
+__all__ = ["build_parser", "main"]
+
+
+def _sample(generator, labels, args) -> torch.Tensor:
+    """Codes [M, N] sampled from the sampling flags, exactly as `python -m spectralar.generate` samples them."""
+    return sample_codes(generator, labels, batch_size=args.batch_size, seed=args.seed, cfg_scale=args.cfg_scale,
+                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+
 
 # ---- truncation -------------------------------------------------------------------------------------
 
 
 def cmd_truncation(args, device, command) -> dict:
     t0 = time.time()
-    check_sampling_flags(args)
     tok = load_model(tokenizer_dir(args.checkpoint), "tokenizer", device)
     c = tok.config
     N, prefixes = c.num_tokens, list(range(1, c.num_tokens + 1))
     x, _, classes = load_subset(args.data, args.split, c.image_size, c.channels, args.num, args.seed)
     rec = reconstruction_metrics(tok, x, args.batch_size)
     report = {"command": command, "checkpoint": str(args.checkpoint), "data": args.data, "split": args.split,
-              "num_tokens": N, "windows": list(c.windows), "prefix_len": prefixes,
+              "num_tokens": N, "windows": list(c.windows), "tokens_used": prefixes,
               "reconstruction": {"num_images": int(x.shape[0]), **rec}}
     out = Path(args.out)
     panels = [("reconstruction PSNR", "tokens used", "dB",
@@ -82,20 +96,20 @@ def cmd_truncation(args, device, command) -> dict:
     if not args.no_generation:
         _, gen = load_pretrained(resolve(args.checkpoint), device)
         nc = gen.config.num_classes
-        clf, _ = find_classifier(args.classifier, args.checkpoint)
+        clf = load_model(classifier_dir(args.classifier, args.checkpoint), "classifier")
         check_classifier(clf, c.image_size, c.channels, nc)
         real, real_y, _ = load_subset(args.data, args.split, c.image_size, c.channels, args.real_num, args.seed)
         f_real, _ = classify(clf, real)
         labels = torch.arange(nc).repeat_interleave(args.num_per_class)
-        codes = sample_codes(tok, gen, labels, args, device)
+        codes = _sample(gen, labels, args)
         n = codes.shape[0]
         train_x, train_y, _ = load_subset(args.data, "train", c.image_size, c.channels, n, args.seed + 1)
-        g = {"label": CFD_LABEL, "num_generated": n, "num_real": int(real.shape[0]), "cfg": args.cfg,
+        g = {"label": CFD_LABEL, "num_generated": n, "num_real": int(real.shape[0]), "cfg_scale": args.cfg_scale,
              "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
              "accuracy_generated": [], "cfd_generated": [], "accuracy_real_subimage": [], "cfd_real_subimage": []}
         strips = []
         for i in prefixes:
-            imgs = decode_all(tok, codes, i)
+            imgs = decode_all(tok, codes, num_tokens=i)
             f, logits = classify(clf, imgs)
             g["accuracy_generated"].append(class_accuracy(logits, labels, classes)[0])
             g["cfd_generated"].append(frechet_distance_from_features(f, f_real))
@@ -126,39 +140,35 @@ def cmd_truncation(args, device, command) -> dict:
 # ---- mapping ablation ---------------------------------------------------------------------------------
 
 
-def _train_stage(stage, out, steps, extra, threads, device) -> float:
-    """Train (or finish, or skip when already done) one stage through spectralar.train; returns seconds spent."""
-    from .train import build_parser as train_parser
-    from .train import run
-
+def _train_stage(stage, out, steps, device, threads=None, config=None, **options) -> float:
+    """Train (or finish, or skip when already done) one stage with spectralar.training; returns seconds spent.
+    `options` are TrainOptions fields; `config` the ones that set the model config (overrides, mapping), given to a
+    fresh run only (a resumed run keeps its checkpoint's)."""
     ckpt = out / stage
-    if ckpt.is_dir() and read_meta(ckpt)["step"] >= steps:
+    done = read_meta(ckpt)["step"] if ckpt.is_dir() else None
+    if done is not None and done >= steps:
         return 0.0
-    argv = [stage, "--out", str(out), "--steps", str(steps), "--eval-every", str(steps), "--ckpt-every", str(steps),
-            "--log-every", str(max(1, min(50, steps))), "--resume", *extra]
-    if threads:
-        argv += ["--threads", str(threads)]
-    if device:
-        argv += ["--device", device]
     t = time.time()
-    run(train_parser().parse_args(argv))
+    train(TrainOptions(stage=stage, out=out, steps=steps, eval_every=steps, ckpt_every=steps,
+                       log_every=max(1, min(50, steps)), threads=threads, device=device, resume=done is not None,
+                       **options, **((config or {}) if done is None else {})))
     return round(time.time() - t, 1)
 
 
 def cmd_mapping_ablation(args, device, command) -> dict:
     t0 = time.time()
-    check_sampling_flags(args)
     mappings = [m.strip() for m in args.mappings.split(",") if m.strip()]
-    bad = [m for m in mappings if m not in ("uniform", "power", "energy")]
+    bad = [m for m in mappings if m not in MAPPINGS]
     if bad or not mappings:
-        raise ValueError(f"--mappings {args.mappings!r}: choose from uniform, power, energy")
+        raise ValueError(f"--mappings {args.mappings!r}: choose from {', '.join(MAPPINGS)}")
     out = Path(args.out)
-    shared = ["--preset", args.preset, "--data", args.data, "--batch-size", str(args.batch_size), "--lr", str(args.lr),
-              "--seed", str(args.seed), "--val-size", str(args.val_size)] + [a for s in args.set for a in ("--set", s)]
+    shared = {"preset": args.preset, "data": args.data, "batch_size": args.batch_size, "lr": args.lr,
+              "seed": args.seed, "val_size": args.val_size}
+    overrides = parse_overrides(preset("tokenizer", args.preset), args.set)
     clf = None
     if args.generator_steps:  # fail before training when there is no classifier to judge the samples with
         try:
-            clf, _ = find_classifier(args.classifier, "fmnist")
+            clf = load_model(classifier_dir(args.classifier, "fmnist"), "classifier")
         except CheckpointError as e:
             raise CheckpointError(f"--generator-steps needs a classifier: pass --classifier DIR (train one with "
                                   f"`python -m spectralar.evaluate train-classifier --data {args.data} --out DIR`); "
@@ -168,7 +178,8 @@ def cmd_mapping_ablation(args, device, command) -> dict:
     x = real = f_real = None
     for m in mappings:
         run_dir = out / m
-        secs = _train_stage("tokenizer", run_dir, args.steps, shared + ["--mapping", m], args.threads, args.device)
+        secs = _train_stage("tokenizer", run_dir, args.steps, device, args.threads,
+                            config={"overrides": overrides, "mapping": m}, **shared)
         tok = load_model(run_dir / "tokenizer", "tokenizer", device)
         c = tok.config
         if x is None:
@@ -178,17 +189,17 @@ def cmd_mapping_ablation(args, device, command) -> dict:
         r["psnr_vs_image_mean_over_prefixes"] = float(np.mean(r["psnr_vs_image"]))
         r["ssim_vs_image_mean_over_prefixes"] = float(np.mean(r["ssim_vs_image"]))
         if args.generator_steps:
-            gen_extra = ["--preset", args.generator_preset, "--data", args.data, "--seed", str(args.seed),
-                         "--batch-size", str(args.generator_batch_size), "--val-size", str(args.val_size)]
-            r["generator_seconds"] = _train_stage("generator", run_dir, args.generator_steps, gen_extra, args.threads,
-                                                  args.device)
+            gen_options = {"preset": args.generator_preset, "data": args.data, "seed": args.seed,
+                           "batch_size": args.generator_batch_size, "val_size": args.val_size}
+            r["generator_seconds"] = _train_stage("generator", run_dir, args.generator_steps, device, args.threads,
+                                                  **gen_options)
             tok, gen = load_pretrained(run_dir, device)
             check_classifier(clf, c.image_size, c.channels, gen.config.num_classes)
             if f_real is None:
                 real, _, _ = load_subset(args.data, args.split, c.image_size, c.channels, None, args.seed)
                 f_real = classify(clf, real)[0]
             labels = torch.arange(gen.config.num_classes).repeat_interleave(args.num_per_class)
-            f, logits = classify(clf, decode_all(tok, sample_codes(tok, gen, labels, args, device)))
+            f, logits = classify(clf, decode_all(tok, _sample(gen, labels, args)))
             r["generation"] = {"label": CFD_LABEL, "num_generated": int(labels.numel()),
                                "cfd_generated_vs_real": frechet_distance_from_features(f, f_real),
                                "accuracy_on_generated": class_accuracy(logits, labels, classes)[0]}
@@ -218,47 +229,6 @@ def cmd_mapping_ablation(args, device, command) -> dict:
 
 
 # ---- causality probe ----------------------------------------------------------------------------------
-
-
-def pca_project(train: torch.Tensor, test: torch.Tensor, k: int):
-    """Project rows [M, D] onto the top-k principal axes of `train` (float64); returns (train, test, kept var)."""
-    a, b = train.double(), test.double()
-    mean = a.mean(0)
-    evals, evecs = torch.linalg.eigh(torch.cov((a - mean).T).reshape(a.shape[1], a.shape[1]))
-    k = min(k, a.shape[1])
-    axes = evecs[:, -k:].flip(1)
-    kept = float(evals[-k:].sum() / evals.sum().clamp_min(1e-300))
-    return (a - mean) @ axes, (b - mean) @ axes, kept
-
-
-def raster_patches(x: torch.Tensor, n: int) -> torch.Tensor:
-    """[M, C, S, S] -> [M, n, C*ph*pw]: a g x g grid of square patches (n = g^2) in raster order, else n strips."""
-    M, C, S, _ = x.shape
-    g = math.isqrt(n)
-    if g * g == n and S % g == 0:
-        p = S // g
-        return x.reshape(M, C, g, p, g, p).permute(0, 2, 4, 1, 3, 5).reshape(M, n, C * p * p)
-    if S % n == 0:
-        return x.reshape(M, C, n, S // n, S).permute(0, 2, 1, 3, 4).reshape(M, n, -1)
-    raise ValueError(f"{n} tokens tile a {S}x{S} image neither as a square grid nor as equal strips")
-
-
-def dct_bands(x: torch.Tensor, windows) -> list[torch.Tensor]:
-    """[M, C, S, S] -> the DCT coefficients of each band {w[i-1] <= max(u, v) < w[i]}: N tensors [M, C*|B_i|]."""
-    d = dct2d(x.float())
-    S = x.shape[-1]
-    r = torch.maximum(torch.arange(S)[:, None], torch.arange(S)[None, :])
-    lo = [0, *windows[:-1]]
-    return [d[..., (r >= a) & (r < b)].flatten(1) for a, b in zip(lo, windows)]
-
-
-def probe_r2(emb_train, emb_test, alphas) -> list:
-    """R^2 per position of ridge(tokens < i -> token i); emb [M, N, d]; position 1 has no prefix (None)."""
-    out = [None]
-    for i in range(1, emb_train.shape[1]):
-        r = ridge_r2(emb_train[:, :i].flatten(1), emb_train[:, i], emb_test[:, :i].flatten(1), emb_test[:, i], alphas)
-        out.append(r)
-    return out
 
 
 @torch.no_grad()
@@ -347,9 +317,9 @@ def build_parser() -> Parser:
     t.add_argument("--num", type=positive_int, default=1000, help="held-out images for reconstruction")
     t.add_argument("--real-num", type=positive_int, default=None, help="real images for CFD (default: whole split)")
     t.add_argument("--no-generation", action="store_true", help="reconstruction only (no generator / classifier)")
-    add_sampling_flags(t)
+    add_sampling_flags(t, num_per_class=100)
     add_common_flags(t, "runs/experiments/truncation")
-    m = sub.add_parser("mapping-ablation", help="tokenizers with uniform / power / energy windows, same budget")
+    m = sub.add_parser("mapping-ablation", help="tokenizers with uniform / power / energy / gain windows, same budget")
     m.add_argument("--steps", type=positive_int, required=True, help="tokenizer training steps per mapping")
     m.add_argument("--mappings", default="uniform,power,energy", help="comma-separated mappings to compare")
     m.add_argument("--preset", default="fmnist", help="tokenizer preset shared by all runs (fmnist, micro)")
@@ -359,16 +329,17 @@ def build_parser() -> Parser:
     m.add_argument("--split", default="test", help="held-out split for the comparison")
     m.add_argument("--out", default="runs/ablation", help="output directory (one sub-directory per mapping)")
     m.add_argument("--batch-size", type=positive_int, default=64, help="tokenizer training batch")
-    m.add_argument("--lr", type=float, default=1e-3, help="tokenizer peak learning rate")
+    m.add_argument("--lr", type=positive_float, default=1e-3, help="tokenizer peak learning rate")
     m.add_argument("--seed", type=int, default=0, help="seed shared by all runs (init, data order, sampling)")
     m.add_argument("--num", type=positive_int, default=1000, help="held-out images for the comparison")
     m.add_argument("--val-size", type=positive_int, default=200, help="validation images during training")
-    m.add_argument("--generator-steps", type=int, default=0, help="also train a generator per mapping (0 = no)")
+    m.add_argument("--generator-steps", type=non_negative_int, default=0,
+                   help="also train a generator per mapping (0 = no)")
     m.add_argument("--generator-preset", default="fmnist", help="generator preset (fmnist, micro)")
     m.add_argument("--generator-batch-size", type=positive_int, default=256, help="generator training batch")
     m.add_argument("--classifier", default=None,
                    help="classifier for the generation comparison (default: the bundled fmnist one)")
-    add_sampling_flags(m)
+    add_sampling_flags(m, num_per_class=100)
     m.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     m.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
     c = sub.add_parser("causality-probe", help="ridge-probe R^2 of token i from tokens < i, spectral vs spatial")
@@ -385,13 +356,8 @@ COMMANDS = {"truncation": cmd_truncation, "mapping-ablation": cmd_mapping_ablati
             "causality-probe": cmd_causality_probe}
 
 
-def _check_args(args):
-    if getattr(args, "generator_steps", 0) < 0:
-        raise ValueError(f"--generator-steps {args.generator_steps}: must be >= 0")
-
-
 def main(argv=None) -> int:
-    return run_command("python -m spectralar.experiments", build_parser(), COMMANDS, argv, check=_check_args)
+    return run_command("python -m spectralar.experiments", build_parser(), COMMANDS, argv)
 
 
 if __name__ == "__main__":

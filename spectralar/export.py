@@ -14,28 +14,26 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointError, read_meta, save_checkpoint
-from .cli import Parser, fail
-from .pretrained import load_model
+from .cli import Parser, check_output, fail
+from .pretrained import checked_config, load_model
 
 
 def export(run: Path, dest: Path, dtype: torch.dtype | None) -> list[Path]:
-    written = []
+    """Check every config of `run`, then load every model, before writing any, so a bad one leaves DEST untouched."""
+    kinds = []
     for kind in ("tokenizer", "generator", "classifier"):
-        src = run / kind
-        if not src.exists():
-            if kind == "classifier":
-                continue
-            raise CheckpointError(f"{src} is missing")
-        meta = read_meta(src)
-        if kind == "classifier":
-            from .classifier import load_classifier
-
-            model = load_classifier(src)[0]
-        else:
-            model = load_model(src, kind)
+        if (run / kind).exists():
+            checked_config(run / kind, kind)
+            kinds.append(kind)
+        elif kind != "classifier":
+            raise CheckpointError(f"{run / kind} is missing")
+    loaded = [(load_model(run / kind, kind), read_meta(run / kind)) for kind in kinds]
+    written = []
+    for model, meta in loaded:
         train = {k: v for k, v in meta.get("train", {}).items() if k != "optimizer"}
-        written.append(save_checkpoint(dest / kind, meta["kind"], model, meta["config"], meta.get("step", 0),
-                                       train=train, dtype=dtype))
+        kind = meta["kind"]
+        written.append(save_checkpoint(dest / kind, kind, model, meta["config"], meta.get("step", 0), train=train,
+                                       dtype=dtype))
     return written
 
 
@@ -47,6 +45,7 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", choices=["fp32", "fp16"], default="fp16", help="dtype of the exported weights")
     args = p.parse_args(argv)
     try:
+        check_output(args.dest, flag="DEST")
         paths = export(Path(args.run), Path(args.dest), torch.float16 if args.dtype == "fp16" else None)
     except (CheckpointError, ValueError) as e:
         return fail(prog, e)

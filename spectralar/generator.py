@@ -1,6 +1,9 @@
 """Class-conditional GPT over spectral tokens, with a static KV cache for sampling.
 
-Sequence: [class token, s_1 .. s_N]. Position t predicts s_{t+1}. The class embedding has one extra
+Sequence: [first token, s_1 .. s_N]. Position t predicts s_{t+1}. The class enters in one of two ways
+(`GeneratorConfig.cond`): "token", the first token is the class embedding (GPT-2 blocks); "adaln", the
+first token is a learned start token and every block's LayerNorms, and the one before the head, are
+shifted, scaled and gated by maps of the class embedding (VAR's d16). The class embedding has one extra
 row, the null class (index `num_classes`), used for classifier-free guidance: class dropout during
 training, and at sampling time the batch is doubled with the null class and the logits are mixed as
 uncond + scale * (cond - uncond).
@@ -13,48 +16,107 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import GeneratorConfig
-from .layers import Block, KVCache, init_weights, sample_from_logits
+from .layers import AdaLNBlock, Block, KVCache, init_weights
+from .sampling import check_sampling_args, sample_from_logits
+
+CONDITIONING = ("token", "adaln")
+
+
+class SamplingCache(nn.Module):
+    """What one sampling call keeps between steps: a `KVCache` per block (`layers`) and, for cond="adaln",
+    the class modulation `mod` [B, (6 * depth + 2) * width] that `prefill` writes (fixed over the sequence,
+    so the decode steps skip the depth + 1 modulation matmuls); `mod` is None for cond="token"."""
+
+    def __init__(self, layers: list[KVCache], mod: torch.Tensor | None):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.register_buffer("mod", mod, persistent=False)
 
 
 class SpectralGPT(nn.Module):
-    """GPT-2-like decoder-only transformer (learned positions, pre-LN) over spectral token codes."""
+    """GPT-2-like decoder-only transformer (learned positions, pre-LN) over spectral token codes.
+
+    Parameters with width C, depth L, MLP ratio r, K codes, M classes, N tokens (docs/design-notes.md,
+    "Generator conditioning"): embeddings K*C + (M+1)*C + N*C and head K*C, plus
+    - cond="token": L * ((4 + 2r) C^2 + (9 + r) C) + 2C (final LayerNorm);
+    - cond="adaln": L * ((10 + 2r) C^2 + (11 + r) C) (no LayerNorm affine, + 6C^2 + 6C per block for the
+      modulation) + C (start token) + 2C^2 + 2C (the head's adaptive LayerNorm).
+    """
 
     def __init__(self, config: GeneratorConfig):
         super().__init__()
         self.config = c = config
+        if c.cond not in CONDITIONING:
+            raise ValueError(f"unknown generator conditioning cond={c.cond!r}; choose from {list(CONDITIONING)}")
         self.tok_emb = nn.Embedding(c.codebook_size, c.width)
         self.cls_emb = nn.Embedding(c.num_classes + 1, c.width)  # + null class
         self.pos_emb = nn.Parameter(torch.zeros(1, c.num_tokens, c.width))
         self.drop = nn.Dropout(c.dropout)
-        self.blocks = nn.ModuleList(Block(c.width, c.heads, c.mlp_ratio, c.dropout) for _ in range(c.depth))
-        self.ln_f = nn.LayerNorm(c.width)
+        adaln = c.cond == "adaln"
+        block = AdaLNBlock if adaln else Block
+        self.blocks = nn.ModuleList(block(c.width, c.heads, c.mlp_ratio, c.dropout) for _ in range(c.depth))
+        self.ln_f = nn.LayerNorm(c.width, elementwise_affine=not adaln)
+        if adaln:
+            self.start = nn.Parameter(torch.zeros(1, 1, c.width))  # the first position's input
+            self.head_ada = nn.Linear(c.width, 2 * c.width)  # shift and scale of ln_f
         self.head = nn.Linear(c.width, c.codebook_size, bias=False)
         init_weights(self)
         nn.init.normal_(self.pos_emb, std=0.02)
+        if adaln:
+            nn.init.normal_(self.start, std=0.02)
 
     @property
     def null_class(self) -> int:
         return self.config.num_classes
 
+    def modulation(self, labels):
+        """cond="adaln": the class's shifts, scales and gates for every block, then the shift and scale of
+        the final LayerNorm, [B, (6 * depth + 2) * width]. None for cond="token"."""
+        if self.config.cond != "adaln":
+            return None
+        e = self.cls_emb(labels)
+        return torch.cat([blk.modulation(e) for blk in self.blocks] + [self.head_ada(F.silu(e))], 1)
+
     def _embed(self, labels, codes, start: int):
-        """Embeddings of positions start.. : position 0 is the class token, position t>0 is s_t."""
+        """Embeddings of positions start.. : position 0 is the class token (cond="token") or the learned
+        start token (cond="adaln"), position t>0 is s_t."""
         parts = []
         if start == 0:
-            parts.append(self.cls_emb(labels)[:, None])
+            if self.config.cond == "token":
+                parts.append(self.cls_emb(labels)[:, None])
+            else:
+                parts.append(self.start.expand(labels.shape[0], -1, -1))
         if codes is not None and codes.shape[1] > 0:
             parts.append(self.tok_emb(codes))
         x = torch.cat(parts, 1)
         return self.drop(x + self.pos_emb[:, start:start + x.shape[1]])
+
+    def _blocks(self, x, mod, caches=None, **attn_kw):
+        """x [B, T, C] through every block, modulated by `mod` (adaln) and against `caches` when given."""
+        mods = [None] * len(self.blocks) if mod is None else mod.split(6 * self.config.width, 1)
+        for i, blk in enumerate(self.blocks):
+            kw = attn_kw if caches is None else {"cache": caches.layers[i], **attn_kw}
+            x = blk(x, **kw) if mod is None else blk(x, mods[i], **kw)
+        return x
+
+    def _logits(self, x, mod):
+        """Final LayerNorm and head on x [B, T, C] or [B, C]; with adaln the norm is shifted and scaled by
+        the last 2 * width entries of `mod`."""
+        if mod is None:
+            return self.head(self.ln_f(x))
+        shift, scale = mod[:, -2 * self.config.width:].chunk(2, -1)  # [B, C] each
+        if x.dim() == 3:
+            shift, scale = shift[:, None], scale[:, None]
+        return self.head(self.ln_f(x) * (1 + scale) + shift)
 
     def forward(self, labels, codes, targets=None):
         """labels [B] (null class allowed), codes [B, T] with T <= N-1 (teacher forcing input s_1..s_T).
 
         Returns logits [B, T+1, K] for s_1..s_{T+1}, and the mean cross-entropy when targets [B, T+1].
         """
-        x = self._embed(labels, codes, 0)
-        for blk in self.blocks:
-            x = blk(x, causal=True)
-        logits = self.head(self.ln_f(x))
+        mod = self.modulation(labels)
+        x = self._blocks(self._embed(labels, codes, 0), mod, causal=True)
+        logits = self._logits(x, mod)
         if targets is None:
             return logits
         return logits, F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
@@ -68,16 +130,22 @@ class SpectralGPT(nn.Module):
 
     # ---- sampling -------------------------------------------------------------------------------
 
-    def setup_caches(self, batch: int, dtype, device, zero: bool = True) -> list[KVCache]:
+    def setup_caches(self, batch: int, dtype, device, zero: bool = True) -> SamplingCache:
         c = self.config
-        return [KVCache(batch, c.num_tokens, c.heads, c.width // c.heads, dtype, device, zero) for _ in self.blocks]
+        layers = [KVCache(batch, c.num_tokens, c.heads, c.width // c.heads, dtype, device, zero) for _ in self.blocks]
+        mod = None
+        if c.cond == "adaln":
+            mod = torch.zeros(batch, (6 * c.depth + 2) * c.width, dtype=dtype, device=device)
+        return SamplingCache(layers, mod)
 
     def prefill(self, labels, caches, cache_seqlens=0):
-        """Run the class token through the model, filling position 0 of every cache; logits for s_1."""
-        x = self._embed(labels, None, 0)
-        for blk, cache in zip(self.blocks, caches):
-            x = blk(x, cache=cache, cache_seqlens=cache_seqlens)
-        return self.head(self.ln_f(x[:, -1]))
+        """Run the first token through the model, filling position 0 of every cache (and, for adaln, the
+        class modulation the decode steps reuse); logits for s_1."""
+        mod = self.modulation(labels)
+        if mod is not None:
+            caches.mod.copy_(mod)
+        x = self._blocks(self._embed(labels, None, 0), mod, caches, cache_seqlens=cache_seqlens)
+        return self._logits(x[:, -1], mod)
 
     def decode_one_token(self, token, caches, cache_seqlens):
         """Feed s_p (token [B]) at position p = cache_seqlens against the cache; logits for s_{p+1}.
@@ -88,9 +156,8 @@ class SpectralGPT(nn.Module):
         """
         x = self.tok_emb(token) + self.pos_emb[0, cache_seqlens]  # [B, C] (pos_emb row [C] for an int)
         x = (self.drop(x) if self.training else x)[:, None]
-        for blk, cache in zip(self.blocks, caches):
-            x = blk(x, cache=cache, cache_seqlens=cache_seqlens)
-        return self.head(self.ln_f(x[:, -1]))
+        x = self._blocks(x, caches.mod, caches, cache_seqlens=cache_seqlens)
+        return self._logits(x[:, -1], caches.mod)
 
     @staticmethod
     def _guide(logits, cfg_scale: float):
@@ -134,7 +201,7 @@ class SpectralGPT(nn.Module):
             seqlens = torch.zeros(batch, dtype=torch.int32, device=device)
             cuda = device.type == "cuda"
             if cuda:
-                for t in [seqlens, *(b for c in caches for b in (c.k, c.v))]:
+                for t in [seqlens, *caches.buffers()]:
                     torch._dynamo.mark_static_address(t)
             fn = torch.compile(self.sample_step, fullgraph=True, dynamic=False,
                                mode="reduce-overhead" if cuda else None)
@@ -163,11 +230,15 @@ class SpectralGPT(nn.Module):
         stays eager. See docs/benchmarks.md for what it buys.
         The N uniform draws of a sampled run are taken from `generator` up front, in step order (on CPU the
         same numbers as one draw per step), so the compiled and eager steps see the same randomness.
+        Raises RuntimeError naming the first step whose logits are not finite (NaN weights, a guidance that
+        overflows) instead of returning the garbage codes sampled from them.
         """
         c = self.config
-        labels = self._check_sampling_args(labels, cfg_scale, temperature, top_k, top_p)
-        if compile and not kv_cache:
-            raise ValueError("compile=True compiles the KV-cached decode step; it needs kv_cache=True")
+        labels = self._check_labels(labels)
+        check_sampling_args(cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p, kv_cache=kv_cache,
+                            compile=compile)
+        if cfg_scale != 1.0 and c.class_dropout <= 0:
+            raise ValueError(f"cfg_scale={cfg_scale} needs a model trained with a null class (class_dropout > 0)")
         B, device = labels.shape[0], labels.device
         use_cfg = cfg_scale != 1.0
         cls = torch.cat([labels, torch.full_like(labels, self.null_class)]) if use_cfg else labels
@@ -200,11 +271,20 @@ class SpectralGPT(nn.Module):
                 nxt = sample_from_logits(logits, *sampling, u=None if u is None else u[t])
                 all_logits.append(logits)
                 codes = torch.cat([codes, nxt[:, None]], 1)
+        # one finiteness flag per step, read back once here (no host sync inside the loop): NaN or inf logits
+        # would otherwise sample the last code everywhere and pass for a result
+        bad = torch.stack([~x.isfinite().all() for x in all_logits])
+        if bad.any():
+            t = int(bad.nonzero()[0])
+            raise RuntimeError(f"non-finite logits (NaN or inf) at sampling step {t} of {c.num_tokens} (token "
+                               f"s_{t + 1}) with cfg_scale={cfg_scale}, temperature={temperature}: the weights or the "
+                               "guidance overflow")
         if return_logits:
             return codes, torch.stack(all_logits, 1)
         return codes
 
-    def _check_sampling_args(self, labels, cfg_scale, temperature, top_k, top_p):
+    def _check_labels(self, labels):
+        """labels as an int64 tensor of class ids on the model's device, or ValueError."""
         c = self.config
         if not isinstance(labels, torch.Tensor):
             labels = torch.as_tensor(labels)
@@ -216,14 +296,4 @@ class SpectralGPT(nn.Module):
         dev = next(self.parameters()).device
         if labels.device != dev:
             raise ValueError(f"labels are on {labels.device} but the model is on {dev}")
-        if not (temperature >= 0):
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-        if top_k is not None and (int(top_k) != top_k or top_k < 1):
-            raise ValueError(f"top_k must be an integer >= 1, got {top_k}")
-        if top_p is not None and not (0 < top_p <= 1):
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        if not (cfg_scale >= 0):
-            raise ValueError(f"cfg_scale must be >= 0, got {cfg_scale}")
-        if cfg_scale != 1.0 and c.class_dropout <= 0:
-            raise ValueError(f"cfg_scale={cfg_scale} needs a model trained with a null class (class_dropout > 0)")
         return labels.long()

@@ -67,6 +67,35 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
+class AdaLNBlock(nn.Module):
+    """Pre-LN block whose norms are modulated by the class (VAR / DiT adaptive LayerNorm).
+
+    The LayerNorms carry no affine of their own; `mod [B, 6 * width]` (from the class embedding, see
+    `modulation`) gives shift and scale for each norm and a gate for each residual branch, in the order
+    shift1, scale1, gate1 (attention), shift2, scale2, gate2 (MLP).
+    """
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(width, elementwise_affine=False)
+        self.attn = SelfAttention(width, heads, dropout)
+        self.ln2 = nn.LayerNorm(width, elementwise_affine=False)
+        hidden = int(width * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width),
+                                 nn.Dropout(dropout))
+        self.ada = nn.Linear(width, 6 * width)
+
+    def modulation(self, cond):
+        """cond [B, width] (the class embedding) -> [B, 6 * width]; fixed over a sequence, so samplers compute
+        it once per call."""
+        return self.ada(F.silu(cond))
+
+    def forward(self, x, mod, **attn_kw):
+        shift1, scale1, gate1, shift2, scale2, gate2 = mod[:, None].chunk(6, -1)  # [B, 1, C] each
+        x = x + gate1 * self.attn(self.ln1(x) * (1 + scale1) + shift1, **attn_kw)
+        return x + gate2 * self.mlp(self.ln2(x) * (1 + scale2) + shift2)
+
+
 def init_weights(module: nn.Module) -> None:
     """GPT-2 style init: N(0, 0.02) for linear and embedding weights, zero biases."""
     for m in module.modules():
@@ -75,31 +104,3 @@ def init_weights(module: nn.Module) -> None:
             if isinstance(m, nn.Linear) and m.bias is not None:
                 nn.init.zeros_(m.bias)
 
-
-def sample_from_logits(logits, temperature=1.0, top_k=None, top_p=None, generator=None, u=None):
-    """Sample one index per row of `logits [B, K]` (fp32). temperature == 0 means greedy (argmax).
-
-    Inverse-CDF sampling from one uniform draw per row (`u [B, 1]` when given, else drawn from
-    `generator`), so the same draws give the same index whenever the probabilities agree to within
-    the draw's distance from a CDF boundary. No host sync: a compiled step can include it.
-    """
-    if temperature == 0:
-        return logits.argmax(-1)
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = F.softmax(logits, dim=-1)
-    if top_p is not None and top_p < 1.0:
-        sorted_p, order = probs.sort(dim=-1, descending=True)
-        # keep the smallest set whose mass reaches top_p (always at least the top token)
-        drop = sorted_p.cumsum(-1) - sorted_p >= top_p
-        sorted_p = sorted_p.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-        probs = probs / probs.sum(-1, keepdim=True)
-    if u is None:
-        u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device if generator is None
-                       else generator.device).to(probs.device)
-    cdf = probs.cumsum(-1)
-    idx = torch.searchsorted(cdf, u * cdf[:, -1:]).squeeze(-1)
-    return idx.clamp_(max=probs.shape[-1] - 1)

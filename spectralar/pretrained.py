@@ -1,31 +1,46 @@
-"""Loading models from checkpoint directories, and the bundled Fashion-MNIST model."""
+"""Loading models from checkpoint directories, and the bundled Fashion-MNIST model: the one place a checkpoint
+directory becomes a model (tokenizer, generator or classifier), its config checked before anything is built."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from .checkpoint import CheckpointError, load_into, load_weights, read_meta
-from .config import GeneratorConfig, TokenizerConfig, from_dict
+from .classifier import SmallCNN
+from .config import validate_config
 from .generator import SpectralGPT
 from .tokenizer import SpectralTokenizer
+
+MODELS = {"tokenizer": SpectralTokenizer, "generator": SpectralGPT, "classifier": SmallCNN}
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 
 
-def load_model(path, kind: str, device="cpu"):
-    """Build a tokenizer or generator from checkpoint directory `path` (eval mode, fp32)."""
+def checked_config(path, kind: str):
+    """(config, meta) of checkpoint directory `path`, validated (types, ranges, class names, size against this
+    machine's memory) before anything is built from it."""
     meta = read_meta(path)
     if meta["kind"] != kind:
         raise CheckpointError(f"{path} holds a {meta['kind']}, not a {kind}")
-    classes = {"tokenizer": (SpectralTokenizer, TokenizerConfig), "generator": (SpectralGPT, GeneratorConfig)}
-    cls, cfg_cls = classes[kind]
+    train = meta.get("train", {})
+    if not isinstance(train, dict):
+        raise CheckpointError(f"{path}/config.json: 'train' must be a JSON object, got {type(train).__name__}")
     try:
-        cfg = from_dict(cfg_cls, meta["config"])
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}/config.json: bad {kind} config ({e})") from None
-    model = cls(cfg)
+        return validate_config(kind, meta["config"], train.get("classes")), meta
+    except ValueError as e:
+        raise CheckpointError(f"{path}/config.json: {e}") from None
+
+
+def load_model(path, kind: str, device="cpu"):
+    """Build a "tokenizer", "generator" or "classifier" from checkpoint directory `path` (eval mode, fp32), with
+    the EMA weights when the checkpoint has them (what sampling and evaluation use)."""
+    if kind not in MODELS:
+        raise ValueError(f"unknown model kind {kind!r}; choose from {list(MODELS)}")
+    cfg, meta = checked_config(path, kind)
+    try:
+        model = MODELS[kind](cfg)
+    except ValueError as e:  # a consistency rule of the model's own that the config breaks
+        raise CheckpointError(f"{path}/config.json: {e}") from None
     load_into(model, load_weights(path, meta), str(path))
     return model.to(device).eval()
 
@@ -43,17 +58,42 @@ def resolve(name_or_dir) -> Path:
 
 
 def load_pretrained(name_or_dir="fmnist", device="cpu") -> tuple[SpectralTokenizer, SpectralGPT]:
-    """(tokenizer, generator) in eval mode, from a bundled name ("fmnist") or a training output directory."""
+    """(tokenizer, generator) in eval mode, from a bundled name ("fmnist") or a training output directory.
+    Both configs are checked, and against each other, before either model is built."""
     root = resolve(name_or_dir)
-    tok = load_model(root / "tokenizer", "tokenizer", device)
-    gen = load_model(root / "generator", "generator", device)
-    if gen.config.codebook_size != tok.config.codebook_size or gen.config.num_tokens != tok.config.num_tokens:
-        raise CheckpointError(f"{root}: generator (K={gen.config.codebook_size}, N={gen.config.num_tokens}) does not "
-                              f"match tokenizer (K={tok.config.codebook_size}, N={tok.config.num_tokens})")
-    return tok, gen
+    t, g = checked_config(root / "tokenizer", "tokenizer")[0], checked_config(root / "generator", "generator")[0]
+    if g.codebook_size != t.codebook_size or g.num_tokens != t.num_tokens:
+        raise CheckpointError(f"{root}: generator (K={g.codebook_size}, N={g.num_tokens}) does not "
+                              f"match tokenizer (K={t.codebook_size}, N={t.num_tokens})")
+    return load_model(root / "tokenizer", "tokenizer", device), load_model(root / "generator", "generator", device)
 
 
-@torch.no_grad()
 def class_names(root) -> list[str] | None:
-    meta = read_meta(Path(root) / "generator")
+    """The generator's class names, as saved by training (checked against num_classes), or None."""
+    _, meta = checked_config(Path(root) / "generator", "generator")
     return meta.get("train", {}).get("classes")
+
+
+def training_info(path) -> dict:
+    """The training metadata saved with checkpoint `path` (step count, class names, accuracy, ...)."""
+    train = read_meta(path).get("train", {})
+    return train if isinstance(train, dict) else {}
+
+
+def tokenizer_dir(checkpoint) -> Path:
+    """A tokenizer checkpoint directory from a bundled name, a training output root, or the directory itself."""
+    p = Path(checkpoint)
+    if (p / "config.json").is_file() and read_meta(p)["kind"] == "tokenizer":
+        return p
+    return resolve(checkpoint) / "tokenizer"
+
+
+def classifier_dir(path, checkpoint) -> Path:
+    """The classifier checkpoint directory: `path` when given, else <checkpoint root>/classifier, which must exist."""
+    if path is not None:
+        return Path(path)
+    path = resolve(checkpoint) / "classifier"
+    if not path.is_dir():
+        raise CheckpointError(f"no classifier at {path}; train one with `python -m spectralar.evaluate "
+                              f"train-classifier --data DATA --out {path}` or pass --classifier DIR")
+    return path

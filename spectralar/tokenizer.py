@@ -11,12 +11,15 @@ Decoder: [codes 1..i | absent i+1..N, learned patch queries (P)] with full atten
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
 from spectralar_kernels import spectral_subimages, spectral_windows, vq_nearest
+from spectralar_kernels.windows import DATA_MAPPINGS
 
 from .config import TokenizerConfig
 from .layers import Block, init_weights
@@ -25,9 +28,11 @@ from .layers import Block, init_weights
 class VectorQuantizer(nn.Module):
     """l2-normalised codebook with cosine lookup, straight-through estimator and dead-code restarts.
 
-    Restarts: codes unused for `restart_every` training steps are re-seeded from recent (normalised)
-    encoder outputs. Under DDP usage is summed over ranks and rank 0's choice is broadcast, so every
-    replica keeps the same codebook. All state is in buffers, so a checkpoint resumes exactly.
+    Restarts: codes unused for `restart_every` optimizer steps are re-seeded from recent (normalised)
+    encoder outputs. The training loop calls `after_optimizer_step()` once per optimizer step, so a restart
+    never lands between the micro-batches of one step under gradient accumulation. Under DDP usage is
+    summed over ranks and rank 0's choice is broadcast, so every replica keeps the same codebook. All state
+    is in buffers, so a checkpoint resumes exactly.
     """
 
     def __init__(self, codebook_size: int, code_dim: int, commitment: float = 0.25, restart_every: int = 200,
@@ -45,8 +50,6 @@ class VectorQuantizer(nn.Module):
 
     def forward(self, z):
         """z [B, N, d] -> (quantized [B, N, d] with straight-through gradient, indices [B, N], stats dict)."""
-        if self.training and self.restart_every > 0 and self.steps > 0 and self.steps % self.restart_every == 0:
-            self.restart_dead_codes()
         z = F.normalize(z.float(), dim=-1)
         cb = F.normalize(self.codebook, dim=-1)
         flat = z.reshape(-1, z.shape[-1])
@@ -65,8 +68,16 @@ class VectorQuantizer(nn.Module):
             with torch.no_grad():
                 self.usage += counts
                 self._remember(flat.detach())
-                self.steps += 1
         return z + (q - z).detach(), idx.view(z.shape[:-1]), stats
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> int:
+        """Count one optimizer step; every `restart_every` steps restart the codes unused since the last
+        restart. Returns how many were restarted."""
+        self.steps += 1
+        if self.restart_every > 0 and self.steps % self.restart_every == 0:
+            return self.restart_dead_codes()
+        return 0
 
     @torch.no_grad()
     def _remember(self, flat):
@@ -117,9 +128,11 @@ class SpectralTokenizer(nn.Module):
         if c.image_size % c.patch_size:
             raise ValueError(f"image_size {c.image_size} is not divisible by patch_size {c.patch_size}")
         if not c.windows:
-            if c.mapping == "energy":
-                raise ValueError("mapping='energy' needs config.windows computed from data (spectral_windows)")
-            c.windows = spectral_windows(c.image_size, c.num_tokens, c.mapping, gamma=c.gamma)
+            if c.mapping in DATA_MAPPINGS:
+                raise ValueError(f"mapping={c.mapping!r} needs config.windows computed from data (spectral_windows)")
+            # a copy with the windows filled in: the caller's config is never written to, and the model's own
+            # config (what a checkpoint saves) names the windows it was built with
+            c = dataclasses.replace(c, windows=spectral_windows(c.image_size, c.num_tokens, c.mapping, gamma=c.gamma))
         if len(c.windows) != c.num_tokens or c.windows[-1] != c.image_size:
             raise ValueError(f"windows {c.windows} must have num_tokens={c.num_tokens} entries "
                              f"ending at {c.image_size}")
@@ -170,15 +183,16 @@ class SpectralTokenizer(nn.Module):
             lo, hi = codes.min().item(), codes.max().item()
             raise ValueError(f"codes must lie in [0, {c.codebook_size}), got [{lo}, {hi}]")
 
-    def _prefix_tensor(self, prefix_len, B, device):
+    def _num_tokens_tensor(self, num_tokens, B, device):
+        """How many tokens each of B images is decoded from: int64 [B] in [1, N] (None: all N)."""
         N = self.config.num_tokens
-        if prefix_len is None:
-            prefix_len = N
-        t = torch.as_tensor(prefix_len, device=device)
+        if num_tokens is None:
+            num_tokens = N
+        t = torch.as_tensor(num_tokens, device=device)
         if t.is_floating_point() or t.dim() > 1 or (t.dim() == 1 and t.shape[0] != B):
-            raise ValueError(f"prefix_len must be an int or an integer tensor [B={B}], got {prefix_len!r}")
+            raise ValueError(f"num_tokens must be an int or an integer tensor [B={B}], got {num_tokens!r}")
         if t.min() < 1 or t.max() > N:
-            raise ValueError(f"prefix_len must lie in [1, {N}], got {prefix_len!r}")
+            raise ValueError(f"num_tokens must lie in [1, {N}], got {num_tokens!r}")
         return t.long().expand(B)
 
     # ---- encoder / decoder ----------------------------------------------------------------------
@@ -192,11 +206,11 @@ class SpectralTokenizer(nn.Module):
             x = blk(x, causal=True, prefix_len=P)
         return self.to_code(self.enc_ln(x[:, P:]))
 
-    def decode_vectors(self, vectors, prefix_len):
-        """vectors [B, N, code_dim], prefix_len [B] -> images [B, C, S, S] from tokens 1..prefix_len only."""
+    def decode_vectors(self, vectors, num_tokens):
+        """vectors [B, N, code_dim], num_tokens [B] -> images [B, C, S, S] from tokens 1..num_tokens only."""
         c = self.config
         B, N = vectors.shape[:2]
-        present = torch.arange(N, device=vectors.device)[None, :] < prefix_len[:, None]  # [B, N]
+        present = torch.arange(N, device=vectors.device)[None, :] < num_tokens[:, None]  # [B, N]
         tok = torch.where(present[..., None], self.from_code(vectors), self.absent.to(vectors.dtype))
         x = torch.cat([tok, self.patch_queries.expand(B, -1, -1)], 1) + self.dec_pos
         for blk in self.dec_blocks:
@@ -215,11 +229,11 @@ class SpectralTokenizer(nn.Module):
         return idx.view(images.shape[0], -1)
 
     @torch.no_grad()
-    def decode(self, codes, prefix_len=None) -> torch.Tensor:
-        """codes [B, N] -> images [B, C, S, S] decoded from tokens 1..prefix_len (int or [B]; default N)."""
+    def decode(self, codes, num_tokens=None) -> torch.Tensor:
+        """codes [B, N] -> images [B, C, S, S] decoded from tokens 1..num_tokens (int or [B]; default N)."""
         self._check_codes(codes)
-        pl = self._prefix_tensor(prefix_len, codes.shape[0], codes.device)
-        return self.decode_vectors(self.quantizer.codes_to_vectors(codes.long()), pl)
+        n = self._num_tokens_tensor(num_tokens, codes.shape[0], codes.device)
+        return self.decode_vectors(self.quantizer.codes_to_vectors(codes.long()), n)
 
     @torch.no_grad()
     def decode_progressive(self, codes) -> torch.Tensor:
@@ -227,8 +241,8 @@ class SpectralTokenizer(nn.Module):
         self._check_codes(codes)
         B, N = codes.shape
         vec = self.quantizer.codes_to_vectors(codes.long())
-        pl = torch.arange(1, N + 1, device=codes.device).repeat(B)  # [B*N]
-        out = self.decode_vectors(vec.repeat_interleave(N, 0), pl)
+        n = torch.arange(1, N + 1, device=codes.device).repeat(B)  # [B*N]
+        out = self.decode_vectors(vec.repeat_interleave(N, 0), n)
         return out.view(B, N, *out.shape[1:])
 
     def sample_prefix_lengths(self, B, device, generator=None):
@@ -240,22 +254,23 @@ class SpectralTokenizer(nn.Module):
             return torch.multinomial(w / w.sum(), B, replacement=True, generator=generator) + 1
         raise ValueError(f"unknown prefix_dist {self.config.prefix_dist!r} (uniform | linear)")
 
-    def forward(self, images, prefix_len=None):
-        """Training step: losses and stats. Draws one prefix length per image unless `prefix_len` is given.
+    def forward(self, images, num_tokens=None):
+        """Training step: losses and stats. Draws how many tokens each image is decoded from (its prefix length)
+        unless `num_tokens` (int or [B]) is given.
 
         Returns a dict: loss (total), recon_loss, vq_loss, perplexity, codes_used, and the tensors
-        recon [B, C, S, S], target (the sub-image x_i) and prefix_len [B].
+        recon [B, C, S, S], target (the sub-image x_i) and num_tokens [B].
         """
         self._check_images(images)
         B = images.shape[0]
-        pl = (self.sample_prefix_lengths(B, images.device) if prefix_len is None
-              else self._prefix_tensor(prefix_len, B, images.device))
+        n = (self.sample_prefix_lengths(B, images.device) if num_tokens is None
+             else self._num_tokens_tensor(num_tokens, B, images.device))
         q, idx, stats = self.quantizer(self.encode_continuous(images))
-        recon = self.decode_vectors(q, pl)
-        target = spectral_subimages(images, self.windows[pl - 1])
+        recon = self.decode_vectors(q, n)
+        target = spectral_subimages(images, self.windows[n - 1])
         if self.config.recon_loss == "l1":
             recon_loss = F.l1_loss(recon.float(), target.float())
         else:
             recon_loss = F.mse_loss(recon.float(), target.float())
         return {"loss": recon_loss + stats["vq_loss"], "recon_loss": recon_loss, **stats,
-                "recon": recon, "target": target, "prefix_len": pl, "codes": idx}
+                "recon": recon, "target": target, "num_tokens": n, "codes": idx}

@@ -1,8 +1,9 @@
-"""Pictures: image grids (Pillow) and training curves (matplotlib, headless)."""
+"""Pictures: image grids (Pillow), training curves and evaluation plots (matplotlib, headless)."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -54,10 +55,65 @@ def plot_log(jsonl, png, keys=("loss",), title="") -> Path | None:
         ax.set_xlabel("step")
         ax.set_title(key)
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.lines:  # a curve with no points yet gets no (empty) legend
+            ax.legend()
     if title:
         fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(png, dpi=100)
     plt.close(fig)
     return Path(png)
+
+
+def plot_panels(path, panels, title="") -> Path:
+    """One PNG with a row of line plots; panels = [(title, xlabel, ylabel, {label: (xs, ys)}, logy)]. Points whose
+    y is None or not finite are left out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 3.6), squeeze=False)
+    for ax, (ptitle, xlabel, ylabel, series, logy) in zip(axes[0], panels):
+        for label, (xs, ys) in series.items():
+            pts = [(a, b) for a, b in zip(xs, ys) if b is not None and math.isfinite(b)]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", ms=3, label=label)
+        ax.set(title=ptitle, xlabel=xlabel, ylabel=ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if logy:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_per_class(path, per_class: dict, overall: float) -> Path:
+    """Bar chart of the classifier's accuracy on generated samples of each class, with the overall mean."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1 + 0.6 * len(per_class), 3.4))
+    ax.bar(range(len(per_class)), list(per_class.values()))
+    ax.set_xticks(range(len(per_class)), list(per_class), rotation=45, ha="right", fontsize=8)
+    ax.axhline(overall, color="k", ls="--", lw=1, label=f"all classes {overall:.3f}")
+    ax.set(ylim=(0, 1), ylabel="classifier accuracy", title="accuracy on generated samples, per class")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _save(fig, path) -> Path:
+    """Lay out, write (creating the folder) and close a figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

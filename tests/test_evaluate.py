@@ -1,26 +1,27 @@
-"""Every evaluation and experiment command end to end, on micro models trained for a few steps on fake data."""
+"""Every evaluation and experiment command end to end, on micro models on fake data."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from fakedata import fake_fmnist
+from microrun import micro_run
 
 from spectralar import evaluate, experiments
 from spectralar.checkpoint import read_meta
 from spectralar.data import collate, make_dataset
+from spectralar.evaluation import PSNR_CAP_DB
 from spectralar.metrics import psnr, ssim
 from spectralar.pretrained import load_model
-from spectralar.train import build_parser as train_parser
-from spectralar.train import run as train_run
-
-# One thread: on a crowded 2-core machine two OpenMP threads wait on each other far longer than they save.
-TRAIN = ["--steps", "3", "--batch-size", "16", "--val-size", "16", "--eval-every", "3", "--ckpt-every", "3",
-         "--log-every", "1", "--warmup", "1", "--threads", "1"]
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
+    """One thread: on a crowded 2-core machine two OpenMP threads wait on each other far longer than they save."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -29,13 +30,10 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def micro(tmp_path_factory):
-    """(fake Fashion-MNIST folder, run folder with micro tokenizer + generator + classifier)."""
+    """(fake Fashion-MNIST folder, run folder with micro tokenizer + generator + a briefly trained classifier)."""
     root = tmp_path_factory.mktemp("eval")
     data = fake_fmnist(root / "data", n_train=128, n_test=48)
-    run = root / "run"
-    for stage in ("tokenizer", "generator"):
-        argv = [stage, "--preset", "micro", "--data", str(data), "--out", str(run), *TRAIN]
-        train_run(train_parser().parse_args(argv))
+    run = micro_run(root / "run")
     assert evaluate.main(["train-classifier", "--data", str(data), "--out", str(run / "classifier"), "--steps", "4",
                           "--batch-size", "16", "--width", "4", "--feature-dim", "16", "--device", "cpu"]) == 0
     return data, run
@@ -50,6 +48,10 @@ def test_train_classifier_writes_a_checkpoint(micro):
     meta = read_meta(run / "classifier")
     assert meta["kind"] == "classifier" and meta["config"]["feature_dim"] == 16
     assert 0 <= meta["train"]["val_accuracy"] <= 1 and meta["train"]["steps"] == 4
+    clf = load_model(run / "classifier", "classifier")  # the one loader serves every kind
+    assert not clf.training and clf.config.feature_dim == 16 and clf.config.num_classes == 10
+    with pytest.raises(ValueError, match="unknown model kind"):
+        load_model(run / "classifier", "critic")
 
 
 def test_reconstruct(micro, tmp_path):
@@ -59,12 +61,12 @@ def test_reconstruct(micro, tmp_path):
     r = _json(tmp_path / "reconstruct.json")
     tok = load_model(run / "tokenizer", "tokenizer")
     N = tok.config.num_tokens
-    assert r["num_images"] == 20 and r["prefix_len"] == list(range(1, N + 1)) and r["windows"] == tok.config.windows
+    assert r["num_images"] == 20 and r["tokens_used"] == list(range(1, N + 1)) and r["windows"] == tok.config.windows
     for key in ("psnr_vs_image", "ssim_vs_image", "psnr_vs_subimage", "ssim_vs_subimage", "psnr_subimage_vs_image",
                 "ssim_subimage_vs_image"):
         assert len(r[key]) == N and all(v == v for v in r[key]), key
     # the exact sub-image of all N windows is the image itself: PSNR hits the cap, SSIM is 1
-    assert r["psnr_subimage_vs_image"][-1] == evaluate.PSNR_CAP_DB
+    assert r["psnr_subimage_vs_image"][-1] == PSNR_CAP_DB
     assert r["ssim_subimage_vs_image"][-1] == pytest.approx(1.0, abs=1e-6)
     assert r["psnr_subimage_vs_image"][0] < r["psnr_subimage_vs_image"][-1]
     # recompute the full-prefix row independently from the same seeded subset
@@ -136,7 +138,7 @@ def test_truncation(micro, tmp_path):
     assert experiments.main(argv) == 0
     r = _json(tmp_path / "truncation.json")
     N = r["num_tokens"]
-    assert r["prefix_len"] == list(range(1, N + 1)) and len(r["reconstruction"]["psnr_vs_image"]) == N
+    assert r["tokens_used"] == list(range(1, N + 1)) and len(r["reconstruction"]["psnr_vs_image"]) == N
     g = r["generation"]
     assert "not FID" in g["label"] and g["num_generated"] == 20
     for key in ("accuracy_generated", "cfd_generated", "accuracy_real_subimage", "cfd_real_subimage"):
@@ -194,3 +196,32 @@ def test_causality_probe(micro, tmp_path):
     assert "raster" in r["definitions"]["spatial raster patches (PCA)"]
     assert 0 < r["pca_variance_kept"]["spatial raster patches (PCA)"] <= 1
     assert (tmp_path / "causality_probe.png").exists()
+
+
+def _numbers(report: dict) -> dict:
+    """The metrics of a generate.json, without what differs between runs (timings, command line, process count)."""
+    return {k: v for k, v in report.items() if k not in ("command", "seconds", "sampling_seconds", "processes")}
+
+
+def test_generate_sharded_over_two_processes_matches_one(micro, tmp_path):
+    """Under torchrun (2 Gloo processes) the batches are split over the ranks and gathered on rank 0: the report
+    and the sample grid equal one process's for the same seed (batches 0, 2 on rank 0; 1, 3 on rank 1)."""
+    data, run = micro
+    root = Path(__file__).resolve().parent.parent
+    path = os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
+    args = ["generate", "--checkpoint", str(run), "--data", str(data), "--num-per-class", "3", "--batch-size", "8",
+            "--real-num", "40", "--seed", "3", "--device", "cpu", "--threads", "1"]
+    one = subprocess.run([sys.executable, "-m", "spectralar.evaluate", *args, "--out", str(tmp_path / "one")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "spectralar.evaluate", *args, "--out", str(tmp_path / "two")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = _json(tmp_path / "one" / "generate.json"), _json(tmp_path / "two" / "generate.json")
+    assert (a["processes"], b["processes"]) == (1, 2) and a["num_generated"] == 30
+    assert _numbers(b) == _numbers(a)  # the same images reach the same code on rank 0: bit-identical metrics
+    assert (tmp_path / "one" / "generate_samples.png").read_bytes() == (tmp_path / "two" /
+                                                                         "generate_samples.png").read_bytes()
+    assert two.stdout.count("classifier Frechet distance") == 1  # rank 0 alone reports

@@ -4,16 +4,37 @@ import functools
 
 import pytest
 import torch
+import torch.nn as nn
 
 from spectralar.config import preset
 from spectralar.generator import SpectralGPT
 
 
+def strong_modulation(model: SpectralGPT) -> SpectralGPT:
+    """At init the adaLN shifts, scales and gates are ~1e-2 (class embedding and maps at std 0.02), so a cache
+    or CFG bug in the modulation would hide in the tolerance; make them O(1)."""
+    if model.config.cond == "adaln":
+        with torch.no_grad():
+            nn.init.normal_(model.cls_emb.weight)
+            for lin in [blk.ada for blk in model.blocks] + [model.head_ada]:
+                nn.init.normal_(lin.weight, std=model.config.width ** -0.5)
+                nn.init.normal_(lin.bias, std=0.5)
+    return model
+
+
 @pytest.fixture
-def gpt():
+def recompiles():
+    """Each model (and sampling setting) is one more compiled entry for the same `sample_step` code object; the
+    default limit of 8 per process would fail a later test's fullgraph compile."""
+    with torch._dynamo.config.patch(recompile_limit=64):
+        yield
+
+
+@pytest.fixture(params=["token", "adaln"])
+def gpt(request):
     torch.manual_seed(0)
-    cfg = dataclasses.replace(preset("generator", "micro"), num_tokens=6, depth=2)
-    return SpectralGPT(cfg).eval()
+    cfg = dataclasses.replace(preset("generator", "micro"), num_tokens=6, depth=2, cond=request.param)
+    return strong_modulation(SpectralGPT(cfg)).eval()
 
 
 def test_cached_logits_equal_uncached_forward(gpt):
@@ -58,7 +79,7 @@ def test_top_k_1_is_greedy(gpt):
     assert torch.equal(tiny_p, greedy)
 
 
-def test_compiled_decode_step_matches_eager(gpt):
+def test_compiled_decode_step_matches_eager(gpt, recompiles):
     # torch.compile of the whole step (null rows, decode, CFG mixing, sampling, position increment; Inductor's
     # C++ backend here, one CUDA graph on a GPU): the eager sampler's codes, with and without CFG, sampled and
     # greedy; logits to fp32 rounding; a second call reuses the compiled step and caches.
@@ -116,35 +137,50 @@ def ops_per_call(fn) -> collections.Counter:
 
 
 @pytest.mark.parametrize("position", ["tensor", "int"])
-def test_ops_per_decode_step(position):
+def test_ops_per_decode_step(position, monkeypatch):
     """Per layer, a decode step dispatches 2 layer norms, 4 linears, 2 residual adds, 1 GELU and the
     attention. Attention, reference path: with a tensor position, the append is remainder/eq (positions
-    in range), an arange, and per cache a gather, a where and one index_put (6), the mask is clamp,
-    arange, le, then SDPA: 13; with a host int, two slice copies and SDPA: 3. So <= 22 and <= 12 ops per
-    layer, and no host read (aten::item) at all; the old path had 3 item() syncs and 2 more reductions."""
-    counts = {}
-    for depth in (1, 2):
-        torch.manual_seed(0)
-        model = SpectralGPT(dataclasses.replace(preset("generator", "micro"), depth=depth)).eval()
-        caches = model.setup_caches(4, torch.float32, "cpu")
-        pos = torch.full((4,), 2, dtype=torch.int32) if position == "tensor" else 2
-        token = torch.zeros(4, dtype=torch.long)
-        with torch.no_grad():
-            model.decode_one_token(token, caches, pos)  # warm-up
-            counts[depth] = ops_per_call(functools.partial(model.decode_one_token, token, caches, pos))
-    per_layer = sum(counts[2].values()) - sum(counts[1].values())
-    assert per_layer <= (22 if position == "tensor" else 12), (per_layer, counts[2])
-    assert not {"aten::item", "aten::_local_scalar_dense"} & set(counts[2]), counts[2]
-    assert counts[2]["aten::scaled_dot_product_attention"] == 2
+    in range), an arange, and per cache a gather, a where and one index_put (6), the mask is arange, lt and
+    a where into an additive mask (CPU SDPA takes it faster than a bool one) with its two casts and one
+    add, then SDPA: 16; with a host int, two slice copies and SDPA: 3. So <= 25 and <= 12 ops per layer,
+    and no host read (aten::item) at all; the old path had 3 item() syncs and 2 more reductions.
+    cond="adaln" adds exactly 8 elementwise ops (1 + scale, scale, shift and gate, twice) and no linear:
+    the class modulation is computed once, at prefill.
+
+    Positions in plain CPU tensors are read on the host (no device to wait for); the tensor case here counts
+    the path device tensors take, so that shortcut is switched off."""
+    from spectralar_kernels.attention import kvcache, ref
+
+    monkeypatch.setattr(kvcache, "host_readable", lambda t: False)
+    monkeypatch.setattr(ref, "host_readable", lambda t: False)
+    per_layer = {}
+    for cond in ("token", "adaln"):
+        counts = {}
+        for depth in (1, 2):
+            torch.manual_seed(0)
+            model = SpectralGPT(dataclasses.replace(preset("generator", "micro"), depth=depth, cond=cond)).eval()
+            caches = model.setup_caches(4, torch.float32, "cpu")
+            pos = torch.full((4,), 2, dtype=torch.int32) if position == "tensor" else 2
+            token = torch.zeros(4, dtype=torch.long)
+            with torch.no_grad():
+                model.decode_one_token(token, caches, pos)  # warm-up
+                counts[depth] = ops_per_call(functools.partial(model.decode_one_token, token, caches, pos))
+        per_layer[cond] = sum(counts[2].values()) - sum(counts[1].values())
+        assert counts[2]["aten::linear"] - counts[1]["aten::linear"] == 4, (cond, counts[2])
+        assert not {"aten::item", "aten::_local_scalar_dense"} & set(counts[2]), counts[2]
+        assert counts[2]["aten::scaled_dot_product_attention"] == 2
+    assert per_layer["adaln"] - per_layer["token"] == 8, per_layer
+    assert per_layer["token"] <= (25 if position == "tensor" else 12), per_layer
 
 
 @pytest.mark.gpu
-def test_compiled_decode_step_cuda_graphs():
+@pytest.mark.parametrize("cond", ["token", "adaln"])
+def test_compiled_decode_step_cuda_graphs(cond):
     # On CUDA compile=True means CUDA graphs: the codes must still equal the eager cached sampler's, call after
     # call (graph replays), and the logits returned for every step must survive later replays.
     torch.manual_seed(0)
     with torch.device("cuda"):
-        model = SpectralGPT(preset("generator", "fmnist")).eval()
+        model = strong_modulation(SpectralGPT(dataclasses.replace(preset("generator", "fmnist"), cond=cond))).eval()
     labels = torch.arange(8, device="cuda") % model.config.num_classes
     kw = {"cfg_scale": 2.0, "return_logits": True}
     ref, ref_logits = model.generate(labels, generator=torch.Generator("cuda").manual_seed(1), **kw)
@@ -174,6 +210,12 @@ def test_loss_and_shapes(gpt):
     ({"top_p": 1.5}, "top_p"),
     ({"temperature": -1.0}, "temperature"),
     ({"cfg_scale": -2.0}, "cfg_scale"),
+    ({"cfg_scale": float("inf")}, "cfg_scale"),
+    ({"cfg_scale": float("nan")}, "cfg_scale"),
+    ({"temperature": float("inf")}, "temperature"),
+    ({"temperature": float("nan")}, "temperature"),
+    ({"top_k": float("inf")}, "top_k"),
+    ({"top_p": float("nan")}, "top_p"),
 ])
 def test_bad_sampling_arguments(gpt, kw, match):
     args = {"labels": torch.tensor([0, 1])} | kw
@@ -187,9 +229,69 @@ def test_cfg_needs_null_class():
         SpectralGPT(cfg).generate(torch.tensor([0]), cfg_scale=2.0)
 
 
+@pytest.mark.parametrize("kv_cache, compile", [(True, False), (False, False), (True, True)])
+def test_non_finite_logits_raise_naming_the_step(gpt, kv_cache, compile, recompiles):
+    """A NaN weight gave all-last-code samples and no error. A NaN in position 3's embedding first spoils the
+    logits for s_4 (step 3); a NaN in the head spoils step 0."""
+    labels = torch.tensor([0, 1])
+    kw = {"kv_cache": kv_cache, "compile": compile, "cfg_scale": 2.0, "generator": torch.Generator().manual_seed(0)}
+    with torch.no_grad():
+        gpt.pos_emb[0, 3, 0] = float("nan")
+    with pytest.raises(RuntimeError, match=r"non-finite logits .* step 3 of 6"):
+        gpt.generate(labels, **kw)
+    with torch.no_grad():
+        gpt.pos_emb[0, 3, 0] = 0.0
+        gpt.head.weight[5, 0] = float("nan")
+    with pytest.raises(RuntimeError, match=r"non-finite logits .* step 0 of 6"):
+        gpt.generate(labels, **kw)
+
+
+def test_guidance_overflow_raises():
+    """A finite cfg_scale beyond fp32's range makes the guided logits inf: caught at the first step."""
+    torch.manual_seed(0)
+    model = SpectralGPT(preset("generator", "micro")).eval()
+    with pytest.raises(RuntimeError, match="step 0 of 4"):
+        model.generate(torch.tensor([0]), cfg_scale=1e300)
+
+
+def test_unknown_conditioning():
+    with pytest.raises(ValueError, match="cond='film'"):
+        SpectralGPT(dataclasses.replace(preset("generator", "micro"), cond="film"))
+
+
+def test_adaln_class_enters_through_the_norms():
+    """adaln: the first input is the learned start token for every class, LayerNorms carry no affine of their
+    own, and the class still decides the logits (through the modulation); every parameter gets a gradient."""
+    torch.manual_seed(0)
+    model = strong_modulation(SpectralGPT(dataclasses.replace(preset("generator", "micro"), cond="adaln")))
+    labels, codes = torch.tensor([0, 1]), torch.randint(0, 32, (2, 4))
+    x0 = model._embed(labels, codes[:, :-1], 0)
+    assert torch.equal(x0[0, 0], x0[1, 0])  # no class in the input
+    assert all(not isinstance(m, nn.LayerNorm) or m.weight is None for m in model.modules())
+    logits = model(labels, codes[:, :-1])
+    assert not torch.allclose(logits[0, 0], logits[1, 0], atol=1e-3)  # the class reaches position 0's logits
+    model.train()
+    model.loss(labels, codes).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def adaln_parameters(C, L, r, K, M, N) -> int:
+    """docs/design-notes.md, "Generator conditioning": per block attention 4C^2 + 4C, MLP 2rC^2 + rC + C,
+    modulation 6C^2 + 6C (LayerNorms without affine); token, class (+ null), position and start embeddings;
+    the head's adaptive LayerNorm 2C^2 + 2C and the head KC."""
+    return L * ((10 + 2 * r) * C * C + (11 + r) * C) + K * C + (M + 1) * C + N * C + C + 2 * C * C + 2 * C + K * C
+
+
 def test_d16_parameter_count():
+    """d16 (VAR's d16: width 1024, depth 16, 16 heads, MLP ratio 4, adaLN) with K = 4096 codes, 1000 classes
+    and 64 tokens: 313,815,040 parameters, the paper's 310M within 2%."""
     with torch.device("meta"):
         model = SpectralGPT(preset("generator", "d16"))
+    c = model.config
+    assert (c.cond, c.width, c.depth, c.heads, c.mlp_ratio) == ("adaln", 1024, 16, 16, 4.0)
     n = sum(p.numel() for p in model.parameters())
-    # 16 blocks x 12.6 M + embeddings/head of 4096 codes and 1001 classes: ~0.2 B (exact count in docs)
-    assert n == 16 * (12 * 1024 * 1024 + 13 * 1024) + 4096 * 1024 * 2 + 1001 * 1024 + 64 * 1024 + 2 * 1024
+    assert n == adaln_parameters(1024, 16, 4, 4096, 1000, 64) == 313_815_040
+    assert abs(n / 310e6 - 1) < 0.02
+    # the formula holds off the preset too (any width, depth, MLP ratio)
+    cfg = dataclasses.replace(preset("generator", "micro"), cond="adaln", width=48, depth=3, mlp_ratio=2.0)
+    assert sum(p.numel() for p in SpectralGPT(cfg).parameters()) == adaln_parameters(48, 3, 2, 32, 3, 4)

@@ -7,8 +7,9 @@ import pytest
 import scipy.linalg
 import torch
 
-from spectralar.classifier import ClassifierConfig, SmallCNN, classify
-from spectralar.experiments import dct_bands, pca_project, raster_patches
+from spectralar.classifier import SmallCNN, classify
+from spectralar.config import ClassifierConfig
+from spectralar.evaluation import dct_bands, pca_project, raster_patches
 from spectralar.metrics import (
     feature_stats,
     frechet_distance,

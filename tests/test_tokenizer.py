@@ -31,7 +31,7 @@ def test_decoder_prefix_is_causal_bitwise(tok):
         other[:, i:] = (other[:, i:] + 1 + torch.arange(N - i)) % K
         if i < N:
             assert not torch.equal(other, codes)
-        assert torch.equal(tok.decode(codes, prefix_len=i), tok.decode(other, prefix_len=i))
+        assert torch.equal(tok.decode(codes, num_tokens=i), tok.decode(other, num_tokens=i))
     # and the suffix does matter once it is inside the prefix
     other = codes.clone()
     other[:, -1] = (other[:, -1] + 1) % K
@@ -58,7 +58,7 @@ def test_decode_progressive_matches_decode(tok):
     N = tok.config.num_tokens
     assert prog.shape == (3, N, 1, 32, 32)
     for i in range(1, N + 1):
-        torch.testing.assert_close(prog[:, i - 1], tok.decode(codes, prefix_len=i), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(prog[:, i - 1], tok.decode(codes, num_tokens=i), atol=1e-5, rtol=1e-5)
 
 
 def test_encode_shapes_and_brute_force_vq(tok):
@@ -85,8 +85,10 @@ def test_dead_code_restart_revives_codes():
     z = vq.codebook.data[0] + 0.01 * torch.randn(64, 4, vq.codebook.shape[1])
     _, idx, stats = vq(z)
     assert stats["codes_used"] == 1
-    for _ in range(3):
-        vq(z)  # the third call restarts before quantising
+    for _ in range(2):
+        vq(z)
+        assert vq.after_optimizer_step() == 0  # steps 1 and 2 of restart_every=3
+    assert vq.after_optimizer_step() == vq.codebook.shape[0] - 1  # step 3: every code but 0 was unused
     _, idx, stats = vq(z + 0.3 * torch.randn_like(z))
     assert stats["codes_used"] > 4, "dead codes were not restarted from encoder outputs"
 
@@ -102,7 +104,7 @@ def test_training_steps_lower_the_loss():
     opt = torch.optim.AdamW(tok.parameters(), lr=3e-3)
     first = None
     for _ in range(30):
-        loss = tok(x, prefix_len=tok.config.num_tokens)["loss"]
+        loss = tok(x, num_tokens=tok.config.num_tokens)["loss"]
         first = first if first is not None else loss.item()
         opt.zero_grad()
         loss.backward()
@@ -114,7 +116,7 @@ def test_forward_regresses_the_subimage(tok):
     from spectralar_kernels import spectral_subimages
 
     x = images(4)
-    out = tok(x, prefix_len=torch.tensor([1, 2, 3, 4]))
+    out = tok(x, num_tokens=torch.tensor([1, 2, 3, 4]))
     w = torch.tensor(tok.config.windows)[torch.tensor([0, 1, 2, 3])]
     torch.testing.assert_close(out["target"], spectral_subimages(x, w))
     assert out["recon"].shape == x.shape
@@ -143,8 +145,8 @@ def test_bad_codes_and_prefix(tok):
     with pytest.raises(ValueError, match="int64"):
         tok.decode(good.float())
     for pl in (0, N + 1, torch.tensor([1, N + 1])):
-        with pytest.raises(ValueError, match="prefix_len"):
-            tok.decode(good, prefix_len=pl)
+        with pytest.raises(ValueError, match="num_tokens"):
+            tok.decode(good, num_tokens=pl)
 
 
 def test_energy_mapping_needs_windows():
@@ -160,3 +162,13 @@ def test_parameter_counts():
     n_big = sum(p.numel() for p in big.parameters())
     assert 1.6e8 < n_big < 1.9e8, n_big  # two ViT-B stacks of 12 blocks (~85 M each)
     assert isinstance(big.config, TokenizerConfig)
+
+
+def test_config_is_never_written_to():
+    """The windows a mapping gives go into the model's own copy of the config (what a checkpoint saves), not into
+    the caller's object, which a second model built from it would otherwise silently share."""
+    cfg = tiny_config(mapping="uniform")
+    tok = SpectralTokenizer(cfg)
+    assert cfg.windows == [] and tok.config is not cfg
+    assert tok.config.windows == [8, 16, 24, 32] and tok.windows.tolist() == [8, 16, 24, 32]
+    assert dataclasses.replace(tok.config, windows=[]) == cfg  # nothing else differs

@@ -165,7 +165,7 @@ def test_resume_is_exact(stage, data, run_dir, tmp_path):
 
 def test_ddp_two_processes_gloo(data, tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
            "-m", "spectralar.train", "tokenizer", "--data", str(data), "--out", str(out), "--steps", "3",
            *COMMON, "--device", "cpu"]
     res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
