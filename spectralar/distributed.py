@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 
 import torch
@@ -23,8 +24,13 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
 
 def close_distributed(wait: bool = False) -> None:
     """Leave the process group. `wait` (the normal end of a run, every rank here): meet the others first, so no
-    rank tears down its connections while a peer still talks to it (Gloo aborts the peer at exit then)."""
+    rank tears down its connections while a peer still talks to it.
+
+    DistributedDataParallel wrappers are reference cycles that keep the process group alive; collected only at
+    interpreter exit, they let Gloo's worker threads be destroyed unjoined (std::terminate, SIGABRT, seen now
+    and then under load). So collect them first: the group is then really destroyed here."""
     if dist.is_available() and dist.is_initialized():
         if wait:
             dist.barrier()
+        gc.collect()
         dist.destroy_process_group()

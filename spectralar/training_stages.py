@@ -98,8 +98,9 @@ class GeneratorLoss(nn.Module):
         return {"loss": self.model(labels, x[:, :-1], targets=x)[1]}
 
 
-def checked_config(kind: str, d: dict, where: str):
-    """The config dataclass for dict `d`, its types, ranges and consistency checked (spectralar.config)."""
+def config_from(kind: str, d: dict, where: str):
+    """The config dataclass for dict `d` (a preset with overrides, or a checkpoint's config.json), its types, ranges
+    and consistency checked (spectralar.config); errors name `where` it came from."""
     try:
         return validate_config(kind, d)
     except ValueError as e:
@@ -121,12 +122,12 @@ def _where(opts: TrainOptions, ckpt: Path, resume_meta) -> str:
 def setup_tokenizer(opts: TrainOptions, device, out: Path, resume_meta, main_proc: bool, world: int) -> Stage:
     where = _where(opts, out / "tokenizer", resume_meta)
     if resume_meta:
-        cfg = checked_config("tokenizer", resume_meta["config"], where)
+        cfg = config_from("tokenizer", resume_meta["config"], where)
     else:
         cfg = dataclasses.replace(preset("tokenizer", opts.preset), **opts.overrides)
         if opts.mapping:
             cfg.mapping, cfg.windows = opts.mapping, []
-        cfg = checked_config("tokenizer", to_dict(cfg), where)
+        cfg = config_from("tokenizer", to_dict(cfg), where)
     perceptual, train_meta = None, {}
     if cfg.perceptual_weight > 0:  # the user's file, read and checked before any data or model
         perceptual = PerceptualDistance.from_file(cfg.perceptual_backbone).to(device)
@@ -167,11 +168,11 @@ def setup_generator(opts: TrainOptions, device, out: Path, resume_meta, main_pro
     check_batches(len(train_img), opts.batch_size * opts.accum, world)
     classes = train_img.classes
     if resume_meta:
-        cfg = checked_config("generator", resume_meta["config"], where)
+        cfg = config_from("generator", resume_meta["config"], where)
     else:
         cfg = dataclasses.replace(preset("generator", opts.preset), **opts.overrides)
         cfg.num_tokens, cfg.codebook_size, cfg.num_classes = tcfg.num_tokens, tcfg.codebook_size, len(classes)
-        cfg = checked_config("generator", to_dict(cfg), where)
+        cfg = config_from("generator", to_dict(cfg), where)
     have = (tcfg.num_tokens, tcfg.codebook_size, len(classes))
     if (cfg.num_tokens, cfg.codebook_size, cfg.num_classes) != have:
         raise ValueError(f"{where}: num_tokens, codebook_size, num_classes = {cfg.num_tokens}, "

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from spectralar_kernels import attention_with_kvcache
-from spectralar_kernels.attention import decode, ref
+from spectralar_kernels.attention import decode, kvcache, ref
 from spectralar_kernels.testing import assert_close_to_oracle, nan_like
 
 
@@ -271,6 +271,68 @@ def test_strided_seqlens_are_read_as_values(backend):
     check(out, want, None, f"{backend} strided cache_seqlens")
     torch.testing.assert_close(k_cache.double(), k_want, rtol=0, atol=0)
     torch.testing.assert_close(v_cache.double(), v_want, rtol=0, atol=0)
+
+
+def _step_cases():
+    """(name, dtype, H, H_kv, Tq, with k/v, causal, T_max) for the small CPU step; T_max 300 is past its table."""
+    return [
+        ("fp32 decode causal", torch.float32, 4, 4, 1, True, True, 12),
+        ("fp32 no kv", torch.float32, 4, 4, 1, False, False, 12),
+        ("fp16 gqa", torch.float16, 4, 2, 1, True, False, 12),
+        ("bf16 chunk causal", torch.bfloat16, 2, 2, 3, True, True, 12),
+        ("fp32 chunk no kv causal", torch.float32, 2, 1, 3, False, True, 12),
+        ("fp32 no table", torch.float32, 2, 2, 1, True, True, 300),
+    ]
+
+
+@pytest.mark.parametrize("case", _step_cases(), ids=lambda c: c[0])
+def test_small_cpu_step_is_the_general_path_bitwise(monkeypatch, case):
+    """The CPU fast path (`kvcache._host_step`: host-read positions, cached mask table, plain index_put) must
+    take every in-range call and give the general path's output and caches bit for bit; positions out of
+    range must go to the general path (its out-of-range policy)."""
+    _, dtype, h, h_kv, t_q, new, causal, t_max = case
+    monkeypatch.setenv("SPECTRALAR_KERNELS", "auto")  # CPU tensors under auto: the reference, fast path or not
+    b, d = 3, 16
+    hi = t_max - (t_q if new else 0)  # the largest in-range cache_seqlens
+    g = torch.Generator().manual_seed(t_max + t_q)
+    forms = {
+        "ragged": torch.tensor([0, hi, hi // 2], dtype=torch.int32),
+        "random int64": torch.randint(0, hi + 1, (b,), generator=g),
+        "shared": torch.full((b,), hi // 2, dtype=torch.int32),
+        "[1]": torch.tensor([hi], dtype=torch.int32),
+        "0-d zero": torch.tensor(0),
+        "expanded": torch.tensor([1, 5], dtype=torch.int32)[:1].expand(b),
+        "strided": torch.tensor([2, -1, 0, -1, hi, -1], dtype=torch.int32)[::2],
+        "out of range": torch.tensor([-1, hi + 1, 0], dtype=torch.int32),
+    }
+    q, k, v = (torch.randn(b, t_q, n, d, generator=g).to(dtype) for n in (h, h_kv, h_kv))
+    caches = [torch.randn(b, t_max, h_kv, d, generator=g).to(dtype) for _ in range(2)]
+    fast, taken = kvcache._host_step, []
+
+    def spy(*args):
+        out = fast(*args)
+        taken.append(out is not None)
+        return out
+
+    for name, seqlens in forms.items():
+        results = []
+        for step in (spy, lambda *args: None):  # the fast path, then the general path alone
+            monkeypatch.setattr(kvcache, "_host_step", step)
+            k_cache, v_cache = (c.clone() for c in caches)
+            out = attention_with_kvcache(q, k_cache, v_cache, seqlens, *((k, v) if new else ()), causal=causal)
+            results.append((out, k_cache, v_cache))
+        assert taken.pop() == (name != "out of range"), f"{name}: the fast path must take exactly the in-range calls"
+        for a, want, what in zip(results[0], results[1], ("out", "k_cache", "v_cache")):
+            assert torch.equal(a, want), f"{name}: {what} differs from the general path"
+
+
+def test_small_cpu_step_constants_stay_bounded():
+    """The fast path's cached aranges and mask tables are keyed by shape: many shapes must not grow them."""
+    for b in range(1, 2 * kvcache._STEP_CACHE_SIZE):
+        q = torch.randn(b, 1, 1, 8)
+        seqlens = torch.arange(b, dtype=torch.int32) % 3  # ragged (b > 1): the table path
+        attention_with_kvcache(q, torch.randn(b, 4, 1, 8), torch.randn(b, 4, 1, 8), seqlens, q, q)
+        assert len(kvcache._STEP_CACHE) <= kvcache._STEP_CACHE_SIZE
 
 
 def test_no_host_sync_under_fake_tensors():

@@ -6,6 +6,8 @@ The value checks that would need a sync (`0 <= cache_seqlens`, `cache_seqlens + 
 in range) run only with SPECTRALAR_DEBUG_CHECKS=1; otherwise out-of-range entries are masked on the device
 (policy below). A Python int `cache_seqlens` is known on the host: it is always checked, and the reference path
 then appends and attends by slicing, with no index arithmetic at all (how the eager sampler calls it).
+Positions in a plain CPU tensor are in host memory too: a call without extras takes `_host_step`, which reads
+them with one `tolist` and gives the general path's result with the fewest operations (small decoding steps).
 
 Out-of-range policy (every backend, no debug switch): the new token t of sample b belongs at position
 `p = cache_seqlens[b] + t`. It is written only when `0 <= p < T_max`; a position outside the cache is
@@ -26,13 +28,15 @@ is traced inline instead, so Inductor fuses its indexing and masking into the su
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 
 import torch
+import torch.nn.functional as F
 
-from .._common import check_same_device, choose_kernel, warn_once
-from .checks import TRITON_MAX_HEAD_DIM, check_bthd, check_scale, flash_attn_usable
-from .ref import host_readable, kvcache_ref, kvcache_step_ref
+from .._common import FLOAT_DTYPES, check_same_device, choose_kernel, warn_once
+from .checks import MAX_HEAD_DIM, TRITON_MAX_HEAD_DIM, check_bthd, check_scale, flash_attn_usable
+from .ref import host_readable, kvcache_ref, kvcache_step_ref, kvcache_visible, new_positions
 
 __all__ = ["attention_with_kvcache", "debug_checks"]
 
@@ -140,6 +144,13 @@ def attention_with_kvcache(
     Returns:
         out `[B, Tq, H, D]` in q's dtype, or (out, softmax_lse) with return_softmax_lse. No autograd.
     """
+    if (cache_batch_idx is None and rotary_cos is None and rotary_sin is None and cache_leftpad is None
+            and block_table is None and alibi_slopes is None and type(causal) is bool and type(window_size) is tuple
+            and window_size == NO_WINDOW and softcap == 0 and rotary_interleaved is True
+            and return_softmax_lse is False and num_splits == 0):  # fmt: skip
+        out = _host_step(q, k_cache, v_cache, cache_seqlens, k, v, softmax_scale, causal)  # None: not one
+        if out is not None:
+            return out
     for name, arg in (("cache_leftpad", cache_leftpad), ("block_table", block_table), ("alibi_slopes", alibi_slopes)):
         if arg is not None:
             raise NotImplementedError(f"attention_with_kvcache: {name} is not supported (flash-attn's argument; "
@@ -236,6 +247,94 @@ def attention_with_kvcache(
                                rotary_cos=rotary_cos, rotary_sin=rotary_sin, rotary_interleaved=rotary_interleaved,
                                return_softmax_lse=return_softmax_lse)  # fmt: skip
         return _run(q, k_cache, v_cache, cache_seqlens, k, v, scale, causal, impl, num_splits)
+
+
+# ---- the small CPU step: what a sampler on CPU calls thousands of times -----------------------------------
+
+_STEP_CACHE: dict[tuple, tuple] = {}  # (batch arange, mask table) per step shape; oldest dropped past the size
+_STEP_CACHE_SIZE = 16
+_MASK_TABLE_MAX = 1 << 16  # elements; past it (long caches) no table is kept and the mask is built per call
+
+
+def _step_constants(key: tuple) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`(arange(B), table)` for key `(B, T_max, Tq, Tnew, causal, additive)`, built and cached. Row s of the
+    table `[T_max - Tnew + 1, 1, Tq, T_max]` is `kvcache_ref`'s SDPA mask for a sample with cache_seqlens s
+    (additive fp32 or boolean, as `kvcache_ref` passes it); None when it would exceed _MASK_TABLE_MAX."""
+    b, t_max, t_q, t_new, causal, additive = key
+    with torch.inference_mode(False), torch.no_grad():  # normal tensors, usable in any mode later
+        table = None
+        if (t_max - t_new + 1) * t_q * t_max <= _MASK_TABLE_MAX:
+            table = kvcache_visible(torch.arange(t_new, t_max + 1), t_q, t_max, causal, NO_WINDOW)[:, None]
+            table = torch.where(table, 0.0, float("-inf")) if additive else table
+        entry = (torch.arange(b), table)
+    if len(_STEP_CACHE) >= _STEP_CACHE_SIZE:
+        _STEP_CACHE.pop(next(iter(_STEP_CACHE)), None)
+    _STEP_CACHE[key] = entry
+    return entry
+
+
+def _host_step(q, k_cache, v_cache, cache_seqlens, k, v, softmax_scale, causal: bool) -> torch.Tensor | None:
+    """A plain CPU call without extras, autograd or out-of-range positions, or None (the general path then
+    checks and runs it): what the general path computes, bitwise, with the fewest operations, because on
+    a small step (B=8, H=8, D=32, 24 slots) SDPA itself is ~35 us and each further op or check shows.
+
+    Validation is attribute comparisons only: anything unusual (a malformed argument included) returns
+    None and gets the general path's checks and errors. Positions are read with one `tolist` (host
+    memory: `host_readable`); a shared one takes the host-int path (`kvcache_step_ref`, slices), ragged
+    ones are written with one index_put per cache and masked by a row lookup in a cached table.
+    """
+    tensor, new = torch.Tensor, k is not None
+    kk, vv = (k, v) if new else (k_cache, v_cache)
+    # host_readable(cache_seqlens) and not _kernel_possible(q), written out: every Python call shows here
+    if not (type(q) is tensor and type(k_cache) is tensor and type(v_cache) is tensor and type(kk) is tensor
+            and type(vv) is tensor and type(cache_seqlens) is tensor and q.is_cpu and k_cache.is_cpu
+            and v_cache.is_cpu and kk.is_cpu and vv.is_cpu and cache_seqlens.is_cpu
+            and q.dtype in FLOAT_DTYPES and q.dtype is k_cache.dtype is v_cache.dtype is kk.dtype is vv.dtype
+            and cache_seqlens.dtype in (torch.int32, torch.int64)
+            and not (torch.is_grad_enabled() and (q.requires_grad or k_cache.requires_grad
+                                                  or v_cache.requires_grad or kk.requires_grad or vv.requires_grad))
+            and (softmax_scale is None or type(softmax_scale) is float and math.isfinite(softmax_scale))
+            and not torch.compiler.is_compiling()
+            and not os.environ.get("SPECTRALAR_KERNELS", "auto").lower().startswith("triton")):  # fmt: skip
+        return None
+    qs, cs = q.shape, k_cache.shape
+    if len(qs) != 4 or len(cs) != 4 or v_cache.shape != cs or 0 in qs or 0 in cs:
+        return None
+    b, t_q, h, d = qs
+    t_max, h_kv = cs[1], cs[2]
+    t_new = t_q if new else 0
+    if (cs[0] != b or cs[3] != d or d > MAX_HEAD_DIM or h % h_kv or t_new > t_max
+            or new and (k.shape != (b, t_q, h_kv, d) or v.shape != k.shape)
+            or cache_seqlens.shape not in ((b,), (1,), ())):  # fmt: skip
+        return None
+    s = cache_seqlens.tolist()
+    lo, hi = (s, s) if type(s) is int else (min(s), max(s))
+    if lo < 0 or hi > t_max - t_new:
+        return None  # out of range: the general path's policy (and, with SPECTRALAR_DEBUG_CHECKS=1, its error)
+    scale = softmax_scale if softmax_scale is not None else d**-0.5
+    if lo == hi and lo + t_new > 0 and (not causal or lo + t_new >= t_q):
+        return kvcache_step_ref(q, k_cache, v_cache, lo, k, v, scale, causal)
+    cache_seqlens = cache_seqlens.long()  # int64 indices: int32 ones cost each index op a conversion
+    if cache_seqlens.shape != (b,):
+        cache_seqlens = cache_seqlens.expand(b)
+    additive = q.dtype == torch.float32
+    key = (b, t_max, t_q, t_new, causal, additive)
+    batch, table = _STEP_CACHE.get(key) or _step_constants(key)
+    if new and t_q == 1:
+        k_cache[batch, cache_seqlens] = k.select(1, 0)
+        v_cache[batch, cache_seqlens] = v.select(1, 0)
+    elif new:
+        pos = new_positions(cache_seqlens, t_q)
+        k_cache[batch[:, None], pos] = k
+        v_cache[batch[:, None], pos] = v
+    if table is not None:
+        mask = table.index_select(0, cache_seqlens)
+    else:
+        mask = kvcache_visible(cache_seqlens + t_new, t_q, t_max, causal, NO_WINDOW)[:, None]
+        mask = torch.where(mask, 0.0, float("-inf")) if additive else mask
+    o = F.scaled_dot_product_attention(q.transpose(1, 2), k_cache.transpose(1, 2), v_cache.transpose(1, 2),
+                                       attn_mask=mask, scale=scale, enable_gqa=h != h_kv)  # fmt: skip
+    return o.transpose(1, 2)
 
 
 def _flash_kvcache_usable(q, k_cache, v_cache, k, v, rotary_cos) -> bool:
