@@ -64,14 +64,18 @@ def warn_once(key: str, message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
+def kernels_mode() -> str:
+    """SPECTRALAR_KERNELS as set, lower-cased ("auto" when unset): read per call, never cached."""
+    return os.environ.get("SPECTRALAR_KERNELS", "auto").lower()
+
+
 def choose_kernel(op: str, variant: str, *tensors: torch.Tensor) -> str | None:
     """Implementation id to run for this call (e.g. "blockwise-v1"), or None for the PyTorch reference.
 
     `op`/`variant` index `_dispatch.IMPLEMENTATIONS`; the dtype is the first tensor's. See the module
     docstring for the policy.
     """
-    mode = os.environ.get("SPECTRALAR_KERNELS", "auto").lower()
-    mode, _, pinned = mode.partition(":")
+    mode, _, pinned = kernels_mode().partition(":")
     if mode not in _BACKENDS or (pinned and mode != "triton"):
         raise ValueError(f"SPECTRALAR_KERNELS must be one of {_BACKENDS} or triton:ID[,ID], got {mode!r}")
     if mode == "ref" or torch.compiler.is_compiling():

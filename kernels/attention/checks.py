@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import os
 
 import torch
 
-from .._common import check_float
+from .._common import check_float, kernels_mode
 
 MAX_HEAD_DIM = 256  # validation limit (flash-attn's)
 TRITON_MAX_HEAD_DIM = 128  # larger heads use the reference
 
 
 def flash_attn_usable(*tensors: torch.Tensor) -> bool:
-    if os.environ.get("SPECTRALAR_KERNELS", "auto").lower() != "auto" or torch.compiler.is_compiling():
+    if kernels_mode() != "auto" or torch.compiler.is_compiling():
         return False
     q = tensors[0]
     if not all(t.is_cuda for t in tensors) or q.dtype not in (torch.float16, torch.bfloat16):

@@ -34,7 +34,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from .._common import FLOAT_DTYPES, check_same_device, choose_kernel, warn_once
+from .._common import FLOAT_DTYPES, check_same_device, choose_kernel, kernels_mode, warn_once
 from .checks import MAX_HEAD_DIM, TRITON_MAX_HEAD_DIM, check_bthd, check_scale, flash_attn_usable
 from .ref import host_readable, kvcache_ref, kvcache_step_ref, kvcache_visible, new_positions
 
@@ -295,7 +295,7 @@ def _host_step(q, k_cache, v_cache, cache_seqlens, k, v, softmax_scale, causal: 
                                                   or v_cache.requires_grad or kk.requires_grad or vv.requires_grad))
             and (softmax_scale is None or type(softmax_scale) is float and math.isfinite(softmax_scale))
             and not torch.compiler.is_compiling()
-            and not os.environ.get("SPECTRALAR_KERNELS", "auto").lower().startswith("triton")):  # fmt: skip
+            and not kernels_mode().startswith("triton")):  # fmt: skip
         return None
     qs, cs = q.shape, k_cache.shape
     if len(qs) != 4 or len(cs) != 4 or v_cache.shape != cs or 0 in qs or 0 in cs:
@@ -348,7 +348,7 @@ def _kernel_possible(q: torch.Tensor) -> bool:
     """Whether `choose_kernel` could pick a kernel (CUDA, or SPECTRALAR_KERNELS=triton[:ID]). When it cannot
     (CPU tensors under auto/ref: always the reference), the eager call skips asking, and a compiled graph
     traces the reference inline so Inductor fuses it."""
-    return q.is_cuda or os.environ.get("SPECTRALAR_KERNELS", "auto").lower().startswith("triton")
+    return q.is_cuda or kernels_mode().startswith("triton")
 
 
 def _run(q, k_cache, v_cache, cache_seqlens, k, v, scale: float, causal: bool, impl: str | None,
