@@ -146,7 +146,9 @@ def _generate(args, device, command, rank, world) -> dict | None:
         print(f"{CFD_LABEL}: generated {k['cfd_generated_vs_real']:.3f}, real-vs-real floor "
               f"{k['cfd_real_train_vs_real_floor']:.3f}, tokenizer reconstructions "
               f"{k['cfd_reconstructed_train_vs_real']:.3f}; classifier accuracy on samples "
-              f"{k['accuracy_on_generated']:.3f} (on real {args.split} images {k['classifier_accuracy_on_real']:.3f})")
+              f"{k['accuracy_on_generated']:.3f} (on real {args.split} images {k['classifier_accuracy_on_real']:.3f}); "
+              f"within-class diversity vs real {k['diversity_features_mean']:.3f} (features), "
+              f"{k['diversity_pixels_mean']:.3f} (pixels)")
         plot_per_class(out / "generate_accuracy.png", k["accuracy_on_generated_per_class"], k["accuracy_on_generated"])
     if "inception" in report:
         print(f"inception metrics: {report['inception']['generated_vs_real']}")

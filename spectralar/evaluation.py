@@ -19,7 +19,7 @@ from .checkpoint import save_checkpoint
 from .classifier import SmallCNN, classify
 from .config import ClassifierConfig, to_dict
 from .data import collate, index_batches, make_dataset
-from .metrics import CFD_LABEL, frechet_distance_from_features, psnr, ridge_r2, ssim
+from .metrics import CFD_LABEL, frechet_distance_from_features, psnr, relative_diversity, ridge_r2, ssim
 from .schedule import lr_at
 
 PSNR_CAP_DB = 100.0  # per-image cap, so that a perfect reconstruction does not make the mean infinite
@@ -131,6 +131,8 @@ def classifier_metrics(clf, *, fake, labels, real, real_labels, real_train, reco
     f_train, _ = classify(clf, real_train)
     f_rec, _ = classify(clf, reconstructed_train)
     acc, per_class = class_accuracy(l_fake, labels, classes)
+    feat_div = relative_diversity(f_fake, labels, f_test, real_labels, classes)
+    pix_div = relative_diversity(fake, labels, real, real_labels, classes)
     return {
         "label": CFD_LABEL,
         "classifier_accuracy_on_real": class_accuracy(l_test, real_labels, classes)[0],
@@ -138,9 +140,14 @@ def classifier_metrics(clf, *, fake, labels, real, real_labels, real_train, reco
         "cfd_real_train_vs_real_floor": frechet_distance_from_features(f_train, f_test),
         "cfd_reconstructed_train_vs_real": frechet_distance_from_features(f_rec, f_test),
         "accuracy_on_generated": acc, "accuracy_on_generated_per_class": per_class,
+        "diversity_features_per_class": feat_div, "diversity_pixels_per_class": pix_div,
+        "diversity_features_mean": sum(feat_div.values()) / max(len(feat_div), 1),
+        "diversity_pixels_mean": sum(pix_div.values()) / max(len(pix_div), 1),
         "notes": f"features: the classifier's {clf.config.feature_dim}-d penultimate layer; the floor and the "
                  f"reconstruction rows use {real_train.shape[0]} training images (as many as generated), against "
-                 f"the same {real.shape[0]} {split} images. CFD is not FID and is not comparable with FIDs."}
+                 f"the same {real.shape[0]} {split} images. CFD is not FID and is not comparable with FIDs. "
+                 f"Diversity: per class, the mean pairwise distance between that class's samples over that between "
+                 f"its {split} images (1 = as varied as real data), in classifier features and in pixels."}
 
 
 def check_inception(weights) -> None:

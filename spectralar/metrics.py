@@ -4,6 +4,8 @@
 - `frechet_distance`: the Frechet distance between Gaussians fitted to two feature sets. With
   InceptionV3 pool features this is FID; with our small classifier's features it is the *classifier
   Frechet distance (CFD)*, which is not FID and is never called that.
+- `mean_pairwise_distance`, `relative_diversity`: how spread out a set of samples is (within one class),
+  relative to real images of that class: 1 is as varied as real data, below 1 is mode-dropping or blur.
 - `ridge_r2`: held-out R^2 of a ridge regression (the linear causality probe), with the ridge strength
   chosen on a validation split.
 
@@ -25,7 +27,9 @@ __all__ = [
     "frechet_distance",
     "frechet_distance_from_features",
     "gaussian_window",
+    "mean_pairwise_distance",
     "psnr",
+    "relative_diversity",
     "ridge_r2",
     "ssim",
 ]
@@ -105,6 +109,29 @@ def feature_stats(features) -> tuple[np.ndarray, np.ndarray]:
     if f.ndim != 2 or f.shape[0] < 2:
         raise ValueError(f"features must be [M >= 2, D], got shape {f.shape}")
     return f.mean(0), np.cov(f, rowvar=False).reshape(f.shape[1], f.shape[1])
+
+
+def mean_pairwise_distance(x: torch.Tensor) -> float:
+    """Mean Euclidean distance over all pairs i != j of the rows of x [M, ...] (M >= 2), in float64."""
+    if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[0] < 2:
+        raise ValueError(f"expected a tensor [M >= 2, ...], got {getattr(x, 'shape', type(x).__name__)}")
+    f = x.detach().reshape(x.shape[0], -1).double().cpu()
+    if not torch.isfinite(f).all():
+        raise ValueError("mean_pairwise_distance: non-finite values")
+    m = f.shape[0]
+    return float(torch.cdist(f, f).sum() / (m * (m - 1)))
+
+
+def relative_diversity(samples: torch.Tensor, samples_labels: torch.Tensor, real: torch.Tensor,
+                       real_labels: torch.Tensor, classes) -> dict:
+    """{class name: mean pairwise distance of that class's samples / that of its real images}, for every class
+    with at least two of each; rows of `samples` / `real` are features or images of one shape."""
+    out = {}
+    for c, name in enumerate(classes):
+        s, r = samples[samples_labels == c], real[real_labels == c]
+        if s.shape[0] >= 2 and r.shape[0] >= 2:
+            out[name] = mean_pairwise_distance(s) / max(mean_pairwise_distance(r), 1e-12)
+    return out
 
 
 def _sqrt_psd(a: np.ndarray) -> np.ndarray:

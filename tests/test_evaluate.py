@@ -92,7 +92,11 @@ def test_generate_classifier_metrics(micro, tmp_path, capsys):
         assert 0 <= k[key] < float("inf"), key
     assert len(k["accuracy_on_generated_per_class"]) == 10
     assert 0 <= k["accuracy_on_generated"] <= 1
-    assert "classifier Frechet distance (CFD), not FID" in capsys.readouterr().out
+    # 3 samples per class and 40 real images: every class with >= 2 real images gets a finite, positive ratio
+    for key in ("diversity_features_per_class", "diversity_pixels_per_class"):
+        assert k[key] and all(0 < v < float("inf") for v in k[key].values()), key
+    out = capsys.readouterr().out
+    assert "classifier Frechet distance (CFD), not FID" in out and "within-class diversity vs real" in out
     assert (tmp_path / "generate_samples.png").exists() and (tmp_path / "generate_accuracy.png").exists()
 
 

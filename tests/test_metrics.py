@@ -15,7 +15,9 @@ from spectralar.metrics import (
     frechet_distance,
     frechet_distance_from_features,
     gaussian_window,
+    mean_pairwise_distance,
     psnr,
+    relative_diversity,
     ridge_r2,
     ssim,
 )
@@ -226,3 +228,33 @@ def test_classifier_shapes_and_input_check():
     assert f.shape == (5, 8) and logits.shape == (5, 4) and (f >= 0).all()
     with pytest.raises(ValueError, match="classifier takes"):
         classify(m, torch.zeros(2, 1, 16, 16))
+
+
+def test_mean_pairwise_distance_hand_computed():
+    # three points on a line at 0, 3 and 4: pairwise distances 3, 4, 1 -> mean 8/3
+    x = torch.tensor([[0.0, 0.0], [3.0, 0.0], [4.0, 0.0]])
+    assert math.isclose(mean_pairwise_distance(x), 8 / 3, rel_tol=1e-12)
+    # images are flattened: a [M, C, H, W] batch counts every pixel
+    img = torch.zeros(2, 1, 2, 2)
+    img[1] = 1.0
+    assert math.isclose(mean_pairwise_distance(img), 2.0, rel_tol=1e-12)
+    with pytest.raises(ValueError, match="M >= 2"):
+        mean_pairwise_distance(torch.zeros(1, 3))
+    with pytest.raises(ValueError, match="non-finite"):
+        mean_pairwise_distance(torch.tensor([[0.0], [float("nan")]]))
+
+
+def test_relative_diversity_per_class():
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(200, 8, generator=g)
+    real_y = torch.arange(200) % 2
+    # class 0: the real points themselves (ratio 1); class 1: one point repeated (mode collapse, ratio 0);
+    # class 2: no real images, so no entry
+    samples = torch.cat([real[real_y == 0], real[real_y == 1][:1].repeat(5, 1), torch.randn(3, 8, generator=g)])
+    samples_y = torch.cat([torch.zeros(100), torch.ones(5), torch.full((3,), 2.0)]).long()
+    d = relative_diversity(samples, samples_y, real, real_y, ["a", "b", "c"])
+    assert set(d) == {"a", "b"}
+    assert math.isclose(d["a"], 1.0, rel_tol=1e-12) and d["b"] == 0.0
+    # twice the spread, twice the diversity
+    d2 = relative_diversity(2 * real, real_y, real, real_y, ["a", "b"])
+    assert all(math.isclose(v, 2.0, rel_tol=1e-9) for v in d2.values())
