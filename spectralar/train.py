@@ -1,7 +1,7 @@
 """Training CLI for the tokenizer and the generator; one CPU, one GPU, or many through torchrun.
 
-    python -m spectralar.train tokenizer --preset fmnist --out runs/fmnist --steps 6000
-    python -m spectralar.train generator --preset fmnist --out runs/fmnist --steps 4000
+    python -m spectralar.train tokenizer --preset fmnist --mapping gain --out runs/fmnist
+    python -m spectralar.train generator --preset fmnist --out runs/fmnist
     torchrun --nproc_per_node=8 -m spectralar.train tokenizer --data /imagenet --preset imagenet-b64 --accum 2 ...
 
 OUT/<stage> is the latest checkpoint (a link switched atomically to the newest OUT/<stage>.STEP directory,
@@ -41,9 +41,9 @@ PROG = "python -m spectralar.train"
 
 # Per-stage defaults: the flags that trained the bundled Fashion-MNIST model (docs/training.md).
 STAGE_DEFAULTS = {
-    "tokenizer": {"steps": 3000, "batch_size": 64, "warmup": 200, "eval_every": 500, "ckpt_every": 250,
+    "tokenizer": {"steps": 14000, "batch_size": 64, "warmup": 200, "eval_every": 1000, "ckpt_every": 500,
                   "val_size": 500},
-    "generator": {"steps": 1200, "batch_size": 256, "warmup": 100, "eval_every": 300, "ckpt_every": 200,
+    "generator": {"steps": 2000, "batch_size": 256, "warmup": 100, "eval_every": 500, "ckpt_every": 250,
                   "val_size": 2000},
 }
 
@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.choices["generator"].add_argument("--tokenizer", default=None,
                                           help="tokenizer checkpoint directory (default: OUT/tokenizer)")
     sub.choices["tokenizer"].add_argument("--mapping", default=None, choices=list(MAPPINGS),
-                                          help="token-frequency mapping (energy, gain: from the training data)")
+                                          help="token-frequency mapping (default: the preset's; energy, gain: "
+                                               "from the training data; the bundled model used gain)")
     return p
 
 
