@@ -53,20 +53,42 @@ def test_ctrl_c_keeps_what_finished(tmp_path):
     import time
 
     out = tmp_path / "report.md"
-    proc = subprocess.Popen([*CMD, "--out", str(out)], cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
+    mark = f"gpu-report-test-{os.getpid()}-{time.time_ns()}"  # inherited by every process the report starts
+    env = {**_env(), "SPECTRALAR_TEST_MARK": mark}
+    proc = subprocess.Popen([*CMD, "--out", str(out)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
-    time.sleep(8)  # the machine section and a few checks have run
+    time.sleep(8)  # the machine section and a few checks have run; torch.compile may be running compilers
     os.killpg(proc.pid, signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stdout[-1000:] + stderr[-2000:]
     assert "Traceback" not in stderr, stderr[-2000:]
     text = out.read_text(encoding="utf-8")
     assert "## Machine and measured floors" in text and "not started: interrupted (Ctrl-C)" in text
-    try:
-        os.killpg(proc.pid, 0)
-        raise AssertionError("children of the report outlived it")
-    except ProcessLookupError:
-        pass
+    left = _marked(mark)
+    for _ in range(50):  # killed processes can take a moment to be reaped
+        if not left:
+            break
+        time.sleep(0.1)
+        left = _marked(mark)
+    assert not left, f"processes of the report outlived it: {left}"
+
+
+def _marked(mark: str) -> list[str]:
+    """Command lines of the live processes whose environment holds `mark`."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if f"SPECTRALAR_TEST_MARK={mark}".encode() not in f.read():
+                    continue
+            with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":  # a zombie has exited; only its parent can reap it
+                    continue
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                found.append(f.read().replace(b"\0", b" ").decode(errors="replace")[:120])
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return found
 
 
 def test_spent_budget_skips_sections(tmp_path):
@@ -150,3 +172,35 @@ def test_kernel_probe_catches_another_implementation():
     from spectralar_kernels._common import choose_kernel
 
     assert vq_module.choose_kernel is choose_kernel  # the probe put the original back
+
+
+def test_stopping_a_section_stops_what_it_started():
+    """A section's child is stopped with everything it forked (torch.compile's compilers and workers, which
+    would otherwise keep running and hold the report's stdout open), even a grandchild that ignores SIGINT."""
+    import time
+
+    from bench.report.runner import _kill_group
+
+    mark = f"gpu-report-group-{os.getpid()}-{time.time_ns()}"
+    grandchild = "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); time.sleep(120)"
+    code = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {grandchild!r}]); time.sleep(120)"
+    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "SPECTRALAR_TEST_MARK": mark},
+                            start_new_session=True)  # fmt: skip
+    try:
+        for _ in range(100):
+            if len(_marked(mark)) == 2:
+                break
+            time.sleep(0.1)
+        assert len(_marked(mark)) == 2, _marked(mark)
+        _kill_group(proc)
+        assert proc.returncode is not None
+        for _ in range(50):
+            if not _marked(mark):
+                break
+            time.sleep(0.1)
+        assert not _marked(mark), _marked(mark)
+    finally:
+        try:
+            os.killpg(proc.pid, 9)
+        except ProcessLookupError:
+            pass

@@ -14,6 +14,7 @@ import importlib
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -160,14 +161,23 @@ def run_phases(args, state: Path) -> tuple[list, list]:
     except KeyboardInterrupt:
         args.interrupted = True
         for s, proc, err in running:
-            proc.kill()
-            proc.wait()
+            _kill_group(proc)
             err.close()
             problems.append((s, "interrupted (Ctrl-C) while running; the rows it wrote are kept"))
         started = {s for s, _ in problems} | set(skipped)
         skipped += [s for s in args.sections if s not in started and not _finished(state, s)]
         print("\ninterrupted: writing the report of what finished", file=sys.stderr, flush=True)
     return problems, skipped
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL a child and everything it started. Each child leads its own process group, so the compilers and
+    workers torch.compile forks (which inherit our stdout) go with it instead of holding the pipe open."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:  # already gone (and reaped below)
+        pass
+    proc.wait()
 
 
 def _finished(state: Path, section: str) -> bool:
@@ -197,16 +207,18 @@ def _run_phases(args, state: Path, problems: list, skipped: list, running: list)
                 err = open(state / f"{s.replace(':', '_')}.stderr", "w", encoding="utf-8")
                 cmd = [sys.executable, "-m", ENTRY, "--child", s, "--state-dir", str(state),
                        "--deadline", str(deadline), *flags]  # fmt: skip
-                running.append((s, subprocess.Popen(cmd, stderr=err, env=env), err))
+                # own process group: a terminal's Ctrl-C reaches only us, and we stop each child's whole group
+                running.append((s, subprocess.Popen(cmd, stderr=err, env=env, start_new_session=True), err))
             time.sleep(0.1)
             for item in list(running):
                 s, proc, err = item
                 rc = proc.poll()
                 if rc is None and time.time() > deadline + GRACE_S:
-                    proc.kill()
-                    proc.wait()
+                    _kill_group(proc)
                 elif rc is None:
                     continue
+                else:  # exited: stop whatever it left behind in its group
+                    _kill_group(proc)
                 err.close()
                 running.remove(item)
                 _finish(state, s, rc, problems)
