@@ -55,8 +55,11 @@ def test_ctrl_c_keeps_what_finished(tmp_path):
     out = tmp_path / "report.md"
     mark = f"gpu-report-test-{os.getpid()}-{time.time_ns()}"  # inherited by every process the report starts
     env = {**_env(), "SPECTRALAR_TEST_MARK": mark}
+    # as from a terminal: SIGINT at its default even when this suite runs in the background (`cmd &` in a script
+    # starts with SIGINT ignored, which Python, and so the report, would inherit and respect)
     proc = subprocess.Popen([*CMD, "--out", str(out)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     time.sleep(8)  # the machine section and a few checks have run; torch.compile may be running compilers
     os.killpg(proc.pid, signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
