@@ -67,13 +67,20 @@ def test_ctrl_c_keeps_what_finished(tmp_path):
     assert "Traceback" not in stderr, stderr[-2000:]
     text = out.read_text(encoding="utf-8")
     assert "## Machine and measured floors" in text and "not started: interrupted (Ctrl-C)" in text
-    left = _marked(mark)
-    for _ in range(50):  # killed processes can take a moment to be reaped
-        if not left:
+    left = _marked_after(mark, 0)
+    assert not left, f"processes of the report outlived it: {left}"
+
+
+def _marked_after(mark: str, count: int) -> list[str]:
+    """`_marked(mark)` once it has `count` entries, or after 5 s (processes take a moment to start or be reaped)."""
+    import time
+
+    for _ in range(50):
+        found = _marked(mark)
+        if len(found) == count:
             break
         time.sleep(0.1)
-        left = _marked(mark)
-    assert not left, f"processes of the report outlived it: {left}"
+    return found
 
 
 def _marked(mark: str) -> list[str]:
@@ -190,18 +197,12 @@ def test_stopping_a_section_stops_what_it_started():
     proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "SPECTRALAR_TEST_MARK": mark},
                             start_new_session=True)  # fmt: skip
     try:
-        for _ in range(100):
-            if len(_marked(mark)) == 2:
-                break
-            time.sleep(0.1)
-        assert len(_marked(mark)) == 2, _marked(mark)
+        started = _marked_after(mark, 2)
+        assert len(started) == 2, started
         _kill_group(proc)
         assert proc.returncode is not None
-        for _ in range(50):
-            if not _marked(mark):
-                break
-            time.sleep(0.1)
-        assert not _marked(mark), _marked(mark)
+        left = _marked_after(mark, 0)
+        assert not left, left
     finally:
         try:
             os.killpg(proc.pid, 9)

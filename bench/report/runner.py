@@ -213,12 +213,9 @@ def _run_phases(args, state: Path, problems: list, skipped: list, running: list)
             for item in list(running):
                 s, proc, err = item
                 rc = proc.poll()
-                if rc is None and time.time() > deadline + GRACE_S:
-                    _kill_group(proc)
-                elif rc is None:
+                if rc is None and time.time() <= deadline + GRACE_S:
                     continue
-                else:  # exited: stop whatever it left behind in its group
-                    _kill_group(proc)
+                _kill_group(proc)  # past its budget: killed (rc stays None); exited: its leftovers go
                 err.close()
                 running.remove(item)
                 _finish(state, s, rc, problems)
