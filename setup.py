@@ -1,18 +1,18 @@
 """spectralar: Triton-accelerated SpectralAR (arXiv 2506.10962).
 
-Metadata and dependencies live in pyproject.toml. This file only maps the two import packages to
-their folders: `spectralar` (models, training, sampling, CLIs, the bundled model) and
-`spectralar_kernels` (fused kernels, source folder `kernels/`; the bare name `kernels` belongs to an
-unrelated PyPI project). The kernels also install on their own: `pip install ./kernels`.
+Metadata and dependencies live in pyproject.toml. This file adds the kernels to the same install:
+`spectralar_kernels` lives in its own src-layout project, kernels/src/spectralar_kernels/ (the folder is
+the import name; the bare name `kernels` belongs to an unrelated PyPI project), which also installs on
+its own with `pip install ./kernels`. Both package trees are discovered, never listed by hand.
 """
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
-KERNEL_PACKAGES = ["dct", "windows", "subimages", "vq", "attention", "testing"]
+KERNELS_SRC = "kernels/src"
 
 setup(
-    packages=["spectralar", "spectralar_kernels"] + [f"spectralar_kernels.{p}" for p in KERNEL_PACKAGES],
-    package_dir={"spectralar": "spectralar", "spectralar_kernels": "kernels"},
+    packages=find_packages(include=["spectralar", "spectralar.*"]) + find_packages(KERNELS_SRC),
+    package_dir={"spectralar_kernels": f"{KERNELS_SRC}/spectralar_kernels"},
     package_data={"spectralar": ["pretrained/*/*/*.json", "pretrained/*/*/*.safetensors"]},
     include_package_data=True,
 )

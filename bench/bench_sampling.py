@@ -23,8 +23,8 @@ warm-up keep the file around a minute (the warm-up of the compiled cases compile
 import pytest
 import torch
 
-from spectralar.config import preset
-from spectralar.generator import SpectralGPT
+from spectralar.models.config import preset
+from spectralar.models.generator import SpectralGPT
 
 from .cases import CFG_SCALE
 

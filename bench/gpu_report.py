@@ -12,7 +12,7 @@ its deadline keeps the rows it wrote):
   1. machine: GPU, torch / triton / CUDA versions and the floors measured here: device-to-device copy
      bandwidth and square-GEMM TFLOP/s (bf16, fp16, fp32 with TF32 off, TF32).
   2. correctness, up to --jobs sections at once, one per op x implementation x dtype x shape family: every
-     Triton implementation that ships (kernels/_dispatch.py IMPLEMENTATIONS; the newest forced with
+     Triton implementation that ships (spectralar_kernels/_dispatch.py IMPLEMENTATIONS; the newest forced with
      SPECTRALAR_KERNELS=triton, an older one with triton:ID) against the float64 reference on awkward and
      realistic shapes in fp32 / bf16 / fp16; the launcher also writes into a NaN-filled `out=`. Alongside, the
      generators' sampling agreement (KV cache vs recompute vs the compiled step), which also compiles every
@@ -25,7 +25,7 @@ its deadline keeps the rows it wrote):
      as a CUDA graph against the floor of reading the weights once per step; sampling with and without the KV
      cache (and with the compiled step) at batch 1, 16, 64, 256 with CFG 2.0, images/s.
 The report ends with the dispatch table the timings imply, as markdown and as `MEASURED` entries to paste into
-kernels/_dispatch.py. Every phase ends at a fixed share of --budget-s; past it, sections write SKIP rows.
+spectralar_kernels/_dispatch.py. Every phase ends at a fixed share of --budget-s; past it, sections write SKIP rows.
 
 Tolerances (the rule of spectralar_kernels.testing, which does the comparing): fp32 outputs need
 |out - oracle| <= atol + 1e-4 |oracle| elementwise, atol = 1e-5 max(1, max|oracle|) (VQ l2 distances:

@@ -2,11 +2,11 @@
 
 from spectralar_kernels import __version__
 
-from .config import GENERATOR_PRESETS, TOKENIZER_PRESETS, GeneratorConfig, TokenizerConfig
-from .generator import SpectralGPT
-from .layers import KVCache
+from .models.config import GENERATOR_PRESETS, TOKENIZER_PRESETS, GeneratorConfig, TokenizerConfig
+from .models.generator import SpectralGPT
+from .models.layers import KVCache
+from .models.tokenizer import SpectralTokenizer, VectorQuantizer
 from .pretrained import load_model, load_pretrained
-from .tokenizer import SpectralTokenizer, VectorQuantizer
 
 __all__ = [
     "__version__",

@@ -66,7 +66,7 @@ def save_checkpoint(path, kind: str, model: torch.nn.Module, config: dict, step:
                     ema: dict | None = None) -> Path:
     """Write checkpoint directory `path`, never leaving it torn. `dtype` (e.g. fp16) casts float weights for
     shipping; `extra` tensors go to train.safetensors; `ema` (a state dict with the model's entries, see
-    spectralar/ema.py) to ema.safetensors. versioned=True: `path` becomes a link switched atomically to a fresh
+    spectralar/models/ema.py) to ema.safetensors. versioned=True: `path` becomes a link switched atomically to a fresh
     `NAME.STEP` directory (see the module docstring); otherwise `path` is a plain directory, replaced by two
     renames."""
     path = Path(path)

@@ -30,10 +30,9 @@ from pathlib import Path
 import torch
 
 from .cli import Parser, add_common_flags, add_sampling_flags, positive_float, positive_int, run_command
-from .config import ClassifierConfig
 from .data import DataError, make_dataset
 from .distributed import close_distributed, init_distributed
-from .evaluation import (
+from .evaluation.measures import (
     PSNR_CAP_DB,
     check_classifier,
     check_inception,
@@ -48,7 +47,8 @@ from .evaluation import (
     uncapped,
     write_json,
 )
-from .metrics import CFD_LABEL
+from .evaluation.metrics import CFD_LABEL
+from .models.config import ClassifierConfig
 from .pretrained import classifier_dir, load_model, load_pretrained, resolve, tokenizer_dir, training_info
 from .sampling import gather_samples, sample_batches
 from .viz import plot_panels, plot_per_class, save_grid

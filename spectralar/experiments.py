@@ -34,7 +34,6 @@ from spectralar_kernels import spectral_subimages
 from spectralar_kernels.windows import MAPPINGS
 
 from .checkpoint import CheckpointError, read_meta
-from .classifier import classify
 from .cli import (
     Parser,
     add_common_flags,
@@ -44,21 +43,19 @@ from .cli import (
     positive_int,
     run_command,
 )
-from .config import preset
-from .evaluation import (
+from .evaluation.measures import (
     check_classifier,
     class_accuracy,
-    dct_bands,
     decode_all,
     load_subset,
-    pca_project,
-    probe_r2,
-    raster_patches,
     reconstruction_metrics,
     uncapped,
     write_json,
 )
-from .metrics import CFD_LABEL, frechet_distance_from_features
+from .evaluation.metrics import CFD_LABEL, frechet_distance_from_features
+from .evaluation.probes import dct_bands, pca_project, probe_r2, raster_patches
+from .models.classifier import classify
+from .models.config import preset
 from .pretrained import classifier_dir, load_model, load_pretrained, resolve, tokenizer_dir
 from .sampling import sample_codes
 from .training import TrainOptions, parse_overrides, train

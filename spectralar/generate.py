@@ -13,16 +13,7 @@ import sys
 import torch
 
 from .checkpoint import CheckpointError
-from .cli import (
-    Parser,
-    add_sampling_flags,
-    check_grid_pixels,
-    check_output,
-    fail,
-    int_list,
-    pick_device,
-    positive_int,
-)
+from .cli import Parser, add_sampling_flags, check_grid_pixels, check_output, fail, int_list, pick_device, positive_int
 from .distributed import close_distributed, init_distributed
 from .pretrained import checked_config, class_names, load_pretrained, resolve
 from .sampling import Samples, check_sampling_args, compile_warm_up, gather_samples, sample_batches

@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from .checkpoint import CheckpointError, load_into, load_weights, read_meta
-from .classifier import SmallCNN
-from .config import validate_config
-from .generator import SpectralGPT
-from .tokenizer import SpectralTokenizer
+from .models.classifier import SmallCNN
+from .models.config import validate_config
+from .models.generator import SpectralGPT
+from .models.tokenizer import SpectralTokenizer
 
 MODELS = {"tokenizer": SpectralTokenizer, "generator": SpectralGPT, "classifier": SmallCNN}
 

@@ -18,7 +18,7 @@ import torch
 from .checkpoint import CheckpointError
 from .cli import Parser, check_grid_pixels, check_output, fail, pick_device, positive_int
 from .data import FMNIST_CLASSES, DataError, load_image, pad_to, to_model_range
-from .metrics import psnr
+from .evaluation.metrics import psnr
 from .pretrained import checked_config, load_model, resolve
 from .viz import save_grid
 

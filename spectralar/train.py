@@ -31,9 +31,9 @@ from spectralar_kernels.windows import MAPPINGS
 
 from .checkpoint import CheckpointError
 from .cli import Parser, fail, pick_device
-from .config import preset
 from .data import DataError
 from .distributed import close_distributed
+from .models.config import preset
 from .training import TrainOptions, parse_overrides, train
 
 PROG = "python -m spectralar.train"

@@ -7,10 +7,10 @@ from pathlib import Path
 import torch
 
 from spectralar.checkpoint import save_checkpoint
-from spectralar.config import preset, to_dict
 from spectralar.data import FMNIST_CLASSES
-from spectralar.generator import SpectralGPT
-from spectralar.tokenizer import SpectralTokenizer
+from spectralar.models.config import preset, to_dict
+from spectralar.models.generator import SpectralGPT
+from spectralar.models.tokenizer import SpectralTokenizer
 
 
 def micro_run(root, seed=0, classes=FMNIST_CLASSES) -> Path:

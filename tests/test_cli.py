@@ -15,11 +15,11 @@ from fakedata import fake_fmnist
 from PIL import Image
 
 from spectralar import evaluate, experiments, export, generate, reconstruct
-from spectralar.config import validate_config
 from spectralar.data import fashion_mnist, read_idx
-from spectralar.generator import SpectralGPT
+from spectralar.models.config import validate_config
+from spectralar.models.generator import SpectralGPT
+from spectralar.models.tokenizer import SpectralTokenizer
 from spectralar.pretrained import PRETRAINED_DIR, load_pretrained
-from spectralar.tokenizer import SpectralTokenizer
 
 CLIS = {"generate": generate.main, "reconstruct": reconstruct.main, "evaluate": evaluate.main,
         "experiments": experiments.main, "export": export.main}

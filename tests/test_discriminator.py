@@ -2,8 +2,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from spectralar.config import preset
-from spectralar.discriminator import PatchDiscriminator, adaptive_weight, hinge_d_loss, hinge_g_loss
+from spectralar.models.config import preset
+from spectralar.models.discriminator import PatchDiscriminator, adaptive_weight, hinge_d_loss, hinge_g_loss
 
 
 @pytest.mark.parametrize("image_size, channels, grid, downs", [(32, 1, 14, 1), (64, 3, 30, 1), (128, 3, 30, 2),

@@ -11,7 +11,7 @@ import torch
 from spectralar_kernels import _dispatch
 from spectralar_kernels._common import choose_kernel
 
-KERNELS_DIR = Path(__file__).resolve().parent.parent / "kernels"
+KERNELS_DIR = Path(__file__).resolve().parent.parent / "kernels" / "src" / "spectralar_kernels"
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -127,3 +127,25 @@ def test_big_blocks_follow_the_plane_decision(monkeypatch):
     for block in (None, 2, dct.BLOCKWISE_MAX, 33):
         dct.dct2d(x if block != dct.BLOCKWISE_MAX else torch.randn(64, 64), block=block)
     assert asked == [("dct2d", "plane"), ("dct2d", "blockwise"), ("dct2d", "blockwise"), ("dct2d", "plane")]
+
+
+def test_use_backend_overrides_the_environment_and_restores(monkeypatch):
+    """`use_backend` wins over SPECTRALAR_KERNELS inside its block, nests, and restores on exit and on error."""
+    from spectralar_kernels import use_backend
+    from spectralar_kernels._common import kernels_mode
+
+    monkeypatch.setenv("SPECTRALAR_KERNELS", "triton")
+    assert choose_kernel("dct2d", "blockwise", fake_cuda()) == _dispatch.latest("dct2d", "blockwise")
+    with use_backend("ref"):
+        assert choose_kernel("dct2d", "blockwise", fake_cuda()) is None
+        with use_backend("triton:blockwise-v1"):
+            assert choose_kernel("dct2d", "blockwise", fake_cuda()) == "blockwise-v1"
+        assert kernels_mode() == "ref"
+    with pytest.raises(KeyError), use_backend("REF"):
+        assert kernels_mode() == "ref"
+        raise KeyError("inside")
+    assert kernels_mode() == "triton"
+    with pytest.raises(ValueError, match="SPECTRALAR_KERNELS must be one of"):
+        with use_backend("fast"):
+            pass
+    assert kernels_mode() == "triton"

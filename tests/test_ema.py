@@ -2,9 +2,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from spectralar.config import preset
-from spectralar.ema import EMA
-from spectralar.tokenizer import SpectralTokenizer
+from spectralar.models.config import preset
+from spectralar.models.ema import EMA
+from spectralar.models.tokenizer import SpectralTokenizer
 
 
 class Net(nn.Module):

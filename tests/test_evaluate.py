@@ -14,8 +14,8 @@ from microrun import micro_run
 from spectralar import evaluate, experiments
 from spectralar.checkpoint import read_meta
 from spectralar.data import collate, make_dataset
-from spectralar.evaluation import PSNR_CAP_DB
-from spectralar.metrics import psnr, ssim
+from spectralar.evaluation.measures import PSNR_CAP_DB
+from spectralar.evaluation.metrics import psnr, ssim
 from spectralar.pretrained import load_model
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from spectralar.config import preset
-from spectralar.generator import SpectralGPT
+from spectralar.models.config import preset
+from spectralar.models.generator import SpectralGPT
 
 
 def strong_modulation(model: SpectralGPT) -> SpectralGPT:

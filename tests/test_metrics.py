@@ -7,10 +7,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from spectralar.classifier import SmallCNN, classify
-from spectralar.config import ClassifierConfig
-from spectralar.evaluation import dct_bands, pca_project, raster_patches
-from spectralar.metrics import (
+from spectralar.evaluation.metrics import (
     feature_stats,
     frechet_distance,
     frechet_distance_from_features,
@@ -21,6 +18,9 @@ from spectralar.metrics import (
     ridge_r2,
     ssim,
 )
+from spectralar.evaluation.probes import dct_bands, pca_project, raster_patches
+from spectralar.models.classifier import SmallCNN, classify
+from spectralar.models.config import ClassifierConfig
 
 # ---- Frechet distance ----------------------------------------------------------------------------------
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import spectralar_kernels
 
-KERNELS_DIR = Path(__file__).resolve().parent.parent / "kernels"
+KERNELS_PROJECT = Path(__file__).resolve().parent.parent / "kernels"  # its own pyproject (pip install ./kernels)
+KERNELS_DIR = KERNELS_PROJECT / "src" / "spectralar_kernels"  # the import package
 PUBLIC_API = [
     "attention",
     "attention_with_kvcache",
@@ -22,6 +23,7 @@ PUBLIC_API = [
     "scaled_dot_product_attention",
     "spectral_subimages",
     "spectral_windows",
+    "use_backend",
     "vq_nearest",
 ]
 
@@ -131,8 +133,9 @@ def test_kernels_install_alone(tmp_path):
     """`pip install ./kernels` builds a wheel that needs torch only and imports without the model stack."""
     # Build from a copy: setuptools writes build/ and *.egg-info beside the sources.
     skip = shutil.ignore_patterns("build", "*.egg-info", "__pycache__")
-    src = shutil.copytree(KERNELS_DIR, tmp_path / "src", ignore=skip)
-    sources = {p.relative_to(src).as_posix() for p in src.rglob("*.py")}
+    src = shutil.copytree(KERNELS_PROJECT, tmp_path / "src", ignore=skip)
+    pkg = src / "src" / "spectralar_kernels"
+    sources = {p.relative_to(pkg).as_posix() for p in pkg.rglob("*.py")}
     wheels = tmp_path / "wheels"
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", str(src), "-w", str(wheels)],
@@ -183,7 +186,7 @@ def test_one_version():
     import spectralar
 
     assert spectralar.__version__ == spectralar_kernels.__version__
-    root = KERNELS_DIR.parent
-    for path in [root / "setup.py", root / "pyproject.toml", KERNELS_DIR / "pyproject.toml"]:
+    root = KERNELS_PROJECT.parent
+    for path in [root / "setup.py", root / "pyproject.toml", KERNELS_PROJECT / "pyproject.toml"]:
         assert spectralar_kernels.__version__ not in path.read_text(encoding="utf-8"), f"{path} repeats the version"
     assert f"## {spectralar_kernels.__version__}" in (root / "CHANGELOG.md").read_text(encoding="utf-8")

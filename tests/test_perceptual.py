@@ -1,4 +1,4 @@
-"""The optional LPIPS-style perceptual term (spectralar/perceptual.py): a torchvision-layout VGG16 state dict loads
+"""The optional LPIPS-style perceptual term (models/perceptual.py): a torchvision-layout VGG16 state dict loads
 from safetensors or a torch file, bad files are refused naming the path, the distance behaves as a distance with
 gradients to the input only, and the tokenizer's training adds it (off by default, refused without weights)."""
 
@@ -11,11 +11,11 @@ import torch
 from fakedata import fake_fmnist
 from safetensors.torch import load_file, save_file
 
-import spectralar.training_stages as stages
+import spectralar.training.stages as stages
 from spectralar.checkpoint import CheckpointError, read_meta
-from spectralar.config import preset, to_dict, validate_config
-from spectralar.perceptual import PerceptualDistance, load_vgg16_state, vgg16_features
-from spectralar.tokenizer import SpectralTokenizer
+from spectralar.models.config import preset, to_dict, validate_config
+from spectralar.models.perceptual import PerceptualDistance, load_vgg16_state, vgg16_features
+from spectralar.models.tokenizer import SpectralTokenizer
 from spectralar.train import main as train_main
 from spectralar.training import TrainOptions, train
 

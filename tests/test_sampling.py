@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from spectralar import cli
-from spectralar.config import preset
-from spectralar.generator import SpectralGPT
+from spectralar.models.config import preset
+from spectralar.models.generator import SpectralGPT
+from spectralar.models.tokenizer import SpectralTokenizer
 from spectralar.sampling import Samples, check_sampling_args, sample_batches, sample_codes
-from spectralar.tokenizer import SpectralTokenizer
 
 BAD = [("cfg_scale", "-1"), ("cfg_scale", "inf"), ("cfg_scale", "nan"), ("temperature", "-0.5"),
        ("temperature", "inf"), ("top_k", "0"), ("top_p", "0"), ("top_p", "1.5"), ("top_p", "nan")]

@@ -3,8 +3,8 @@ import dataclasses
 import pytest
 import torch
 
-from spectralar.config import TokenizerConfig, preset
-from spectralar.tokenizer import SpectralTokenizer
+from spectralar.models.config import TokenizerConfig, preset
+from spectralar.models.tokenizer import SpectralTokenizer
 
 
 def tiny_config(**kw):

@@ -331,7 +331,7 @@ def test_signal_then_resume_is_exact(stage, extra, data, tok_run, tmp_path):
 def test_stop_flag_second_sigint(monkeypatch):
     """A second Ctrl-C aborts at once (KeyboardInterrupt, no checkpoint), except under torchrun, whose workers
     get one Ctrl-C twice; the handlers are restored afterwards."""
-    from spectralar.training_common import StopFlag
+    from spectralar.training.runtime import StopFlag
 
     before = signal.getsignal(signal.SIGINT)
     with StopFlag(1, torch.device("cpu"), False) as flag:
@@ -410,7 +410,7 @@ def test_bad_flags_fail_before_work(flags, match, data, tmp_path, capsys, monkey
     """One-line error, exit 2, nothing trained or written."""
     if flags[:2] == ["--device", "cuda:7"] and torch.cuda.device_count() > 7:
         pytest.skip("this machine has a cuda:7")
-    import spectralar.training_stages as stages
+    import spectralar.training.stages as stages
 
     def no_model(*a, **k):
         raise AssertionError("a model was built before the flags were checked")

@@ -18,10 +18,10 @@ import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-from spectralar.discriminator import PatchDiscriminator
+from spectralar.models.discriminator import PatchDiscriminator
 from spectralar.pretrained import load_model, load_pretrained
 from spectralar.training import TrainOptions, train
-from spectralar.training_stages import CriticLoss, GeneratorLoss, TokenizerLoss
+from spectralar.training.stages import CriticLoss, GeneratorLoss, TokenizerLoss
 
 BATCH = 2
 

@@ -9,11 +9,11 @@ import torch
 from fakedata import fake_fmnist
 from safetensors.torch import load_file
 
-import spectralar.training_stages as stages
+import spectralar.training.stages as stages
 from spectralar.checkpoint import CheckpointError, load_weights, read_meta, save_checkpoint
-from spectralar.config import preset
+from spectralar.models.config import preset
+from spectralar.models.tokenizer import SpectralTokenizer
 from spectralar.pretrained import load_model
-from spectralar.tokenizer import SpectralTokenizer
 from spectralar.training import TrainOptions, parse_overrides, train
 
 MICRO = {"preset": "micro", "log_every": 1, "threads": 1, "val_size": 0, "batch_size": 16}

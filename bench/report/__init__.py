@@ -7,7 +7,7 @@
     dct, subimages, vq, attention, kvcache
                  per op: correctness of every shipped Triton implementation, timings against the reference
     generators   sampling agreement, the decode step per token, cached vs recompute sampling
-    dispatch     the measured-decisions table the timings imply (kernels/_dispatch.py MEASURED)
+    dispatch     the measured-decisions table the timings imply (spectralar_kernels/_dispatch.py MEASURED)
     writer       the markdown report
 
 No module here is named test_*.py or bench_*.py: pytest collects bench/ with those patterns.

@@ -39,7 +39,7 @@ def canonical(causal: bool, prefix_len: int, t: int) -> tuple[bool, int]:
 
 
 def variant(causal: bool, prefix_len: int, t: int) -> str:
-    """The kernels/_dispatch.py variant of a mask: "full", "causal" or "prefix"."""
+    """The spectralar_kernels/_dispatch.py variant of a mask: "full", "causal" or "prefix"."""
     c2, p2 = canonical(causal, prefix_len, t)
     return "prefix" if p2 else ("causal" if c2 else "full")
 

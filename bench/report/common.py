@@ -70,7 +70,7 @@ class Writer:
 
 
 def implementations() -> dict:
-    """(op, variant) -> implementation ids shipped, newest last (kernels/_dispatch.py)."""
+    """(op, variant) -> implementation ids shipped, newest last (spectralar_kernels/_dispatch.py)."""
     from spectralar_kernels._dispatch import IMPLEMENTATIONS
 
     return IMPLEMENTATIONS

@@ -1,4 +1,4 @@
-"""The measured-decisions table a run implies (kernels/_dispatch.py `MEASURED`), from its timing records.
+"""The measured-decisions table a run implies (spectralar_kernels/_dispatch.py `MEASURED`), from its timing records.
 
 Rule, per (op, variant, dtype): every shipped implementation timed on every case of that variant (attention:
 forward and forward+backward, all shapes) gets its worst speed-up over the same-precision reference of the
@@ -110,7 +110,7 @@ def markdown(decisions: list[Decision], auto_now=None) -> list[str]:
 
 
 def python_literal(decisions: list[Decision], constant: tuple[str, str]) -> list[str]:
-    """Lines to paste into kernels/_dispatch.py: the report constant and the MEASURED dict."""
+    """Lines to paste into spectralar_kernels/_dispatch.py: the report constant and the MEASURED dict."""
     name, value = constant
     q = json.dumps  # double-quoted literals, as the house style writes them
     lines = [f"{name} = {q(value)}", "", "MEASURED: dict[tuple[str, str, str], Measured] = {"]

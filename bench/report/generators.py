@@ -48,8 +48,8 @@ def _api():
         package = types.ModuleType("spectralar")
         package.__path__ = [str(ROOT / "spectralar")]
         sys.modules["spectralar"] = package
-    from spectralar.config import preset
-    from spectralar.generator import SpectralGPT
+    from spectralar.models.config import preset
+    from spectralar.models.generator import SpectralGPT
 
     return preset, SpectralGPT
 

@@ -44,11 +44,7 @@ def ensure_packages() -> None:
     """Import spectralar_kernels as installed (pip install -e .); from the source tree when it is not."""
     if "spectralar_kernels" in sys.modules or importlib.util.find_spec("spectralar_kernels") is not None:
         return
-    spec = importlib.util.spec_from_file_location("spectralar_kernels", ROOT / "kernels" / "__init__.py",
-                                                  submodule_search_locations=[str(ROOT / "kernels")])  # fmt: skip
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["spectralar_kernels"] = module
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(ROOT / "kernels" / "src"))
 
 
 def older_ids(op: str) -> list[str]:

@@ -35,7 +35,7 @@ def _load(state: Path, section: str) -> dict | None:
 
 
 def dispatch_section(state: Path, sections: list[str], dry: bool, date: str) -> list[str]:
-    """The decisions the timings imply, as a table and as the MEASURED literal for kernels/_dispatch.py."""
+    """The decisions the timings imply, as a table and as the MEASURED literal for spectralar_kernels/_dispatch.py."""
     from spectralar_kernels import _dispatch
 
     records, machine = [], {}
@@ -68,7 +68,7 @@ def dispatch_section(state: Path, sections: list[str], dry: bool, date: str) -> 
              "not a candidate.", ""]  # fmt: skip
     body += dispatch.markdown(decisions, auto_now) + [""]
     constant = dispatch.report_constant(machine, date, dry)
-    body += ["Entries for `MEASURED` in kernels/_dispatch.py (every (op, variant, dtype) timed; `auto` ignores the "
+    body += ["Entries for `MEASURED` in `_dispatch` (every (op, variant, dtype) timed; `auto` ignores the "
              "ones below 1.00):", "", "```python"]  # fmt: skip
     if dry:
         body.append("# DRY RUN: not measurements, do not paste")

@@ -15,9 +15,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..sampling import check_sampling_args, sample_from_logits
 from .config import GeneratorConfig
 from .layers import AdaLNBlock, Block, KVCache, init_weights
-from .sampling import check_sampling_args, sample_from_logits
 
 CONDITIONING = ("token", "adaln")
 

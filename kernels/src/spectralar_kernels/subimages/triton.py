@@ -2,7 +2,7 @@
 
 Only the first w rows of the orthonormal DCT basis D [S, S] take part, so the work shrinks with the
 window. Coefficients go through a scratch C [B*C, S, S] in the products' dtype (the same-precision
-reference rounds them alike); the whole-plane DCT kernel (`_dct2d_fwd_kernel`, kernels/dct/triton.py)
+reference rounds them alike); the whole-plane DCT kernel (`_dct2d_fwd_kernel`, dct/triton.py)
 computes them with its window modes, at tile granularity (no runtime masks on the main loads):
   1. C = D X D^T, only the BLOCK_N-column strips below w (the rest is never written), entries with u
      or v >= w written as zeros (WINDOW=1): ~ cdiv(w, BLOCK_N) BLOCK_N / S of a full DCT;
@@ -24,7 +24,7 @@ Gradient: the op is the symmetric projection P_w x P_w^T (P_w = D_w^T D_w), so t
 window is the same op on the upstream gradient; for all prefixes it is
 sum_n P_{w_n} g_n P_{w_n}^T = IDCT(sum_n M_{w_n} * DCT(g_n)) (step 1 per prefix, a sum, step 2 once).
 
-Numerics as in kernels/dct/triton.py (fp16/bf16 tensor cores with fp32 accumulation, fp32 via 3xTF32;
+Numerics as in dct/triton.py (fp16/bf16 tensor cores with fp32 accumulation, fp32 via 3xTF32;
 fp32 basis and scratch for bf16 under the interpreter). Images larger than the DCT kernel's limit
 (S > 256) use the reference (warned once).
 """

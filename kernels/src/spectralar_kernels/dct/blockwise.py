@@ -27,7 +27,7 @@ use KW = 16 wide products: K = kron(I, K_16) acts on each 16-wide group alone, s
 an H200: memory-bound, ~25-30 us at 64x3x256x256, against v1's measured 164 us). fp16/bf16 keep the
 64-wide products, which wgmma needs (and memory bounds them anyway).
 
-Numerics as in kernels/dct/triton.py: v1 uses IEEE dots for fp32, fp16/bf16 the input dtype on tensor
+Numerics as in dct/triton.py: v1 uses IEEE dots for fp32, fp16/bf16 the input dtype on tensor
 cores with fp32 accumulation (an fp32 basis under the interpreter, which computes bf16 dots wrongly).
 """
 
@@ -42,7 +42,7 @@ from . import ref
 from .ref import BLOCKWISE_MAX
 from .triton import _interpreter_bf16, basis_dtype, dct2d_fwd
 
-# BLOCKWISE_MAX (kernels/dct/ref.py): largest block of the blockwise kernels (v1: BT=64 in fp32 spills)
+# BLOCKWISE_MAX (dct/ref.py): largest block of the blockwise kernels (v1: BT=64 in fp32 spills)
 V2_TILE = 64  # v2 tile side: wgmma needs >= 64 rows; 64 is a multiple of every power-of-two block <= 32
 V2_WARPS = 4  # fp16/bf16: one warpgroup, the smallest wgmma unit (32 fp32 accumulator registers per thread)
 V2_WARPS_FP32 = 8  # fp32 (IEEE FMA products): 4 warps spill at KW = 64, 8 need ~120-150 registers

@@ -28,14 +28,14 @@ Limits: planes with H > FUSED_MAX_H (256) rows do not fit on chip and run the Py
 once); W is unbounded (it is a loop). Under the interpreter bf16 products are computed wrongly, so there
 bf16 uses an fp32 basis and fp32 products (UPCAST) and bf16 outputs go through an fp32 buffer.
 
-Window modes (for spectral_subimages, see kernels/subimages/triton.py; dct2d uses WINDOW=0), with the
+Window modes (for spectral_subimages, see subimages/triton.py; dct2d uses WINDOW=0), with the
 window w of plane q read from win[(q // num_ch) % num_win]:
   WINDOW=1  coefficients: strips at or past w are skipped (never written); in the others outputs with
             u >= w or v >= w are written as zeros, so the next step reads whole chunks without masks;
   WINDOW=2  reconstruction from such coefficients: both contractions stop after cdiv(w, BLOCK_K)
             chunks (BLOCK_K divides BLOCK_N, so every chunk read lies in a strip step 1 wrote).
 
-Blockwise transforms live in kernels/dct/blockwise.py (which calls `dct2d_fwd` for big blocks).
+Blockwise transforms live in dct/blockwise.py (which calls `dct2d_fwd` for big blocks).
 """
 
 from __future__ import annotations
@@ -204,7 +204,7 @@ def dct2d_fwd(x: torch.Tensor, block: int | None, inverse: bool, out: torch.Tens
 
     Writes into `out` (contiguous, x's shape and dtype) when given. H > FUSED_MAX_H runs the reference.
     """
-    assert block is None, "blockwise transforms live in kernels/dct/blockwise.py"
+    assert block is None, "blockwise transforms live in dct/blockwise.py"
     h, w = x.shape[-2], x.shape[-1]
     y = torch.empty_like(x, memory_format=torch.contiguous_format) if out is None else out
     assert y.shape == x.shape and y.dtype == x.dtype and y.is_contiguous()

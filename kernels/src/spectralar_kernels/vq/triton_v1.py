@@ -1,6 +1,6 @@
 """vq-v1: the first fused nearest-codebook kernels (kept because an H200 run measured them 7-26x faster
 than the chunked reference and 2x torch.cdist + argmin at K = 16384); `auto` sends CUDA users here until
-a GPU run measures vq-v2 (kernels/vq/triton.py). Kernel code unchanged since that measurement.
+a GPU run measures vq-v2 (vq/triton.py). Kernel code unchanged since that measurement.
 
 For rows z [M, d] and codes c [K, d], ranking codes with the textbook scores
     s_mk = a_k + b_k * (z_m . c_k)      (l2: a = ||c||^2, b = -2;  cosine: a = 0, b = -1/max(|c|, eps))

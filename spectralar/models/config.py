@@ -42,10 +42,10 @@ class TokenizerConfig:
     recon_loss: str = "l2"  # l2 | l1
     adv_weight: float = 0.0  # hinge GAN loss weight (0 = off)
     adv_start: int = 0  # step after which the adversarial term is on
-    disc_channels: int = 64  # base width of the patch discriminator (spectralar/discriminator.py)
+    disc_channels: int = 64  # base width of the patch discriminator (spectralar/models/discriminator.py)
     adv_adaptive: bool = False  # scale the adversarial term by VQGAN's adaptive weight (last-layer gradient norms)
     ema_decay: float = 0.0  # decay of the EMA of the weights (0 = no EMA)
-    perceptual_weight: float = 0.0  # LPIPS-style term on a user-supplied VGG16 (0 = off; spectralar/perceptual.py)
+    perceptual_weight: float = 0.0  # LPIPS-style term on a user-supplied VGG16 (0 = off; models/perceptual.py)
     perceptual_backbone: str = ""  # its weights: a .safetensors or torch state-dict file; never downloaded
 
     @property
@@ -71,7 +71,7 @@ class GeneratorConfig:
 
 @dataclass
 class ClassifierConfig:
-    """The small CNN of the offline generation metrics (spectralar/classifier.py)."""
+    """The small CNN of the offline generation metrics (spectralar/models/classifier.py)."""
 
     image_size: int = 32
     channels: int = 1

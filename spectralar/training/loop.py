@@ -1,5 +1,5 @@
 """Training as a library: `train(TrainOptions(stage=..., out=...))` runs one stage on one CPU, one GPU, or many
-processes under torchrun. The stage setups (spectralar/training_stages.py) return a `Stage`; the loop here runs it
+processes under torchrun. The stage setups (spectralar/training/stages.py) return a `Stage`; the loop here runs it
 without knowing which stage it is.
 
 OUT/<stage> is the latest checkpoint (a link switched atomically to the newest OUT/<stage>.STEP directory, see
@@ -29,7 +29,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
 
-from .checkpoint import (
+from ..checkpoint import (
     CheckpointError,
     load_into,
     load_train_state,
@@ -40,25 +40,23 @@ from .checkpoint import (
     recover,
     save_checkpoint,
 )
-from .data import index_batches
-from .distributed import init_distributed
-from .ema import EMA
-from .schedule import lr_at
-from .training_common import (
-    Stage,
+from ..data import index_batches
+from ..distributed import init_distributed
+from ..models.ema import EMA
+from ..viz import plot_log
+from .options import TrainOptions, parse_overrides
+from .runtime import (
     StopFlag,
-    TrainOptions,
     check_replicas,
     collate_batch,
     ignore_signals,
     load_rank_state,
-    parse_overrides,
     prepare_out,
     rank_state,
     trim_log,
 )
-from .training_stages import SETUPS, setup_generator, setup_tokenizer
-from .viz import plot_log
+from .schedule import lr_at
+from .stages import SETUPS, Stage, setup_generator, setup_tokenizer
 
 __all__ = ["Stage", "TrainOptions", "parse_overrides", "setup_generator", "setup_tokenizer", "train"]
 

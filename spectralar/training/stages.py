@@ -1,5 +1,5 @@
 """One setup per training stage: model, optimizer(s), data, loss step and validation, as a `Stage` record that
-the loop in spectralar/training.py runs without knowing which stage it is.
+the loop in training/loop.py runs without knowing which stage it is.
 
 tokenizer: images -> the nested spectral tokenizer's loss (reconstruction of the frequency-limited sub-image of a
   drawn number of tokens, VQ terms), plus, when `perceptual_weight` > 0, an LPIPS-style distance on the user's
@@ -15,6 +15,8 @@ import dataclasses
 import hashlib
 import os
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,17 +27,67 @@ from tqdm import tqdm
 
 from spectralar_kernels.windows import DATA_MAPPINGS
 
-from .checkpoint import CheckpointError, publish, step_of
-from .config import preset, to_dict, validate_config
-from .data import DataError, collate, make_dataset
-from .discriminator import PatchDiscriminator, adaptive_weight, hinge_d_loss, hinge_g_loss
-from .generator import SpectralGPT
-from .metrics import psnr
-from .perceptual import PerceptualDistance
-from .pretrained import load_model
-from .tokenizer import SpectralTokenizer
-from .training_common import Critic, Stage, TrainOptions, adamw, check_model_size
-from .viz import save_grid
+from ..checkpoint import CheckpointError, publish, step_of
+from ..data import DataError, collate, make_dataset
+from ..evaluation.metrics import psnr
+from ..models.config import preset, to_dict, validate_config
+from ..models.discriminator import PatchDiscriminator, adaptive_weight, hinge_d_loss, hinge_g_loss
+from ..models.generator import SpectralGPT
+from ..models.perceptual import PerceptualDistance
+from ..models.tokenizer import SpectralTokenizer
+from ..pretrained import load_model
+from ..viz import save_grid
+from .options import TrainOptions
+from .runtime import check_model_size
+
+
+@dataclass
+class Critic:
+    """A network trained against the model on each step's outputs (the tokenizer's discriminator).
+
+    `loss` (an nn.Module, wrapped by DDP like the model's) maps `inputs(res)` to its scalar loss; it trains from
+    step `start` on, with its own `optimizer`, under the model's learning-rate schedule.
+    """
+
+    name: str
+    module: nn.Module
+    loss: nn.Module
+    optimizer: torch.optim.Optimizer
+    inputs: Callable[[dict], tuple]
+    start: int = 0
+
+
+@dataclass
+class Stage:
+    """What a stage setup returns and the loop (`spectralar.training.train`) runs, knowing no stage.
+
+    `loss(x, y, draws, step)` returns a dict with "loss" and scalar metrics; `draws(n, generator)` makes the
+    per-sample random draws of n samples; `validate(model, step)` returns a log row or None (rank 0 only);
+    `after_step()`, if any, runs once after every optimizer step (the tokenizer's dead-code restarts).
+    """
+
+    name: str
+    model: nn.Module
+    config: dict
+    loss: nn.Module
+    optimizer: torch.optim.Optimizer
+    draws: Callable
+    train_set: torch.utils.data.Dataset
+    classes: list
+    validate: Callable
+    ema_decay: float = 0.0
+    critic: Critic | None = None
+    train_meta: dict = field(default_factory=dict)
+    curves: tuple = ("loss",)
+    after_step: Callable | None = None
+
+
+def adamw(model: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.95)) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not on biases, norms, embeddings of rank < 2)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    other = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": other, "weight_decay": 0.0}], lr=lr, betas=betas)
 
 
 class TokenizerLoss(nn.Module):
@@ -100,7 +152,7 @@ class GeneratorLoss(nn.Module):
 
 def config_from(kind: str, d: dict, where: str):
     """The config dataclass for dict `d` (a preset with overrides, or a checkpoint's config.json), its types, ranges
-    and consistency checked (spectralar.config); errors name `where` it came from."""
+    and consistency checked (models/config.py); errors name `where` it came from."""
     try:
         return validate_config(kind, d)
     except ValueError as e:

@@ -13,12 +13,14 @@ Backend policy (per call, no import-time swapping), `choose_kernel(op, variant, 
 interpreter is 100-1000x slower than the reference, and model tests would crawl (docs/design-notes.md).
 While torch.compile traces (`torch.compiler.is_compiling()`), `choose_kernel` returns the reference: plain
 PyTorch that Inductor fuses and can capture in a CUDA graph. The exception is `attention_with_kvcache`,
-registered as the custom op `spectralar::attention_with_kvcache` (kernels/attention/kvcache.py): a compiled
+registered as the custom op `spectralar::attention_with_kvcache` (attention/kvcache.py): a compiled
 graph keeps it as one node, and the node chooses its implementation when the graph runs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import importlib.util
 import os
@@ -64,9 +66,39 @@ def warn_once(key: str, message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
+_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar("spectralar_kernels_backend", default=None)
+
+
+def _check_mode(mode: str) -> str:
+    """`mode` lower-cased, or ValueError unless it is auto, ref, triton or triton:ID[,ID]."""
+    mode = mode.lower()
+    base, _, pinned = mode.partition(":")
+    if base not in _BACKENDS or (pinned and base != "triton"):
+        raise ValueError(f"SPECTRALAR_KERNELS must be one of {_BACKENDS} or triton:ID[,ID], got {mode!r}")
+    return mode
+
+
+@contextlib.contextmanager
+def use_backend(mode: str):
+    """Run the calls made inside the block with backend `mode` ("auto", "ref", "triton" or "triton:ID[,ID]"),
+    whatever SPECTRALAR_KERNELS says. Scoped to this thread / asyncio task (a context variable), restored on
+    exit, nestable: how tests and the GPU report pick a backend without touching the environment.
+
+        with spectralar_kernels.use_backend("ref"):
+            y = dct2d(x)
+    """
+    token = _backend.set(_check_mode(mode))
+    try:
+        yield
+    finally:
+        _backend.reset(token)
+
+
 def kernels_mode() -> str:
-    """SPECTRALAR_KERNELS as set, lower-cased ("auto" when unset): read per call, never cached."""
-    return os.environ.get("SPECTRALAR_KERNELS", "auto").lower()
+    """The backend mode in force: the innermost `use_backend` block, else SPECTRALAR_KERNELS, lower-cased
+    ("auto" when unset); read per call, never cached."""
+    forced = _backend.get()
+    return forced if forced is not None else os.environ.get("SPECTRALAR_KERNELS", "auto").lower()
 
 
 def choose_kernel(op: str, variant: str, *tensors: torch.Tensor) -> str | None:
@@ -75,9 +107,7 @@ def choose_kernel(op: str, variant: str, *tensors: torch.Tensor) -> str | None:
     `op`/`variant` index `_dispatch.IMPLEMENTATIONS`; the dtype is the first tensor's. See the module
     docstring for the policy.
     """
-    mode, _, pinned = kernels_mode().partition(":")
-    if mode not in _BACKENDS or (pinned and mode != "triton"):
-        raise ValueError(f"SPECTRALAR_KERNELS must be one of {_BACKENDS} or triton:ID[,ID], got {mode!r}")
+    mode, _, pinned = _check_mode(kernels_mode()).partition(":")
     if mode == "ref" or torch.compiler.is_compiling():
         return None
     on_cuda = all(t.is_cuda for t in tensors)
@@ -127,7 +157,7 @@ AOT_OPS = ("dct", "blockwise", "subimages", "attention", "decode", "vq")
 class AOTSpec:
     """One launch configuration of a shipped Triton kernel, for the ahead-of-time compile check.
 
-    Every `kernels/<op>/triton.py` defines `aot_specs() -> list[AOTSpec]` covering every block
+    Every `<op>/triton.py` defines `aot_specs() -> list[AOTSpec]` covering every block
     configuration its launchers can choose on a GPU; spectralar_kernels.testing.aot compiles each for sm_80
     and sm_90 with no GPU present (triton.compile on an ASTSource) the way the JIT would for the
     benchmark shapes, and tests/test_aot_compile.py asserts the design properties on the SASS.

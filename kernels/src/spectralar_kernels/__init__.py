@@ -7,6 +7,7 @@ measured-decisions table `_dispatch.py` shows faster than the reference). Import
 needs neither a GPU nor triton.
 """
 
+from ._common import use_backend
 from .attention import attention, attention_with_kvcache, scaled_dot_product_attention
 from .dct import dct, dct2d, idct, idct2d
 from .subimages import spectral_subimages
@@ -23,6 +24,7 @@ __all__ = [
     "scaled_dot_product_attention",
     "spectral_subimages",
     "spectral_windows",
+    "use_backend",
     "vq_nearest",
 ]
 __version__ = "0.2.0"

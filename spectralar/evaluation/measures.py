@@ -13,14 +13,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from spectralar_kernels import dct2d, spectral_subimages
+from spectralar_kernels import spectral_subimages
 
-from .checkpoint import save_checkpoint
-from .classifier import SmallCNN, classify
-from .config import ClassifierConfig, to_dict
-from .data import collate, index_batches, make_dataset
-from .metrics import CFD_LABEL, frechet_distance_from_features, psnr, relative_diversity, ridge_r2, ssim
-from .schedule import lr_at
+from ..checkpoint import save_checkpoint
+from ..data import collate, index_batches, make_dataset
+from ..models.classifier import SmallCNN, classify
+from ..models.config import ClassifierConfig, to_dict
+from ..training.schedule import lr_at
+from .metrics import CFD_LABEL, frechet_distance_from_features, psnr, relative_diversity, ssim
 
 PSNR_CAP_DB = 100.0  # per-image cap, so that a perfect reconstruction does not make the mean infinite
 
@@ -242,47 +242,3 @@ def train_classifier(train_ds, config: ClassifierConfig, steps: int = 2000, batc
 def save_classifier(path, model: SmallCNN, info: dict) -> Path:
     """Write checkpoint directory `path` (model.safetensors + config.json, kind "classifier")."""
     return save_checkpoint(path, "classifier", model, to_dict(model.config), step=info.get("steps", 0), train=info)
-
-
-# ---- causality probe ------------------------------------------------------------------------------
-
-
-def pca_project(train: torch.Tensor, test: torch.Tensor, k: int):
-    """Project rows [M, D] onto the top-k principal axes of `train` (float64); returns (train, test, kept var)."""
-    a, b = train.double(), test.double()
-    mean = a.mean(0)
-    evals, evecs = torch.linalg.eigh(torch.cov((a - mean).T).reshape(a.shape[1], a.shape[1]))
-    k = min(k, a.shape[1])
-    axes = evecs[:, -k:].flip(1)
-    kept = float(evals[-k:].sum() / evals.sum().clamp_min(1e-300))
-    return (a - mean) @ axes, (b - mean) @ axes, kept
-
-
-def raster_patches(x: torch.Tensor, n: int) -> torch.Tensor:
-    """[M, C, S, S] -> [M, n, C*ph*pw]: a g x g grid of square patches (n = g^2) in raster order, else n strips."""
-    M, C, S, _ = x.shape
-    g = math.isqrt(n)
-    if g * g == n and S % g == 0:
-        p = S // g
-        return x.reshape(M, C, g, p, g, p).permute(0, 2, 4, 1, 3, 5).reshape(M, n, C * p * p)
-    if S % n == 0:
-        return x.reshape(M, C, n, S // n, S).permute(0, 2, 1, 3, 4).reshape(M, n, -1)
-    raise ValueError(f"{n} tokens tile a {S}x{S} image neither as a square grid nor as equal strips")
-
-
-def dct_bands(x: torch.Tensor, windows) -> list[torch.Tensor]:
-    """[M, C, S, S] -> the DCT coefficients of each band {w[i-1] <= max(u, v) < w[i]}: N tensors [M, C*|B_i|]."""
-    d = dct2d(x.float())
-    S = x.shape[-1]
-    r = torch.maximum(torch.arange(S)[:, None], torch.arange(S)[None, :])
-    lo = [0, *windows[:-1]]
-    return [d[..., (r >= a) & (r < b)].flatten(1) for a, b in zip(lo, windows)]
-
-
-def probe_r2(emb_train, emb_test, alphas) -> list:
-    """R^2 per position of ridge(tokens < i -> token i); emb [M, N, d]; position 1 has no prefix (None)."""
-    out = [None]
-    for i in range(1, emb_train.shape[1]):
-        r = ridge_r2(emb_train[:, :i].flatten(1), emb_train[:, i], emb_test[:, :i].flatten(1), emb_test[:, i], alphas)
-        out.append(r)
-    return out

@@ -1,0 +1,54 @@
+"""The causality probe's embeddings: PCA, raster patches, DCT bands and ridge predictability per position."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from spectralar_kernels import dct2d
+
+from .metrics import ridge_r2
+
+# ---- causality probe ------------------------------------------------------------------------------
+
+
+def pca_project(train: torch.Tensor, test: torch.Tensor, k: int):
+    """Project rows [M, D] onto the top-k principal axes of `train` (float64); returns (train, test, kept var)."""
+    a, b = train.double(), test.double()
+    mean = a.mean(0)
+    evals, evecs = torch.linalg.eigh(torch.cov((a - mean).T).reshape(a.shape[1], a.shape[1]))
+    k = min(k, a.shape[1])
+    axes = evecs[:, -k:].flip(1)
+    kept = float(evals[-k:].sum() / evals.sum().clamp_min(1e-300))
+    return (a - mean) @ axes, (b - mean) @ axes, kept
+
+
+def raster_patches(x: torch.Tensor, n: int) -> torch.Tensor:
+    """[M, C, S, S] -> [M, n, C*ph*pw]: a g x g grid of square patches (n = g^2) in raster order, else n strips."""
+    M, C, S, _ = x.shape
+    g = math.isqrt(n)
+    if g * g == n and S % g == 0:
+        p = S // g
+        return x.reshape(M, C, g, p, g, p).permute(0, 2, 4, 1, 3, 5).reshape(M, n, C * p * p)
+    if S % n == 0:
+        return x.reshape(M, C, n, S // n, S).permute(0, 2, 1, 3, 4).reshape(M, n, -1)
+    raise ValueError(f"{n} tokens tile a {S}x{S} image neither as a square grid nor as equal strips")
+
+
+def dct_bands(x: torch.Tensor, windows) -> list[torch.Tensor]:
+    """[M, C, S, S] -> the DCT coefficients of each band {w[i-1] <= max(u, v) < w[i]}: N tensors [M, C*|B_i|]."""
+    d = dct2d(x.float())
+    S = x.shape[-1]
+    r = torch.maximum(torch.arange(S)[:, None], torch.arange(S)[None, :])
+    lo = [0, *windows[:-1]]
+    return [d[..., (r >= a) & (r < b)].flatten(1) for a, b in zip(lo, windows)]
+
+
+def probe_r2(emb_train, emb_test, alphas) -> list:
+    """R^2 per position of ridge(tokens < i -> token i); emb [M, N, d]; position 1 has no prefix (None)."""
+    out = [None]
+    for i in range(1, emb_train.shape[1]):
+        r = ridge_r2(emb_train[:, :i].flatten(1), emb_train[:, i], emb_test[:, :i].flatten(1), emb_test[:, i], alphas)
+        out.append(r)
+    return out
