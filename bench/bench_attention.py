@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from spectralar_kernels import attention, attention_with_kvcache
-from spectralar_kernels.attention import ref
+from spectralar_kernels.attn import ref
 from spectralar_kernels.testing import assert_close_to_oracle
 
 from . import cases

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from spectralar_kernels import attention
-from spectralar_kernels.attention import ref
+from spectralar_kernels.attn import ref
 from spectralar_kernels.testing import assert_close_to_oracle, nan_like
 
 # (B, H, D) per sequence length: tiny for the interpreter. 65 is one 128-row block plus one row beyond 64,
@@ -177,7 +177,7 @@ def test_negative_and_zero_scale(backend, causal, prefix_len):
                                                    (130, 16, False, 0)])  # fmt: skip
 def test_triton_launchers_write_every_element(t, d, causal, prefix_len, dtype):
     """NaN-poisoned outputs: forward out, and dq/dk/dv from the (single-kernel) backward launcher."""
-    from spectralar_kernels.attention.triton import attention_bwd, attention_fwd
+    from spectralar_kernels.attn.triton import attention_bwd, attention_fwd
 
     q, k, v = make_qkv(2, t, 1, d, dtype, seed=11)
     do = seeded_like(q, 12)
@@ -194,7 +194,7 @@ def test_triton_launchers_write_every_element(t, d, causal, prefix_len, dtype):
 
 
 def _table_configs(kernel):
-    from spectralar_kernels.attention import triton as attn_triton
+    from spectralar_kernels.attn import triton as attn_triton
 
     table = attn_triton._FWD_CONFIGS if kernel == "fwd" else attn_triton._BWD_CONFIGS
     return [pytest.param(key, cfg, id=f"{key[0]}-D{key[1]}-{'x'.join(map(str, cfg))}")
@@ -211,7 +211,7 @@ def _config_case(key, seed):
 @pytest.mark.parametrize("key,config", _table_configs("fwd"))
 def test_every_forward_config(key, config):
     """Each tile configuration a GPU may autotune to, run under the interpreter (prefix 65 crosses blocks)."""
-    from spectralar_kernels.attention.triton import attention_fwd
+    from spectralar_kernels.attn.triton import attention_fwd
 
     q, k, v, _, scale = _config_case(key, 21)
     out, _ = attention_fwd(q, k, v, True, 65, scale, out=nan_like(q), config=config)
@@ -221,7 +221,7 @@ def test_every_forward_config(key, config):
 
 @pytest.mark.parametrize("key,config", _table_configs("bwd"))
 def test_every_backward_config(key, config):
-    from spectralar_kernels.attention.triton import attention_bwd, attention_fwd
+    from spectralar_kernels.attn.triton import attention_bwd, attention_fwd
 
     q, k, v, do, scale = _config_case(key, 22)
     out, lse = attention_fwd(q, k, v, True, 65, scale)
@@ -232,7 +232,7 @@ def test_every_backward_config(key, config):
 
 def test_backward_without_a_kernel_tile_uses_the_reference():
     """fp32 at head dims above 64 has no fused-backward tile (`_BWD_CONFIGS`): the launcher recomputes."""
-    from spectralar_kernels.attention import triton as attn_triton
+    from spectralar_kernels.attn import triton as attn_triton
 
     assert attn_triton._configs(attn_triton._BWD_CONFIGS, torch.float32, 128, 130) == []
     q, k, v = make_qkv(1, 9, 1, 80, torch.float32, seed=5)
@@ -244,7 +244,7 @@ def test_backward_without_a_kernel_tile_uses_the_reference():
 
 
 def test_unknown_implementation_is_rejected():
-    from spectralar_kernels.attention.triton import attention_fwd
+    from spectralar_kernels.attn.triton import attention_fwd
 
     q, k, v = make_qkv(1, 3, 1, 16, torch.float32)
     with pytest.raises(ValueError, match="attention-v1"):

@@ -6,8 +6,8 @@ import scipy.fft
 import torch
 
 from spectralar_kernels import dct, dct2d, idct, idct2d
-from spectralar_kernels.dct import ref
 from spectralar_kernels.testing import assert_close_to_oracle, max_err, nan_like
+from spectralar_kernels.transforms import ref
 
 # Shapes [..., H, W]: 1, odd, primes, non-square, tall/wide, batch dims. Tiny: the interpreter is slow.
 SHAPES = [(1, 1), (3, 3), (1, 7), (7, 1), (5, 12), (2, 17, 17), (2, 3, 33, 9), (40, 3)]
@@ -34,8 +34,8 @@ def run(x: torch.Tensor, inverse: bool, block: int | None, backend: str) -> torc
     must agree with it (so an element the kernel never writes fails)."""
     y = (idct2d if inverse else dct2d)(x, block=block)
     if backend == "triton":
-        from spectralar_kernels.dct.blockwise import blockwise_dct_fwd
-        from spectralar_kernels.dct.triton import dct2d_fwd
+        from spectralar_kernels.transforms.blockwise import blockwise_dct_fwd
+        from spectralar_kernels.transforms.triton import dct2d_fwd
 
         if block is None:
             out = dct2d_fwd(x, None, inverse, out=nan_like(x.contiguous()))
@@ -101,8 +101,8 @@ def test_triton_tall_planes_and_big_blocks(backend, monkeypatch):
     """Planes taller than FUSED_MAX_H run the reference (warned once), blocks above BLOCKWISE_MAX the
     whole-plane launcher on gathered blocks; both limits are lowered so tiny shapes reach those paths."""
     from spectralar_kernels import _common
-    from spectralar_kernels.dct import blockwise as dct_blockwise
-    from spectralar_kernels.dct import triton as dct_triton
+    from spectralar_kernels.transforms import blockwise as dct_blockwise
+    from spectralar_kernels.transforms import triton as dct_triton
 
     monkeypatch.setattr(dct_triton, "FUSED_MAX_H", 64)
     monkeypatch.setattr(dct_blockwise, "BLOCKWISE_MAX", 4)
@@ -290,8 +290,8 @@ def tol(oracle: torch.Tensor, dtype: torch.dtype) -> dict:
 @pytest.fixture
 def kernel_calls(backend, monkeypatch):
     """Counts launches of the Triton autograd functions (which must never see float64)."""
-    from spectralar_kernels.dct import blockwise as dct_blockwise
-    from spectralar_kernels.dct import triton as dct_triton
+    from spectralar_kernels.transforms import blockwise as dct_blockwise
+    from spectralar_kernels.transforms import triton as dct_triton
 
     calls = []
     for cls in (dct_triton.DCT2dFunction, dct_blockwise.BlockwiseDCTFunction):

@@ -11,9 +11,9 @@ import scipy.fft
 import torch
 
 from spectralar_kernels import dct2d, idct2d
-from spectralar_kernels.dct import blockwise as bw
-from spectralar_kernels.dct import ref
 from spectralar_kernels.testing import assert_close_to_oracle, nan_like
+from spectralar_kernels.transforms import blockwise as bw
+from spectralar_kernels.transforms import ref
 
 IMPLS = ["blockwise-v1", "blockwise-v2"]
 LOWP = [torch.float16, torch.bfloat16]

@@ -119,7 +119,7 @@ def test_table_markdown_lists_every_decision():
 def test_big_blocks_follow_the_plane_decision(monkeypatch):
     """Blocks above BLOCKWISE_MAX run the whole-plane kernel on gathered tiles, so they must be dispatched
     under the plane decision, never under the blockwise kernel's measured win."""
-    dct = importlib.import_module("spectralar_kernels.dct")  # the package (the attribute is the 1-D `dct`)
+    dct = importlib.import_module("spectralar_kernels.transforms")
 
     asked = []
     monkeypatch.setattr(dct, "choose_kernel", lambda op, variant, *t: asked.append((op, variant)))

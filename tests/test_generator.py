@@ -149,7 +149,7 @@ def test_ops_per_decode_step(position, monkeypatch):
 
     Positions in plain CPU tensors are read on the host (no device to wait for); the tensor case here counts
     the path device tensors take, so that shortcut is switched off."""
-    from spectralar_kernels.attention import kvcache, ref
+    from spectralar_kernels.attn import kvcache, ref
 
     monkeypatch.setattr(kvcache, "host_readable", lambda t: False)
     monkeypatch.setattr(ref, "host_readable", lambda t: False)

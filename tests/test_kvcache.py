@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from spectralar_kernels import attention_with_kvcache
-from spectralar_kernels.attention import decode, kvcache, ref
+from spectralar_kernels.attn import decode, kvcache, ref
 from spectralar_kernels.testing import assert_close_to_oracle, nan_like
 
 

@@ -7,7 +7,7 @@ import torch
 from test_kvcache import check
 
 from spectralar_kernels import attention_with_kvcache
-from spectralar_kernels.attention import decode
+from spectralar_kernels.attn import decode
 from spectralar_kernels.testing import nan_like
 
 # ---- flash-attn's contract, argument by argument, against float64 loops ---------------------------------

@@ -1,6 +1,7 @@
 """Package-level rules: one-way dependencies, the pinned public API, import without triton."""
 
 import ast
+import importlib
 import os
 import shutil
 import subprocess
@@ -190,3 +191,19 @@ def test_one_version():
     for path in [root / "setup.py", root / "pyproject.toml", KERNELS_PROJECT / "pyproject.toml"]:
         assert spectralar_kernels.__version__ not in path.read_text(encoding="utf-8"), f"{path} repeats the version"
     assert f"## {spectralar_kernels.__version__}" in (root / "CHANGELOG.md").read_text(encoding="utf-8")
+
+
+def test_no_public_name_shadows_a_subpackage():
+    """`import spectralar_kernels.X.Y as m` resolves attributes: a public function named like a subpackage (as
+    `dct` and `attention` once were) makes that import fail although the module exists."""
+    import pkgutil
+
+    subpackages = {m.name for m in pkgutil.iter_modules(spectralar_kernels.__path__)}
+    assert {"attn", "transforms", "vq"} <= subpackages, subpackages
+    assert not subpackages & set(spectralar_kernels.__all__), subpackages & set(spectralar_kernels.__all__)
+    for sub in sorted(s for s in subpackages if not s.startswith("_")):
+        for m in pkgutil.iter_modules(getattr(spectralar_kernels, sub).__path__):
+            if m.name == "triton" or m.name.startswith("_"):
+                continue  # needs triton at import; the `as` form is what matters, checked on the others
+            mod = importlib.import_module(f"spectralar_kernels.{sub}.{m.name}")
+            assert eval(f"spectralar_kernels.{sub}.{m.name}") is mod  # noqa: S307 - the attribute chain

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import spectralar_kernels
 from spectralar_kernels import scaled_dot_product_attention as sdpa
-from spectralar_kernels.attention import triton as attn_triton
+from spectralar_kernels.attn import triton as attn_triton
 from spectralar_kernels.testing import assert_close_to_oracle
 
 

@@ -153,7 +153,7 @@ def test_large_image_reference(monkeypatch):
 
 
 def test_triton_large_image_falls_back_with_warning(monkeypatch):
-    from spectralar_kernels.dct import triton as dct_triton
+    from spectralar_kernels.transforms import triton as dct_triton
 
     monkeypatch.setenv("SPECTRALAR_KERNELS", "triton")
     monkeypatch.setattr(dct_triton, "FUSED_MAX_H", 16)  # so a 17 x 17 image counts as "large"

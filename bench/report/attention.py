@@ -46,7 +46,7 @@ def variant(causal: bool, prefix_len: int, t: int) -> str:
 
 def check_attention(ctx: Ctx) -> None:
     from spectralar_kernels import attention
-    from spectralar_kernels.attention import ref
+    from spectralar_kernels.attn import ref
 
     def forward(shape, causal, prefix, dtype):
         key = ("attention", variant(causal, prefix, shape[1]))
@@ -55,7 +55,7 @@ def check_attention(ctx: Ctx) -> None:
         oracle = ref.attention_ref(q.double(), k.double(), v.double(), causal, prefix)
         same = ref.attention_ref(q, k, v, causal, prefix)
         c2, p2 = canonical(causal, prefix, shape[1])
-        extra, note = launcher_check(ctx, lambda: [("launcher out=NaN", launcher("attention_fwd", "attention.triton")(
+        extra, note = launcher_check(ctx, lambda: [("launcher out=NaN", launcher("attention_fwd", "attn.triton")(
             q, k, v, c2, p2, shape[-1] ** -0.5, out=nan_like(q))[0], oracle, same)])  # fmt: skip
         return with_probe(check([("public", o, oracle, same), *extra], note=note), problem, probe_note)
 
@@ -71,7 +71,7 @@ def check_attention(ctx: Ctx) -> None:
         items = [(f"d{n}", g, g64, gs) for n, g, g64, gs in zip("qkv", grads, want, same)]
 
         def launched():
-            fwd, bwd = launcher("attention_fwd", "attention.triton"), launcher("attention_bwd", "attention.triton")
+            fwd, bwd = launcher("attention_fwd", "attn.triton"), launcher("attention_bwd", "attn.triton")
             c2, p2 = canonical(causal, prefix, shape[1])
             qd, kd, vd = (t.detach() for t in (q, k, v))
             scale = shape[-1] ** -0.5
@@ -101,7 +101,7 @@ def _peers(ctx: Ctx, shape, causal: bool, prefix: int, dtype, flash) -> list:
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from spectralar_kernels.attention import ref
+    from spectralar_kernels.attn import ref
 
     t = shape[1]
     c2, p2 = canonical(causal, prefix, t)
@@ -125,7 +125,7 @@ def _peers(ctx: Ctx, shape, causal: bool, prefix: int, dtype, flash) -> list:
 
 def time_attention(ctx: Ctx) -> None:
     from spectralar_kernels import attention
-    from spectralar_kernels.attention import ref
+    from spectralar_kernels.attn import ref
 
     flash = optional_module("flash_attn") if ctx.cuda else None
 

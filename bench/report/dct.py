@@ -31,14 +31,14 @@ def _key(block):
 def _launch(ctx: Ctx, x, block, inverse):
     """The launcher of the implementation under test, into a NaN-filled output."""
     if block is None:
-        return launcher("dct2d_fwd", "dct.triton")(x, None, inverse, out=nan_like(x))
-    return launcher("blockwise_dct_fwd", "dct.blockwise")(x, block, inverse, ctx.expected(BLOCKWISE),
+        return launcher("dct2d_fwd", "transforms.triton")(x, None, inverse, out=nan_like(x))
+    return launcher("blockwise_dct_fwd", "transforms.blockwise")(x, block, inverse, ctx.expected(BLOCKWISE),
                                                           out=nan_like(x))  # fmt: skip
 
 
 def check_dct(ctx: Ctx) -> None:
     from spectralar_kernels import dct2d, idct2d
-    from spectralar_kernels.dct import ref
+    from spectralar_kernels.transforms import ref
 
     def case(shape, block, inverse, dtype):
         x = ctx.randn(shape, dtype)
@@ -61,7 +61,7 @@ def check_dct(ctx: Ctx) -> None:
 
 def time_dct(ctx: Ctx) -> None:
     from spectralar_kernels import dct2d
-    from spectralar_kernels.dct import ref
+    from spectralar_kernels.transforms import ref
 
     torch_dct = optional_module("torch_dct")
 

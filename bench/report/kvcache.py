@@ -37,7 +37,7 @@ def _inputs(ctx: Ctx, b, t_max, h, d, t_q, seqlens, dtype):
 def _launch(q, kc, vc, sl, scale):
     """The decode launcher on caches that already hold the new keys, into a NaN-filled output; the scale is
     passed by name, so a launcher whose arguments moved raises TypeError (a note) instead of misreading them."""
-    fn = launcher("attention_with_kvcache_fwd", "attention.decode", "attention.triton")
+    fn = launcher("attention_with_kvcache_fwd", "attn.decode", "attn.triton")
     params = inspect.signature(fn).parameters
     name = next((n for n in ("scale", "softmax_scale") if n in params), None)
     if name is None or "out" not in params:
@@ -47,7 +47,7 @@ def _launch(q, kc, vc, sl, scale):
 
 def check_kvcache(ctx: Ctx) -> None:
     from spectralar_kernels import attention_with_kvcache
-    from spectralar_kernels.attention import ref
+    from spectralar_kernels.attn import ref
 
     def case(b, t_max, h, d, t_q, seqlens, dtype):
         kc, vc, q, k, v, sl = _inputs(ctx, b, t_max, h, d, t_q, seqlens, dtype)
@@ -84,7 +84,7 @@ def check_kvcache(ctx: Ctx) -> None:
 
 def time_kvcache(ctx: Ctx) -> None:
     from spectralar_kernels import attention_with_kvcache
-    from spectralar_kernels.attention import ref
+    from spectralar_kernels.attn import ref
 
     flash = optional_module("flash_attn") if ctx.cuda else None
 

@@ -8,9 +8,9 @@ needs neither a GPU nor triton.
 """
 
 from ._common import use_backend
-from .attention import attention, attention_with_kvcache, scaled_dot_product_attention
-from .dct import dct, dct2d, idct, idct2d
+from .attn import attention, attention_with_kvcache, scaled_dot_product_attention
 from .subimages import spectral_subimages
+from .transforms import dct, dct2d, idct, idct2d
 from .vq import vq_nearest
 from .windows import spectral_windows
 

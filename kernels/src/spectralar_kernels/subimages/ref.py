@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..dct import ref as dct_ref
+from ..transforms import ref as dct_ref
 
 
 def spectral_subimages(

@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 
 from .._common import DTYPE_NAME, PTR_SIG, AOTSpec, warn_once
-from ..dct import triton as dct_triton
+from ..transforms import triton as dct_triton
 from . import ref
 
 PREFIX_SHELL = 16  # shell width: the smallest tl.dot depth, so an output costs two 64 x 16 x 64 products
