@@ -30,7 +30,9 @@ def section_machine(ctx: Ctx) -> None:
     for mod in ("flash_attn", "torch_dct"):
         m = optional_module(mod)
         info.append((mod, getattr(m, "__version__", "installed") if m else "not installed (peer skipped)"))
-    w.data["machine"] = {"gpu": gpu, "torch": torch.__version__, "triton": triton.__version__}
+    # the device class the run's decisions are filed under (spectralar_kernels/_dispatch.py)
+    cap = f"{p.major}.{p.minor}" if ctx.cuda else "cpu"
+    w.data["machine"] = {"gpu": gpu, "capability": cap, "torch": torch.__version__, "triton": triton.__version__}
     for k, v in info:
         w.row(TITLE, COLS, {"quantity": k, "value": v, "result": "info"})
 
