@@ -57,10 +57,10 @@ def test_the_h200_decisions_survive_under_the_new_keys(on):
     """The H200 run of 2026-11-28: blockwise-v1 at block 8 on 256 x 256 planes, vq-v1 cosine at K = 16384 (the
     only cosine case where it beat matmul + argmax too), fp32 and bf16, that device only."""
     keys = {(op, v, dt, _dispatch.bucket_label(b), dev) for op, v, dt, b, dev in _dispatch.MEASURED}
-    assert keys == {("dct2d", "blockwise", "fp32", "block=8 H<=256 W<=256", H200),
-                    ("dct2d", "blockwise", "bf16", "block=8 H<=256 W<=256", H200),
-                    ("vq_nearest", "cosine", "fp32", "K<=16384 d<=16", H200),
-                    ("vq_nearest", "cosine", "bf16", "K<=16384 d<=16", H200)}  # fmt: skip
+    assert keys == {("dct2d", "blockwise", "fp32", "block=8 H=129..256 W=129..256", H200),
+                    ("dct2d", "blockwise", "bf16", "block=8 H=129..256 W=129..256", H200),
+                    ("vq_nearest", "cosine", "fp32", "K=8193..16384 d=9..16", H200),
+                    ("vq_nearest", "cosine", "bf16", "K=8193..16384 d=9..16", H200)}  # fmt: skip
     for dtype in (torch.float32, torch.bfloat16):
         assert choose_kernel("dct2d", "blockwise", fake_cuda(dtype), **BLOCK8) == "blockwise-v1"
         assert choose_kernel("dct2d", "blockwise", fake_cuda(dtype), h=200, w=130, block=8) == "blockwise-v1"
@@ -105,7 +105,7 @@ def test_buckets():
     assert b("attention", "causal", t=65, d=80, bh=2048) == (("D", 80), ("T", 128), ("BH", 2048))
     assert b("attention_with_kvcache", "decode", t=1, d=64, bh=2) == (("D", 64), ("T", 1), ("BH", 2))
     assert b("vq_nearest", "l2") is None and b("vq_nearest", "l2", m=5, k=4) is None  # no/other sizes: no entry
-    assert _dispatch.bucket_label(b("attention", "full", t=320, d=64, bh=768)) == "D=64 T<=512 BH<=1024"
+    assert _dispatch.bucket_label(b("attention", "full", t=320, d=64, bh=768)) == "D=64 T=257..512 BH=513..1024"
 
 
 def _write(path, data):
@@ -139,7 +139,7 @@ def test_the_table_reads_what_the_report_writes(tmp_path, on, monkeypatch):
     monkeypatch.setattr(_dispatch, "MEASURED", table)
     assert choose_kernel("vq_nearest", "cosine", fake_cuda(), **K16384) == "vq-v1"
     assert choose_kernel("vq_nearest", "cosine", fake_cuda(torch.float32), **K16384) is None
-    row = "| vq_nearest | cosine | bf16 | K<=16384 d<=16 | NVIDIA H200 (sm 9.0) | vq-v1 |"
+    row = "| vq_nearest | cosine | bf16 | K=8193..16384 d=9..16 | NVIDIA H200 (sm 9.0) | vq-v1 |"
     assert row in _dispatch.table_markdown()
     # importing with a corrupt file: a warning, the reference everywhere, no crash
     bad = _write(tmp_path / "bad.json", "{")

@@ -46,7 +46,7 @@ def test_dry_run_writes_tables_decisions_and_the_measured_table(tmp_path):
     assert "| ref (chunked) | ref |" in text and "| torch.cdist+argmin | baseline |" in text
     assert "| matmul+argmin | baseline |" in text and "| vq-v2 (ref backend) | kernel |" in text
     assert "- vq_nearest l2: " in text and "- vq_nearest cosine: matmul+argmax (fp32," in text  # the strongest path
-    assert "| vq_nearest | cosine | fp32 | K<=512 d<=16 | reference |" in text
+    assert "| vq_nearest | cosine | fp32 | K=257..512 d=9..16 | reference |" in text
     assert "DRY RUN" in text and "0 FAIL" in proc.stdout
     for path in (measured, tmp_path / "work" / "measured.json"):  # written, and readable by the dispatch
         assert json.loads(path.read_text(encoding="utf-8"))["entries"] == []
@@ -368,3 +368,21 @@ def test_full_dry_run_names_the_strongest_path_of_every_op(tmp_path):
     for op, variant in IMPLEMENTATIONS:
         assert f"- {op} {variant}: " in text, (op, variant)
     assert "| CUDA graph (CPU: compiled, no graph) |" in text and "CUDA graph |" in text
+
+
+def test_kernel_records_carry_warps_and_resident_ctas():
+    """`--json` records: `warps` and `ctas_per_sm` from registers, shared memory and warps under each arch's limits
+    (the numbers the sm_90 audit worked out by hand for plane-v2, vq-v2 and attention D=128)."""
+    from spectralar_kernels.testing.aot import Result, ctas_per_sm
+
+    assert ctas_per_sm(141, 8, 83 * 1024, 90) == 1  # plane-v2 bf16: registers allow 12 warps, one 8-warp CTA
+    assert ctas_per_sm(156, 4, 26 * 1024, 90) == 3  # vq-v2: 3, not the 4 its launch plan assumed
+    assert ctas_per_sm(120, 4, 132 * 1024, 90) == 1  # shared memory bound
+    assert ctas_per_sm(32, 4, 0, 90) == 16 and ctas_per_sm(16, 1, 0, 80) == 32  # warp, then CTA count bound
+    assert ctas_per_sm(40, 4, 100 * 1024, 90) == 2 and ctas_per_sm(40, 4, 100 * 1024, 80) == 1
+    assert ctas_per_sm(64, 4, 228 * 1024, 90) == 0  # over the per-block limit: does not launch
+    r = Result(op="vq", label="x", kernel="_k", arch=90, registers=156, spill_bytes=0, shared_bytes=26 * 1024,
+               num_warps=4, jit_like=True)  # fmt: skip
+    rec = r.record()
+    assert rec["warps"] == 4 and rec["ctas_per_sm"] == 3
+    assert Result(op="vq", label="x", kernel="_k", arch=90, error="boom").record()["ctas_per_sm"] == 0

@@ -119,9 +119,13 @@ def bucket(op: str, variant: str, **dims) -> Bucket | None:
 
 
 def bucket_label(b) -> str:
-    """"K<=16384 d<=16"-style text of a bucket (tuple or dict); exact dimensions print as "D=64"."""
+    """Text of a bucket (tuple or dict): ranges as "K=8193..16384", exact dimensions as "D=64"."""
+
+    def one(k, v):
+        return f"{k}={v}" if k in ("block", "D") or v <= 1 else f"{k}={v // 2 + 1}..{v}"
+
     items = b.items() if isinstance(b, dict) else (b or ())
-    return " ".join(f"{k}={v}" if k in ("block", "D") else f"{k}<={v}" for k, v in items) or "any shape"
+    return " ".join(one(k, v) for k, v in items) or "no bucket"
 
 
 @functools.cache
