@@ -93,9 +93,12 @@ def dispatch_section(state: Path, sections: list[str], args, date: str) -> list[
     dispatch.merge(own, new, decisions, about)
     body.append(f"- {len(new)} entr{'y' if len(new) == 1 else 'ies'} ({name}) written to `{own}`.")
     if args.measured:
-        total = dispatch.merge(Path(args.measured), new, decisions, about)
-        body.append(f"- merged into `{args.measured}` ({total} entries; the groups this run decided replaced): "
-                    "`auto` reads it when spectralar_kernels is imported.")  # fmt: skip
+        try:
+            total = dispatch.merge(Path(args.measured), new, decisions, about)
+            body.append(f"- merged into `{args.measured}` ({total} entries; the groups this run decided replaced): "
+                        "`auto` reads it when spectralar_kernels is imported.")  # fmt: skip
+        except OSError as exc:  # e.g. a read-only install: the run's own copy above still has the entries
+            body.append(f"- FAILED to merge into `{args.measured}` ({exc}); copy the entries from `{own}`.")
     return body + [""]
 
 
