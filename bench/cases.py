@@ -1,7 +1,7 @@
 """The shapes of this model that both the GPU report (report/shapes.py) and the pytest benchmarks (bench_*.py)
 time, defined once. Dict keys are the benchmarks' case ids.
 
-The GPU report times every case as it is here (_dispatch.MEASURED cites them). The bench_*.py files
+The GPU report times every case as it is here (the measured.json entries it writes cite them). The bench_*.py files
 time them as they are on CUDA and with a smaller batch on CPU (`smaller`), where the pytest benchmarks also run
 on a 2-core machine; each file adds its own small cases (the fmnist sizes).
 

@@ -30,7 +30,6 @@ once, each output written once, scratch and recomputation not counted):
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import torch
@@ -79,41 +78,26 @@ def achieved(cost: Cost, seconds: float, floors: Floors | None, dtype: torch.dty
     return out
 
 
-# ---- timing -------------------------------------------------------------------------------------
+# ---- measured rates ------------------------------------------------------------------------------
+# `timer(fn)` returns the device seconds of one call of fn (the GPU report passes its kernel-time measurement,
+# bench/report/timing.py, which on a CPU dry run times on the host clock).
 
 
-def time_fn(fn, device: str, warmup_ms: int = 10, rep_ms: int = 40, cpu_reps: int = 2) -> float:
-    """Seconds per call of `fn`. CUDA: triton.testing.do_bench (CUDA events, L2 flushed between runs,
-    warm-up included; mean). CPU: one warm-up call, then the median of `cpu_reps` perf_counter runs."""
-    if device == "cuda":
-        from triton.testing import do_bench
-
-        return do_bench(fn, warmup=warmup_ms, rep=rep_ms) / 1e3
-    fn()
-    times = []
-    for _ in range(max(1, cpu_reps)):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
-
-
-def measure_copy_gbps(device: str, nbytes: int) -> float:
+def measure_copy_gbps(nbytes: int, device: str, timer) -> float:
     """Device-to-device copy of `nbytes` (read + write counted: 2 * nbytes per copy), GB/s."""
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
     dst = torch.empty_like(src)
-    seconds = time_fn(lambda: dst.copy_(src), device, warmup_ms=25, rep_ms=100, cpu_reps=3)
-    return 2 * src.numel() * 4 / seconds / 1e9
+    return 2 * src.numel() * 4 / timer(lambda: dst.copy_(src)) / 1e9
 
 
-def measure_matmul_tflops(device: str, dtype: torch.dtype, n: int, tf32: bool = False) -> float:
+def measure_matmul_tflops(n: int, dtype: torch.dtype, device: str, timer, tf32: bool = False) -> float:
     """Square n x n x n GEMM rate in TFLOP/s (2 n^3 flops); `tf32` allows TF32 for fp32 inputs."""
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     old = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = tf32
     try:
-        seconds = time_fn(lambda: a @ b, device, warmup_ms=25, rep_ms=100, cpu_reps=3)
+        seconds = timer(lambda: a @ b)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = old
     return 2 * n**3 / seconds / 1e12

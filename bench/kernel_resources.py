@@ -4,6 +4,7 @@ The compile and the checks are spectralar_kernels.testing.aot's (no GPU needed; 
 script adds --write, which puts its table under a header into docs/kernel_resources.md:
     python -m bench.kernel_resources --write                  # also prints the table; exit 1 on any problem
     python -m bench.kernel_resources --write --json out.json  # and one JSON record per compiled kernel
+                                                              # (registers, spills, shared, warps, ctas_per_sm, SASS)
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ def header(triton_version: str) -> str:
         "tt.divisibility=16 on integers divisible by 16, integers equal to 1 as constants). Registers / spills / "
         "static shared memory from the wheel's `cuobjdump --dump-resource-usage`, dynamic shared memory from the "
         "compiled metadata; HGMMA (wgmma), HMMA (mma.sync), LDGSTS (cp.async, + TMA), 128-bit global loads and "
-        "stores counted in `cuobjdump -sass`. `(main)` marks an op's main loop, held to the design rules (sm_90 "
-        "HGMMA for fp16/bf16, cp.async, 128-bit loads). "
+        "stores counted in `cuobjdump -sass`. `CTAs/SM`: how many CTAs of the configuration one SM holds at once, the "
+        "least of the limits by registers (rounded up to 256 per warp, warps fitting in each of the 4 schedulers' "
+        "quarter of the 64K register file), by resident warps (64), by shared memory (228 KB per SM on sm_90, 164 KB "
+        "on sm_80, plus 1 KB reserved per CTA) and by the CTA count (32). `(main)` marks an op's main loop, held to "
+        "the design rules (sm_90 HGMMA for fp16/bf16, cp.async, 128-bit loads). "
         f"Limits: shared <= {aot.SHARED_LIMIT[80]} B (sm_80), {aot.SHARED_LIMIT[90]} B (sm_90); no spills.\n\n"
     )
 

@@ -1,8 +1,7 @@
 """attention: full, causal and prefix-LM, forward and forward+backward, checks and timings.
 
-Peers in the timings: SDPA with an explicit boolean mask (what the reference does for prefix-LM; for plain
-causal the reference passes is_causal), SDPA forced onto its flash backend where the mask allows it (full or
-plain causal, fp16/bf16 on CUDA), and flash-attn when it imports.
+Baselines in the timings (baselines.py): SDPA on each of its backends that accepts the case, SDPA with an
+explicit boolean mask, FlexAttention with a block mask (compiled), flash-attn when it imports.
 """
 
 from __future__ import annotations
@@ -11,24 +10,21 @@ import torch
 
 from .. import floors as fl
 from ..cases import parse_mask
+from . import baselines
 from .common import (
     CHECK_COLS,
-    LOWP,
     Ctx,
-    Provider,
     check,
     dname,
     fmt_shape,
-    kernel_providers,
     launcher,
     launcher_check,
     nan_like,
-    optional_module,
     public_check,
     run_case,
-    time_providers,
     with_probe,
 )
+from .timing import Provider, kernel_providers, time_providers
 
 
 def canonical(causal: bool, prefix_len: int, t: int) -> tuple[bool, int]:
@@ -96,46 +92,18 @@ def check_attention(ctx: Ctx) -> None:
                     run_case(ctx, title, CHECK_COLS, keys, fn, shape, causal, prefix, dtype)
 
 
-def _peers(ctx: Ctx, shape, causal: bool, prefix: int, dtype, flash) -> list:
-    """(name, f(q, k, v)) of the peers that support this mask and dtype."""
-    import torch.nn.functional as F
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    from spectralar_kernels.attn import ref
-
-    t = shape[1]
-    c2, p2 = canonical(causal, prefix, t)
-    bhtd = lambda x: x.transpose(1, 2)  # noqa: E731  [B, T, H, D] <-> [B, H, T, D], views as the reference takes
-    peers = []
-    if c2 and not p2:  # the reference passes is_causal; the explicit-mask form is the fair baseline for prefix-LM
-        mask = ref.attention_mask(t, t, True, 0, ctx.device)
-        peers.append(("SDPA, boolean mask", lambda q, k, v: F.scaled_dot_product_attention(
-            bhtd(q), bhtd(k), bhtd(v), attn_mask=mask).transpose(1, 2)))  # fmt: skip
-    if not p2 and (dtype in LOWP or not ctx.cuda):
-
-        def flash_sdpa(q, k, v):
-            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-                return F.scaled_dot_product_attention(bhtd(q), bhtd(k), bhtd(v), is_causal=c2).transpose(1, 2)
-
-        peers.append(("SDPA flash backend", flash_sdpa))
-    if flash is not None and dtype in LOWP and not p2:
-        peers.append(("flash-attn", lambda q, k, v: flash.flash_attn_func(q, k, v, causal=c2)))
-    return peers
-
-
 def time_attention(ctx: Ctx) -> None:
     from spectralar_kernels import attention
     from spectralar_kernels.attn import ref
-
-    flash = optional_module("flash_attn") if ctx.cuda else None
 
     def run(name, shape, mask, dtype):
         b, t, h, d = shape
         causal, prefix, label = parse_mask(mask, t)
         key = ("attention", variant(causal, prefix, t))
+        c2, p2 = canonical(causal, prefix, t)
         ours = lambda q, k, v: attention(q, k, v, causal=causal, prefix_len=prefix)  # noqa: E731
         fwds = [("ref (SDPA)", lambda q, k, v: ref.attention_ref(q, k, v, causal, prefix)),
-                *_peers(ctx, shape, causal, prefix, dtype, flash)]  # fmt: skip
+                *baselines.attention(ctx, t, c2, p2, dtype)]  # fmt: skip
         q, k, v = (ctx.randn(shape, dtype) for _ in range(3))
         qg, kg, vg = (x.clone().requires_grad_(True) for x in (q, k, v))
         do = ctx.randn(shape, dtype)
@@ -144,7 +112,7 @@ def time_attention(ctx: Ctx) -> None:
                 call = lambda f: lambda: torch.autograd.grad(f(qg, kg, vg), (qg, kg, vg), do)  # noqa: E731
             else:
                 call = lambda f: lambda: f(q, k, v)  # noqa: E731
-            providers = [Provider(fwds[0][0], call(fwds[0][1])), *kernel_providers(ctx, key, call(ours)),
+            providers = [Provider(fwds[0][0], call(fwds[0][1]), "ref"), *kernel_providers(ctx, key, call(ours)),
                          *(Provider(n, call(f)) for n, f in fwds[1:])]  # fmt: skip
             cost = fl.attention_cost(b, t, h, d, causal, prefix, q.element_size(), backward=backward)
             case = f"{name} {label} {'fwd+bwd' if backward else 'fwd'}"

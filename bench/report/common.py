@@ -1,8 +1,9 @@
-"""What every section shares: its context, rows saved as they are produced, checks, the timing helper.
+"""What every section shares: its context, rows saved as they are produced, checks, the implementation probe.
 
 A section runs in its own child process (see runner.py) and writes its tables to one JSON file after every
-row, so a child killed at its deadline keeps what it measured. Timings also go into a structured list
-(`Writer.timing`), from which dispatch.py derives the measured-decisions table.
+row, so a child killed at its deadline keeps what it measured. Alongside the tables it writes structured
+records: every check of an implementation on a shape bucket (`Writer.check`) and every timing
+(`Writer.timing`, timing.py), from which dispatch.py derives the measured decisions.
 """
 
 from __future__ import annotations
@@ -22,20 +23,21 @@ from pathlib import Path
 import torch
 
 from .. import floors as fl
+from .device import Cuda, for_device
 
 CHECK_COLS = ["case", "shape", "dtype", "max err", "ref err", "rule", "result", "note"]
-TIME_COLS = ["case", "dtype", "provider", "ms", "GB/s", "TFLOP/s", "bound", "% of floor", "x ref", "peak MB",
-             "result", "note"]  # fmt: skip
 LOWP = (torch.float16, torch.bfloat16)
 ALL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 class Writer:
-    """Tables of one section, saved as JSON after every row (a killed child keeps what it wrote)."""
+    """Tables and records of one section, saved as JSON after every row (a killed child keeps what it wrote).
+    `complete` is set when the section function returned without a spent budget (runner.py's --resume keeps
+    complete sections)."""
 
     def __init__(self, path: Path, section: str):
         self.path, self.section = path, section
-        self.data = {"tables": [], "floors": None, "timings": [], "machine": {}}
+        self.data = {"tables": [], "floors": None, "timings": [], "checks": [], "machine": {}, "complete": False}
 
     def table(self, title: str, columns) -> dict:
         for t in self.data["tables"]:
@@ -59,8 +61,13 @@ class Writer:
             self.save()
 
     def timing(self, record: dict) -> None:
-        """One measured time, for the dispatch table: op, variant, dtype, case, provider, impl, baseline, s."""
+        """One measured time: op, variant, dtype, case, bucket, provider, impl, role, s (wall), kernel_s."""
         self.data["timings"].append(record)
+        self.save()
+
+    def check(self, record: dict) -> None:
+        """One correctness verdict: op, variant, dtype, impl, bucket, case, result ("PASS" / "FAIL")."""
+        self.data["checks"].append(record)
         self.save()
 
     def save(self) -> None:
@@ -89,7 +96,15 @@ class Ctx:
     part: str | None = None  # ... either the "awkward" shapes or the realistic ones ...
     impl: str | None = None  # ... and the newest implementations (None) or one older id that still ships
     model: str | None = None  # generator sections: the preset
+    compile_baselines: bool = True  # torch.compile the baselines that are compiled forms (timing.compiled)
+    warm: bool = False  # a timing section run only to compile its baselines (runner.py's warm:* sections)
     seed: int = 0
+    probed: list | None = None  # (key, impl, bucket) of the public call the current check row ran (public_check)
+
+    def __post_init__(self):
+        self.dev: Cuda = for_device(self.device)  # torch.cuda, or its CPU stand-in (device.py)
+        self.rep_s = 0.05 if self.cuda else 0.005  # time per measured loop (timing.measure)
+        self.max_reps = 2000 if self.cuda else 5
 
     @property
     def cuda(self) -> bool:
@@ -139,33 +154,21 @@ class Ctx:
         g = torch.Generator(device=self.device).manual_seed(self.seed)
         return torch.randint(low, high, shape, generator=g, device=self.device)
 
-    def time(self, fn) -> float:
-        return fl.time_fn(fn, self.device, warmup_ms=10, rep_ms=40, cpu_reps=2)
-
     def sync(self) -> None:
-        if self.cuda:
-            torch.cuda.synchronize()
+        self.dev.sync()
 
 
-@contextlib.contextmanager
 def forced(mode: str | None):
-    """SPECTRALAR_KERNELS=mode for the calls inside (read per call by the public functions); None: unset."""
-    old = os.environ.get("SPECTRALAR_KERNELS")
-    if mode is None:
-        os.environ.pop("SPECTRALAR_KERNELS", None)
-    else:
-        os.environ["SPECTRALAR_KERNELS"] = mode
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("SPECTRALAR_KERNELS", None)
-        else:
-            os.environ["SPECTRALAR_KERNELS"] = old
+    """The calls inside run with backend `mode` ("ref", "triton", "triton:ID"; None: "auto"), whatever
+    SPECTRALAR_KERNELS says (spectralar_kernels.use_backend)."""
+    from spectralar_kernels import use_backend
+
+    return use_backend(mode or "auto")
 
 
 class KernelProbe:
-    """Records the implementation ids `choose_kernel` returns inside the block (None = the reference).
+    """Records what `choose_kernel` returns inside the block and the shape bucket it was asked for:
+    `seen` = [(implementation id or None for the reference, bucket tuple or None)].
 
     The public functions import `choose_kernel` by name, so the wrapper replaces that name in every loaded
     spectralar_kernels module. An op that does not call `choose_kernel` leaves `seen` empty."""
@@ -178,9 +181,11 @@ class KernelProbe:
         if original is None:
             return self
 
-        def recording(*args, **kwargs):
-            impl = original(*args, **kwargs)
-            self.seen.append(impl)
+        from spectralar_kernels._dispatch import bucket
+
+        def recording(op, variant, *tensors, **sizes):
+            impl = original(op, variant, *tensors, **sizes)
+            self.seen.append((impl, bucket(op, variant, **sizes)))
             return impl
 
         for name, module in list(sys.modules.items()):
@@ -198,7 +203,7 @@ class KernelProbe:
         """(ok, note): ok unless the op reported running something other than `expected`."""
         if not self.seen:
             return True, "implementation not reported (the op does not call choose_kernel)"
-        ran = sorted({str(s) if s is not None else "reference" for s in self.seen})
+        ran = sorted({str(s) if s is not None else "reference" for s, _ in self.seen})
         want = expected if expected is not None else "reference"
         if want not in ran:
             return False, f"asked for {want}, choose_kernel returned {', '.join(ran)}"
@@ -222,7 +227,9 @@ def run_case(ctx: Ctx, title: str, columns, keys: dict, fn, *args):
     """One row: fn(*args) -> {column: value}; an exception becomes a FAIL row, a spent budget a SKIP row."""
     if time.time() > ctx.deadline:
         ctx.writer.row(title, columns, {**keys, "result": "SKIP", "note": "time budget spent"})
+        ctx.writer.data["skipped"] = True
         return None
+    ctx.probed = None
     try:
         values = fn(*args)
         ctx.sync()  # an asynchronous kernel fault belongs to this row, not the next
@@ -230,10 +237,14 @@ def run_case(ctx: Ctx, title: str, columns, keys: dict, fn, *args):
         traceback.print_exc()
         values = {"result": "FAIL", "note": short_error(exc)}
     ctx.writer.row(title, columns, {**keys, **values})
+    for (op, variant), impl, shape in ctx.probed or ():  # a check row: its verdict, filed by shape bucket
+        ctx.writer.check({"op": op, "variant": variant, "dtype": keys.get("dtype"), "impl": impl,
+                          "bucket": dict(shape) if shape else None, "case": keys.get("case"),
+                          "result": values.get("result")})  # fmt: skip
+    ctx.probed = None
     gc.collect()
-    if ctx.cuda:
-        with contextlib.suppress(Exception):  # after a sticky CUDA error, later rows fail on their own
-            torch.cuda.empty_cache()
+    with contextlib.suppress(Exception):  # after a sticky CUDA error, later rows fail on their own
+        ctx.dev.empty_cache()
     return values
 
 
@@ -272,6 +283,8 @@ def public_check(ctx: Ctx, key, call):
     with forced(ctx.mode(key)), KernelProbe() as probe:
         out = call()
     ok, note = probe.verdict(ctx.expected(key))
+    # what run_case files this row's verdict under: the implementation asked for, per bucket the op saw
+    ctx.probed = [(tuple(key), ctx.expected(key), b) for b in dict.fromkeys(b for _, b in probe.seen)]
     return out, (None if ok else note), note
 
 
@@ -315,71 +328,3 @@ def optional_module(name: str):
         return importlib.import_module(name)
     except Exception:
         return None
-
-
-@dataclasses.dataclass
-class Provider:
-    """One timed implementation. `impl`: a shipped id (a kernel of ours), else None (reference or a peer);
-    `mode`: SPECTRALAR_KERNELS while it runs; the first provider of a list is the "x ref" baseline."""
-
-    name: str
-    fn: object
-    impl: str | None = None
-    mode: str = "ref"
-    expect: str | None = None
-
-
-def kernel_providers(ctx: Ctx, key, fn) -> list[Provider]:
-    """One provider per shipped implementation of `key` = (op, variant), oldest first, all calling `fn` (the
-    public function) under the SPECTRALAR_KERNELS that selects it."""
-    out = []
-    for impl in implementations()[key]:
-        mode = ctx.mode(key, impl)
-        name = impl if ctx.kernels_run else f"{impl} (ref backend)"
-        out.append(Provider(name, fn, impl=impl, mode=mode, expect=ctx.expected(key, impl)))
-    return out
-
-
-def time_providers(ctx: Ctx, title: str, key, case: str, dtype, providers, cost: fl.Cost) -> None:
-    """Time every provider side by side, the reference (providers[0]) first. Ours failing, or running another
-    implementation than asked, is FAIL; a peer failing (e.g. no bf16 support) is n/a."""
-    ref_s = {}
-    if not ctx.floors.measured:
-        ctx.writer.note(title, TIME_COLS, "% of floor uses nominal H200 datasheet rates: the machine section did "
-                                          "not measure them")  # fmt: skip
-
-    def one(p: Provider, baseline: bool):
-        note = ""
-        try:
-            with forced(p.mode):
-                if p.impl is not None:  # an untimed first call: which implementation actually runs
-                    with KernelProbe() as probe:
-                        p.fn()
-                    ok, note = probe.verdict(p.expect)
-                    if not ok:
-                        return {"result": "FAIL", "note": note}
-                seconds = ctx.time(p.fn)
-                peak = "-"
-                if ctx.cuda:
-                    torch.cuda.synchronize()
-                    torch.cuda.reset_peak_memory_stats()
-                    base = torch.cuda.memory_allocated()
-                    p.fn()
-                    torch.cuda.synchronize()
-                    peak = f"{(torch.cuda.max_memory_allocated() - base) / 2**20:.0f}"
-        except Exception as exc:
-            if p.impl is not None or baseline:
-                raise
-            return {"result": "n/a", "note": short_error(exc)}
-        if baseline:
-            ref_s["s"] = seconds
-        ctx.writer.timing({"op": key[0], "variant": key[1], "dtype": dname(dtype), "case": case, "provider": p.name,
-                           "impl": p.impl, "baseline": baseline, "s": seconds})  # fmt: skip
-        a = fl.achieved(cost, seconds, ctx.floors, dtype)
-        return {"ms": f"{seconds * 1e3:.4g}", "GB/s": f"{a['gbps']:.4g}", "TFLOP/s": f"{a['tflops']:.3g}",
-                "bound": a["bound"], "% of floor": f"{100 * a['frac']:.3g}" if a["frac"] is not None else "-",
-                "x ref": f"{ref_s['s'] / seconds:.2f}" if "s" in ref_s and not baseline else "-",
-                "peak MB": peak, "result": "ok", "note": "" if note.startswith("ran ") else note}
-
-    for i, p in enumerate(providers):
-        run_case(ctx, title, TIME_COLS, {"case": case, "dtype": dname(dtype), "provider": p.name}, one, p, i == 0)

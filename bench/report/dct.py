@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 from .. import floors as fl
+from . import baselines
 from .common import (
     CHECK_COLS,
     Ctx,
-    Provider,
     check,
     dname,
     fmt_shape,
-    kernel_providers,
     launcher,
     launcher_check,
     nan_like,
-    optional_module,
     public_check,
     run_case,
-    time_providers,
     with_probe,
 )
+from .timing import Provider, kernel_providers, time_providers
 
 PLANE, BLOCKWISE = ("dct2d", "plane"), ("dct2d", "blockwise")
 
@@ -63,14 +61,10 @@ def time_dct(ctx: Ctx) -> None:
     from spectralar_kernels import dct2d
     from spectralar_kernels.transforms import ref
 
-    torch_dct = optional_module("torch_dct")
-
     def run(shape, block, dtype):
         x = ctx.randn(shape, dtype)
-        providers = [Provider("ref", lambda: ref.dct2d(x, block)),
+        providers = [Provider("ref", lambda: ref.dct2d(x, block), "ref"), *baselines.dct(ctx, x, block),
                      *kernel_providers(ctx, _key(block), lambda: dct2d(x, block=block))]  # fmt: skip
-        if torch_dct is not None and block is None:
-            providers.append(Provider("torch-dct", lambda: torch_dct.dct_2d(x, norm="ortho")))
         cost = fl.dct2d_cost(shape, block, x.element_size())
         case = f"{fmt_shape(shape)}{'' if block is None else f' block={block}'}"
         title = f"dct2d: timing ({'whole plane' if block is None else 'blockwise'})"

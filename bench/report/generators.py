@@ -3,6 +3,13 @@
 One section per preset (fmnist, d16), so each runs alone on the GPU. The decode step (`decode_one_token`) is
 timed eager (under `auto`, and with SPECTRALAR_KERNELS=triton), as a CUDA graph (torch.compile "reduce-overhead",
 the gpt-fast way) and through plain torch.compile, against the floor of reading the weights once per step.
+The CUDA-graph step is the same code on CPU (Inductor records no graph for CPU tensors there), so the dry run
+and the tests run every line a GPU run does.
+
+What this module uses of the model and the sampler: `SpectralGPT(config)`, `preset("generator", name)`,
+`model.setup_caches(rows, dtype, device)` (a module or collection of the cache tensors),
+`model.decode_one_token(token, caches, cache_seqlens)` and `model.generate(labels, cfg_scale=, generator=,
+kv_cache=, compile=, top_k=)`.
 Sampling is timed with and without the KV cache, and with `generate(compile=True)` (its whole sampling step as
 one CUDA graph), at several batches with CFG (two rows per image); ms/token = time per call / N. The check
 section of the same preset runs first, in the parallel phase: it compiles every step the timings compile, so
@@ -24,11 +31,12 @@ import torch
 from .. import floors as fl
 from ..cases import CFG_SCALE
 from .common import Ctx, dname, forced, run_case, short_error
+from .timing import measure
 
 ROOT = Path(__file__).resolve().parents[2]
 STEP_TITLE = "generator decode step (random init, bf16; one step = one token for every row)"
-STEP_COLS = ["model", "rows", "step", "us/step", "tokens/s", "weights floor us", "% of weights floor", "roofline us",
-             "% of roofline", "x eager", "result", "note"]  # fmt: skip
+STEP_COLS = ["model", "rows", "step", "us/step", "kernel us", "tokens/s", "weights floor us", "% of weights floor",
+             "roofline us", "% of roofline", "x eager", "result", "note"]  # fmt: skip
 SAMPLE_TITLE = f"generator sampling (random init, bf16, CFG {CFG_SCALE}: 2 rows per image)"
 SAMPLE_COLS = ["model", "batch (rows)", "sampling", "s/call", "ms/token", "images/s", "tokens/s", "x recompute",
                "result", "note"]  # fmt: skip
@@ -87,27 +95,48 @@ def _generate(ctx: Ctx, model, batch: int, mode: str, **kw) -> torch.Tensor:
     return codes
 
 
+def _static_tensors(caches) -> list[torch.Tensor]:
+    """Every tensor of a sampling cache (a module's buffers, or the tensors of a list / tuple / dataclass of
+    them): what a CUDA-graph step writes in place and so must find at fixed addresses."""
+    if isinstance(caches, torch.Tensor):
+        return [caches]
+    if isinstance(caches, torch.nn.Module):
+        return list(caches.buffers())
+    if dataclasses.is_dataclass(caches):
+        caches = [getattr(caches, f.name) for f in dataclasses.fields(caches)]
+    if isinstance(caches, (list, tuple)):
+        return [t for c in caches for t in _static_tensors(c)]
+    return []
+
+
+def graph_step(fn, static: list[torch.Tensor]):
+    """gpt-fast's CUDA-graph decode step: torch.compile(mode="reduce-overhead") with `static` (caches, positions)
+    marked as static addresses, each call a new graph step (the previous step's outputs are not read after).
+    On CPU the same calls compile without a graph."""
+    for t in static:
+        torch._dynamo.mark_static_address(t)
+    step = torch.compile(fn, fullgraph=True, dynamic=False, mode="reduce-overhead")
+
+    def call(*args):
+        torch.compiler.cudagraph_mark_step_begin()
+        return step(*args)
+
+    return call
+
+
 def _step_fn(ctx: Ctx, model, rows: int, how: str, compiled: dict):
     """A call of one decode step (`decode_one_token`) at `rows`, caches filled to position N/2 (the mean step).
 
-    "CUDA graph": torch.compile(mode="reduce-overhead") as gpt-fast does it, caches and positions at static
-    addresses, each call a new graph step; on CPU plain torch.compile. `compiled` keeps the compiled steps per
-    (how, rows), so the warm-up call and the timed calls use one."""
+    "CUDA graph": `graph_step`; "torch.compile": plain torch.compile; "eager": the method. `compiled` keeps the
+    steps per (how, rows), so the warm-up call and the timed calls use one."""
     dtype, device = next(model.parameters()).dtype, torch.device(ctx.device)
-    graph = how.startswith("CUDA graph")
     if (how, rows) not in compiled:
         caches = model.setup_caches(rows, dtype, device)
         seqlens = torch.zeros(rows, dtype=torch.int32, device=device)
         fn = model.decode_one_token
-        if graph and ctx.cuda:
-            for t in [seqlens, *(b for c in caches for b in (c.k, c.v))]:
-                torch._dynamo.mark_static_address(t)
-            step = torch.compile(fn, fullgraph=True, dynamic=False, mode="reduce-overhead")
-
-            def fn(*args):
-                torch.compiler.cudagraph_mark_step_begin()
-                return step(*args)
-        elif graph or how == "torch.compile":
+        if how.startswith("CUDA graph"):
+            fn = graph_step(fn, [seqlens, *_static_tensors(caches)])
+        elif how == "torch.compile":
             fn = torch.compile(fn, fullgraph=True, dynamic=False)
         compiled[(how, rows)] = (fn, caches, seqlens)
     fn, caches, seqlens = compiled[(how, rows)]
@@ -120,7 +149,7 @@ def step_modes(ctx: Ctx) -> list[tuple[str, str | None]]:
     """(step, SPECTRALAR_KERNELS) timed first at every rows: eager (the "x eager" baseline), eager with the
     Triton kernels forced, the CUDA graph. torch.compile without graphs comes last (after the sampling), as it
     matters least should the budget run out."""
-    graph = "CUDA graph" if ctx.cuda else "CUDA graph (CPU: torch.compile)"
+    graph = "CUDA graph" if ctx.cuda else "CUDA graph (CPU: compiled, no graph)"
     return [("eager", None), ("eager, triton kernels", "triton" if ctx.kernels_run else "ref"), (graph, None)]
 
 
@@ -152,26 +181,31 @@ def check_sampling(ctx: Ctx) -> None:
                 keys["sampling"] = f"{what}, batch {sizes['agree_batch']}, {vs}"
                 run_case(ctx, AGREE_TITLE, AGREE_COLS, keys, agreement, model, dtype, other, kw)
         if dtype == dtypes[-1]:
-            _warm(ctx, model, sizes)
+            _warm(ctx, model, sizes, keys["model"])
         del model
 
 
-def _warm(ctx: Ctx, model, sizes) -> None:
-    """Compile what the timing section compiles (torch.compile's caches on disk carry it over)."""
+def _warm(ctx: Ctx, model, sizes, label: str) -> None:
+    """Compile what the timing section compiles (torch.compile's caches on disk carry it over). A failure is a
+    FAIL row here (the timing row fails the same way later, if the budget lets it run)."""
     compiled = {}
     todo = [(rows, how, mode) for rows in sizes["step_rows"] for how, mode in step_modes(ctx)[1:]]
     todo += [(batch, "sampling", None) for batch in sizes["graph_batches"] if batch != sizes["agree_batch"]]
     todo += [(rows, "torch.compile", None) for rows in sizes["step_rows"]]
-    with torch.no_grad():
-        for n, how, mode in todo:
-            if time.time() > ctx.deadline:
-                return
-            with contextlib.suppress(Exception), forced(mode):  # a failure shows again, as a row, later on
-                if how == "sampling":
-                    _generate(ctx, model, n, "KV cache, compiled step")
-                else:
-                    _step_fn(ctx, model, n, how, compiled)()
-                ctx.sync()
+
+    def warm(n, how, mode):
+        with torch.no_grad(), forced(mode):
+            if how == "sampling":
+                _generate(ctx, model, n, "KV cache, compiled step")
+            else:
+                _step_fn(ctx, model, n, how, compiled)()
+            ctx.sync()
+        return {"result": "PASS", "note": "compile warm-up for the timings"}
+
+    for n, how, mode in todo:
+        keys = {"model": label, "dtype": dname(next(model.parameters()).dtype),
+                "sampling": f"compile warm-up: {how} at {n} {'images' if how == 'sampling' else 'rows'}"}
+        run_case(ctx, AGREE_TITLE, AGREE_COLS, keys, warm, n, how, mode)
 
 
 def section_generator(ctx: Ctx) -> None:
@@ -204,14 +238,15 @@ def section_generator(ctx: Ctx) -> None:
             ctx.sync()
             first = time.perf_counter() - t0
             call()  # a CUDA graph is recorded on the second call: keep that out of the timing's estimate
-            seconds = ctx.time(call)
+            seconds, kernel_s = measure(ctx, call)
         if how == "eager":
             eager_s[rows] = seconds
         cost = fl.generator_step_cost(params_read, rows, cfg.depth, cfg.width, cfg.num_tokens // 2,
                                       torch.finfo(dtype).bits // 8)  # fmt: skip
         weights_s = params_read * (torch.finfo(dtype).bits // 8) / (ctx.floors.copy_gbps * 1e9)
         roof_s = ctx.floors.floor_s(cost, dtype)[0]
-        return {"us/step": f"{seconds * 1e6:.1f}", "tokens/s": f"{rows / seconds:.0f}",
+        return {"us/step": f"{seconds * 1e6:.1f}", "kernel us": f"{kernel_s * 1e6:.1f}",
+                "tokens/s": f"{rows / seconds:.0f}",
                 "weights floor us": f"{weights_s * 1e6:.1f}", "% of weights floor": f"{100 * weights_s / seconds:.3g}",
                 "roofline us": f"{roof_s * 1e6:.1f}", "% of roofline": f"{100 * roof_s / seconds:.3g}",
                 "x eager": f"{eager_s[rows] / seconds:.2f}" if rows in eager_s and how != "eager" else "-",

@@ -2,28 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 
 import torch
 
 from .. import floors as fl
+from . import baselines
 from .common import (
     CHECK_COLS,
-    LOWP,
     Ctx,
-    Provider,
     check,
     dname,
-    kernel_providers,
     launcher,
     launcher_check,
     nan_like,
-    optional_module,
     public_check,
     run_case,
-    time_providers,
     with_probe,
 )
+from .timing import Provider, kernel_providers, time_providers
 
 KEY = ("attention_with_kvcache", "decode")
 
@@ -83,28 +81,30 @@ def check_kvcache(ctx: Ctx) -> None:
 
 
 def time_kvcache(ctx: Ctx) -> None:
+    """Each case twice: an eager loop of steps, and each step captured as one CUDA graph and replayed (how
+    `generate(compile=True)` runs it; on a dry run the stand-in graph of device.py). Under a graph the
+    reference is timed as a baseline: a path that cannot be captured is an n/a row there, not a failure."""
     from spectralar_kernels import attention_with_kvcache
     from spectralar_kernels.attn import ref
 
-    flash = optional_module("flash_attn") if ctx.cuda else None
-
-    def run(b, t_max, h, d, t_q, seqlens, dtype):
+    def run(b, t_max, h, d, t_q, seqlens, dtype, graph):
         kc, vc, q, k, v, sl = _inputs(ctx, b, t_max, h, d, t_q, seqlens, dtype)
 
         def reference():
             ref.write_kvcache(kc, vc, sl, k, v)
             return ref.attention_with_kvcache_ref(q, kc, vc, sl)
 
-        providers = [Provider("ref", reference),
-                     *kernel_providers(ctx, KEY, lambda: attention_with_kvcache(q, kc, vc, sl, k=k, v=v,
-                                                                                causal=True))]  # fmt: skip
-        if flash is not None and dtype in LOWP:
-            fn = flash.flash_attn_with_kvcache
-            providers.append(Provider("flash-attn", lambda: fn(q, kc, vc, k=k, v=v, cache_seqlens=sl, causal=True)))
+        ours = lambda: attention_with_kvcache(q, kc, vc, sl, k=k, v=v, causal=True)  # noqa: E731
+        wrap = ctx.dev.graph if graph else None
+        providers = [Provider("ref", reference, "baseline" if graph else "ref", wrap=wrap),
+                     *(dataclasses.replace(p, wrap=wrap) for p in baselines.decode(ctx, q, kc, vc, k, v, sl)),
+                     *kernel_providers(ctx, KEY, ours, wrap=wrap)]  # fmt: skip
         cost = fl.decode_cost(seqlens, t_q, h, d, q.element_size())
-        case = f"B={b} T_max={t_max} H={h} D={d} Tq={t_q} seqlen={seqlens[0]}"
-        time_providers(ctx, "attention_with_kvcache: timing (write k/v + one step)", KEY, case, dtype, providers, cost)
+        case = f"B={b} T_max={t_max} H={h} D={d} Tq={t_q} seqlen={seqlens[0]}{', CUDA graph' if graph else ''}"
+        title = "attention_with_kvcache: timing (write k/v + one step)"
+        time_providers(ctx, title, KEY, case, dtype, providers, cost, probe_fn=ours)
 
     for b, t_max, h, d, t_q, seqlens in ctx.sizes["kv_time"]:
         for dtype in ctx.time_dtypes:
-            run(b, t_max, h, d, t_q, seqlens, dtype)
+            for graph in (False, True):
+                run(b, t_max, h, d, t_q, seqlens, dtype, graph)

@@ -8,6 +8,7 @@ import torch
 
 from .. import floors as fl
 from .common import Ctx, optional_module, run_case
+from .timing import measure
 
 TITLE, COLS = "Machine and measured floors", ["quantity", "value", "result", "note"]
 
@@ -30,7 +31,9 @@ def section_machine(ctx: Ctx) -> None:
     for mod in ("flash_attn", "torch_dct"):
         m = optional_module(mod)
         info.append((mod, getattr(m, "__version__", "installed") if m else "not installed (peer skipped)"))
-    w.data["machine"] = {"gpu": gpu, "torch": torch.__version__, "triton": triton.__version__}
+    # the device class the run's decisions are filed under (spectralar_kernels/_dispatch.py)
+    cap = f"{p.major}.{p.minor}" if ctx.cuda else "cpu"
+    w.data["machine"] = {"gpu": gpu, "capability": cap, "torch": torch.__version__, "triton": triton.__version__}
     for k, v in info:
         w.row(TITLE, COLS, {"quantity": k, "value": v, "result": "info"})
 
@@ -45,15 +48,18 @@ def section_machine(ctx: Ctx) -> None:
 
     save_floors()
 
+    def timer(fn) -> float:  # device time of one call (bench/report/timing.py)
+        return measure(ctx, fn)[1]
+
     def copy():
-        measured["copy_gbps"] = fl.measure_copy_gbps(ctx.device, ctx.sizes["copy_bytes"])
+        measured["copy_gbps"] = fl.measure_copy_gbps(ctx.sizes["copy_bytes"], ctx.device, timer)
         save_floors()
         return {"value": f"{measured['copy_gbps']:.4g} GB/s", "result": "ok",
                 "note": f"{ctx.sizes['copy_bytes'] >> 20} MiB device-to-device copy; read + write counted"}  # fmt: skip
 
     def gemm(key, dtype, tf32):
         n = ctx.sizes["gemm_n"]
-        measured["tflops"][key] = fl.measure_matmul_tflops(ctx.device, dtype, n, tf32=tf32)
+        measured["tflops"][key] = fl.measure_matmul_tflops(n, dtype, ctx.device, timer, tf32=tf32)
         save_floors()
         mode = ("TF32 allowed" if tf32 else "TF32 off") if dtype == torch.float32 else "fp32 accumulation"
         return {"value": f"{measured['tflops'][key]:.4g} TFLOP/s", "result": "ok", "note": f"{n}^3 GEMM, {mode}"}

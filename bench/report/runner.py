@@ -5,6 +5,11 @@ kernel in one section becomes a FAIL row and the rest still runs; a child writes
 one killed at its deadline keeps what it measured. Phases run one after another; each ends at a fixed share of
 --budget-s, and sections still running then write SKIP rows (killed GRACE_S later); sections not started are listed
 as SKIP.
+
+Work folder (--work-dir): sections/ holds each section's JSON (a section that finished within its budget is marked
+complete, and --resume keeps it instead of running it again), cache/ the Triton, autotuning and Inductor caches
+every child uses (a second run, or a resumed one, loads compiled kernels instead of compiling them), and
+measured.json the decisions of the last run.
 """
 
 from __future__ import annotations
@@ -14,10 +19,10 @@ import importlib
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -29,15 +34,16 @@ from .. import floors as fl
 ROOT = Path(__file__).resolve().parents[2]
 ENTRY = "bench.gpu_report"  # what the children run, with ROOT on their PYTHONPATH
 GRACE_S = 15  # a child still running this long after its deadline is killed
-DEFAULT_BUDGET_S = 330.0  # CUDA: with GRACE_S and start-up, the whole report stays under 6 minutes
+DEFAULT_BUDGET_S = 480.0  # CUDA: with GRACE_S, start-up and the report, one command stays under 9 minutes
 OPS = ("dct", "subimages", "vq", "attention", "kvcache")
 OP_NAMES = {"dct": "dct2d", "subimages": "spectral_subimages", "vq": "vq_nearest", "attention": "attention",
             "kvcache": "attention_with_kvcache"}  # fmt: skip
 MODELS = ("fmnist", "d16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PARTS = ("awkward", "realistic")
-# heaviest first in the parallel check phase (compiles + work): the generator compiles, then by op
-WEIGHT = {"sampling": -1, "attention": 0, "subimages": 1, "dct": 2, "kvcache": 3, "vq": 4}
+WARM_OPS = ("dct", "subimages", "attention")  # ops whose timings torch.compile baselines (timing.compiled)
+# heaviest first in the parallel check phase (compiles + work): the compile warm-ups, then by op
+WEIGHT = {"warm": -2, "sampling": -1, "attention": 0, "subimages": 1, "dct": 2, "kvcache": 3, "vq": 4}
 
 
 def ensure_packages() -> None:
@@ -71,6 +77,8 @@ def sections() -> dict:
                     table[name] = (op, f"check_{op}", {"only_dtype": dtype, "part": part, "impl": impl})
     for model in MODELS:
         table[f"check:sampling:{model}"] = ("generators", "check_sampling", {"model": model})
+    for op in WARM_OPS:  # the timing section's compiled baselines, compiled on the CPU cores alongside the checks
+        table[f"warm:{op}"] = (op, f"time_{op}", {"warm": True})
     for op in OPS:
         table[f"time:{op}"] = (op, f"time_{op}", {})
     for model in MODELS:
@@ -79,15 +87,16 @@ def sections() -> dict:
 
 
 def phases(names) -> list[tuple[list[str], float]]:
-    """(sections run side by side, end of the phase as a fraction of --budget-s). The checks share the CPU
-    cores; every timing phase runs one section alone on the GPU. A phase that ends early leaves its slack to the
-    next ones. Expected on an H200 at the default 330 s (estimates: the previous report, without the older
-    implementations, fp16 timings and compiled decoding, took 122 s): machine ~15 s; checks 90-120 s, the
-    longest being the d16 compile warm-up; each op's timings 5-25 s; fmnist ~25 s; d16 60-80 s."""
-    checks = [s for s in names if s.startswith("check:")]
-    return [(["machine"], 0.06), (checks, 0.42), (["time:dct"], 0.46), (["time:subimages"], 0.50),
-            (["time:vq"], 0.55), (["time:attention"], 0.64), (["time:kvcache"], 0.67),
-            (["generator:fmnist"], 0.76), (["generator:d16"], 1.0)]  # fmt: skip
+    """(sections run side by side, end of the phase as a fraction of --budget-s). The checks and the baselines'
+    compile warm-ups share the CPU cores; every timing phase runs one section alone on the GPU; the d16 compiles
+    (its sampling checks warm them) come last, where a spent budget costs least. A phase that ends early leaves
+    its slack to the next ones. The shares are estimates for a cold H100 or H200 (no run of this layout has been
+    timed yet): checks and warm-ups ~170 s on 16 cores (the first run compiles every kernel; --resume and the
+    caches make a second one faster), each op's timings 15-50 s, fmnist ~40 s, the d16 check and timings ~120 s."""
+    checks = [s for s in names if (s.startswith("check:") and s != "check:sampling:d16") or s.startswith("warm:")]
+    return [(["machine"], 0.04), (checks, 0.38), (["time:dct"], 0.43), (["time:subimages"], 0.48),
+            (["time:vq"], 0.52), (["time:attention"], 0.62), (["time:kvcache"], 0.67),
+            (["generator:fmnist"], 0.75), (["check:sampling:d16"], 0.87), (["generator:d16"], 1.0)]  # fmt: skip
 
 
 def report_order(names) -> list[str]:
@@ -96,6 +105,7 @@ def report_order(names) -> list[str]:
     for op in OPS:
         order += [s for s in names if s.startswith(f"check:{op}:") or s.startswith(f"check:{op}@")]
         order.append(f"time:{op}")
+    order += [f"warm:{op}" for op in WARM_OPS]
     order += [f"check:sampling:{m}" for m in MODELS] + [f"generator:{m}" for m in MODELS]
     return order
 
@@ -125,13 +135,16 @@ def child_main(args) -> int:
     if args.dry_run:
         torch.set_num_threads(1)  # on a shared CPU, OpenMP threads spin-waiting behind other jobs cost 10x
     module, function, fields = sections()[args.child]
-    ctx = Ctx(device, args.dry_run, args.interpret, args.deadline, writer, floors, sizes(args.dry_run), **fields)
+    ctx = Ctx(device, args.dry_run, args.interpret, args.deadline, writer, floors, sizes(args.dry_run),
+              compile_baselines=not args.dry_run or args.compile_baselines, **fields)  # fmt: skip
     writer.save()
     try:
         getattr(importlib.import_module(f".{module}", __package__), function)(ctx)
+        writer.data["complete"] = not writer.data.get("skipped")  # --resume keeps it
     except Exception as exc:
         traceback.print_exc()
         writer.row(f"{args.child}: section error", ["result", "note"], {"result": "FAIL", "note": short_error(exc)})
+    writer.save()
     return 0
 
 
@@ -160,7 +173,7 @@ def run_phases(args, state: Path) -> tuple[list, list]:
             _kill_group(proc)
             err.close()
             problems.append((s, "interrupted (Ctrl-C) while running; the rows it wrote are kept"))
-        started = {s for s, _ in problems} | set(skipped)
+        started = {s for s, _ in problems} | set(skipped) | set(args.kept)
         skipped += [s for s in args.sections if s not in started and not _finished(state, s)]
         print("\ninterrupted: writing the report of what finished", file=sys.stderr, flush=True)
     return problems, skipped
@@ -180,16 +193,49 @@ def _finished(state: Path, section: str) -> bool:
     return (state / f"{section.replace(':', '_')}.json").exists()
 
 
+def _complete(state: Path, section: str) -> bool:
+    """Whether a previous run finished `section` within its budget (what --resume keeps)."""
+    try:
+        return bool(json.loads((state / f"{section.replace(':', '_')}.json").read_text(encoding="utf-8"))["complete"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def prepare_work_dir(args) -> Path:
+    """The sections folder of --work-dir: emptied, or with --resume, holding only the complete sections (listed in
+    `args.kept`, not run again). The caches under cache/ are kept either way."""
+    state = Path(args.work_dir) / "sections"
+    state.mkdir(parents=True, exist_ok=True)
+    args.kept = [s for s in args.sections if args.resume and _complete(state, s)]
+    keep = {f"{s.replace(':', '_')}{ext}" for s in args.kept for ext in (".json", ".stderr")}
+    for path in state.iterdir():
+        if path.name not in keep:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return state
+
+
+def child_env(args) -> dict:
+    """The children's environment: the repository on PYTHONPATH, persistent compile caches under --work-dir."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))])
+    cache = Path(args.work_dir).resolve() / "cache"
+    env["TRITON_CACHE_DIR"] = str(cache / "triton")
+    env["TRITON_CACHE_AUTOTUNING"] = "1"  # autotuning results on disk: the timing phase reuses the checks' choice
+    env["TORCHINDUCTOR_CACHE_DIR"] = str(cache / "inductor")
+    if not args.dry_run:
+        env.pop("TRITON_INTERPRET", None)
+    return env
+
+
 def _run_phases(args, state: Path, problems: list, skipped: list, running: list) -> None:
     t0 = time.time()
     flags = (["--dry-run"] if args.dry_run else []) + (["--interpret"] if args.interpret else [])
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))])
-    if not args.dry_run:
-        env.pop("TRITON_INTERPRET", None)
+    flags += ["--compile-baselines"] if args.compile_baselines else []
+    env = child_env(args)
     for names, end in phases(args.sections):
-        pending = sorted((s for s in names if s in args.sections),
-                         key=lambda s: WEIGHT.get(s.split(":")[1].split("@")[0], 9) if s.startswith("check:") else 0)
+        pending = sorted((s for s in names if s in args.sections and s not in args.kept),
+                         key=lambda s: WEIGHT.get(s.split(":")[1].split("@")[0], 9) if s.startswith("check:")
+                         else WEIGHT["warm"] if s.startswith("warm:") else 0)
         if not pending:
             continue
         label = ", ".join(pending) if len(pending) < 4 else f"{len(pending)} sections"
@@ -223,7 +269,8 @@ def main(argv=None, doc: str = "") -> int:
     parser.add_argument("--out", default=None,
                         help="markdown file to write (default docs/gpu_report.md on CUDA; nothing on a dry run)")
     parser.add_argument("--dry-run", action="store_true",
-                        help="run every code path on CPU with tiny shapes and perf_counter timings (no GPU needed)")
+                        help="run every code path on CPU with tiny shapes (no GPU needed; CUDA-only parts through "
+                             "CPU stand-ins)")  # fmt: skip
     parser.add_argument("--interpret", action="store_true",
                         help="with --dry-run: run the Triton kernels under TRITON_INTERPRET=1 instead of the reference")
     parser.add_argument("--budget-s", type=float, default=None,
@@ -231,9 +278,21 @@ def main(argv=None, doc: str = "") -> int:
                              "run); sections past their phase's share write SKIP rows")  # fmt: skip
     parser.add_argument("--sections", nargs="+", default=None,
                         help="run only these sections, by name or prefix (e.g. machine check:vq check:vq:fp32 "
-                             "check:dct@blockwise-v1 time:vq generator:d16); default all; an unknown name lists them")
+                             "check:dct@blockwise-v1 warm:attention time:vq generator:d16); default all; an unknown "
+                             "name lists them")  # fmt: skip
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2,
                         help="most sections running at once in the parallel check phase (default: CPU count)")
+    parser.add_argument("--work-dir", default=None,
+                        help="sections' results, compile caches and this run's measured.json (default out/gpu_report, "
+                             "or out/gpu_report_dry for --dry-run, under the repository root)")  # fmt: skip
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the sections a previous run in --work-dir finished within its budget; run the rest")
+    parser.add_argument("--measured", default=None,
+                        help="measured-decisions table to merge this run's decisions into (default on CUDA: the one "
+                             "`auto` reads, spectralar_kernels/measured.json; a dry run merges nowhere unless given)")
+    parser.add_argument("--compile-baselines", action="store_true",
+                        help="with --dry-run: also torch.compile the compiled baselines (CUDA runs always do; on a "
+                             "small CPU it takes minutes)")  # fmt: skip
     parser.add_argument("--child", default=None, help="internal: run one section in this process")
     parser.add_argument("--state-dir", default=None, help="internal: where children write their JSON")
     parser.add_argument("--deadline", type=float, default=0.0, help="internal: epoch seconds a child must finish by")
@@ -255,14 +314,19 @@ def main(argv=None, doc: str = "") -> int:
         return 2
     if args.budget_s is None:
         args.budget_s = 3600.0 if args.dry_run else DEFAULT_BUDGET_S
+    if args.work_dir is None:
+        args.work_dir = str(ROOT / "out" / ("gpu_report_dry" if args.dry_run else "gpu_report"))
+    if args.measured is None and not args.dry_run:
+        from spectralar_kernels._dispatch import MEASURED_PATH
+
+        args.measured = str(MEASURED_PATH)
     out = args.out if args.out is not None else (None if args.dry_run else str(ROOT / "docs" / "gpu_report.md"))
     from .writer import markdown
 
     t0 = time.time()
-    with tempfile.TemporaryDirectory(prefix="gpu_report_") as tmp:
-        state = Path(tmp)
-        problems, skipped = run_phases(args, state)
-        text, counts = markdown(state, report_order(names), problems, skipped, args, time.time() - t0)
+    state = prepare_work_dir(args)
+    problems, skipped = run_phases(args, state)
+    text, counts = markdown(state, report_order(names), problems, skipped, args, time.time() - t0)
     print("\n" + text)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -272,4 +336,3 @@ def main(argv=None, doc: str = "") -> int:
     if getattr(args, "interrupted", False):
         return 130  # the shell's code for an interrupted command
     return 1 if counts["FAIL"] else 0
-

@@ -5,22 +5,21 @@ from __future__ import annotations
 import torch
 
 from .. import floors as fl
+from . import baselines
 from .common import (
     CHECK_COLS,
     Ctx,
-    Provider,
     check,
     dname,
     fmt_shape,
-    kernel_providers,
     launcher,
     launcher_check,
     nan_like,
     public_check,
     run_case,
-    time_providers,
     with_probe,
 )
+from .timing import Provider, kernel_providers, time_providers
 
 
 def _key(all_prefixes: bool):
@@ -76,7 +75,8 @@ def time_subimages(ctx: Ctx) -> None:
     def run(shape, spec, all_prefixes, dtype):
         x = ctx.randn(shape, dtype)
         windows = _windows(ctx, shape, spec, all_prefixes)
-        providers = [Provider("ref", lambda: ref.spectral_subimages(x, windows, all_prefixes)),
+        providers = [Provider("ref", lambda: ref.spectral_subimages(x, windows, all_prefixes), "ref"),
+                     *baselines.subimages(ctx, x, windows, all_prefixes),
                      *kernel_providers(ctx, _key(all_prefixes), lambda: spectral_subimages(x, windows, all_prefixes))]
         listed = windows if all_prefixes else windows.tolist()
         cost = fl.subimages_cost(shape, listed, all_prefixes, x.element_size())

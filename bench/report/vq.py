@@ -7,21 +7,20 @@ import inspect
 import torch
 
 from .. import floors as fl
+from . import baselines
 from .common import (
     CHECK_COLS,
     Ctx,
-    Provider,
     check,
     dname,
-    kernel_providers,
     launcher,
     launcher_check,
     nan_like,
     public_check,
     run_case,
-    time_providers,
     with_probe,
 )
+from .timing import Provider, kernel_providers, time_providers
 
 
 def _key(metric: str):
@@ -79,25 +78,32 @@ def check_vq(ctx: Ctx) -> None:
                 run_case(ctx, title, CHECK_COLS, keys, case, m, k, d, metric, dtype)
 
 
-def time_vq(ctx: Ctx) -> None:
-    import torch.nn.functional as F
+def _training_step(c: torch.Tensor, fn):
+    """`fn` as a training step meets it: the codebook was just updated in place (its version counter moves, as an
+    optimizer step moves it), so no call reuses anything prepared from the codebook by an earlier call (vq-v2
+    caches a prepared codebook per version). Every provider pays the same in-place no-op."""
 
+    def step():
+        c.mul_(1)
+        return fn()
+
+    return step
+
+
+def time_vq(ctx: Ctx) -> None:
     from spectralar_kernels import vq_nearest
     from spectralar_kernels.vq import ref
 
     def run(m, k, d, metric, dtype):
         z, c = ctx.randn((m, d), dtype), ctx.randn((k, d), dtype)
-        providers = [Provider("ref (chunked)", lambda: ref.vq_nearest_ref(z, c, metric)),
+        providers = [Provider("ref (chunked)", lambda: ref.vq_nearest_ref(z, c, metric), "ref"),
+                     *baselines.vq(ctx, z, c, metric),
                      *kernel_providers(ctx, _key(metric), lambda: vq_nearest(z, c, metric))]  # fmt: skip
-        # peers: the unfused forms, an M x K matrix in the input dtype
-        if metric == "l2":
-            providers.append(Provider("torch.cdist+argmin", lambda: torch.cdist(z, c).argmin(1)))
-            providers.append(Provider("matmul+argmin", lambda: (c.pow(2).sum(1) - 2 * z @ c.T).argmin(1)))
-        else:
-            providers.append(Provider("matmul+argmax", lambda: (F.normalize(z, dim=1) @ F.normalize(c, dim=1).T)
-                                      .argmax(1)))  # fmt: skip
+        for p in providers:
+            p.fn = _training_step(c, p.fn)
         cost = fl.vq_cost(m, k, d, z.element_size())
-        time_providers(ctx, "vq_nearest: timing", _key(metric), f"{metric} M={m} K={k} d={d}", dtype, providers, cost)
+        title = "vq_nearest: timing (as in training: the codebook changes between calls)"
+        time_providers(ctx, title, _key(metric), f"{metric} M={m} K={k} d={d}", dtype, providers, cost)
 
     for m, k, d in ctx.sizes["vq_time"]:
         for metric in ("l2", "cosine"):

@@ -15,11 +15,15 @@ HOW_TO_READ = (
     "PyTorch reference's own error; the note names the implementation `choose_kernel` returned (a different one than "
     "asked is a FAIL). Rule (spectralar_kernels.testing): fp32 |out - oracle| <= atol + rtol |oracle| elementwise, "
     "atol = 1e-5 max(1, max|oracle|) (VQ l2: 1e-5 max(1, max|z|^2 + max|c|^2)); fp16/bf16 max err <= 2 x ref err + "
-    "1e-3 max|oracle|. `launcher out=NaN` reruns the launcher into a NaN-filled output. Timings: "
-    "triton.testing.do_bench mean, every implementation side by side in one process; GB/s and TFLOP/s by the formulas "
-    "in bench/floors.py; `% of floor` = roofline time max(bytes / copy bandwidth, flops / GEMM rate of the dtype, "
-    "measured above; fp32 = TF32 off) / measured time; `bound` names the larger term; `x ref` = speed-up over the "
-    "same-precision reference; `peak MB` = peak allocation above the inputs."
+    "1e-3 max|oracle|. `launcher out=NaN` reruns the launcher into a NaN-filled output. Timings (bench/report/"
+    "timing.py), every implementation side by side in one process: `ms/call` = wall time per call of a loop of calls "
+    "synchronised once (host overhead included; the dispatch decisions use it), `kernel ms` = device time of one call "
+    "between CUDA events after an L2 flush (median); role `ref` = the op's PyTorch reference, `baseline` = a "
+    "plain-PyTorch path a user would write instead or an installed peer, `kernel` = ours; `x ref` = reference ms/call "
+    "/ this one, `x fastest` = the fastest ref-or-baseline ms/call of the case / this kernel's (named). GB/s and "
+    "TFLOP/s (from kernel ms) by the formulas in bench/floors.py; `% of floor` = roofline time max(bytes / copy "
+    "bandwidth, flops / GEMM rate of the dtype, measured above; fp32 = TF32 off) / kernel time; `bound` names the "
+    "larger term; `peak MB` = peak allocation above the inputs."
 )
 
 
@@ -34,46 +38,68 @@ def _load(state: Path, section: str) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def dispatch_section(state: Path, sections: list[str], dry: bool, date: str) -> list[str]:
-    """The decisions the timings imply, as a table and as the MEASURED literal for spectralar_kernels/_dispatch.py."""
+def _device(machine: dict) -> tuple[str, str]:
+    return str(machine.get("capability", "?")), str(machine.get("gpu", "unknown GPU"))
+
+
+def dispatch_section(state: Path, sections: list[str], args, date: str) -> list[str]:
+    """The decisions the run implies (checks and timings of every section), as tables; writes them as
+    measured.json entries into the work folder and, on CUDA, merges them into the table `auto` reads."""
     from spectralar_kernels import _dispatch
 
-    records, machine = [], {}
+    timings, checks, machine = [], [], {}
     for s in sections:
         data = _load(state, s)
         if data is None:
             continue
-        records += data.get("timings", [])
+        timings += data.get("timings", [])
+        checks += data.get("checks", [])
         machine = data.get("machine") or machine
-    if not machine:  # the machine section did not run: this process's versions
+    if not machine:  # the machine section did not run: this process's view
         import torch
         import triton
 
-        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "unknown GPU"
-        machine = {"gpu": gpu, "torch": torch.__version__, "triton": triton.__version__}
-    decisions = dispatch.derive(records, _dispatch.IMPLEMENTATIONS)
+        cuda = torch.cuda.is_available() and not args.dry_run
+        cap = "{}.{}".format(*torch.cuda.get_device_capability(0)) if cuda else "cpu"
+        gpu = torch.cuda.get_device_name(0) if cuda else "CPU dry run"
+        machine = {"gpu": gpu, "capability": cap, "torch": torch.__version__, "triton": triton.__version__}
+    device = _device(machine)
+    decisions = dispatch.derive(timings, checks, _dispatch.IMPLEMENTATIONS, device)
     dtype_of = {v: k for k, v in _dispatch.DTYPE_NAME.items()}
 
-    def auto_now(op, variant, dt):
-        return _dispatch.measured_choice(op, variant, dtype_of[dt]) if dt in dtype_of else None
+    def auto_now(d):
+        if d.dtype not in dtype_of or d.bucket is None:
+            return None
+        return _dispatch.measured_choice(d.op, d.variant, dtype_of[d.dtype], tuple(d.bucket.items()), d.device)
 
-    body = ["## Dispatch table this run implies", ""]
-    if dry:
-        body += ["- DRY RUN: CPU perf_counter timings of tiny shapes. These are not measurements: do not paste.", ""]
+    body = ["## Dispatch decisions this run implies", ""]
+    if args.dry_run:
+        body += ["- DRY RUN: CPU timings of tiny shapes on a CPU device class, which no CUDA call matches. Not "
+                 "measurements.", ""]  # fmt: skip
     if not decisions:
         return body + ["No timings were recorded (no time:* section ran), so there is nothing to decide.", ""]
-    body += ["Per (op, variant, dtype): each shipped implementation's smallest speed-up over the same-precision "
-             "reference across the cases timed (attention: forward and forward+backward of every shape); the best "
-             "of those is the entry, and `auto` runs it iff it is >= 1. An implementation missing from any case is "
-             "not a candidate.", ""]  # fmt: skip
+    body += ["The strongest plain-PyTorch path of every case (the fastest reference or baseline, ms/call):", ""]
+    body += dispatch.strongest(decisions) + [""]
+    body += ["Per (op, variant, dtype, shape bucket) on this device class: every implementation's worst speed-up over "
+             "the fastest plain-PyTorch path of each case of the bucket, if the same run checked it there and every "
+             "check passed; the best of those is the decision, and `auto` runs it iff it is >= 1 "
+             "(bench/report/dispatch.py).", ""]  # fmt: skip
     body += dispatch.markdown(decisions, auto_now) + [""]
-    constant = dispatch.report_constant(machine, date, dry)
-    body += ["Entries for `MEASURED` in `_dispatch` (every (op, variant, dtype) timed; `auto` ignores the "
-             "ones below 1.00):", "", "```python"]  # fmt: skip
-    if dry:
-        body.append("# DRY RUN: not measurements, do not paste")
-    body += dispatch.python_literal(decisions, constant) + ["```", ""]
-    return body
+    name, report = dispatch.report_id(machine, date, args.dry_run)
+    new = dispatch.entries(decisions, report, date)
+    about = "Measured decisions that SPECTRALAR_KERNELS=auto reads; written by python -m bench.gpu_report."
+    own = Path(args.work_dir) / "measured.json"
+    own.unlink(missing_ok=True)
+    dispatch.merge(own, new, decisions, about)
+    body.append(f"- {len(new)} entr{'y' if len(new) == 1 else 'ies'} ({name}) written to `{own}`.")
+    if args.measured:
+        try:
+            total = dispatch.merge(Path(args.measured), new, decisions, about)
+            body.append(f"- merged into `{args.measured}` ({total} entries; the groups this run decided replaced): "
+                        "`auto` reads it when spectralar_kernels is imported.")  # fmt: skip
+        except OSError as exc:  # e.g. a read-only install: the run's own copy above still has the entries
+            body.append(f"- FAILED to merge into `{args.measured}` ({exc}); copy the entries from `{own}`.")
+    return body + [""]
 
 
 def markdown(state: Path, order: list[str], problems, skipped, args, wall_s: float) -> tuple[str, dict]:
@@ -112,8 +138,7 @@ def markdown(state: Path, order: list[str], problems, skipped, args, wall_s: flo
         counts["FAIL"] += len(problems)
         counts["SKIP"] += len(skipped)
     now = datetime.datetime.now(datetime.timezone.utc)
-    timed = [s for s in order if s in args.sections and s.startswith("time:")]
-    body += dispatch_section(state, ["machine", *timed], args.dry_run, f"{now:%Y-%m-%d}")
+    body += dispatch_section(state, [s for s in order if s in args.sections], args, f"{now:%Y-%m-%d}")
     mode = "CUDA"
     if args.dry_run:
         backend = "Triton interpreter" if args.interpret else "reference backend"
@@ -122,7 +147,9 @@ def markdown(state: Path, order: list[str], problems, skipped, args, wall_s: flo
         "# spectralar GPU report", "",
         f"- command: `python -m bench.gpu_report {' '.join(sys.argv[1:])}`",
         f"- date: {now:%Y-%m-%d %H:%M UTC}; mode: {mode}; wall time {wall_s:.0f} s (budget {args.budget_s:.0f} s)",
-        f"- results: {counts['PASS']} PASS, {counts['FAIL']} FAIL, {counts['SKIP']} SKIP (time budget)", "",
+        f"- results: {counts['PASS']} PASS, {counts['FAIL']} FAIL, {counts['SKIP']} SKIP (time budget)",
+        *([f"- resumed: {len(args.kept)} section(s) kept from the previous run in {args.work_dir}: "
+           f"{', '.join(args.kept)}"] if getattr(args, "kept", None) else []), "",
         HOW_TO_READ, "",
     ]  # fmt: skip
     return "\n".join(head + body), counts

@@ -1,9 +1,13 @@
 """Shared helpers for every op: backend choice, argument checks, warn-once, ahead-of-time specs.
 
-Backend policy (per call, no import-time swapping), `choose_kernel(op, variant, *tensors)`:
-  SPECTRALAR_KERNELS=auto  (default) on CUDA tensors, the implementation the measured-decisions table
-                           (`_dispatch.MEASURED`) says beat the PyTorch reference on a GPU for this
-                           (op, variant, dtype); the reference otherwise, and always on CPU tensors.
+Backend policy (per call, no import-time swapping), `choose_kernel(op, variant, *tensors, **sizes)`:
+  SPECTRALAR_KERNELS=auto  (default) on CUDA tensors, the implementation that `measured.json` names for this
+                           call's (op, variant, dtype, shape bucket, device class): an entry exists only where
+                           a GPU report checked that kernel's output on the case and timed it faster than
+                           every plain-PyTorch path it timed (`_dispatch` has the rule); the reference for
+                           every other call, and always on CPU tensors. `sizes` are the raw dimensions the
+                           bucket is made of (`_dispatch.bucket`); a call site that passes none gets the
+                           reference.
   SPECTRALAR_KERNELS=triton  always the newest Triton implementation; on CPU tensors this needs
                            TRITON_INTERPRET=1 (how the tests execute the kernels without a GPU).
   SPECTRALAR_KERNELS=triton:ID[,ID]  Triton, with implementation ID (e.g. `blockwise-v1`) wherever an
@@ -13,7 +17,7 @@ Backend policy (per call, no import-time swapping), `choose_kernel(op, variant, 
 interpreter is 100-1000x slower than the reference, and model tests would crawl (docs/design-notes.md).
 While torch.compile traces (`torch.compiler.is_compiling()`), `choose_kernel` returns the reference: plain
 PyTorch that Inductor fuses and can capture in a CUDA graph. The exception is `attention_with_kvcache`,
-registered as the custom op `spectralar::attention_with_kvcache` (attention/kvcache.py): a compiled
+registered as the custom op `spectralar::attention_with_kvcache` (attn/kvcache.py): a compiled
 graph keeps it as one node, and the node chooses its implementation when the graph runs.
 """
 
@@ -67,6 +71,10 @@ def warn_once(key: str, message: str) -> None:
 
 
 _backend: contextvars.ContextVar[str | None] = contextvars.ContextVar("spectralar_kernels_backend", default=None)
+# What code traced by torch.compile sees instead: Dynamo cannot trace ContextVar.get (every compiled sampling step
+# failed with "Unsupported method call ... ContextVar"), but it reads a module global and guards on its value.
+# The innermost block entered last, process-wide (tracing happens in the thread that calls the compiled function).
+_traced_backend: str | None = None
 
 
 def _check_mode(mode: str) -> str:
@@ -87,25 +95,30 @@ def use_backend(mode: str):
         with spectralar_kernels.use_backend("ref"):
             y = dct2d(x)
     """
-    token = _backend.set(_check_mode(mode))
+    global _traced_backend
+    mode = _check_mode(mode)
+    token, outer = _backend.set(mode), _traced_backend
+    _traced_backend = mode
     try:
         yield
     finally:
         _backend.reset(token)
+        _traced_backend = outer
 
 
 def kernels_mode() -> str:
     """The backend mode in force: the innermost `use_backend` block, else SPECTRALAR_KERNELS, lower-cased
     ("auto" when unset); read per call, never cached."""
-    forced = _backend.get()
+    forced = _traced_backend if torch.compiler.is_compiling() else _backend.get()
     return forced if forced is not None else os.environ.get("SPECTRALAR_KERNELS", "auto").lower()
 
 
-def choose_kernel(op: str, variant: str, *tensors: torch.Tensor) -> str | None:
+def choose_kernel(op: str, variant: str, *tensors: torch.Tensor, **sizes: int) -> str | None:
     """Implementation id to run for this call (e.g. "blockwise-v1"), or None for the PyTorch reference.
 
-    `op`/`variant` index `_dispatch.IMPLEMENTATIONS`; the dtype is the first tensor's. See the module
-    docstring for the policy.
+    `op`/`variant` index `_dispatch.IMPLEMENTATIONS`; the dtype and device are the first tensor's; `sizes` are
+    the call's raw dimensions (`_dispatch.bucket` names them per op, e.g. `k=..., d=...` for vq_nearest). See
+    the module docstring for the policy.
     """
     mode, _, pinned = _check_mode(kernels_mode()).partition(":")
     if mode == "ref" or torch.compiler.is_compiling():
@@ -128,7 +141,8 @@ def choose_kernel(op: str, variant: str, *tensors: torch.Tensor) -> str | None:
     if not triton_available():
         warn_once(op, f"spectralar_kernels.{op}: triton is not installed; CUDA tensors use the reference")
         return None
-    return _dispatch.measured_choice(op, variant, tensors[0].dtype)
+    shape = _dispatch.bucket(op, variant, **sizes)
+    return _dispatch.measured_choice(op, variant, tensors[0].dtype, shape, _dispatch.device_class(tensors[0]))
 
 
 def check_float(name: str, t, min_ndim: int = 1, dtypes: tuple = FLOAT_DTYPES) -> None:

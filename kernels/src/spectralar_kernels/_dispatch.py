@@ -1,27 +1,63 @@
-"""Which implementation `SPECTRALAR_KERNELS=auto` runs on CUDA: the table of measured decisions.
+"""Which implementation `SPECTRALAR_KERNELS=auto` runs on CUDA: the measured decisions in `measured.json`.
 
-A Triton kernel reaches users by default only where a measured GPU run showed it at least as fast as
-the PyTorch reference it replaces, in the same dtype, side by side in one run. Everything else runs the
-reference under `auto`; the newest kernels stay reachable with `SPECTRALAR_KERNELS=triton` (that is how
-`python -m bench.gpu_report` times them, and its output ends with the table a run implies).
+Rule. `auto` sends a CUDA call to a Triton kernel only when `measured.json` (next to this file) holds an entry
+for the call's exact (op, variant, dtype, shape bucket, device class) naming a kernel that still ships
+(`IMPLEMENTATIONS`); every other call runs the PyTorch reference. `python -m bench.gpu_report` writes the
+entries (no hand pasting), and only where the same run
+  1. checked that implementation's output on the case against the float64 oracle within the tolerance rule
+     of `spectralar_kernels.testing`, and
+  2. timed it at least as fast as the fastest plain-PyTorch path it timed on that case (the op's reference
+     and the strongest alternatives a user would write: cuBLAS matmul forms, torch.compile of the reference,
+     `matmul + argmin`, every SDPA backend that accepts the case, FlexAttention, flash-attn), in the worst
+     case of the bucket, measured as wall time per call in a loop (host overhead included).
+Rewriting a kernel under a new id sends `auto` back to the reference until the new one is measured.
 
-Keys are (op, variant, dtype). An entry names the implementation that was timed (`kernel`), its speed-up
-over the reference (reference time / kernel time; the smallest over the cases timed, forward and
-forward+backward for attention), and the report it came from. `auto` picks the entry's kernel iff the
-speed-up is >= 1 and that implementation still ships (`IMPLEMENTATIONS`): rewriting a kernel under a new
-id sends `auto` back to the reference until the new one is measured, so a GPU user never gets a kernel
-nobody has timed. `dct2d` entries also cover `idct2d` (the same kernels with the transposed basis).
+Shape bucket: the dimensions that change a kernel's behaviour, each rounded up to a power of two (so a
+bucket is a range (2^(k-1), 2^k]) except the ones kernels compile as exact constants (block size, head dim):
+    dct2d plane          H, W (a block above BLOCKWISE_MAX: its block as H and W; a 1-D dct: H = 1)
+    dct2d blockwise      block (exact), H, W
+    spectral_subimages   S (image side)
+    vq_nearest           K (codes), d (code dim)
+    attention            D (head dim, exact), T (sequence length), BH (batch x heads)
+    attention_with_kvcache  D (exact), T (cache length T_max), BH (batch x heads)
+The public functions pass the raw sizes to `choose_kernel(...)` as keywords (`bucket()` names them).
+
+Device class: (compute capability, device name) as torch reports them, e.g. ("9.0", "NVIDIA H200"): a
+measurement on an H200 decides nothing for an H100.
+
+A missing or unreadable `measured.json` means the reference everywhere, with a warning, never a crash.
 """
 
 from __future__ import annotations
 
+import functools
+import json
+import math
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+__all__ = [
+    "DTYPE_NAME",
+    "IMPLEMENTATIONS",
+    "MEASURED",
+    "MEASURED_PATH",
+    "MIN_SPEEDUP",
+    "Measured",
+    "bucket",
+    "bucket_label",
+    "device_class",
+    "latest",
+    "load_measured",
+    "measured_choice",
+    "table_markdown",
+]
+
 DTYPE_NAME = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}  # the dtype keys of MEASURED
 
-MIN_SPEEDUP = 1.0  # reference time / kernel time a kernel must reach for `auto` to run it
+MIN_SPEEDUP = 1.0  # fastest plain-PyTorch time / kernel time an entry must reach for `auto` to run it
 
 # (op, variant) -> implementation ids shipped in kernels/, the newest last (what SPECTRALAR_KERNELS=triton runs).
 IMPLEMENTATIONS: dict[tuple[str, str], tuple[str, ...]] = {
@@ -37,42 +73,129 @@ IMPLEMENTATIONS: dict[tuple[str, str], tuple[str, ...]] = {
     ("attention_with_kvcache", "decode"): ("decode-v2",),
 }
 
+MEASURED_PATH = Path(__file__).with_name("measured.json")
+
+Bucket = tuple[tuple[str, int], ...]
+DeviceClass = tuple[str, str]
+
+
+def _pow2(n: int) -> int:
+    """Smallest power of two >= n (n >= 1): the upper end of n's bucket."""
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def _dct(variant, h, w, block=None):
+    if variant == "plane":
+        return (("H", _pow2(block or h)), ("W", _pow2(block or w)))
+    return (("block", int(block)), ("H", _pow2(h)), ("W", _pow2(w)))
+
+
+def _attn(variant, t, d, bh):
+    return (("D", int(d)), ("T", _pow2(t)), ("BH", _pow2(bh)))
+
+
+_RULES = {
+    "dct2d": _dct,
+    "spectral_subimages": lambda variant, s: (("S", _pow2(s)),),
+    "vq_nearest": lambda variant, k, d: (("K", _pow2(k)), ("d", _pow2(d))),
+    "attention": _attn,
+    "attention_with_kvcache": _attn,
+}
+
+
+def bucket(op: str, variant: str, **dims) -> Bucket | None:
+    """The shape bucket of a call from its raw sizes (see the module docstring), or None when the call site
+    passed none (such a call can match no entry: the reference runs).
+
+        bucket("vq_nearest", "l2", k=16384, d=12) == (("K", 16384), ("d", 16))
+    """
+    rule = _RULES.get(op)
+    if rule is None or not dims:
+        return None
+    try:
+        return rule(variant, **dims)
+    except TypeError:  # a call site passing other sizes than the rule names: no entry can match
+        return None
+
+
+def bucket_label(b) -> str:
+    """Text of a bucket (tuple or dict): ranges as "K=8193..16384", exact dimensions as "D=64"."""
+
+    def one(k, v):
+        return f"{k}={v}" if k in ("block", "D") or v <= 1 else f"{k}={v // 2 + 1}..{v}"
+
+    items = b.items() if isinstance(b, dict) else (b or ())
+    return " ".join(one(k, v) for k, v in items) or "no bucket"
+
+
+@functools.cache
+def _cuda_class(index: int) -> DeviceClass:
+    major, minor = torch.cuda.get_device_capability(index)
+    return f"{major}.{minor}", torch.cuda.get_device_name(index)
+
+
+def device_class(t: torch.Tensor) -> DeviceClass:
+    """(compute capability, name) of a CUDA tensor's device, e.g. ("9.0", "NVIDIA H200"); cached per device."""
+    index = t.device.index
+    return _cuda_class(index if index is not None else torch.cuda.current_device())
+
 
 @dataclass(frozen=True)
 class Measured:
-    kernel: str  # implementation id that was timed
-    speedup: float  # reference time / kernel time, same run, same dtype (the worst case timed)
+    """One decision of a GPU report: `kernel` beat every plain-PyTorch path timed on the bucket's cases."""
+
+    kernel: str  # implementation id that was checked and timed
+    speedup: float  # fastest plain-PyTorch time / kernel time, the worst case of the bucket
+    baseline: str  # the fastest plain-PyTorch path on that case
+    speedup_vs_ref: float | None  # reference time / kernel time, same case (None: not recorded)
     case: str  # what was timed
+    checked: str  # what the same run checked (cases, result)
     report: str  # where the numbers are
+    date: str  # day of the run, YYYY-MM-DD
 
 
-H200_2026_11_28 = "docs/gpu_report.md, one H200, 2026-11-28 (torch 2.11, triton 3.6)"
+Key = tuple[str, str, str, Bucket, DeviceClass]
 
-# fp16 was not timed in that run: no fp16 entry, so fp16 runs the reference under `auto`.
-MEASURED: dict[tuple[str, str, str], Measured] = {
-    ("dct2d", "plane", "fp32"): Measured("plane-v1", 0.11, "64x3x256x256", H200_2026_11_28),
-    ("dct2d", "plane", "bf16"): Measured("plane-v1", 0.03, "64x3x256x256", H200_2026_11_28),
-    ("dct2d", "blockwise", "fp32"): Measured("blockwise-v1", 3.39, "64x3x256x256 block=8", H200_2026_11_28),
-    ("dct2d", "blockwise", "bf16"): Measured("blockwise-v1", 14.04, "64x3x256x256 block=8", H200_2026_11_28),
-    ("spectral_subimages", "one_window", "fp32"): Measured("subimages-v1", 0.46, "64x3x256x256", H200_2026_11_28),
-    ("spectral_subimages", "one_window", "bf16"): Measured("subimages-v1", 0.22, "64x3x256x256", H200_2026_11_28),
-    ("spectral_subimages", "all_prefixes", "fp32"): Measured("subimages-v1", 0.83, "N=64 8x3x256x256", H200_2026_11_28),
-    ("spectral_subimages", "all_prefixes", "bf16"): Measured("subimages-v1", 0.24, "N=64 8x3x256x256", H200_2026_11_28),
-    ("vq_nearest", "l2", "fp32"): Measured("vq-v1", 7.38, "M=4096 d=12 K=4096, 16384", H200_2026_11_28),
-    # bf16/fp16 l2 inputs now run vq-v1's fp32 configuration on operands centred in fp32 (centred values do not
-    # fit 16 bits): the configuration timed as fp32 above, at 7.38x; the bf16 reference is slower than fp32's.
-    ("vq_nearest", "l2", "bf16"): Measured("vq-v1", 7.38, "M=4096 d=12 K=4096, 16384 (fp32 config)", H200_2026_11_28),
-    ("vq_nearest", "cosine", "fp32"): Measured("vq-v1", 10.08, "M=4096 d=12 K=4096, 16384", H200_2026_11_28),
-    ("vq_nearest", "cosine", "bf16"): Measured("vq-v1", 10.79, "M=4096 d=12 K=4096, 16384", H200_2026_11_28),
-    ("attention", "full", "fp32"): Measured("attention-v1", 0.14, "64x320x12x64 fwd, fwd+bwd", H200_2026_11_28),
-    ("attention", "full", "bf16"): Measured("attention-v1", 0.49, "64x320x12x64 fwd, fwd+bwd", H200_2026_11_28),
-    ("attention", "causal", "fp32"): Measured("attention-v1", 0.21, "128x65x16x64 fwd, fwd+bwd", H200_2026_11_28),
-    ("attention", "causal", "bf16"): Measured("attention-v1", 0.45, "128x65x16x64 fwd, fwd+bwd", H200_2026_11_28),
-    ("attention", "prefix", "fp32"): Measured("attention-v1", 0.18, "64x320x12x64 prefix 256", H200_2026_11_28),
-    ("attention", "prefix", "bf16"): Measured("attention-v1", 0.83, "64x320x12x64 prefix 256", H200_2026_11_28),
-    ("attention_with_kvcache", "decode", "fp32"): Measured("decode-v1", 0.36, "B=2, 128; T_max=65", H200_2026_11_28),
-    ("attention_with_kvcache", "decode", "bf16"): Measured("decode-v1", 0.85, "B=2, 128; T_max=65", H200_2026_11_28),
-}
+
+def _entry(e: dict) -> tuple[Key, Measured]:
+    """(key, Measured) of one JSON entry; ValueError naming what is wrong with it."""
+    for name, kind in (("op", str), ("variant", str), ("dtype", str), ("kernel", str), ("report", str),
+                       ("date", str), ("bucket", dict), ("device", dict), ("speedup", (int, float))):  # fmt: skip
+        if not isinstance(e.get(name), kind):
+            raise ValueError(f"entry {e!r}: {name!r} missing or not {getattr(kind, '__name__', 'a number')}")
+    if e["dtype"] not in DTYPE_NAME.values():
+        raise ValueError(f"entry {e!r}: dtype must be one of {sorted(DTYPE_NAME.values())}")
+    if not math.isfinite(e["speedup"]):
+        raise ValueError(f"entry {e!r}: speedup is not finite")
+    dev = e["device"]
+    if not (isinstance(dev.get("capability"), str) and isinstance(dev.get("name"), str)):
+        raise ValueError(f"entry {e!r}: device must hold 'capability' and 'name' strings")
+    if not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in e["bucket"].items()):
+        raise ValueError(f"entry {e!r}: bucket must map dimension names to ints")
+    key = (e["op"], e["variant"], e["dtype"], tuple(e["bucket"].items()), (dev["capability"], dev["name"]))
+    ref = e.get("speedup_vs_ref")
+    return key, Measured(e["kernel"], float(e["speedup"]), str(e.get("baseline", "?")),
+                         float(ref) if isinstance(ref, (int, float)) else None, str(e.get("case", "")),
+                         str(e.get("checked", "")), e["report"], e["date"])  # fmt: skip
+
+
+def load_measured(path: Path = MEASURED_PATH) -> dict[Key, Measured]:
+    """The decisions in `path` ({"entries": [...]}). A missing, unreadable or malformed file gives {} (the
+    reference everywhere) and a RuntimeWarning saying why."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        entries = data["entries"] if isinstance(data, dict) else None
+        if not isinstance(entries, list):
+            raise ValueError("expected an object with an 'entries' list")
+        table = dict(_entry(e) if isinstance(e, dict) else _entry({"entry": e}) for e in entries)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        warnings.warn(f"spectralar_kernels: cannot read the measured decisions {path} ({exc}); CUDA calls under "
+                      "SPECTRALAR_KERNELS=auto run the PyTorch references", RuntimeWarning, stacklevel=2)  # fmt: skip
+        return {}
+    return table
+
+
+MEASURED: dict[Key, Measured] = load_measured()
 
 
 def latest(op: str, variant: str) -> str:
@@ -80,25 +203,25 @@ def latest(op: str, variant: str) -> str:
     return IMPLEMENTATIONS[(op, variant)][-1]
 
 
-def measured_choice(op: str, variant: str, dtype: torch.dtype) -> str | None:
-    """The implementation `auto` runs on CUDA for (op, variant, dtype), or None for the reference."""
-    entry = MEASURED.get((op, variant, DTYPE_NAME.get(dtype, str(dtype))))
+def measured_choice(op: str, variant: str, dtype: torch.dtype, shape: Bucket | None,
+                    device: DeviceClass) -> str | None:  # fmt: skip
+    """The implementation `auto` runs for a CUDA call, or None for the reference (see the module docstring)."""
+    if shape is None:
+        return None
+    entry = MEASURED.get((op, variant, DTYPE_NAME.get(dtype, str(dtype)), tuple(shape), tuple(device)))
     if entry is None or entry.speedup < MIN_SPEEDUP:
         return None
     return entry.kernel if entry.kernel in IMPLEMENTATIONS.get((op, variant), ()) else None
 
 
-def table_markdown() -> str:
-    """The decisions `auto` makes now, one row per (op, variant, dtype), for docs and the GPU report."""
-    rows = ["| op | variant | dtype | auto on CUDA | measured kernel | x ref | case | report |", "|" + "---|" * 8]
-    for (op, variant), _impls in IMPLEMENTATIONS.items():
-        for dt in ("fp32", "bf16", "fp16"):
-            m = MEASURED.get((op, variant, dt))
-            dtype = {v: k for k, v in DTYPE_NAME.items()}[dt]
-            pick = measured_choice(op, variant, dtype) or "reference"
-            if m is None:
-                rows.append(f"| {op} | {variant} | {dt} | {pick} | not measured | - | - | - |")
-            else:
-                cells = (op, variant, dt, pick, m.kernel, f"{m.speedup:.2f}", m.case, m.report)
-                rows.append("| " + " | ".join(cells) + " |")
+def table_markdown(table: dict[Key, Measured] | None = None) -> str:
+    """Every entry `auto` reads, one row each (docs/benchmarks.md lists the same)."""
+    table = MEASURED if table is None else table
+    rows = ["| op | variant | dtype | shape bucket | device class | kernel | x fastest plain PyTorch (which) | "
+            "x ref | checked | case | report |", "|" + "---|" * 11]  # fmt: skip
+    for (op, variant, dt, shape, (cap, name)), m in sorted(table.items(), key=lambda kv: str(kv[0])):
+        ref = f"{m.speedup_vs_ref:.2f}" if m.speedup_vs_ref is not None else "-"
+        cells = (op, variant, dt, bucket_label(shape), f"{name} (sm {cap})", m.kernel,
+                 f"{m.speedup:.2f} ({m.baseline})", ref, m.checked, m.case, f"{m.report}, {m.date}")  # fmt: skip
+        rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows) + "\n"

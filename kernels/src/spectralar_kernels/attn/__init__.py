@@ -73,7 +73,7 @@ def attention(
 
         return flash_attn_func(q, k, v, softmax_scale=scale, causal=causal)
     variant = "prefix" if prefix_len else "causal" if causal else "full"
-    impl = choose_kernel("attention", variant, q, k, v)
+    impl = choose_kernel("attention", variant, q, k, v, t=t, d=q.shape[-1], bh=q.shape[0] * q.shape[2])
     if impl is not None:
         if q.shape[-1] <= TRITON_MAX_HEAD_DIM:
             from .triton import attention_triton

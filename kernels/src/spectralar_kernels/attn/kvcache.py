@@ -210,7 +210,8 @@ def attention_with_kvcache(
     grad = torch.no_grad() if torch.is_grad_enabled() else contextlib.nullcontext()
     if checked:
         check_seqlens_range(cache_seqlens, cache_seqlens, t_new, t_max)  # a host int: free to check
-        impl = choose_kernel("attention_with_kvcache", "decode", q, k_cache, v_cache) if kernel else None
+        impl = choose_kernel("attention_with_kvcache", "decode", q, k_cache, v_cache, t=t_max, d=d,
+                             bh=b * h) if kernel else None
         simple = not extras and cache_seqlens + t_new > 0 and (not causal or cache_seqlens + t_new >= t_q)
         if impl is None and simple and not (q.is_cuda and flash_attn_usable(q, k_cache, v_cache)):
             with grad:  # the eager sampler's case: slices, no index arithmetic
@@ -229,7 +230,7 @@ def attention_with_kvcache(
             if torch.compiler.is_compiling():  # one opaque node for the compiled graph; it dispatches when run
                 return torch.ops.spectralar.attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, k, v, scale,
                                                                    causal, "auto")  # fmt: skip
-            impl = choose_kernel("attention_with_kvcache", "decode", q, k_cache, v_cache)
+            impl = choose_kernel("attention_with_kvcache", "decode", q, k_cache, v_cache, t=t_max, d=d, bh=b * h)
 
     if impl is None and checked and q.is_cuda and _flash_kvcache_usable(q, k_cache, v_cache, k, v, rotary_cos):
         from flash_attn import flash_attn_with_kvcache
@@ -384,7 +385,8 @@ def _attention_with_kvcache_op(
 ) -> torch.Tensor:
     """Validated arguments only (the public function checks). impl "auto" = choose_kernel at run time."""
     if impl == "auto":
-        chosen = choose_kernel("attention_with_kvcache", "decode", q, k_cache, v_cache)
+        chosen = choose_kernel("attention_with_kvcache", "decode", q, k_cache, v_cache, t=k_cache.shape[1],
+                               d=q.shape[-1], bh=q.shape[0] * q.shape[2])
     else:
         chosen = impl or None
     with torch.no_grad():

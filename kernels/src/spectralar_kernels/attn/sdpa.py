@@ -135,7 +135,7 @@ def scaled_dot_product_attention(
     structural = attn_mask is None and block_sizes is None and dropout_p == 0
     if structural and t_q == t_k and query.dtype in FLOAT_DTYPES and d <= TRITON_MAX_HEAD_DIM and value.shape[-1] == d:
         variant = "prefix" if prefix else "causal" if causal else "full"
-        impl = choose_kernel("attention", variant, query, key, value)
+        impl = choose_kernel("attention", variant, query, key, value, t=t_q, d=d, bh=b * h_q)
         if impl is not None:
             from .triton import attention_triton
 

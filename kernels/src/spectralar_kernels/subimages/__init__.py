@@ -73,7 +73,7 @@ def spectral_subimages(x: torch.Tensor, windows, all_prefixes: bool = False) -> 
         windows = _check_prefix_windows(windows, x.shape[-1])
     else:
         _check_sample_windows(windows, x)
-    impl = choose_kernel("spectral_subimages", "all_prefixes" if all_prefixes else "one_window", x)
+    impl = choose_kernel("spectral_subimages", "all_prefixes" if all_prefixes else "one_window", x, s=x.shape[-1])
     if impl is not None:
         from .triton import SubimagesFunction
 

@@ -58,6 +58,41 @@ COUNTERS = ("hgmma", "hmma", "ldgsts", "tma", "ldg128", "stg128")
 SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
 
 
+@dataclasses.dataclass(frozen=True)
+class SMLimits:
+    """Per-SM resources that bound how many CTAs of one kernel are resident at once (CUDA occupancy rules)."""
+
+    registers: int = 65536  # 32-bit registers per SM, split evenly over `partitions` warp schedulers
+    partitions: int = 4
+    reg_unit: int = 256  # registers are allocated per warp in units of this many
+    warps: int = 64  # resident warps per SM (2048 threads)
+    ctas: int = 32  # resident CTAs per SM
+    shared: int = 0  # shared memory per SM, bytes
+    shared_reserved: int = 1024  # bytes the driver reserves per CTA (sm_80 and later)
+    shared_unit: int = 128  # shared memory allocation granularity, bytes
+
+
+SM_LIMITS = {80: SMLimits(shared=164 * 1024), 90: SMLimits(shared=228 * 1024)}
+
+
+def ctas_per_sm(registers: int, num_warps: int, shared_bytes: int, arch: int) -> int:
+    """How many CTAs of a kernel one SM holds at once: the least of the limits by registers (per warp, rounded up
+    to the allocation unit, warps fitting in each scheduler's quarter of the register file), by resident warps,
+    by shared memory (plus the per-CTA reservation, rounded to the allocation unit) and by the CTA count. 0 when one
+    CTA does not fit (e.g. shared memory over the per-block limit)."""
+    lim = SM_LIMITS[arch]
+    if registers <= 0 or num_warps <= 0:
+        return 0
+    if shared_bytes > SHARED_LIMIT[arch]:
+        return 0
+    per_warp = -(-registers * 32 // lim.reg_unit) * lim.reg_unit
+    warps_by_regs = (lim.registers // lim.partitions // per_warp) * lim.partitions
+    by_regs = warps_by_regs // num_warps
+    shared = -(-(max(shared_bytes, 0) + lim.shared_reserved) // lim.shared_unit) * lim.shared_unit
+    by_shared = lim.shared // shared
+    return max(0, min(by_regs, lim.warps // num_warps, by_shared, lim.ctas))
+
+
 @dataclasses.dataclass
 class Result:
     op: str  # record op, one of RECORD_OPS
@@ -88,11 +123,19 @@ class Result:
     def tensor_cores(self) -> bool:
         return self.hgmma + self.hmma > 0
 
+    @property
+    def ctas_per_sm(self) -> int:
+        """Resident CTAs per SM this compile allows (`ctas_per_sm()`); 0 when it did not compile."""
+        if self.error:
+            return 0
+        return ctas_per_sm(self.registers, self.num_warps, self.shared_bytes, self.arch)
+
     def record(self) -> dict:
         """The JSON record of `--json`: what was compiled and what its SASS holds."""
         return {"op": self.op, "kernel": self.kernel, "config": f"{self.label} (warps={self.num_warps}, "
                 f"stages={self.num_stages})", "arch": f"sm_{self.arch}", "dtype": self.dtype, "jit_like": self.jit_like,
                 "registers": self.registers, "spill_bytes": self.spill_bytes, "shared_bytes": self.shared_bytes,
+                "warps": self.num_warps, "ctas_per_sm": self.ctas_per_sm,
                 **{k: getattr(self, k) for k in COUNTERS}, "main": self.main, "problems": self.problems()}  # fmt: skip
 
     def problems(self) -> list[str]:
@@ -323,18 +366,19 @@ def compile_all(modules=MODULES, archs=ARCHS, jobs: int | None = None) -> tuple[
 
 def markdown(results: list[Result], missing: dict[str, str]) -> str:
     lines = [
-        "| op | kernel | config | arch | regs | spills (B) | shared (B) | HGMMA | HMMA | LDGSTS | LDG.128 | STG.128 "
-        "| problems |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| op | kernel | config | arch | regs | spills (B) | shared (B) | CTAs/SM | HGMMA | HMMA | LDGSTS | LDG.128 "
+        "| STG.128 | problems |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
             f"| {r.op}{' (main)' if r.main else ''} | {r.kernel} | {r.label} (warps={r.num_warps}, "
-            f"stages={r.num_stages}) | sm_{r.arch} | {r.registers} | {r.spill_bytes} | {r.shared_bytes} | {r.hgmma} "
-            f"| {r.hmma} | {r.ldgsts + r.tma} | {r.ldg128} | {r.stg128} | {'; '.join(r.problems()) or '-'} |"
+            f"stages={r.num_stages}) | sm_{r.arch} | {r.registers} | {r.spill_bytes} | {r.shared_bytes} | "
+            f"{r.ctas_per_sm} | {r.hgmma} | {r.hmma} | {r.ldgsts + r.tma} | {r.ldg128} | {r.stg128} | "
+            f"{'; '.join(r.problems()) or '-'} |"
         )
     for module, why in missing.items():
-        lines.append(f"| - | - | {module}: {why} | - | - | - | - | - | - | - | - | - | not checked |")
+        lines.append(f"| - | - | {module}: {why} | - | - | - | - | - | - | - | - | - | - | not checked |")
     return "\n".join(lines) + "\n"
 
 

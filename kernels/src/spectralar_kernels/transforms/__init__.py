@@ -76,7 +76,8 @@ def _run(x: torch.Tensor, block: int | None, inverse: bool, scale_sizes: tuple[i
     impl = None
     if x.dtype != torch.float64:  # float64 never reaches a kernel
         # Blocks above BLOCKWISE_MAX run the whole-plane kernel on gathered tiles: the plane decision applies.
-        impl = choose_kernel("dct2d", "plane" if block is None or block > BLOCKWISE_MAX else "blockwise", x)
+        impl = choose_kernel("dct2d", "plane" if block is None or block > BLOCKWISE_MAX else "blockwise", x,
+                             h=x.shape[-2], w=x.shape[-1], block=block)
     if impl is None:
         fn = ref.idct2d if inverse else ref.dct2d
         xc = x.to(compute)  # fp32 accumulation (and scaling) for fp16/bf16, one rounding to the input dtype

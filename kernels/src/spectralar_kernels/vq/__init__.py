@@ -45,7 +45,7 @@ def _check(z, codebook, metric, topk, return_distances) -> None:
 def _nearest(z: torch.Tensor, codebook: torch.Tensor, metric: str, topk: int | None):
     """One [M, d] x [K, d] problem: the kernel for the nearest code, the reference for k > 1."""
     if (topk or 1) == 1:
-        impl = choose_kernel("vq_nearest", metric, z, codebook)
+        impl = choose_kernel("vq_nearest", metric, z, codebook, k=codebook.shape[-2], d=codebook.shape[-1])
         if impl is not None:
             from .triton import vq_nearest_fwd
 
