@@ -5,6 +5,8 @@ prefix-LM attention with Tq == Tk, GQA) must really run it under SPECTRALAR_KERN
 counted); masks, dropout, Tq != Tk and block-causal run torch's SDPA on both. Gradients are compared too.
 """
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -160,33 +162,52 @@ def test_exported():
 
 
 def _bad_cases():
+    """Inputs torch rejects: ours must raise what torch raises (type and message), on both backends."""
     x = torch.randn(1, 2, 5, 16)
     return [
-        ("3 dims", (x[0], x, x), {}, "\\[B, H, T, D\\]"),
-        ("int", (x.long(), x.long(), x.long()), {}, "float32"),
-        ("dtype", (x, x.half(), x.half()), {}, "differs from query"),
-        ("D", (x, torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8)), {}, "key must be"),
-        ("value T", (x, x, torch.randn(1, 2, 4, 16)), {}, "key must be"),
-        ("heads", (x, torch.randn(1, 1, 5, 16), torch.randn(1, 1, 5, 16)), {}, "enable_gqa"),
-        ("gqa multiple", (torch.randn(1, 3, 5, 16), x, x), {"enable_gqa": True}, "multiple"),
-        ("mask shape", (x, x, x), {"attn_mask": torch.ones(5, 4, dtype=torch.bool)}, "does not broadcast"),
-        ("mask dtype", (x, x, x), {"attn_mask": torch.ones(5, 5, dtype=torch.int32)}, "attn_mask must be"),
-        ("mask 1-D", (x, x, x), {"attn_mask": torch.ones(5, dtype=torch.bool)}, "at least 2 dims"),
-        ("mask and causal", (x, x, x), {"attn_mask": torch.ones(5, 5, dtype=torch.bool), "is_causal": True},
-         "not both"),
-        ("dropout", (x, x, x), {"dropout_p": 1.0}, "dropout_p"),
-        ("scale", (x, x, x), {"scale": float("nan")}, "scale"),
-        ("causal int", (x, x, x), {"is_causal": 1}, "is_causal"),
-        ("prefix", (x, x, x), {"prefix_len": 6}, "prefix_len"),
-        ("blocks sum", (x, x, x), {"block_sizes": [2, 2]}, "block_sizes"),
-        ("blocks Tq!=Tk", (x, torch.randn(1, 2, 6, 16), torch.randn(1, 2, 6, 16)), {"block_sizes": [5]}, "block_sizes"),
-        ("both", (x, x, x), {"prefix_len": 2, "block_sizes": [5]}, "not both"),
-        ("device", (x, x.to("meta"), x), {}, "one device"),
+        ("int", (x.long(), x.long(), x.long()), {}),
+        ("dtype", (x, x.half(), x.half()), {}),
+        ("D", (x, torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8)), {}),
+        ("gqa multiple", (torch.randn(1, 3, 5, 16), x, x), {"enable_gqa": True}),
+        ("mask shape", (x, x, x), {"attn_mask": torch.ones(5, 4, dtype=torch.bool)}),
+        ("mask dtype", (x, x, x), {"attn_mask": torch.ones(5, 5, dtype=torch.int32)}),
+        ("mask float64 for float32", (x, x, x), {"attn_mask": torch.zeros(5, 5, dtype=torch.float64)}),
+        ("mask 1-D", (x, x, x), {"attn_mask": torch.ones(5, dtype=torch.bool)}),
+        ("dropout > 1", (x, x, x), {"dropout_p": 1.5}),
+        ("scale str", (x, x, x), {"scale": "a"}),
+        ("causal int", (x, x, x), {"is_causal": 1}),
+        ("gqa int", (x, x, x), {"enable_gqa": 1}),
+        ("device", (x, x.to("meta"), x), {}),
+        ("not a tensor", (x.numpy(), x, x), {}),
+        ("scale positional", (x, x, x, None, 0.0, False, 0.5), {}),
     ]
 
 
 @pytest.mark.parametrize("case", _bad_cases(), ids=lambda c: c[0])
-def test_errors(backend, case):
+def test_errors_are_torchs(backend, case):
+    _, args, kwargs = case
+    with pytest.raises(Exception) as want:
+        F.scaled_dot_product_attention(*args, **kwargs)
+    with pytest.raises(want.type) as got:
+        sdpa(*args, **kwargs)
+    # the same message, but for torch's note of a positional argument's index (we pass them on positionally)
+    assert type(got.value) is want.type
+    assert re.sub(r" \(position \d+\)", "", str(got.value)) == re.sub(r" \(position \d+\)", "", str(want.value))
+
+
+def _extension_cases():
+    x = torch.randn(1, 2, 5, 16)
+    return [
+        ("prefix", (x, x, x), {"prefix_len": 6}, "prefix_len"),
+        ("prefix bool", (x, x, x), {"prefix_len": True}, "prefix_len"),
+        ("blocks sum", (x, x, x), {"block_sizes": [2, 2]}, "block_sizes"),
+        ("blocks Tq!=Tk", (x, torch.randn(1, 2, 6, 16), torch.randn(1, 2, 6, 16)), {"block_sizes": [5]}, "block_sizes"),
+        ("both", (x, x, x), {"prefix_len": 2, "block_sizes": [5]}, "not both"),
+    ]
+
+
+@pytest.mark.parametrize("case", _extension_cases(), ids=lambda c: c[0])
+def test_extension_errors(backend, case):
     _, args, kwargs, match = case
     with pytest.raises(ValueError, match=match):
         sdpa(*args, **kwargs)
