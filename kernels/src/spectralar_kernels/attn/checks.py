@@ -57,23 +57,24 @@ def flash_attn_usable(*tensors: torch.Tensor) -> bool:
     return kernels_mode() == "auto" and flash_attn_installed()
 
 
-_ENV = getattr(os.environ, "_data", None)  # CPython's raw environment dict (bytes keys on POSIX)
+# CPython's raw environment dict (bytes keys and values on POSIX; os.environ writes through to it), else None
+_ENV = os.environ._data if os.name == "posix" and type(getattr(os.environ, "_data", None)) is dict else None
 _ENV_KEY = b"SPECTRALAR_KERNELS"
 
 
 def kernels_forced() -> bool:
     """`kernels_mode().startswith("triton")`: whether a Triton kernel may run on CPU tensors (the interpreter).
 
-    The cheap form the CPU pass-through paths ask per call: `os.environ.get` encodes the key and decodes the value
-    in Python (1.8 us per call on a loaded 2-core machine, a tenth of a tiny SDPA call); the raw dict lookup is
-    0.05 us. Same answer: the `use_backend` block first, then the environment variable. torch.compile cannot
+    The cheap form the KV-cache selector asks per call: `os.environ.get` encodes the key and decodes the value
+    in Python (1.8 us per call on a loaded 2-core machine, 5% of a small CPU decoding step); the raw dict
+    lookup is 0.05 us. Same answer: the `use_backend` block first, then the environment variable. torch.compile cannot
     trace a context variable: it calls this once per compilation and keeps the answer (a graph compiled under
     one mode keeps that mode's structure; `torch._dynamo.reset()` after changing it).
     """
     forced = _backend.get()
     if forced is not None:
         return forced.startswith("triton")
-    if type(_ENV) is not dict or os.name != "posix":
+    if _ENV is None:
         return kernels_mode().startswith("triton")
     raw = _ENV.get(_ENV_KEY)
     return raw is not None and raw[:6].lower() == b"triton"

@@ -16,39 +16,33 @@ Two keyword extensions for the masks image models use (they build a mask, then f
     block_sizes=[n0, n1, ...]  block-causal (VAR's scale-wise mask): the sequence is cut into blocks of
                      these lengths and key j is visible to query t iff j's block is not after t's.
 
-The Triton kernel (`triton.py`) runs what it implements, where `choose_kernel` picks it (always with
-SPECTRALAR_KERNELS=triton; on CUDA under `auto` only once a GPU run measured it faster): full, causal and
-prefix-LM attention over 4-D `[B, H, T, D]` tensors with Tq == Tk, no attn_mask, no dropout, head dim <= 128,
-GQA by repeating the key/value heads. Anything else, or anything malformed, is torch's call.
+The Triton kernel (`triton.py`) runs what it implements, where `choose_kernel` picks it (on CUDA under `auto`
+only once a GPU run measured it faster; always with SPECTRALAR_KERNELS=triton, on CPU tensors only under the
+Triton interpreter, TRITON_INTERPRET=1 set before this package is imported): full, causal and prefix-LM
+attention over 4-D `[B, H, T, D]` tensors with Tq == Tk, no attn_mask, no dropout, head dim <= 128, GQA by
+repeating the key/value heads. Anything else, or anything malformed, is torch's call.
 """
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 
-from .._common import FLOAT_DTYPES, choose_kernel
-from .checks import TRITON_MAX_HEAD_DIM, ArgumentError, kernels_forced
+from .._common import FLOAT_DTYPES, _backend, choose_kernel, interpreter_on
+from .checks import _ENV, _ENV_KEY, TRITON_MAX_HEAD_DIM, ArgumentError, kernels_forced
 
 __all__ = ["scaled_dot_product_attention"]
 
 _torch_sdpa = F.scaled_dot_product_attention  # bound once: the pass-through calls it directly
 
 
-def scaled_dot_product_attention(
-    query,
-    key,
-    value,
-    attn_mask=None,
-    dropout_p=0.0,
-    is_causal=False,
-    *,
-    scale=None,
-    enable_gqa=False,
-    prefix_len=None,
-    block_sizes=None,
-):
+def scaled_dot_product_attention(*args, scale=None, prefix_len=None, block_sizes=None, **kwargs):
     """`torch.nn.functional.scaled_dot_product_attention`, with the prefix-LM and block-causal extensions.
+
+    scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, *,
+                                 scale=None, enable_gqa=False, prefix_len=None, block_sizes=None)
 
     Args (torch's, same meanings and domain):
         query `[..., Hq, Tq, D]`, key `[..., Hkv, Tk, D]`, value `[..., Hkv, Tk, Dv]`.
@@ -66,16 +60,54 @@ def scaled_dot_product_attention(
         `[..., Hq, Tq, Dv]`; differentiable on every path. Errors: torch's, for torch's arguments; ArgumentError
         (a ValueError) for a malformed extension.
     """
-    if prefix_len is None and block_sizes is None:
+    # The signature is `_parse`'s (set below, for help() and inspect). The arguments are taken as given, so the
+    # common call reaches torch exactly as the caller wrote it (binding them to names and passing the defaults on
+    # costs torch's argument parser ~0.5 us, 6% of a tiny call on a loaded 2-core machine), after the fewest
+    # checks that tell a call no kernel of ours can take: no `scale` (torch's NaN case) or extension, and a
+    # torch without CUDA, or a CPU query, without the Triton interpreter.
+    if scale is None and prefix_len is None and block_sizes is None:
+        if _NO_KERNELS:
+            return _torch_sdpa(*args, **kwargs)
         try:
-            kernel_device = query.is_cuda
-        except AttributeError:  # not a tensor: torch's own TypeError below
-            kernel_device = False
-        if not kernel_device and not kernels_forced():  # no kernel of ours applies: torch's call
-            if is_causal is True and scale is not None and _nonpositive(scale):
-                return _explicit_causal(query, key, value, attn_mask, dropout_p, scale, enable_gqa)
-            return _torch_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa)
+            cpu = not args[0].is_cuda
+        except (IndexError, AttributeError):  # all by name, or not a tensor (then torch raises its own error)
+            cpu = False
+        if cpu:
+            if not _INTERPRETER:
+                return _torch_sdpa(*args, **kwargs)
+            # kernels_forced(), inlined: under the interpreter (the tests, `pytest bench/`) every call asks
+            mode = _backend.get()
+            if mode is None and _ENV is not None:
+                mode = _ENV.get(_ENV_KEY)
+                if mode is None:
+                    return _torch_sdpa(*args, **kwargs)
+            if mode in _NO_KERNEL_MODES:
+                return _torch_sdpa(*args, **kwargs)
+    if len(args) > 6:  # torch's TypeError for it, not Python's for _parse
+        return _torch_sdpa(*args, **kwargs)
+    return _parse(*args, scale=scale, prefix_len=prefix_len, block_sizes=block_sizes, **kwargs)
+
+
+# Our kernels run on CUDA tensors, and on CPU tensors only under the Triton interpreter, which triton reads when
+# the kernels are defined: both known at import, so that calls in a CPU-only torch need not check anything.
+_INTERPRETER = interpreter_on()
+_NO_KERNELS = not torch.backends.cuda.is_built() and not _INTERPRETER
+_NO_KERNEL_MODES = frozenset(("auto", "ref", b"auto", b"ref"))  # use_backend's (str) or the environment's (bytes)
+
+
+def _parse(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, *, scale=None, enable_gqa=False,
+           prefix_len=None, block_sizes=None):  # fmt: skip
+    """The named form of `scaled_dot_product_attention`: calls with a scale or an extension, or where a kernel
+    may run (CUDA tensors, SPECTRALAR_KERNELS=triton)."""
+    cpu = not (type(query) is torch.Tensor and query.is_cuda)
+    if prefix_len is None and block_sizes is None and cpu and not (_INTERPRETER and kernels_forced()):
+        if is_causal is True and scale is not None and _nonpositive(scale):
+            return _explicit_causal(query, key, value, attn_mask, dropout_p, scale, enable_gqa)
+        return _torch_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa)
     return _dispatch(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, prefix_len, block_sizes)
+
+
+scaled_dot_product_attention.__signature__ = inspect.signature(_parse)
 
 
 def _nonpositive(scale) -> bool:
