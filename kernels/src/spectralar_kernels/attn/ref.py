@@ -329,14 +329,18 @@ def flash_attn_ref(
     t_q, t_k = q.shape[1], k.shape[1]
     qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
     gqa = qh.shape[1] != kh.shape[1]
+    explicit = softcap > 0 or return_lse
+    # plain causal on a square mask: SDPA's is_causal (not for scales <= 0: torch's CPU kernel returns NaN there)
+    plain_causal = (not explicit and causal and t_q == t_k and window_size == (-1, -1)
+                    and (softmax_scale is None or softmax_scale > 0))  # fmt: skip
     mask = None
-    if causal or window_size != (-1, -1):
+    if (causal or window_size != (-1, -1)) and not plain_causal:
         mask = kvcache_visible(torch.full((1,), t_k, device=q.device), t_q, t_k, causal, window_size)[0]  # [Tq, Tk]
     empty = flash_empty_rows(t_q, t_k, causal, window_size)
     if empty:  # those rows attend to every key (finite everywhere, forward and backward), then are zeroed
         mask = mask.clone()
         mask[:empty] = True
-    if softcap > 0 or return_lse:  # explicit logits, in fp32 at least
+    if explicit:  # explicit logits, in fp32 at least
         work = torch.promote_types(q.dtype, torch.float32)
         if gqa:
             kh, vh = (x.repeat_interleave(qh.shape[1] // x.shape[1], dim=1) for x in (kh, vh))
@@ -349,8 +353,8 @@ def flash_attn_ref(
         lse = torch.logsumexp(logits, dim=-1)
         o = torch.matmul(torch.softmax(logits, dim=-1), vh.to(work))
     else:
-        o = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, dropout_p=dropout_p, scale=softmax_scale,
-                                           enable_gqa=gqa)  # fmt: skip
+        o = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, dropout_p=dropout_p, is_causal=plain_causal,
+                                           scale=softmax_scale, enable_gqa=gqa)  # fmt: skip
         lse = None
     if empty:
         seen = torch.arange(t_q, device=q.device) >= empty  # [Tq]
