@@ -344,3 +344,25 @@ def test_decode_v2_gqa_causal_flag(causal, new_kv):
                                             num_splits=3, causal=causal)  # fmt: skip
     check(out, want, None, f"gqa causal={causal}")
     torch.testing.assert_close(k_cache.double(), k_want, rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kernels", ["auto", "ref", "triton"])
+def test_unwritten_slots_on_gpu(kernels):
+    """CUDA tensors (positions never read on the host): NaN in every slot past cache_seqlens stays out of the
+    output on every backend."""
+    from spectralar_kernels import use_backend
+
+    b, t_max, h, d = 3, 40, 4, 64
+    g = torch.Generator().manual_seed(52)
+    q, k, v = (torch.randn(b, 1, h, d, generator=g).cuda() for _ in range(3))
+    k_cache, v_cache = (torch.randn(b, t_max, h, d, generator=g) for _ in range(2))
+    seqlens = torch.tensor([3, 17, 0], dtype=torch.int32)
+    want = flash_oracle(q.cpu(), k_cache, v_cache, seqlens, k.cpu(), v.cpu())[0]
+    for i, n in enumerate((seqlens + 1).tolist()):
+        k_cache[i, n:] = float("nan")
+        v_cache[i, n:] = float("nan")
+    with use_backend(kernels):
+        out = flash_attn_with_kvcache(q, k_cache.cuda(), v_cache.cuda(), k, v, cache_seqlens=seqlens.cuda())
+    assert torch.isfinite(out).all()
+    check(out.cpu(), want, None, f"gpu {kernels}")

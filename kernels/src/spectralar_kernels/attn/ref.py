@@ -23,6 +23,14 @@ import torch
 import torch.nn.functional as F
 
 
+def heads_first(q, k, v, upcast: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.dtype]:
+    """`[B, T, H, D]` -> `[B, H, T, D]` views for SDPA (fp32 copies of fp16/bf16 inputs with upcast), and the
+    output dtype: q's, or fp32 when upcast."""
+    if upcast and q.dtype in (torch.float16, torch.bfloat16):
+        q, k, v = q.float(), k.float(), v.float()
+    return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), q.dtype
+
+
 def attention_mask(
     t_q: int, t_k: int, causal: bool, prefix_len: int = 0, device: torch.device | str | None = None
 ) -> torch.Tensor | None:
@@ -48,12 +56,8 @@ def attention_ref(
     `upcast=True` computes in fp32 (returns fp32 for fp16/bf16 inputs); pass float64 tensors for a
     float64 oracle. Differentiable.
     """
-    out_dtype = q.dtype
-    if upcast and q.dtype in (torch.float16, torch.bfloat16):
-        q, k, v = q.float(), k.float(), v.float()
-        out_dtype = torch.float32
     t_q, t_k = q.shape[1], k.shape[1]
-    qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
+    qh, kh, vh, out_dtype = heads_first(q, k, v, upcast)
     plain_causal = causal and prefix_len <= 1 and t_q == t_k and (softmax_scale is None or softmax_scale > 0)
     mask = None if plain_causal else attention_mask(t_q, t_k, causal, prefix_len, q.device)
     o = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, is_causal=plain_causal, scale=softmax_scale)
@@ -215,19 +219,10 @@ def kvcache_ref(
         out_dtype = torch.float32
     qh, kh, vh = q.transpose(1, 2), k_cache.transpose(1, 2), v_cache.transpose(1, 2)  # [B, H, T, D]
     gqa = qh.shape[1] != kh.shape[1]
-    if softcap > 0 or return_softmax_lse:  # explicit logits, in fp32 at least
-        work = torch.promote_types(q.dtype, torch.float32)
-        if gqa:
-            kh, vh = (x.repeat_interleave(qh.shape[1] // x.shape[1], dim=1) for x in (kh, vh))
-        scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
-        logits = torch.matmul(qh.to(work), kh.to(work).transpose(-1, -2)) * scale
-        if softcap > 0:
-            logits = softcap * torch.tanh(logits / softcap)
-        logits = logits.masked_fill(~visible, float("-inf"))
-        lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-        p = torch.exp(logits - torch.where(torch.isfinite(lse), lse, 0.0))
-        out = torch.matmul(p, vh.to(work)).transpose(1, 2).to(out_dtype)
-        return (out, lse[..., 0].float()) if return_softmax_lse else out
+    if softcap > 0 or return_softmax_lse:
+        o, lse = explicit_attention(qh, kh, vh, visible, softmax_scale, softcap)
+        out = o.transpose(1, 2).to(out_dtype)
+        return (out, lse.float()) if return_softmax_lse else out
     if upcast and lowp:
         qh, kh, vh = qh.float(), kh.float(), vh.float()
     mask = visible
@@ -238,6 +233,32 @@ def kvcache_ref(
         o = torch.where(visible.any(-1, keepdim=True), o, 0)
     o = o.transpose(1, 2)
     return o if o.dtype == out_dtype else o.to(out_dtype)
+
+
+def explicit_attention(
+    qh: torch.Tensor,
+    kh: torch.Tensor,
+    vh: torch.Tensor,
+    visible: torch.Tensor | None,
+    softmax_scale: float | None,
+    softcap: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention through explicit logits in fp32 at least, for soft-capping and the logsumexp. qh `[B, H, Tq, D]`,
+    kh, vh `[B, H_kv, Tk, D]` (GQA by repeating heads), visible bool broadcastable to `[B, H, Tq, Tk]` or None.
+    Returns (out `[B, H, Tq, D]` in the working dtype, lse `[B, H, Tq]`); a row that sees no key gives zeros and
+    an lse of -inf. Differentiable where every row sees a key."""
+    work = torch.promote_types(qh.dtype, torch.float32)
+    if qh.shape[1] != kh.shape[1]:
+        kh, vh = (x.repeat_interleave(qh.shape[1] // x.shape[1], dim=1) for x in (kh, vh))
+    scale = softmax_scale if softmax_scale is not None else qh.shape[-1] ** -0.5
+    logits = torch.matmul(qh.to(work), kh.to(work).transpose(-1, -2)) * scale
+    if softcap > 0:
+        logits = softcap * torch.tanh(logits / softcap)
+    if visible is not None:
+        logits = logits.masked_fill(~visible, float("-inf"))
+    lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+    p = torch.exp(logits - torch.where(torch.isfinite(lse), lse, 0.0))
+    return torch.matmul(p, vh.to(work)), lse[..., 0]
 
 
 def attention_with_kvcache_ref(
@@ -322,12 +343,8 @@ def flash_attn_ref(
     natural-log logsumexp of each row's scaled (soft-capped) logits `[B, H, Tq]` fp32, +inf for a row that sees
     nothing (flash-attn's value). dropout_p > 0 drops weights as torch's SDPA does (not with softcap/lse).
     """
-    out_dtype = q.dtype
-    if upcast and q.dtype in (torch.float16, torch.bfloat16):
-        q, k, v = q.float(), k.float(), v.float()
-        out_dtype = torch.float32
     t_q, t_k = q.shape[1], k.shape[1]
-    qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
+    qh, kh, vh, out_dtype = heads_first(q, k, v, upcast)
     gqa = qh.shape[1] != kh.shape[1]
     explicit = softcap > 0 or return_lse
     # plain causal on a square mask: SDPA's is_causal (not for scales <= 0: torch's CPU kernel returns NaN there)
@@ -340,18 +357,8 @@ def flash_attn_ref(
     if empty:  # those rows attend to every key (finite everywhere, forward and backward), then are zeroed
         mask = mask.clone()
         mask[:empty] = True
-    if explicit:  # explicit logits, in fp32 at least
-        work = torch.promote_types(q.dtype, torch.float32)
-        if gqa:
-            kh, vh = (x.repeat_interleave(qh.shape[1] // x.shape[1], dim=1) for x in (kh, vh))
-        scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
-        logits = torch.matmul(qh.to(work), kh.to(work).transpose(-1, -2)) * scale
-        if softcap > 0:
-            logits = softcap * torch.tanh(logits / softcap)
-        if mask is not None:
-            logits = logits.masked_fill(~mask, float("-inf"))
-        lse = torch.logsumexp(logits, dim=-1)
-        o = torch.matmul(torch.softmax(logits, dim=-1), vh.to(work))
+    if explicit:
+        o, lse = explicit_attention(qh, kh, vh, mask, softmax_scale, softcap)
     else:
         o = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, dropout_p=dropout_p, is_causal=plain_causal,
                                            scale=softmax_scale, enable_gqa=gqa)  # fmt: skip
