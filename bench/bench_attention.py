@@ -1,4 +1,5 @@
-"""Attention benchmarks: SDPA reference vs our Triton kernels vs flash-attn (when installed).
+"""Attention benchmarks: SDPA reference vs our Triton kernels vs flash-attn (when installed), and the cost of our
+`scaled_dot_product_attention` over torch's where no kernel of ours applies (`test_sdpa_overhead`).
 
 Run with `pytest bench/bench_attention.py --benchmark-only`. Shapes are this model's, the GPU report's
 (bench/cases.py): the generator (128 rows with CFG, causal, T = 65 = class token + 64 codes, 16 heads), the
@@ -161,3 +162,56 @@ def test_attention_decode_step(benchmark, monkeypatch, provider, case):
     n_keys = seqlen + t_q
     cache_bytes = 2 * b * n_keys * h * d * k_cache.element_size()
     _record(benchmark, 4 * b * h * t_q * n_keys * d, cache_bytes)  # t_q = 1: every query sees every key
+
+
+# ---- scaled_dot_product_attention: the cost of the drop-in where no kernel of ours applies ----------------
+
+# name: (query shape, key/value shape, keyword arguments); masks are built per device below
+SDPA_CASES = {
+    "tiny": ((1, 2, 5, 16), (1, 2, 5, 16), {}),
+    "tiny-causal": ((1, 2, 5, 16), (1, 2, 5, 16), {"is_causal": True}),
+    "decode-mask-B8-H8-Tk24-D32": ((8, 8, 1, 32), (8, 8, 24, 32), {"attn_mask": (8, 1, 1, 24)}),
+    "train-causal-4x4x65x64": ((4, 4, 65, 64), (4, 4, 65, 64), {"is_causal": True}),
+}
+
+
+@pytest.mark.parametrize("provider", ["torch", "spectralar_kernels"])
+@pytest.mark.parametrize("case", list(SDPA_CASES))
+def test_sdpa_overhead(benchmark, monkeypatch, provider, case):
+    """torch's SDPA and ours side by side (one group per case) under SPECTRALAR_KERNELS=auto: on CPU ours is
+    torch's call after a few checks (target: at most 5% over torch, tiny inputs included); on CUDA the same
+    until a measured kernel is enabled. Checks once that ours returns torch's output exactly.
+
+    Timed as a user's process runs it: without the Triton interpreter, which the root conftest switches on for
+    the tests (under it every CPU call must also look up the kernel mode, ~0.5 us more)."""
+    from torch.nn.functional import scaled_dot_product_attention as torch_sdpa
+
+    from spectralar_kernels import scaled_dot_product_attention, use_backend
+    from spectralar_kernels.attn import sdpa
+
+    if not CUDA:
+        monkeypatch.setattr(sdpa, "_INTERPRETER", False)
+        monkeypatch.setattr(sdpa, "_NO_KERNELS", not torch.backends.cuda.is_built())
+
+    q_shape, kv_shape, kw = SDPA_CASES[case]
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    q = torch.randn(q_shape, device=DEVICE, generator=g, dtype=DTYPE)
+    k, v = (torch.randn(kv_shape, device=DEVICE, generator=g, dtype=DTYPE) for _ in range(2))
+    if "attn_mask" in kw:
+        kw = {**kw, "attn_mask": torch.rand(kw["attn_mask"], device=DEVICE, generator=g) < 0.8}
+    fn = {"torch": torch_sdpa, "spectralar_kernels": scaled_dot_product_attention}[provider]
+    benchmark.group = f"sdpa {case}"
+
+    def timed():
+        out = fn(q, k, v, **kw)
+        if CUDA:
+            torch.cuda.synchronize()
+        return out
+
+    with use_backend("auto"):  # for the check only: the timing runs as the environment says (unset: auto)
+        got, want = timed(), torch_sdpa(q, k, v, **kw)
+    if CUDA:  # a measured kernel may run there
+        torch.testing.assert_close(got, want)
+    else:  # no kernel of ours applies: torch's own call
+        assert torch.equal(got, want)
+    benchmark(timed)

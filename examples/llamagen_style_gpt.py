@@ -2,15 +2,25 @@
 
 The model is written here for this example (not taken from LlamaGen) with what such image-token GPTs have:
 RMSNorm, rotary position embeddings, SwiGLU MLPs, grouped-query attention, a class token as the prompt (plus a
-learned "null" class for classifier-free guidance) and a static KV cache. `TorchAttention` is the unswapped code:
-torch's SDPA, and a `[B, H_kv, T_max, D]` cache read whole under a mask. `KernelAttention` changes only the two
-attention calls and the cache layout: `spectralar_kernels.scaled_dot_product_attention` (torch's signature) for the
-full-sequence forward, and `spectralar_kernels.attention_with_kvcache` (flash-attn's `[B, T, H, D]` layout and
-contract: it appends the new keys itself) for the cached prefill and decode steps.
+learned "null" class for classifier-free guidance) and a static KV cache. Its attention comes in the two forms
+image GPTs are written in, and for each the swap is the import line that provides the attention functions:
 
-The same weights go into both. Checked: logits and parameter gradients of a training batch (within the tolerance
-printed), and the generated tokens with classifier-free guidance, greedy and sampled from a fixed generator (must
-be identical). Exits 1 on any mismatch.
+    SDPAAttention    LlamaGen's form: torch's SDPA for training, a `[B, H_kv, T_max, D]` cache read under a mask.
+                     from torch.nn.functional import scaled_dot_product_attention     # the model as written
+                     from spectralar_kernels import scaled_dot_product_attention      # the swap
+    FlashAttention   flash-attn's form: `flash_attn_func` for training, `flash_attn_with_kvcache` (a
+                     `[B, T_max, H_kv, D]` cache it appends to itself) for prefill and decode.
+                     from flash_attn import flash_attn_func, flash_attn_with_kvcache  # the model as written
+                     from spectralar_kernels import flash_attn_func, flash_attn_with_kvcache  # the swap
+
+Both forms run side by side here, so the module the names come from is the `ops` argument of each model
+(`torch.nn.functional`, `flash_attn` or `spectralar_kernels`); the model code is the same text either way.
+flash-attn needs a CUDA GPU: without it, the flash-attn-form model on spectralar_kernels is checked against the
+SDPA model on torch (the same weights compute the same function).
+
+Checked, for each swap: logits and parameter gradients of a training batch (within the tolerance printed), and
+the generated tokens with classifier-free guidance, greedy and sampled from a fixed generator (must be
+identical), with the logits of every decoding step. Exits 1 on any mismatch.
 
     python examples/llamagen_style_gpt.py             # small config, CPU: a few seconds
     python examples/llamagen_style_gpt.py --micro     # tiny config (CI)
@@ -73,11 +83,13 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
 
 
-class TorchAttention(nn.Module):
-    """The unswapped attention: torch SDPA; a static `[B, H_kv, T_max, D]` cache read whole under a mask."""
+class SDPAAttention(nn.Module):
+    """LlamaGen's attention: `ops.scaled_dot_product_attention` (torch's signature) for training and for a static
+    `[B, H_kv, T_max, D]` cache read whole under a mask."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, ops):
         super().__init__()
+        self.ops = ops  # the module providing scaled_dot_product_attention: the one line a swap changes
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.dim // cfg.n_head
         self.wqkv = nn.Linear(cfg.dim, (cfg.n_head + 2 * cfg.n_kv_head) * self.head_dim, bias=False)
         self.wo = nn.Linear(cfg.dim, cfg.dim, bias=False)
@@ -98,27 +110,24 @@ class TorchAttention(nn.Module):
         y = self.attend(q, k, v) if input_pos is None else self.attend_cached(q, k, v, input_pos)
         return self.wo(y.reshape(b, t, -1))
 
-    def expand_kv(self, k: torch.Tensor) -> torch.Tensor:
-        """GQA: `[B, H_kv, T, D]` -> `[B, H, T, D]`, query head h reading KV head h // (H / H_kv)."""
-        return k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
-
     def attend(self, q, k, v):
-        """Causal attention, `[B, T, H, D]` in and out."""
-        q, k, v = q.transpose(1, 2), self.expand_kv(k.transpose(1, 2)), self.expand_kv(v.transpose(1, 2))
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)
+        """Causal attention, `[B, T, H, D]` in and out (GQA: query head h reads KV head h // (H / H_kv))."""
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        return self.ops.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True).transpose(1, 2)
 
     def attend_cached(self, q, k, v, input_pos):
         """Write k, v at `input_pos`, then attend to every cache slot up to each query's position."""
         self.k_cache.index_copy_(2, input_pos, k.transpose(1, 2))
         self.v_cache.index_copy_(2, input_pos, v.transpose(1, 2))
         mask = input_pos[:, None] >= torch.arange(self.k_cache.shape[2], device=q.device)  # [T, T_max]
-        k, v = self.expand_kv(self.k_cache), self.expand_kv(self.v_cache)
-        y = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=mask)
+        y = self.ops.scaled_dot_product_attention(q.transpose(1, 2), self.k_cache, self.v_cache, attn_mask=mask,
+                                                  enable_gqa=True)  # fmt: skip
         return y.transpose(1, 2)
 
 
-class KernelAttention(TorchAttention):
-    """The same module on spectralar_kernels: flash-attn's cache layout and our two attention calls."""
+class FlashAttention(SDPAAttention):
+    """The same module written for flash-attn: `ops.flash_attn_func` for training, `ops.flash_attn_with_kvcache`
+    on a `[B, T_max, H_kv, D]` cache for prefill and decode (flash-attn's layout: no transposes)."""
 
     def setup_cache(self, batch, t_max, dtype, device):
         shape = (batch, t_max, self.n_kv_head, self.head_dim)
@@ -126,14 +135,14 @@ class KernelAttention(TorchAttention):
         self.v_cache = torch.zeros(shape, dtype=dtype, device=device)
 
     def attend(self, q, k, v):
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        return sk.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True).transpose(1, 2)
+        return self.ops.flash_attn_func(q, k, v, causal=True)
 
     def attend_cached(self, q, k, v, input_pos):
-        # cache_seqlens = the filled length before this call, per sample: here a stride-0 int32 view (int32 as
-        # flash-attn takes it). The kernel appends k, v there and reads only the valid slots.
-        seqlens = input_pos[:1].to(torch.int32).expand(q.shape[0])
-        return sk.attention_with_kvcache(q, self.k_cache, self.v_cache, seqlens, k=k, v=v, causal=True)
+        # cache_seqlens: the filled length before this call, per sample (int32, as flash-attn takes it). The call
+        # appends k, v there and reads only the valid slots; its causal mask is aligned to the bottom right.
+        seqlens = input_pos[:1].to(torch.int32).repeat(q.shape[0])
+        return self.ops.flash_attn_with_kvcache(q, self.k_cache, self.v_cache, k, v, cache_seqlens=seqlens,
+                                                causal=True)  # fmt: skip
 
 
 class FeedForward(nn.Module):
@@ -149,9 +158,9 @@ class FeedForward(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: Config, attention: type[TorchAttention]):
+    def __init__(self, cfg: Config, attention: type[SDPAAttention], ops):
         super().__init__()
-        self.attn_norm, self.attn = RMSNorm(cfg.dim), attention(cfg)
+        self.attn_norm, self.attn = RMSNorm(cfg.dim), attention(cfg, ops)
         self.ffn_norm, self.ffn = RMSNorm(cfg.dim), FeedForward(cfg.dim)
 
     def forward(self, x, cos, sin, input_pos=None):
@@ -162,12 +171,12 @@ class Block(nn.Module):
 class GPT(nn.Module):
     """Class token at position 0, then the image tokens; position t predicts token t."""
 
-    def __init__(self, cfg: Config, attention: type[TorchAttention] = TorchAttention):
+    def __init__(self, cfg: Config, attention: type[SDPAAttention], ops):
         super().__init__()
         self.cfg = cfg
         self.cls_embed = nn.Embedding(cfg.num_classes + 1, cfg.dim)  # row num_classes: the null class (CFG)
         self.tok_embed = nn.Embedding(cfg.vocab_size, cfg.dim)
-        self.blocks = nn.ModuleList(Block(cfg, attention) for _ in range(cfg.n_layer))
+        self.blocks = nn.ModuleList(Block(cfg, attention, ops) for _ in range(cfg.n_layer))
         self.norm = RMSNorm(cfg.dim)
         self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         cos, sin = rope_tables(cfg.image_tokens, cfg.dim // cfg.n_head, cfg.rope_base)
@@ -249,13 +258,66 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
 
     torch.manual_seed(args.seed)
-    ref = GPT(cfg, TorchAttention).to(device)
-    for emb in (ref.cls_embed, ref.tok_embed):
-        nn.init.normal_(emb.weight)
-    swapped = GPT(cfg, KernelAttention).to(device)
-    swapped.load_state_dict(ref.state_dict())
+    weights = GPT(cfg, SDPAAttention, F).state_dict()  # one set of weights for every model below
+    for name in ("cls_embed.weight", "tok_embed.weight"):
+        nn.init.normal_(weights[name])
+    flash = _flash_attn_module(device)
+    pairs = {  # swap: (the model as written, the model with the import swapped)
+        "torch SDPA -> spectralar_kernels": (_model(cfg, SDPAAttention, F, weights, device),
+                                             _model(cfg, SDPAAttention, sk, weights, device)),
+        "flash-attn -> spectralar_kernels": (_model(cfg, FlashAttention, flash, weights, device) if flash else
+                                             _model(cfg, SDPAAttention, F, weights, device),
+                                             _model(cfg, FlashAttention, sk, weights, device)),
+    }  # fmt: skip
     cond = torch.randint(cfg.num_classes, (args.batch,), device=device)
     idx = torch.randint(cfg.vocab_size, (args.batch, cfg.image_tokens), device=device)
+
+    backend = os.environ.get("SPECTRALAR_KERNELS", "auto")
+    n = cfg.image_tokens
+    print(f"LlamaGen-style GPT, {'micro' if args.micro else 'small'} config: dim {cfg.dim}, {cfg.n_layer} layers, "
+          f"{cfg.n_head} heads ({cfg.n_kv_head} KV), {n} tokens, batch {args.batch}, CFG {args.cfg_scale}; "
+          f"{device.type}, SPECTRALAR_KERNELS={backend}")  # fmt: skip
+    if not flash:
+        print("flash-attn is not available here (it needs CUDA): the flash-attn-form model on spectralar_kernels is "
+              "checked against the SDPA model on torch")  # fmt: skip
+    ok = True
+    for swap, (ref, swapped) in pairs.items():
+        rows, times = compare(ref, swapped, cond, idx, args, device)
+        print(f"\n{swap}")
+        print(f"{'path':<20}{'train fwd+bwd ms':>18}{f'sample {n} tokens ms':>24}")
+        for name, (t_train, t_gen) in zip(("as written", "swapped"), times):
+            print(f"{name:<20}{t_train:>18.2f}{t_gen:>24.2f}")
+        print(f"{'check':<26}{'result':>14}{'tolerance':>12}  ok")
+        for name, result, tol, good in rows:
+            print(f"{name:<26}{result:>14}{tol:>12}  {'yes' if good else 'NO'}")
+        ok = ok and all(row[-1] for row in rows)
+    if ok:
+        print("\nOK: identical tokens (greedy and sampled) for both swaps; logits, decode logits and gradients "
+              "within tolerance")  # fmt: skip
+        return 0
+    print("MISMATCH: a swapped model differs from the one as written", file=sys.stderr)
+    return 1
+
+
+def _flash_attn_module(device: torch.device):
+    """The `flash_attn` package when it can run here (CUDA), else None."""
+    if device.type != "cuda":
+        return None
+    try:
+        import flash_attn
+    except ImportError:
+        return None
+    return flash_attn
+
+
+def _model(cfg: Config, attention: type[SDPAAttention], ops, weights: dict, device: torch.device) -> GPT:
+    model = GPT(cfg, attention, ops)
+    model.load_state_dict(weights)
+    return model.to(device)
+
+
+def compare(ref: GPT, swapped: GPT, cond, idx, args, device) -> tuple[list, list]:
+    """Check rows (name, result, tolerance, ok) and the (train, sample) times of both models."""
 
     def train_step(model):
         model.zero_grad(set_to_none=True)
@@ -274,20 +336,9 @@ def main(argv=None) -> int:
     sampled = [sample(m, False) for m in (ref, swapped)]
     greedy_same, sampled_same = torch.equal(greedy[0][0], greedy[1][0]), torch.equal(sampled[0][0], sampled[1][0])
     decode_err = max(rel_err(a[1], b[1]) for a, b in (greedy, sampled))
-
-    times = {name: (timed(lambda m=m: train_step(m), args.repeats, device),
-                    timed(lambda m=m: sample(m, False), args.repeats, device))
-             for name, m in (("torch", ref), ("spectralar_kernels", swapped))}  # fmt: skip
-
-    backend = os.environ.get("SPECTRALAR_KERNELS", "auto")
-    n = cfg.image_tokens
-    print(f"LlamaGen-style GPT, {'micro' if args.micro else 'small'} config: dim {cfg.dim}, {cfg.n_layer} layers, "
-          f"{cfg.n_head} heads ({cfg.n_kv_head} KV), {n} tokens, batch {args.batch}, CFG {args.cfg_scale}; "
-          f"{device.type}, SPECTRALAR_KERNELS={backend}")  # fmt: skip
-    print(f"{'path':<20}{'train fwd+bwd ms':>18}{f'sample {n} tokens ms':>24}")
-    for name, (t_train, t_gen) in times.items():
-        print(f"{name:<20}{t_train:>18.2f}{t_gen:>24.2f}")
-    print(f"{'check':<26}{'result':>14}{'tolerance':>12}  ok")
+    times = [(timed(lambda m=m: train_step(m), args.repeats, device), timed(lambda m=m: sample(m, False),
+                                                                            args.repeats, device))
+             for m in (ref, swapped)]  # fmt: skip
     rows = [
         ("logits max rel |diff|", f"{logit_err:.2e}", f"{TOLERANCE:.0e}", logit_err <= TOLERANCE),
         ("grads max rel |diff|", f"{grad_err:.2e}", f"{TOLERANCE:.0e}", grad_err <= TOLERANCE),
@@ -295,13 +346,7 @@ def main(argv=None) -> int:
         ("greedy tokens (CFG)", "same" if greedy_same else "DIFFERENT", "equal", greedy_same),
         ("sampled tokens (CFG)", "same" if sampled_same else "DIFFERENT", "equal", sampled_same),
     ]
-    for name, result, tol, ok in rows:
-        print(f"{name:<26}{result:>14}{tol:>12}  {'yes' if ok else 'NO'}")
-    if all(row[-1] for row in rows):
-        print("OK: identical tokens (greedy and sampled); logits, decode logits and gradients within tolerance")
-        return 0
-    print("MISMATCH: the swapped model differs from the torch one", file=sys.stderr)
-    return 1
+    return rows, times
 
 
 if __name__ == "__main__":

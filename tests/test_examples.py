@@ -38,6 +38,21 @@ def test_llamagen_style_gpt_identical_tokens(backend):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "identical tokens" in r.stdout
     assert f"SPECTRALAR_KERNELS={backend}" in r.stdout
+    assert "torch SDPA -> spectralar_kernels" in r.stdout and "flash-attn -> spectralar_kernels" in r.stdout
+
+
+def test_llamagen_swap_is_the_import_line():
+    """Each attention form reaches its functions only through `self.ops`: the model text is the same whichever
+    module provides them, so in a model file the swap is the import line."""
+    import ast
+
+    tree = ast.parse((EXAMPLES / "llamagen_style_gpt.py").read_text())
+    names = {"scaled_dot_product_attention", "flash_attn_func", "flash_attn_with_kvcache"}
+    classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
+    for cls in ("SDPAAttention", "FlashAttention"):
+        calls = [n for n in ast.walk(classes[cls]) if isinstance(n, ast.Attribute) and n.attr in names]
+        assert calls, cls
+        assert all(ast.unparse(n.value) == "self.ops" for n in calls), [ast.unparse(n) for n in calls]
 
 
 @pytest.mark.parametrize("backend", ["auto", "triton"])
@@ -64,13 +79,14 @@ def _scaled(name: str, factor: float) -> str:
     "script, args, patch",
     [
         ("llamagen_style_gpt.py", GPT_MICRO, _scaled("scaled_dot_product_attention", 1.001)),
-        ("llamagen_style_gpt.py", GPT_MICRO, _scaled("attention_with_kvcache", 1.001)),
+        ("llamagen_style_gpt.py", GPT_MICRO, _scaled("flash_attn_func", 1.001)),
+        ("llamagen_style_gpt.py", GPT_MICRO, _scaled("flash_attn_with_kvcache", 1.001)),
         ("vqvae_quantizer.py", VQ_TINY,
          "f = sk.vq_nearest\ndef g(z, c, **kw):\n    i, d = f(z, c, **kw)\n    i = i.clone()\n"
          "    i[..., 0] = (i[..., 0] + 1) % c.shape[-2]\n    return i, d\nsk.vq_nearest = g"),
         ("frequency_loss.py", DCT_TINY, _scaled("dct2d", 1.001)),
     ],
-    ids=["gpt-sdpa", "gpt-kvcache", "vq-one-index", "dct-scale"],
+    ids=["gpt-sdpa", "gpt-flash-func", "gpt-flash-kvcache", "vq-one-index", "dct-scale"],
 )  # fmt: skip
 def test_examples_fail_when_the_swap_diverges(script, args, patch):
     r = run(script, args, patch=patch)

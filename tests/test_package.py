@@ -19,6 +19,8 @@ PUBLIC_API = [
     "attention_with_kvcache",
     "dct",
     "dct2d",
+    "flash_attn_func",
+    "flash_attn_with_kvcache",
     "idct",
     "idct2d",
     "scaled_dot_product_attention",

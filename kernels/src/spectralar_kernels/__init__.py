@@ -8,7 +8,13 @@ needs neither a GPU nor triton.
 """
 
 from ._common import use_backend
-from .attn import attention, attention_with_kvcache, scaled_dot_product_attention
+from .attn import (
+    attention,
+    attention_with_kvcache,
+    flash_attn_func,
+    flash_attn_with_kvcache,
+    scaled_dot_product_attention,
+)
 from .subimages import spectral_subimages
 from .transforms import dct, dct2d, idct, idct2d
 from .vq import vq_nearest
@@ -19,6 +25,8 @@ __all__ = [
     "attention_with_kvcache",
     "dct",
     "dct2d",
+    "flash_attn_func",
+    "flash_attn_with_kvcache",
     "idct",
     "idct2d",
     "scaled_dot_product_attention",

@@ -1,9 +1,15 @@
-"""Softmax attention in flash-attn's `[B, T, H, D]` layout, plus KV-cached decoding and a drop-in for torch's
-`scaled_dot_product_attention` in its `[B, H, T, D]` layout (`sdpa.py`).
+"""Softmax attention in flash-attn's `[B, T, H, D]` layout, KV-cached decoding, and drop-ins for the two
+libraries image models call: flash-attn (`flash_attn_func`, `flash_attn_with_kvcache`: its signatures) and torch
+(`scaled_dot_product_attention`: its signature, `[B, H, T, D]` layout, input domain and errors).
+
+Modules: `flash.py` (flash_attn_func), `kvcache.py` (the KV-cache entries: normalise, select a backend) with
+`kvrun.py` (one runner per backend), `sdpa.py`, `ref.py` (the references: CPU path, test oracle, benchmark
+baseline), `checks.py` (argument checks, backend availability), and the Triton kernels (`triton.py`,
+`decode.py`).
 
 Backends, chosen per call:
-  flash-attn  when `flash_attn` imports, the tensors are CUDA fp16/bf16, D % 8 == 0, the mask is
-              full or plain causal, and SPECTRALAR_KERNELS is `auto` (never required);
+  flash-attn  when `flash_attn` imports, the tensors are CUDA fp16/bf16, D % 8 == 0, the mask is one it
+              implements, and SPECTRALAR_KERNELS is `auto` (never required);
   Triton      (`triton.py`; decoding in `decode.py`) where `choose_kernel` picks an implementation for
               the mask variant ("full", "causal" or "prefix"): on CUDA under `auto` only once a GPU run
               measured it faster than the reference; always with SPECTRALAR_KERNELS=triton (CPU tensors
@@ -11,20 +17,35 @@ Backends, chosen per call:
               head dims up to 128 (padded to a power of two >= 16 with masks); 128 < D <= 256 falls
               back to the reference (with a one-time warning on CUDA);
   reference   (`ref.py`) `torch.nn.functional.scaled_dot_product_attention` with an explicit mask.
-Every path of `attention` is differentiable; `attention_with_kvcache` is inference only.
+Every path of `attention` and `flash_attn_func` is differentiable; the KV-cache entries are inference only.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .._common import check_same_device, choose_kernel, warn_once
-from .checks import TRITON_MAX_HEAD_DIM, check_bthd, check_scale, flash_attn_usable
-from .kvcache import attention_with_kvcache
+from .._common import choose_kernel, warn_once
+from .checks import (
+    TRITON_MAX_HEAD_DIM,
+    ArgumentError,
+    check_bool,
+    check_bthd,
+    check_scale,
+    flash_attn_usable,
+    same_device,
+)
+from .flash import flash_attn_func
+from .kvcache import attention_with_kvcache, flash_attn_with_kvcache
 from .ref import attention_ref
 from .sdpa import scaled_dot_product_attention
 
-__all__ = ["attention", "attention_with_kvcache", "scaled_dot_product_attention"]
+__all__ = [
+    "attention",
+    "attention_with_kvcache",
+    "flash_attn_func",
+    "flash_attn_with_kvcache",
+    "scaled_dot_product_attention",
+]
 
 
 def attention(
@@ -50,16 +71,15 @@ def attention(
     check_bthd("q", q)
     check_bthd("k", k, "q", q)
     check_bthd("v", v, "q", q)
-    check_same_device(q=q, k=k, v=v)
+    same_device(q=q, k=k, v=v)
     t = q.shape[1]
     if k.shape[1] != t or v.shape[1] != t:
-        raise ValueError(
+        raise ArgumentError(
             f"attention needs equal sequence lengths, got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
         )
-    if not isinstance(causal, bool):
-        raise ValueError(f"causal must be a bool, got {causal!r}")
+    check_bool("causal", causal)
     if isinstance(prefix_len, bool) or not isinstance(prefix_len, int) or not 0 <= prefix_len <= t:
-        raise ValueError(f"prefix_len must be an int in [0, T={t}], got {prefix_len!r}")
+        raise ArgumentError(f"prefix_len must be an int in [0, T={t}], got {prefix_len!r}")
     check_scale(softmax_scale)
     scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
     # Canonical mask: prefix 1 adds nothing to causal, a prefix of T makes it full.
