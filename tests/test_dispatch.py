@@ -236,9 +236,10 @@ def test_public_functions_ask_with_the_bucket_of_the_call(monkeypatch):
     sk.vq_nearest(torch.randn(5, 12), torch.randn(4097, 12), "cosine")
     q = torch.randn(2, 65, 3, 80)
     sk.attention(q, q, q, causal=True)
-    sk.scaled_dot_product_attention(q.transpose(1, 2), q.transpose(1, 2), q.transpose(1, 2), is_causal=True)
     kc = torch.zeros(2, 20, 3, 80)
-    with use_backend("triton"):  # under auto, CPU decode calls never ask (they cannot run a kernel)
+    with use_backend("triton"):  # under auto, CPU SDPA and decode calls never ask (they cannot run a kernel)
+        qt = q.transpose(1, 2)
+        sk.scaled_dot_product_attention(qt, qt, qt, is_causal=True)
         sk.attention_with_kvcache(q[:, :1], kc, kc.clone(), torch.tensor([3, 5], dtype=torch.int32),
                                   q[:, :1], q[:, :1])  # fmt: skip
     want = [("dct2d", "blockwise", (("block", 8), ("H", 64), ("W", 64))),
