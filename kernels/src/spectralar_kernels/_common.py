@@ -94,10 +94,17 @@ def use_backend(mode: str):
         _backend.reset(token)
 
 
+@torch.compiler.assume_constant_result
+def _forced_backend() -> str | None:
+    # torch.compile cannot trace ContextVar.get (a fullgraph compile of a model calling the kernels failed):
+    # read it at trace time and keep the value as a constant of the compiled graph
+    return _backend.get()
+
+
 def kernels_mode() -> str:
     """The backend mode in force: the innermost `use_backend` block, else SPECTRALAR_KERNELS, lower-cased
-    ("auto" when unset); read per call, never cached."""
-    forced = _backend.get()
+    ("auto" when unset); read per call, never cached (inside torch.compile: read once, when tracing)."""
+    forced = _forced_backend()
     return forced if forced is not None else os.environ.get("SPECTRALAR_KERNELS", "auto").lower()
 
 
