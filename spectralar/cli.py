@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .sampling import check_sampling_args
+from .sampling import SamplingParams
 
 
 class Parser(argparse.ArgumentParser):
@@ -73,13 +73,13 @@ def positive_float(text: str) -> float:
 
 
 def _sampling_flag(name: str, parse):
-    """An argparse type for sampling argument `name`: parsed by `parse`, then judged by
-    `sampling.check_sampling_args`, the rule `SpectralGPT.generate` applies too."""
+    """An argparse type for sampling field `name`: parsed by `parse`, then judged by building a
+    `sampling.SamplingParams` with it, the rule the sampler applies too."""
 
     def flag(text: str):
         try:
             v = parse(text)
-            check_sampling_args(**{name: v})
+            SamplingParams(**{name: v})
         except ValueError as e:
             raise argparse.ArgumentTypeError(f"got {text!r}: {e}") from None
         return v
@@ -116,6 +116,11 @@ def add_sampling_flags(p, num_per_class: int) -> None:
     p.add_argument("--temperature", type=temperature, default=1.0, help="sampling temperature (0 = greedy)")
     p.add_argument("--top-k", type=top_k, default=None, help="keep the k most likely codes")
     p.add_argument("--top-p", type=top_p, default=None, help="nucleus sampling mass in (0, 1]")
+
+
+def sampling_params(args) -> SamplingParams:
+    """The `SamplingParams` of the flags `add_sampling_flags` added (each already checked by its type)."""
+    return SamplingParams(cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
 
 
 def add_common_flags(p, out_default: str) -> None:
