@@ -111,6 +111,11 @@ top_p = _sampling_flag("top_p", _float)
 def add_sampling_flags(p, num_per_class: int) -> None:
     """--num-per-class, --cfg, --temperature, --top-k, --top-p (the generate, evaluate and experiments CLIs)."""
     p.add_argument("--num-per-class", type=positive_int, default=num_per_class, help="generated samples per class")
+    add_sampling_params_flags(p)
+
+
+def add_sampling_params_flags(p) -> None:
+    """--cfg, --temperature, --top-k, --top-p: the fields of a `SamplingParams` (see `sampling_params`)."""
     p.add_argument("--cfg", dest="cfg_scale", metavar="CFG", type=cfg_scale, default=2.0,
                    help="classifier-free guidance scale (1 = none)")
     p.add_argument("--temperature", type=temperature, default=1.0, help="sampling temperature (0 = greedy)")

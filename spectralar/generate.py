@@ -57,8 +57,8 @@ def build_parser():
                    help="sample only the first K of the model's N tokens and decode them, the rest absent (anytime "
                         "sampling: about K/N of the sampling time; default N)")
     p.add_argument("--animate", default=None, metavar="PATH",
-                   help="also write the grid's coarse-to-fine animation, one frame per token: .gif, or .png / "
-                        ".apng (animated PNG), or .webp")
+                   help="also write the grid's coarse-to-fine animation, one frame per token: .gif or .png / "
+                        ".apng (animated PNG), lossless; .webp, lossy and several times smaller")
     return p
 
 

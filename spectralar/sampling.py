@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 __all__ = ["SamplingParams", "StreamStep", "Samples", "build_decode_step", "check_labels", "compile_warm_up",
            "decode_prefix", "gather_samples", "generate", "guide", "sample_batches", "sample_codes",
-           "sample_from_logits", "sample_step", "stream", "batch_seed", "my_batches"]
+           "sample_from_logits", "sample_step", "sample_variations", "stream", "batch_seed", "my_batches"]
 
 
 @dataclass(frozen=True)
@@ -391,6 +391,29 @@ def decode_prefix(tokenizer, codes) -> torch.Tensor:
     full = codes.long() if k == N else torch.cat([codes.long(), codes.new_zeros(B, N - k, dtype=torch.long)], 1)
     n = torch.full((B,), k, dtype=torch.long, device=codes.device)
     return tokenizer.decode_vectors(tokenizer.quantizer.codes_to_vectors(full), n)
+
+
+@torch.no_grad()
+def sample_variations(model, codes, labels, *, keep: int, num: int, params: SamplingParams | None = None,
+                      seed: int = 0, kv_cache: bool = True) -> torch.Tensor:
+    """Codes [M, num, N]: for each row i of `codes` [M, >= keep] (e.g. `tokenizer.encode` of real images) its first
+    `keep` codes, then `num` independent continuations sampled for class `labels[i]`. A coarse-to-fine sequence
+    keeps the image's silhouette at small `keep` and re-draws its detail; `keep` = N returns the codes `num` times.
+    One batched `generate` call of M * num rows, drawing from a generator seeded with `seed`."""
+    if isinstance(keep, bool) or not isinstance(keep, numbers.Integral) or not 0 <= keep <= model.config.num_tokens:
+        raise ValueError(f"keep must be an integer in [0, {model.config.num_tokens}], got {keep!r}")
+    if isinstance(num, bool) or not isinstance(num, numbers.Integral) or num < 1:
+        raise ValueError(f"num must be an integer >= 1, got {num!r}")
+    if not isinstance(codes, torch.Tensor) or codes.dim() != 2 or codes.shape[1] < keep:
+        raise ValueError(f"codes must be a tensor [M, k] with k >= keep={keep}, got "
+                         f"{tuple(getattr(codes, 'shape', ()))}")
+    labels = check_labels(model, labels)
+    if labels.shape[0] != codes.shape[0]:
+        raise ValueError(f"{labels.shape[0]} labels for {codes.shape[0]} rows of codes")
+    g = torch.Generator(device=labels.device).manual_seed(seed)
+    out = generate(model, labels.repeat_interleave(num), params, prefix=codes[:, :keep].repeat_interleave(num, 0),
+                   kv_cache=kv_cache, generator=g)
+    return out.view(codes.shape[0], num, -1)
 
 
 # ---- the batch loop ----------------------------------------------------------------------------------------

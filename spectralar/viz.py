@@ -48,8 +48,8 @@ ANIMATION_FORMATS = {".gif": "GIF", ".png": "PNG", ".apng": "PNG", ".webp": "WEB
 def save_animation(frames: list[torch.Tensor], path, nrow: int, scale: int = 1, frame_ms: int = 200,
                    hold_ms: int = 1500) -> Path:
     """Save a looping animation of image grids: frames[i] is images [B, C, H, W] in [-1, 1], laid out as
-    `save_grid` does. .gif, or .png / .apng (animated PNG), or .webp; each frame shows `frame_ms`, the last
-    `hold_ms`."""
+    `save_grid` does. .gif or .png / .apng (animated PNG): lossless; .webp: lossy (quality 80), several times
+    smaller. Each frame shows `frame_ms`, the last `hold_ms`."""
     path = Path(path)
     fmt = ANIMATION_FORMATS.get(path.suffix.lower())
     if fmt is None:
@@ -57,7 +57,8 @@ def save_animation(frames: list[torch.Tensor], path, nrow: int, scale: int = 1, 
     ims = [grid_image(f, nrow, scale) for f in frames]
     durations = [frame_ms] * (len(ims) - 1) + [hold_ms]
     path.parent.mkdir(parents=True, exist_ok=True)
-    ims[0].save(path, format=fmt, save_all=True, append_images=ims[1:], duration=durations, loop=0)
+    extra = {"quality": 80, "method": 6} if fmt == "WEBP" else {}
+    ims[0].save(path, format=fmt, save_all=True, append_images=ims[1:], duration=durations, loop=0, **extra)
     return path
 
 
