@@ -197,11 +197,11 @@ def build_decode_step(model, batch: int, dtype, device, compile: bool = False):
 
 @dataclass
 class _Run:
-    """One checked sampling call: labels [B], class rows `cls` (doubled for CFG), the prefix [B, k] it continues,
-    the number of tokens n it stops at, and the uniform draws u [N, B, 1] (None when greedy)."""
+    """One checked sampling call: the class rows `cls` [B] (or [2B]: labels, then the null class for CFG), the
+    prefix [B, k] it continues, the number of tokens n it stops at, and the uniform draws u [N, B, 1] (None when
+    greedy)."""
 
     model: object
-    labels: torch.Tensor
     cls: torch.Tensor
     prefix: torch.Tensor
     n: int
@@ -251,7 +251,7 @@ def _prepare(model, labels, params, num_tokens, prefix, kv_cache, compile, gener
     if params.temperature != 0:  # all N draws, whatever n and the prefix: step t always sees draw t
         u = torch.rand(N, B, 1, generator=generator,
                        device=device if generator is None else generator.device).to(device)  # fmt: skip
-    return _Run(model, labels, cls, prefix.long(), n, params, u, kv_cache, compile)
+    return _Run(model, cls, prefix.long(), n, params, u, kv_cache, compile)
 
 
 def _steps(run: _Run) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
