@@ -94,17 +94,12 @@ def use_backend(mode: str):
         _backend.reset(token)
 
 
-@torch.compiler.assume_constant_result
-def _forced_backend() -> str | None:
-    # torch.compile cannot trace ContextVar.get (a fullgraph compile of a model calling the kernels failed):
-    # read it at trace time and keep the value as a constant of the compiled graph
-    return _backend.get()
-
-
 def kernels_mode() -> str:
     """The backend mode in force: the innermost `use_backend` block, else SPECTRALAR_KERNELS, lower-cased
-    ("auto" when unset); read per call, never cached (inside torch.compile: read once, when tracing)."""
-    forced = _forced_backend()
+    ("auto" when unset); read per call, never cached. While torch.compile traces, SPECTRALAR_KERNELS only: dynamo
+    cannot trace a context variable (a fullgraph compile of a model calling the kernels failed on it), and what is
+    traced runs the references or a custom op that reads the mode, `use_backend` included, when the graph runs."""
+    forced = None if torch.compiler.is_compiling() else _backend.get()
     return forced if forced is not None else os.environ.get("SPECTRALAR_KERNELS", "auto").lower()
 
 
