@@ -7,6 +7,7 @@ only show in the weights, the sampler and encoder) replaced by a function that f
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -245,3 +246,15 @@ def test_generate_tokens_and_animation(tmp_path, capsys):
     strip = np.asarray(Image.open(tmp_path / "four_progressive.png"))
     assert strip.shape == (2 * 34 + 2, 4 * 34 + 2)
     assert np.array_equal(strip[2:34, 3 * 34 + 2:4 * 34], grid[2:34, 2:34])  # 4 tokens of sample 0 = its grid tile
+
+
+@pytest.mark.skipif(not torch.__version__.startswith("2.13."), reason="the pictures were made with torch 2.13")
+def test_generate_progressive_writes_the_readme_strip(tmp_path, monkeypatch):
+    """`python -m spectralar.generate --kv-cache --progressive` writes the README's strip (docs/img/progressive.png)
+    byte for byte, next to its grid (docs/img/samples.png)."""
+    monkeypatch.setenv("SPECTRALAR_KERNELS", "auto")
+    monkeypatch.chdir(tmp_path)
+    assert generate.main(["--kv-cache", "--progressive", "--device", "cpu"]) == 0
+    img = Path(__file__).resolve().parent.parent / "docs" / "img"
+    assert (tmp_path / "samples_progressive.png").read_bytes() == (img / "progressive.png").read_bytes()
+    assert (tmp_path / "samples.png").read_bytes() == (img / "samples.png").read_bytes()
