@@ -15,6 +15,12 @@ codes, sampled (temperature 1) and greedy (top_k=1), and the compiled decode ste
 path's codes. d16 runs in bf16, where the two paths round
 differently and a near-tie may flip, so there the fraction of equal codes is recorded, not asserted.
 
+Anytime sampling (`num_tokens=k`, k = 4 and 8 of the 16 tokens, batch 64, KV cache) and streaming (batch 16,
+`sampling.stream`: the codes after every token, and with a preview: every row decoded after every token by the
+`fmnist` tokenizer, random init) are timed against the same batch sampled whole; `extra_info` holds the time
+relative to that run.
+Correctness: the k-token codes are the whole run's first k, the stream's last codes are `generate`'s.
+
 On CPU the module runs single-threaded: on the shared 2-core machine two OpenMP threads spin-waited
 behind other jobs and one sampling call took 5-30x longer (measured). Three rounds per case after a
 warm-up keep the file around a minute (the warm-up of the compiled cases compiles the decode step).
@@ -25,6 +31,8 @@ import torch
 
 from spectralar.models.config import preset
 from spectralar.models.generator import SpectralGPT
+from spectralar.models.tokenizer import SpectralTokenizer
+from spectralar.sampling import SamplingParams, stream
 
 from .cases import CFG_SCALE
 
@@ -142,3 +150,60 @@ def test_sampling_d16_bf16(benchmark, d16, cpu_threads, mode):
         benchmark.extra_info.update(equal_codes_sampled=sampled, equal_codes_greedy=greedy)
     benchmark.extra_info.update(params=sum(p.numel() for p in d16.parameters()))
     _run(benchmark, d16, 64, mode, cpu_threads, rounds=3, warmup=1)
+
+
+@pytest.fixture(scope="module")
+def fmnist_tokenizer():
+    torch.manual_seed(0)
+    with torch.device(DEVICE):
+        return SpectralTokenizer(preset("tokenizer", "fmnist")).eval()
+
+
+_whole: dict[int, float] = {}
+
+
+def _whole_run_seconds(model, labels) -> float:
+    """Seconds of one whole (N-token) KV-cached run of `labels`, the best of 3: the baseline of the cases below."""
+    if len(labels) not in _whole:
+        import time
+
+        best = float("inf")
+        for _ in range(4):  # the first is a warm-up
+            t = time.perf_counter()
+            _generate(model, labels, "kv")
+            best = min(best, time.perf_counter() - t)
+        _whole[len(labels)] = best
+    return _whole[len(labels)]
+
+
+@pytest.mark.parametrize("k", [4, 8])
+def test_sampling_anytime_fmnist(benchmark, fmnist, cpu_threads, k):
+    labels = torch.arange(64, device=DEVICE) % fmnist.config.num_classes
+    full = _generate(fmnist, labels, "kv")
+    assert torch.equal(_generate(fmnist, labels, "kv", num_tokens=k), full[:, :k])
+    _run_relative(benchmark, lambda: _generate(fmnist, labels, "kv", num_tokens=k), fmnist, labels, k=k)
+
+
+@pytest.mark.parametrize("preview", [False, True])
+def test_stream_fmnist(benchmark, fmnist, fmnist_tokenizer, cpu_threads, preview):
+    labels = torch.arange(16, device=DEVICE) % fmnist.config.num_classes  # 16: a decoder pass per token is slow on CPU
+    tok = fmnist_tokenizer if preview else None
+
+    def run():
+        *_, last = stream(fmnist, labels, SamplingParams(cfg_scale=CFG_SCALE), tokenizer=tok,
+                          generator=torch.Generator(device=DEVICE).manual_seed(0))
+        if CUDA:
+            torch.cuda.synchronize()
+        return last.codes
+
+    assert torch.equal(run(), _generate(fmnist, labels, "kv"))
+    _run_relative(benchmark, run, fmnist, labels, preview=preview)
+
+
+def _run_relative(benchmark, fn, model, labels, **info):
+    rounds, warmup = (5, 1) if CUDA else (3, 1)
+    benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=warmup)
+    benchmark.extra_info.update(batch=len(labels), device=DEVICE, **info)
+    stats = getattr(benchmark, "stats", None)
+    if stats is not None:  # absent under --benchmark-disable
+        benchmark.extra_info["time_vs_whole_run"] = stats.stats.min / _whole_run_seconds(model, labels)

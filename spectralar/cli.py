@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .sampling import check_sampling_args
+from .sampling import SamplingParams
 
 
 class Parser(argparse.ArgumentParser):
@@ -73,13 +73,13 @@ def positive_float(text: str) -> float:
 
 
 def _sampling_flag(name: str, parse):
-    """An argparse type for sampling argument `name`: parsed by `parse`, then judged by
-    `sampling.check_sampling_args`, the rule `SpectralGPT.generate` applies too."""
+    """An argparse type for sampling field `name`: parsed by `parse`, then judged by building a
+    `sampling.SamplingParams` with it, the rule the sampler applies too."""
 
     def flag(text: str):
         try:
             v = parse(text)
-            check_sampling_args(**{name: v})
+            SamplingParams(**{name: v})
         except ValueError as e:
             raise argparse.ArgumentTypeError(f"got {text!r}: {e}") from None
         return v
@@ -111,11 +111,21 @@ top_p = _sampling_flag("top_p", _float)
 def add_sampling_flags(p, num_per_class: int) -> None:
     """--num-per-class, --cfg, --temperature, --top-k, --top-p (the generate, evaluate and experiments CLIs)."""
     p.add_argument("--num-per-class", type=positive_int, default=num_per_class, help="generated samples per class")
+    add_sampling_params_flags(p)
+
+
+def add_sampling_params_flags(p) -> None:
+    """--cfg, --temperature, --top-k, --top-p: the fields of a `SamplingParams` (see `sampling_params`)."""
     p.add_argument("--cfg", dest="cfg_scale", metavar="CFG", type=cfg_scale, default=2.0,
                    help="classifier-free guidance scale (1 = none)")
     p.add_argument("--temperature", type=temperature, default=1.0, help="sampling temperature (0 = greedy)")
     p.add_argument("--top-k", type=top_k, default=None, help="keep the k most likely codes")
     p.add_argument("--top-p", type=top_p, default=None, help="nucleus sampling mass in (0, 1]")
+
+
+def sampling_params(args) -> SamplingParams:
+    """The `SamplingParams` of the flags `add_sampling_flags` added (each already checked by its type)."""
+    return SamplingParams(cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
 
 
 def add_common_flags(p, out_default: str) -> None:

@@ -117,6 +117,30 @@ def load_image(path, size: int, channels: int = 3) -> torch.Tensor:
     return t.permute(2, 0, 1) if t.dim() == 3 else t[None]
 
 
+FMNIST_SIZE = 28  # Fashion-MNIST's native image size; training pads it (fashion_mnist)
+
+
+def prepare_image(path, size: int, channels: int, fmnist: bool) -> tuple[torch.Tensor, str]:
+    """(uint8 [channels, size, size], what was done) for image file `path`, prepared as the training data was: for
+    a tokenizer trained on Fashion-MNIST (`fmnist`), a 28x28 image (its native size) is padded with the background
+    value; any other size is resized (shorter side, bicubic) and center-cropped (`load_image`). DataError if the
+    file is not an image Pillow reads."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if fmnist and (w, h) == (FMNIST_SIZE, FMNIST_SIZE) and size >= FMNIST_SIZE:
+                small = torch.from_numpy(np.asarray(im.convert("L")).copy())
+                return pad_to(small[None], size), (f"{w}x{h} (Fashion-MNIST's size): padded to {size}x{size} with "
+                                                   "the background value, as in training")
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise DataError(f"{path}: unreadable image ({e})") from None
+    how = (f"{w}x{h}: used as is" if (w, h) == (size, size) else
+           f"{w}x{h}: resized (shorter side to {size}) and center-cropped to {size}x{size}")
+    return load_image(path, size, channels), how
+
+
 class ImageFolder(torch.utils.data.Dataset):
     """ROOT/<class>/<image> (the ImageNet layout); classes sorted by folder name.
 

@@ -29,7 +29,15 @@ from pathlib import Path
 
 import torch
 
-from .cli import Parser, add_common_flags, add_sampling_flags, positive_float, positive_int, run_command
+from .cli import (
+    Parser,
+    add_common_flags,
+    add_sampling_flags,
+    positive_float,
+    positive_int,
+    run_command,
+    sampling_params,
+)
 from .data import DataError, make_dataset
 from .distributed import close_distributed, init_distributed
 from .evaluation.measures import (
@@ -119,8 +127,8 @@ def _generate(args, device, command, rank, world) -> dict | None:
         check_classifier(clf, c.image_size, c.channels, nc)
     labels = torch.arange(nc).repeat_interleave(args.num_per_class)
     t1 = time.time()
-    part = sample_batches(tok, gen, labels, batch_size=args.batch_size, seed=args.seed, cfg_scale=args.cfg_scale,
-                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, rank=rank, world=world)
+    part = sample_batches(tok, gen, labels, batch_size=args.batch_size, seed=args.seed, params=sampling_params(args),
+                          rank=rank, world=world)
     samples = gather_samples(part, rank, world)
     if rank != 0:
         return None

@@ -42,6 +42,7 @@ from .cli import (
     positive_float,
     positive_int,
     run_command,
+    sampling_params,
 )
 from .evaluation.measures import (
     check_classifier,
@@ -66,8 +67,7 @@ __all__ = ["build_parser", "main"]
 
 def _sample(generator, labels, args) -> torch.Tensor:
     """Codes [M, N] sampled from the sampling flags, exactly as `python -m spectralar.generate` samples them."""
-    return sample_codes(generator, labels, batch_size=args.batch_size, seed=args.seed, cfg_scale=args.cfg_scale,
-                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    return sample_codes(generator, labels, batch_size=args.batch_size, seed=args.seed, params=sampling_params(args))
 
 
 # ---- truncation -------------------------------------------------------------------------------------

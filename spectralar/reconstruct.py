@@ -12,35 +12,14 @@ from __future__ import annotations
 
 import sys
 
-import numpy as np
 import torch
 
 from .checkpoint import CheckpointError
 from .cli import Parser, check_grid_pixels, check_output, fail, pick_device, positive_int
-from .data import FMNIST_CLASSES, DataError, load_image, pad_to, to_model_range
+from .data import FMNIST_CLASSES, DataError, prepare_image, to_model_range
 from .evaluation.metrics import psnr
 from .pretrained import checked_config, load_model, resolve
 from .viz import save_grid
-
-FMNIST_SIZE = 28  # Fashion-MNIST's native image size; training pads it (data.fashion_mnist)
-
-
-def prepare(path, size: int, channels: int, fmnist: bool) -> tuple[torch.Tensor, str]:
-    """(uint8 [channels, size, size], what was done) for image file `path`, prepared as the training data was."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-            if fmnist and (w, h) == (FMNIST_SIZE, FMNIST_SIZE) and size >= FMNIST_SIZE:
-                small = torch.from_numpy(np.asarray(im.convert("L")).copy())
-                return pad_to(small[None], size), (f"{w}x{h} (Fashion-MNIST's size): padded to {size}x{size} with "
-                                                   "the background value, as in training")
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise DataError(f"{path}: unreadable image ({e})") from None
-    how = (f"{w}x{h}: used as is" if (w, h) == (size, size) else
-           f"{w}x{h}: resized (shorter side to {size}) and center-cropped to {size}x{size}")
-    return load_image(path, size, channels), how
 
 
 def main(argv=None) -> int:
@@ -59,7 +38,7 @@ def main(argv=None) -> int:
         c, meta = checked_config(path, "tokenizer")
         check_grid_pixels(len(args.images), c.num_tokens + 1, c.image_size, args.scale)
         fmnist = c.channels == 1 and meta.get("train", {}).get("classes") == FMNIST_CLASSES
-        prepared = [prepare(f, c.image_size, c.channels, fmnist) for f in args.images]
+        prepared = [prepare_image(f, c.image_size, c.channels, fmnist) for f in args.images]
         tok = load_model(path, "tokenizer", device)
         x = torch.stack([to_model_range(img) for img, _ in prepared]).to(device)
         prog_imgs = tok.decode_progressive(tok.encode(x))  # [B, N, C, H, W]

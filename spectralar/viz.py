@@ -17,8 +17,9 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return x.movedim(-3, -1).numpy()
 
 
-def save_grid(images: torch.Tensor, path, nrow: int, scale: int = 1, pad: int = 2) -> Path:
-    """Save images [B, C, H, W] in [-1, 1] as one PNG, `nrow` images per row, upscaled by `scale`."""
+def grid_image(images: torch.Tensor, nrow: int, scale: int = 1, pad: int = 2) -> Image.Image:
+    """Images [B, C, H, W] in [-1, 1] as one Pillow image on a white canvas, `nrow` images per row, upscaled by
+    `scale` (nearest neighbour)."""
     arr = to_uint8(images)
     B, H, W, C = arr.shape
     rows = (B + nrow - 1) // nrow
@@ -29,9 +30,35 @@ def save_grid(images: torch.Tensor, path, nrow: int, scale: int = 1, pad: int = 
     im = Image.fromarray(canvas[..., 0] if C == 1 else canvas)
     if scale > 1:
         im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
+    return im
+
+
+def save_grid(images: torch.Tensor, path, nrow: int, scale: int = 1, pad: int = 2) -> Path:
+    """Save images [B, C, H, W] in [-1, 1] as one PNG, `nrow` images per row, upscaled by `scale`."""
+    im = grid_image(images, nrow, scale, pad)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     im.save(path)
+    return path
+
+
+ANIMATION_FORMATS = {".gif": "GIF", ".png": "PNG", ".apng": "PNG", ".webp": "WEBP"}
+
+
+def save_animation(frames: list[torch.Tensor], path, nrow: int, scale: int = 1, frame_ms: int = 200,
+                   hold_ms: int = 1500) -> Path:
+    """Save a looping animation of image grids: frames[i] is images [B, C, H, W] in [-1, 1], laid out as
+    `save_grid` does. .gif or .png / .apng (animated PNG): lossless; .webp: lossy (quality 80), several times
+    smaller. Each frame shows `frame_ms`, the last `hold_ms`."""
+    path = Path(path)
+    fmt = ANIMATION_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"{path}: an animation is written as {', '.join(ANIMATION_FORMATS)}")
+    ims = [grid_image(f, nrow, scale) for f in frames]
+    durations = [frame_ms] * (len(ims) - 1) + [hold_ms]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    extra = {"quality": 80, "method": 6} if fmt == "WEBP" else {}
+    ims[0].save(path, format=fmt, save_all=True, append_images=ims[1:], duration=durations, loop=0, **extra)
     return path
 
 

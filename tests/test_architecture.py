@@ -9,7 +9,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = {"spectralar": ROOT / "spectralar", "spectralar_kernels": ROOT / "kernels" / "src" / "spectralar_kernels"}
-CLI_MODULES = {f"spectralar.{m}" for m in ("generate", "train", "evaluate", "experiments", "reconstruct", "export")}
+CLI_MODULES = {f"spectralar.{m}" for m in ("generate", "train", "evaluate", "experiments", "reconstruct", "export",
+                                           "vary", "anytime")}
 MAX_LINES = 600
 SKIP_DIRS = {"build", "dist", "runs", "out", "__pycache__"}
 
@@ -39,12 +40,15 @@ def module_table() -> dict[str, Path]:
     return table
 
 
-def imports_of(name: str, path: Path, table: dict[str, Path]) -> set[str]:
-    """Project modules `name` imports anywhere in its file (top level or inside functions: lazy imports count)."""
+def imports_of(name: str, path: Path, table: dict[str, Path], tree: ast.AST | None = None) -> set[str]:
+    """Project modules `name` imports anywhere in its file (top level or inside functions: lazy imports count);
+    `tree`: only the import statements of that part of the file."""
     is_pkg = path.name == "__init__.py"
     here = name.split(".") if is_pkg else name.split(".")[:-1]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+    if tree is None:
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -132,6 +136,54 @@ def test_no_module_imports_a_command_line():
     graph = import_graph()
     offenders = [f"{mod} imports {cli}" for mod, deps in sorted(graph.items()) for cli in sorted(deps & CLI_MODULES)]
     assert not offenders, "command-line modules are entry points only:\n" + "\n".join(offenders)
+
+
+ABOVE_MODELS = ("spectralar.training", "spectralar.evaluation", "spectralar.sampling")
+# The one way up: the model keeps `generate` as a convenience that hands the call to the sampler, importing it when
+# called (so importing the models never imports the sampler).
+DELEGATES = {("spectralar.models.generator", "SpectralGPT.generate", "spectralar.sampling")}
+
+
+def imports_by_function(name: str, path: Path, table: dict[str, Path]) -> set[tuple[str, str]]:
+    """(project module imported, qualified name of the function importing it, "" at module level) for `name`."""
+    out = set()
+
+    def visit(node, where):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                visit(child, f"{where}.{child.name}" if where else child.name)
+            elif isinstance(child, (ast.Import, ast.ImportFrom)):
+                fake = ast.Module(body=[child], type_ignores=[])
+                for target in imports_of(name, path, table, tree=fake):
+                    out.add((target, where))
+            else:
+                visit(child, where)
+
+    visit(ast.parse(path.read_text(encoding="utf-8"), filename=str(path)), "")
+    return out
+
+
+def test_models_import_nothing_from_training_evaluation_or_sampling():
+    """Models sit below the sampler, the trainer and the evaluation: they import none of them (lazy imports
+    included), except the delegates listed in DELEGATES, each from its one function."""
+    table = module_table()
+    found = set()
+    for name, path in table.items():
+        if name.startswith("spectralar.models"):
+            for target, where in imports_by_function(name, path, table):
+                if target.startswith(ABOVE_MODELS):
+                    found.add((name, where, target))
+    offenders = sorted(f"{m} ({w or 'module level'}) imports {t}" for m, w, t in found - DELEGATES)
+    assert not offenders, "models import from above them:\n" + "\n".join(offenders)
+    assert found == DELEGATES, f"a listed delegate is gone or moved: {sorted(DELEGATES - found)}"
+
+
+def test_model_rule_sees_lazy_imports(tmp_path):
+    """The walker behind the model rule must see an import inside a method, or the rule could pass vacuously."""
+    src = tmp_path / "m.py"
+    src.write_text("import torch\nclass A:\n    def f(self):\n        from ..sampling import generate\n")
+    table = {n: Path() for n in ("spectralar.sampling", "spectralar.models", "spectralar.models.m")}
+    assert imports_by_function("spectralar.models.m", src, table) == {("spectralar.sampling", "A.f")}
 
 
 @pytest.mark.parametrize("path", project_files({".py"}), ids=lambda p: str(p.relative_to(ROOT)))

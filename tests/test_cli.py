@@ -7,6 +7,7 @@ only show in the weights, the sampler and encoder) replaced by a function that f
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ import torch
 from fakedata import fake_fmnist
 from PIL import Image
 
-from spectralar import evaluate, experiments, export, generate, reconstruct
+from spectralar import evaluate, experiments, export, generate, reconstruct, vary
 from spectralar.data import fashion_mnist, read_idx
 from spectralar.models.config import validate_config
 from spectralar.models.generator import SpectralGPT
@@ -22,7 +23,7 @@ from spectralar.models.tokenizer import SpectralTokenizer
 from spectralar.pretrained import PRETRAINED_DIR, load_pretrained
 
 CLIS = {"generate": generate.main, "reconstruct": reconstruct.main, "evaluate": evaluate.main,
-        "experiments": experiments.main, "export": export.main}
+        "experiments": experiments.main, "export": export.main, "vary": vary.main}
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 
 
@@ -91,6 +92,22 @@ BAD = [
     ("generate", [], "windows", _set("tokenizer", "windows", [1, 2, 3]), "nothing"),
     ("generate", [], "divisible by heads", _set("generator", "heads", 5), "nothing"),
     ("generate", [], "corrupt or truncated", lambda ck: _truncate(ck / "generator"), "build"),
+    ("generate", ["--tokens", "0"], "--tokens", None, "nothing"),
+    ("generate", ["--tokens", "99"], "--tokens 99: this model has 16 tokens", None, "nothing"),
+    ("generate", ["--animate", "{tmp}/a.jpg"], "--animate", None, "nothing"),
+    ("generate", ["--animate", "{tmp}/a.txt"], "extension", None, "nothing"),
+    ("generate", ["--compile", "--no-kv-cache"], "--no-kv-cache", None, "nothing"),
+    ("vary", ["--keep", "17"], "--keep [17]: keep 0 to 16 tokens", None, "nothing"),
+    ("vary", ["--keep", "-1"], "--keep [-1]", None, "nothing"),
+    ("vary", ["--keep", "x"], "--keep", None, "nothing"),
+    ("vary", ["--class", "Sandals"], "unknown class", None, "nothing"),
+    ("vary", ["--class", "10"], "class ids lie in [0, 10)", None, "nothing"),
+    ("vary", ["{tmp}/notes.txt"], "notes.txt: unreadable image", None, "nothing"),
+    ("vary", ["{tmp}/missing.png"], "missing.png", None, "nothing"),
+    ("vary", [], "no classifier", lambda ck: shutil.rmtree(ck / "classifier"), "nothing"),
+    ("vary", ["--num", "0"], "--num", None, "nothing"),
+    ("vary", ["--cfg", "nan"], "--cfg", None, "nothing"),
+    ("vary", ["--out", "/proc/x.png"], "/proc", None, "nothing"),
     ("reconstruct", ["--device", "nonsense"], "nonsense", None, "nothing"),
     pytest.param("reconstruct", ["--device", "cuda"], "CUDA is not available", None, "nothing", marks=NO_CUDA),
     ("reconstruct", ["--out", "/proc/x.png"], "/proc", None, "nothing"),
@@ -117,7 +134,9 @@ def _argv(cli, ck, tmp):
     """Arguments that make each CLI's run valid (on the checkpoint copy `ck`), before the case's own."""
     img = tmp / "in.png"
     Image.fromarray(np.full((28, 28), 128, np.uint8)).save(img)
+    (tmp / "notes.txt").write_text("not an image")
     return {"generate": ["--checkpoint", ck, "--out", tmp / "s.png", "--device", "cpu"],
+            "vary": [img, "--keep", "4", "--checkpoint", ck, "--out", tmp / "v.png", "--device", "cpu"],
             "reconstruct": [img, "--checkpoint", ck, "--out", tmp / "r.png", "--device", "cpu"],
             "evaluate": ["--out", tmp / "eval", "--device", "cpu"],
             "experiments": ["--out", tmp / "exp", "--device", "cpu"],
@@ -200,3 +219,42 @@ def test_reconstruct_pads_native_size_as_in_training(tmp_path, capsys):
     trained = fashion_mnist("test", root=data)[0][0]  # [1, 32, 32] in [-1, 1]
     assert np.array_equal(shown, trained[0].add(1).mul(127.5).round().to(torch.uint8).numpy())
     assert np.array_equal(grid[36:68, 2:34], np.full((32, 32), 90, np.uint8))  # 30x45 of one grey -> 32x32
+
+
+def test_generate_tokens_and_animation(tmp_path, capsys):
+    """--tokens 16 (all of them) writes the default command's bytes; --tokens 4 decodes the first 4 tokens of the
+    same samples, and its --animate GIF has one frame per token, the last one the grid itself."""
+    base = ["--classes", "1,5", "--num-per-class", "3", "--device", "cpu", "--scale", "1", "--batch-size", "4"]
+    outs = {}
+    for name, flags in (("default", []), ("all", ["--tokens", "16"]),
+                        ("four", ["--tokens", "4", "--animate", tmp_path / "a.gif", "--progressive"])):
+        outs[name] = tmp_path / f"{name}.png"
+        code, printed, err = _run(generate.main, [*base, "--out", outs[name], *flags], capsys)
+        assert code == 0, err
+    assert outs["all"].read_bytes() == outs["default"].read_bytes()
+    assert "decoded from the first 4 of 16 tokens" in printed and "4 frames" in printed
+    grid = np.asarray(Image.open(outs["four"]))
+    assert grid.shape == (2 * 34 + 2, 3 * 34 + 2) and not np.array_equal(grid, np.asarray(Image.open(outs["all"])))
+    with Image.open(tmp_path / "a.gif") as gif:
+        assert gif.n_frames == 4
+        frames = []
+        for i in range(4):
+            gif.seek(i)
+            frames.append(np.asarray(gif.convert("L")))
+    assert np.array_equal(frames[-1], grid)
+    assert len({f.tobytes() for f in frames}) == 4  # coarse to fine: every frame differs
+    strip = np.asarray(Image.open(tmp_path / "four_progressive.png"))
+    assert strip.shape == (2 * 34 + 2, 4 * 34 + 2)
+    assert np.array_equal(strip[2:34, 3 * 34 + 2:4 * 34], grid[2:34, 2:34])  # 4 tokens of sample 0 = its grid tile
+
+
+@pytest.mark.skipif(not torch.__version__.startswith("2.13."), reason="the pictures were made with torch 2.13")
+def test_generate_progressive_writes_the_readme_strip(tmp_path, monkeypatch):
+    """`python -m spectralar.generate --kv-cache --progressive` writes the README's strip (docs/img/progressive.png)
+    byte for byte, next to its grid (docs/img/samples.png)."""
+    monkeypatch.setenv("SPECTRALAR_KERNELS", "auto")
+    monkeypatch.chdir(tmp_path)
+    assert generate.main(["--kv-cache", "--progressive", "--device", "cpu"]) == 0
+    img = Path(__file__).resolve().parent.parent / "docs" / "img"
+    assert (tmp_path / "samples_progressive.png").read_bytes() == (img / "progressive.png").read_bytes()
+    assert (tmp_path / "samples.png").read_bytes() == (img / "samples.png").read_bytes()

@@ -15,9 +15,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..sampling import check_sampling_args, sample_from_logits
 from .config import GeneratorConfig
 from .layers import AdaLNBlock, Block, KVCache, init_weights
+
+__all__ = ["CONDITIONING", "SamplingCache", "SpectralGPT"]
 
 CONDITIONING = ("token", "adaln")
 
@@ -128,7 +129,7 @@ class SpectralGPT(nn.Module):
             labels = torch.where(drop, torch.full_like(labels, self.null_class), labels)
         return self(labels, codes[:, :-1], targets=codes)[1]
 
-    # ---- sampling -------------------------------------------------------------------------------
+    # ---- sampling (the loop itself lives in spectralar.sampling) --------------------------------------
 
     def setup_caches(self, batch: int, dtype, device, zero: bool = True) -> SamplingCache:
         c = self.config
@@ -138,13 +139,14 @@ class SpectralGPT(nn.Module):
             mod = torch.zeros(batch, (6 * c.depth + 2) * c.width, dtype=dtype, device=device)
         return SamplingCache(layers, mod)
 
-    def prefill(self, labels, caches, cache_seqlens=0):
-        """Run the first token through the model, filling position 0 of every cache (and, for adaln, the
-        class modulation the decode steps reuse); logits for s_1."""
+    def prefill(self, labels, caches, prefix=None):
+        """Run the first position and the given codes s_1..s_k (`prefix` [B, k], optional) through the model in one
+        pass, filling positions 0..k of every cache (and, for adaln, the class modulation the decode steps reuse);
+        logits [B, K] for s_{k+1}."""
         mod = self.modulation(labels)
         if mod is not None:
             caches.mod.copy_(mod)
-        x = self._blocks(self._embed(labels, None, 0), mod, caches, cache_seqlens=cache_seqlens)
+        x = self._blocks(self._embed(labels, prefix, 0), mod, caches, cache_seqlens=0)
         return self._logits(x[:, -1], mod)
 
     def decode_one_token(self, token, caches, cache_seqlens):
@@ -159,141 +161,13 @@ class SpectralGPT(nn.Module):
         x = self._blocks(x, caches.mod, caches, cache_seqlens=cache_seqlens)
         return self._logits(x[:, -1], caches.mod)
 
-    @staticmethod
-    def _guide(logits, cfg_scale: float):
-        """fp32 logits; with CFG (rows [cond; uncond]) mixed as uncond + cfg_scale * (cond - uncond)."""
-        logits = logits.float()
-        if cfg_scale != 1.0:
-            cond, uncond = logits.chunk(2)
-            logits = uncond + cfg_scale * (cond - uncond)
-        return logits
-
-    def sample_step(self, token, caches, cache_seqlens, u, cfg_scale, temperature, top_k, top_p):
-        """One whole sampling step, the unit `generate(compile=True)` compiles (one CUDA graph on CUDA).
-
-        token [B] at position cache_seqlens (see `decode_one_token`); with CFG the batch is doubled with
-        the null rows here. u [B, 1] is this step's uniform draw (None for greedy). A tensor cache_seqlens
-        is advanced in place. Returns the guided logits [B, K] (fp32) and the next token [B].
-        """
-        rows = torch.cat([token, token]) if cfg_scale != 1.0 else token
-        logits = self._guide(self.decode_one_token(rows, caches, cache_seqlens), cfg_scale)
-        nxt = sample_from_logits(logits, temperature, top_k, top_p, u=u)
-        if isinstance(cache_seqlens, torch.Tensor):
-            cache_seqlens += 1
-        return logits, nxt
-
-    def _decode_state(self, batch: int, dtype, device, compile: bool):
-        """(step function, caches, positions) for one sampling call.
-
-        Eager: `sample_step`, fresh caches, and positions as host ints (None here). compile=True:
-        `torch.compile(sample_step, fullgraph=True, dynamic=False)`, with mode "reduce-overhead" (CUDA
-        graphs) on CUDA; the caches and the int32 `cache_seqlens` tensor are kept on the model and reused by
-        later calls with the same batch, dtype and device, and on CUDA marked as static addresses, so the
-        captured graph is replayed instead of re-recorded. A replay overwrites the previous outputs, so on
-        CUDA the step marks each call as a new step and returns copies.
-        """
-        if not compile:  # host-int positions read only what was written: the caches need no zeroing
-            return self.sample_step, self.setup_caches(batch, dtype, device, zero=False), None
-        key = (id(self), batch, dtype, device)  # id: a deepcopy of the model must not call this model's graph
-        state = self.__dict__.get("_compiled_decode")
-        if state is None or state[0] != key:
-            caches = self.setup_caches(batch, dtype, device)
-            seqlens = torch.zeros(batch, dtype=torch.int32, device=device)
-            cuda = device.type == "cuda"
-            if cuda:
-                for t in [seqlens, *caches.buffers()]:
-                    torch._dynamo.mark_static_address(t)
-            fn = torch.compile(self.sample_step, fullgraph=True, dynamic=False,
-                               mode="reduce-overhead" if cuda else None)
-            if cuda:
-                graph = fn
-
-                def fn(*args):
-                    torch.compiler.cudagraph_mark_step_begin()
-                    return tuple(t.clone() for t in graph(*args))
-            state = self.__dict__["_compiled_decode"] = (key, fn, caches, seqlens)
-        _, fn, caches, seqlens = state
-        return fn, caches, seqlens
-
-    @torch.no_grad()
     def generate(self, labels, cfg_scale=1.0, temperature=1.0, top_k=None, top_p=None, kv_cache=True,
-                 generator: torch.Generator | None = None, return_logits=False, compile=False):
-        """Sample codes [B, N] for class ids `labels` [B].
+                 generator: torch.Generator | None = None, return_logits=False, compile=False, num_tokens=None,
+                 prefix=None):
+        """Sample codes [B, num_tokens] for class ids `labels` [B]: `spectralar.sampling.generate` with
+        `SamplingParams(cfg_scale, temperature, top_k, top_p)`; see there for every argument."""
+        from ..sampling import SamplingParams, generate  # the sampler sits above the models (the one way up)
 
-        cfg_scale: 1.0 = plain conditional sampling; > 1 doubles the batch with the null class and mixes
-        logits uncond + cfg_scale * (cond - uncond). temperature 0 = greedy. top_k >= 1, 0 < top_p <= 1.
-        kv_cache=False recomputes the whole prefix each step (the baseline). With return_logits, also
-        returns the (guided) logits [B, N, K] used at each step.
-        compile=True (needs kv_cache) runs each whole decoding step (null rows, decode, CFG mixing, sampling,
-        position increment: `sample_step`) through torch.compile, as one CUDA graph on CUDA; the first call
-        per batch size and dtype pays the compilation (seconds to a minute), later calls reuse it. Prefill
-        stays eager. See docs/benchmarks.md for what it buys.
-        The N uniform draws of a sampled run are taken from `generator` up front, in step order (on CPU the
-        same numbers as one draw per step), so the compiled and eager steps see the same randomness.
-        Raises RuntimeError naming the first step whose logits are not finite (NaN weights, a guidance that
-        overflows) instead of returning the garbage codes sampled from them.
-        """
-        c = self.config
-        labels = self._check_labels(labels)
-        check_sampling_args(cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p, kv_cache=kv_cache,
-                            compile=compile)
-        if cfg_scale != 1.0 and c.class_dropout <= 0:
-            raise ValueError(f"cfg_scale={cfg_scale} needs a model trained with a null class (class_dropout > 0)")
-        B, device = labels.shape[0], labels.device
-        use_cfg = cfg_scale != 1.0
-        cls = torch.cat([labels, torch.full_like(labels, self.null_class)]) if use_cfg else labels
-        u = None
-        if temperature != 0:
-            u = torch.rand(c.num_tokens, B, 1, generator=generator,
-                           device=device if generator is None else generator.device).to(device)  # fmt: skip
-        sampling = (temperature, top_k, top_p)
-
-        all_logits, toks = [], []
-        if kv_cache:
-            dtype = next(self.parameters()).dtype
-            step, caches, seqlens = self._decode_state(cls.shape[0], dtype, device, compile)
-            logits = self._guide(self.prefill(cls, caches, 0), cfg_scale)
-            nxt = sample_from_logits(logits, *sampling, u=None if u is None else u[0])
-            if seqlens is not None:
-                seqlens.fill_(1)
-            for t in range(1, c.num_tokens):
-                all_logits.append(logits)
-                toks.append(nxt)
-                pos = t if seqlens is None else seqlens  # where nxt goes: s_t sits at position t
-                logits, nxt = step(nxt, caches, pos, None if u is None else u[t], cfg_scale, *sampling)
-            all_logits.append(logits)
-            toks.append(nxt)
-            codes = torch.stack(toks, 1)
-        else:
-            codes = torch.empty(B, 0, dtype=torch.long, device=device)
-            for t in range(c.num_tokens):
-                logits = self._guide(self(cls, codes.repeat(2, 1) if use_cfg else codes)[:, -1], cfg_scale)
-                nxt = sample_from_logits(logits, *sampling, u=None if u is None else u[t])
-                all_logits.append(logits)
-                codes = torch.cat([codes, nxt[:, None]], 1)
-        # one finiteness flag per step, read back once here (no host sync inside the loop): NaN or inf logits
-        # would otherwise sample the last code everywhere and pass for a result
-        bad = torch.stack([~x.isfinite().all() for x in all_logits])
-        if bad.any():
-            t = int(bad.nonzero()[0])
-            raise RuntimeError(f"non-finite logits (NaN or inf) at sampling step {t} of {c.num_tokens} (token "
-                               f"s_{t + 1}) with cfg_scale={cfg_scale}, temperature={temperature}: the weights or the "
-                               "guidance overflow")
-        if return_logits:
-            return codes, torch.stack(all_logits, 1)
-        return codes
-
-    def _check_labels(self, labels):
-        """labels as an int64 tensor of class ids on the model's device, or ValueError."""
-        c = self.config
-        if not isinstance(labels, torch.Tensor):
-            labels = torch.as_tensor(labels)
-        if labels.dtype not in (torch.int64, torch.int32) or labels.dim() != 1 or labels.numel() == 0:
-            raise ValueError(f"labels must be a non-empty 1-D integer tensor, got {labels.dtype} {tuple(labels.shape)}")
-        if labels.min() < 0 or labels.max() >= c.num_classes:
-            bad = labels[(labels < 0) | (labels >= c.num_classes)][0].item()
-            raise ValueError(f"class id {bad} outside [0, {c.num_classes})")
-        dev = next(self.parameters()).device
-        if labels.device != dev:
-            raise ValueError(f"labels are on {labels.device} but the model is on {dev}")
-        return labels.long()
+        return generate(self, labels, SamplingParams(cfg_scale, temperature, top_k, top_p), num_tokens=num_tokens,
+                        prefix=prefix, kv_cache=kv_cache, compile=compile, generator=generator,
+                        return_logits=return_logits)

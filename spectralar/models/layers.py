@@ -12,6 +12,8 @@ import torch.nn.functional as F
 
 from spectralar_kernels import attention, attention_with_kvcache
 
+__all__ = ["AdaLNBlock", "Block", "KVCache", "SelfAttention", "init_weights"]
+
 
 class KVCache(nn.Module):
     """A static per-layer cache [B, T_max, H, D], allocated once per sampling call (gpt-fast style).
@@ -45,7 +47,9 @@ class SelfAttention(nn.Module):
         if cache is None:
             y = attention(q, k, v, causal=causal, prefix_len=prefix_len)
         else:
-            y = attention_with_kvcache(q, cache.k, cache.v, cache_seqlens, k=k, v=v)
+            # T > 1: a prefill of several positions, causal among themselves (a decode step's one query sees
+            # the whole cache either way, so it skips the mask)
+            y = attention_with_kvcache(q, cache.k, cache.v, cache_seqlens, k=k, v=v, causal=T > 1)
         y = self.proj(y.reshape(B, T, C))
         return self.dropout(y) if self.training else y  # eval: skip the identity call (the sampler's hot loop)
 

@@ -108,7 +108,8 @@ def use_backend(mode: str):
 
 def kernels_mode() -> str:
     """The backend mode in force: the innermost `use_backend` block, else SPECTRALAR_KERNELS, lower-cased
-    ("auto" when unset); read per call, never cached."""
+    ("auto" when unset); read per call, never cached. While torch.compile traces, the innermost block is read
+    from a module global (`_traced_backend`): dynamo cannot trace a context variable."""
     forced = _traced_backend if torch.compiler.is_compiling() else _backend.get()
     return forced if forced is not None else os.environ.get("SPECTRALAR_KERNELS", "auto").lower()
 
