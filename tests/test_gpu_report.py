@@ -4,6 +4,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -45,7 +46,9 @@ def test_dry_run_writes_tables_decisions_and_the_measured_table(tmp_path):
     assert "| realistic l2 | M=256 K=512 d=12 | fp32 |" in text and "| PASS |" in text
     assert "| ref (chunked) | ref |" in text and "| torch.cdist+argmin | baseline |" in text
     assert "| matmul+argmin | baseline |" in text and "| vq-v2 (ref backend) | kernel |" in text
-    assert "- vq_nearest l2: " in text and "- vq_nearest cosine: matmul+argmax (fp32," in text  # the strongest path
+    # the strongest path is named per op; which one wins is a timing (cdist and matmul trade places on a busy CPU)
+    assert re.search(r"^- vq_nearest l2: (matmul\+argmin|torch\.cdist\+argmin|ref \(chunked\)) \(fp32,", text, re.M)
+    assert re.search(r"^- vq_nearest cosine: (matmul\+argmax|torch\.cdist\+argmin|ref \(chunked\)) \(fp32,", text, re.M)
     assert "| vq_nearest | cosine | fp32 | K=257..512 d=9..16 | reference |" in text
     assert "DRY RUN" in text and "0 FAIL" in proc.stdout
     for path in (measured, tmp_path / "work" / "measured.json"):  # written, and readable by the dispatch
