@@ -159,3 +159,33 @@ def test_design_rules_flag_problems():
     assert any("128-bit global loads" in p for p in kr.Result(**{**vars(good), "ldg128": 0}).problems())
     assert any("stores" in p for p in kr.Result(**{**vars(good), "wide_stores": True}).problems())
     assert any("JIT-like" in p for p in kr.Result(**{**vars(good), "jit_like": False}).problems())
+
+
+# ---- attention (attn/aot.py): specs live outside the runtime modules and cover the launchers ----------------
+
+
+def test_attention_specs_live_outside_the_runtime_modules():
+    """The launchers' modules carry kernels only: importing them builds no AOTSpec, and `attn.aot` is the one
+    attention module the AOT check compiles."""
+    import spectralar_kernels.attn.decode as decode
+    import spectralar_kernels.attn.triton as attn_triton
+
+    for module in (attn_triton, decode):
+        assert not hasattr(module, "aot_specs"), module.__name__
+        assert "AOTSpec" not in vars(module), module.__name__
+    assert "attn.aot" in kr.MODULES
+    assert not {"attn.triton", "attn.decode"} & set(kr.MODULES)
+
+
+def test_decode_specs_cover_the_launcher():
+    """Every decode spec is a one-token benchmark-shape compile (values given), the decode kernel is `main`,
+    and both the direct and the split-K configurations appear for every dtype."""
+    from spectralar_kernels.attn import aot as attn_aot
+
+    specs = attn_aot.decode_specs()
+    assert all(s.values is not None and s.op == "decode" and s.dtype for s in specs)
+    mains = [s for s in specs if s.main]
+    for dt in ("fp32", "fp16", "bf16"):
+        kinds = {(s.constexprs["SPLIT"], s.constexprs["HAS_NEW"]) for s in mains if s.dtype == dt}
+        assert kinds == {(False, False), (False, True), (True, False), (True, True)}, (dt, kinds)
+    assert all(s.expect_tensor_cores == (s.dtype != "fp32") for s in mains)

@@ -56,9 +56,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .._common import DTYPE_NAME, PTR_SIG, AOTSpec, interpreter_on
+from .._common import interpreter_on
 from ._tiles import (
-    HEAD_DIM_BLOCKS,
     LOG2E,
     bth,
     copy_back,
@@ -460,60 +459,3 @@ def attention_triton(
 ) -> torch.Tensor:
     """Differentiable Triton attention (arguments already validated and the mask canonicalised by the caller)."""
     return AttentionFunction.apply(q, k, v, causal, prefix_len, scale, impl)
-
-
-# ----------------------------------------------------------------------------------------------
-# Ahead-of-time compile specs: every configuration the autotuned launchers can choose on a GPU, with the
-# integer arguments of the benchmark shapes (prefix-LM B=64 T=320 H=12, and causal B=128 T=65 H=16 for D=64).
-
-_SHAPES = {"prefix": (64, 320, 12, 256), "causal": (128, 65, 16, 0)}  # (B, T, H, prefix_len)
-
-
-def _values(kernel, shape: str, d: int) -> dict[str, int]:
-    """The integer arguments of a launch on contiguous `[B, T, H, D]` tensors."""
-    b, t, h, prefix = _SHAPES[shape]
-    strides = {"b": t * h * d, "t": h * d, "h": d}
-    values = {}
-    for name in kernel.arg_names:
-        if name.startswith("stride_"):
-            values[name] = strides[name[-1]]
-    values.update(H=h, T=t, D=d, prefix_len=prefix)
-    return values
-
-
-def _signature(kernel, ptr: str, constexprs: dict) -> dict[str, str]:
-    sig = {}
-    for name in kernel.arg_names:
-        if name in constexprs:
-            sig[name] = "constexpr"
-        elif name == "LSE":
-            sig[name] = "*fp32"
-        elif name.isupper() and name not in ("H", "T", "D"):
-            sig[name] = ptr
-        elif name in ("scale", "qk_scale"):
-            sig[name] = "fp32"
-        else:
-            sig[name] = "i32"
-    return sig
-
-
-def aot_specs() -> list[AOTSpec]:
-    specs = []
-    kernels = (("fwd", _attention_fwd_kernel, _FWD_CONFIGS), ("bwd", _attention_bwd_kernel, _BWD_CONFIGS))
-    for dtype, ptr in PTR_SIG.items():
-        lowp = dtype != torch.float32
-        for block_d in HEAD_DIM_BLOCKS:
-            shapes = ("prefix", "causal") if block_d == 64 else ("prefix",)
-            for what, kernel, table in kernels:
-                for m, n, warps, stages in table[("lowp" if lowp else "fp32", block_d)]:
-                    constexprs = {"BLOCK_M": m, "BLOCK_N": n, "BLOCK_D": block_d, "PAD_D": False, "UPCAST": False,
-                                  "PRECISION": "tf32" if lowp else "tf32x3"}  # fmt: skip
-                    name = DTYPE_NAME[dtype]
-                    for shape in shapes:
-                        specs.append(AOTSpec(
-                            kernel, _signature(kernel, ptr, constexprs), constexprs, warps, stages,
-                            label=f"attention {what} {name} D={block_d} {m}x{n} w{warps} s{stages} {shape}",
-                            expect_tensor_cores=True, op="attention", dtype=name,
-                            values=_values(kernel, shape, block_d), main=True,
-                        ))  # fmt: skip
-    return specs
