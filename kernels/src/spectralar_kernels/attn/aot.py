@@ -1,10 +1,30 @@
 """Ahead-of-time compile specs of the attention kernels (attention-v2 in `triton.py`, decode-v2 in `decode.py`).
 
 Not imported by the launchers: `spectralar_kernels.testing.aot` compiles these specs for sm_80 and sm_90 without a
-GPU, and tests/test_aot_compile.py asserts the kernels' design properties on the SASS.
+GPU, and tests/test_aot_compile.py asserts the kernels' design properties on the SASS. Beyond its records, two
+properties of the attention design are read here from the compiled code:
+  occupancy   `ctas_per_sm` from registers, warps and shared memory; `planned_ctas_per_sm` is what the tile
+              tables of `triton.py` plan for a spec on sm_90 (their "Occupancy" paragraph);
+  pipelining  `loop_waits`: for each loop of the SASS that issues cp.async (LDGSTS), the thresholds of its
+              `DEPBAR.LE SB0, N` waits; N = 0 inside a loop means every load in flight, the next step's
+              included, is waited for before the step computes: nothing overlaps.
+As a command (needs triton, no GPU), the loops of every spec whose label contains one of the --match strings:
+    python -m spectralar_kernels.attn.aot --match "attention bwd" --arch 90
 """
 
 from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import multiprocessing
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import astuple, dataclass
+from pathlib import Path
 
 import torch
 
@@ -13,7 +33,8 @@ from . import decode
 from . import triton as attn
 from ._tiles import HEAD_DIM_BLOCKS
 
-__all__ = ["aot_specs", "attention_spec", "decode_specs", "training_specs"]
+__all__ = ["LoopWaits", "aot_specs", "attention_spec", "ctas_per_sm", "decode_specs", "loop_report", "loop_waits",
+           "planned_ctas_per_sm", "sass_of", "training_specs"]
 
 # Benchmark shapes of the training kernels: (B, T, H, prefix_len). The encoder's prefix-LM of imagenet-b64 at
 # every head dim, and the generator's causal step (T = 65 tokens) at D = 64.
@@ -59,6 +80,15 @@ def attention_spec(what: str, dtype: torch.dtype, block_d: int, config: tuple[in
         expect_tensor_cores=True, op="attention", dtype=DTYPE_NAME[dtype], values=_attention_values(kernel, shape,
         block_d), main=True,
     )  # fmt: skip
+
+
+def planned_ctas_per_sm(spec: AOTSpec) -> int:
+    """CTAs per SM the tile tables of `triton.py` plan for a training-kernel spec on sm_90."""
+    what = next(name for name, (kernel, _table) in attn._KERNELS.items() if kernel is spec.kernel)
+    c = spec.constexprs
+    config = (c["BLOCK_M"], c["BLOCK_N"], spec.num_warps, spec.num_stages)
+    klass = "fp32" if spec.dtype == "fp32" else "lowp"
+    return 1 if (what, klass, c["BLOCK_D"], config) in attn.ONE_CTA_PER_SM else attn.MIN_CTAS_PER_SM
 
 
 def training_specs() -> list[AOTSpec]:
@@ -153,3 +183,126 @@ def decode_specs() -> list[AOTSpec]:
 def aot_specs() -> list[AOTSpec]:
     """The training kernels' specs, then the decode kernels'."""
     return training_specs() + decode_specs()
+
+
+# ---- reading the compiled code: occupancy and the cp.async wait pattern of each loop ------------------------
+# Per-SM limits of the occupancy calculation (CUDA programming guide, compute capabilities 8.0 and 9.0).
+SM_SHARED = {80: 164 * 1024, 90: 228 * 1024}  # shared memory per SM; every CTA also reserves 1 KB
+SM_REGISTERS, SM_THREADS, SM_CTAS = 65536, 2048, 32
+REGISTER_UNIT = 256  # registers are allocated per warp in units of 256
+
+
+def ctas_per_sm(registers: int, shared_bytes: int, num_warps: int, arch: int) -> int:
+    """How many CTAs of a kernel fit on one SM at once: the least of the register, shared-memory, thread and
+    CTA limits."""
+    per_warp = -(-registers * 32 // REGISTER_UNIT) * REGISTER_UNIT
+    by_registers = SM_REGISTERS // (per_warp * num_warps)
+    by_shared = SM_SHARED[arch] // (shared_bytes + 1024)
+    return min(by_registers, by_shared, SM_THREADS // (32 * num_warps), SM_CTAS)
+
+
+@dataclass(frozen=True)
+class LoopWaits:
+    """One loop of the SASS (a backward branch) that issues cp.async loads: where it runs, how many LDGSTS it
+    issues per iteration, and the thresholds N of its `DEPBAR.LE SB0, N` waits (N = 0: wait for every load in
+    flight, the next block's included, so nothing overlaps the compute)."""
+
+    start: int
+    end: int
+    ldgsts: int
+    waits: tuple[int, ...]
+
+    @property
+    def drains(self) -> bool:
+        return 0 in self.waits
+
+
+_SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
+
+
+def loop_waits(sass: str) -> list[LoopWaits]:
+    """The loops of one kernel's `cuobjdump -sass` text that contain LDGSTS, in address order."""
+    code = [(int(m.group(1), 16), m.group(2), m.group(3)) for m in _SASS_LINE.finditer(sass)]
+    loops = []
+    for addr, op, args in code:
+        target = re.fullmatch(r"\s*0x([0-9a-f]+)\s*", args) if op == "BRA" else None
+        if target is None or int(target.group(1), 16) >= addr:
+            continue
+        start = int(target.group(1), 16)
+        body = [(o, a) for at, o, a in code if start <= at <= addr]
+        waits = tuple(int(w.group(1), 16) for o, a in body if o == "DEPBAR.LE"
+                      for w in [re.search(r"SB0,\s*0x([0-9a-f]+)", a)] if w)  # fmt: skip
+        ldgsts = sum(o.startswith("LDGSTS") for o, _ in body)
+        if ldgsts:
+            loops.append(LoopWaits(start, addr, ldgsts, waits))
+    return loops
+
+
+def sass_of(spec: AOTSpec, arch: int) -> str:
+    """Compile `spec` JIT-like for sm_<arch> (as the AOT check does; needs the interpreter off) and return the
+    `cuobjdump -sass` text of its cubin."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from ..testing import aot
+
+    signature, constexprs, attrs, _ = aot.jit_like_source(spec)
+    compiled = triton.compile(ASTSource(spec.kernel, signature, constexprs, attrs=attrs),
+                              target=GPUTarget("cuda", arch, 32),
+                              options={"num_warps": spec.num_warps, "num_stages": spec.num_stages})  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "kernel.cubin"
+        path.write_bytes(compiled.asm["cubin"])
+        return subprocess.run([aot.tool("cuobjdump"), "-sass", str(path)], capture_output=True, text=True,
+                              check=True).stdout  # fmt: skip
+
+
+def _loops_job(job: tuple[str, int]) -> tuple[str, int, list[tuple]]:
+    label, arch = job
+    spec = next(s for s in aot_specs() if s.label == label)
+    return label, arch, [astuple(loop) for loop in loop_waits(sass_of(spec, arch))]
+
+
+def loop_report(labels: list[str], archs=(90,), jobs: int = 2) -> dict[tuple[str, int], list[LoopWaits]]:
+    """(label, arch) -> the cp.async loops (`loop_waits`) of each named spec's SASS. Compiles in a child process
+    with the interpreter off when this one has it on (the interpreter's kernels cannot be compiled)."""
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        cmd = [sys.executable, "-m", "spectralar_kernels.attn.aot", "--json", "--jobs", str(jobs),
+               "--arch", *map(str, archs), "--labels", *labels]  # fmt: skip
+        out = json.loads(subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout)
+    else:
+        todo = [(label, arch) for label in labels for arch in archs]
+        if jobs > 1 and len(todo) > 1:  # fork: workers inherit the imported kernels (JITFunctions do not pickle)
+            ctx = multiprocessing.get_context("fork")
+            with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
+                out = list(pool.map(_loops_job, todo))
+        else:
+            out = [_loops_job(job) for job in todo]
+    return {(label, arch): [LoopWaits(*loop[:3], tuple(loop[3])) for loop in loops] for label, arch, loops in out}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="cp.async wait pattern of each loop in the attention kernels' SASS")
+    p.add_argument("--match", nargs="*", default=[], help="specs whose label contains one of these (default: all)")
+    p.add_argument("--labels", nargs="*", default=None, help="exact spec labels (instead of --match)")
+    p.add_argument("--arch", nargs="+", type=int, default=[90], help="SM versions (default: 90)")
+    p.add_argument("--jobs", type=int, default=2, help="parallel compile processes")
+    p.add_argument("--json", action="store_true", help="raw JSON on stdout (used by `loop_report`)")
+    args = p.parse_args(argv)
+    labels = args.labels if args.labels is not None else [
+        s.label for s in aot_specs() if not args.match or any(m in s.label for m in args.match)]  # fmt: skip
+    report = loop_report(labels, tuple(args.arch), args.jobs)
+    if args.json:
+        print(json.dumps([[label, arch, [astuple(loop) for loop in loops]] for (label, arch), loops in report.items()]))
+        return 0
+    for (label, arch), loops in report.items():
+        steps = " ".join(f"[{loop.ldgsts} LDGSTS, waits {','.join(map(str, loop.waits))}]" for loop in loops)
+        print(f"{label} sm_{arch}: {steps or 'no cp.async loop'}{'  DRAINS' if any(x.drains for x in loops) else ''}")
+    return int(any(loop.drains for loops in report.values() for loop in loops))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
