@@ -252,13 +252,9 @@ def test_attention_tiles_reach_their_planned_occupancy(aot_results):
     assert all(attn_aot.planned_ctas_per_sm(s) >= 2 for s in d128)
 
 
-def test_attention_loops_overlap_loads_with_compute():
-    """Pipelining, read from the sm_90 SASS: every loop of the attention kernels (backward, forward) that loads
-    through cp.async waits with `DEPBAR.LE SB0, N`, N > 0, so the next step's loads stay in flight while this
-    step computes. The 2-stage backward waited with N = 0 at the top of every step (all loads drained)."""
+def _assert_pipelined(labels):
     from spectralar_kernels.attn import aot as attn_aot
 
-    labels = [s.label for s in _training_specs()]
     report = attn_aot.loop_report(labels, archs=(90,))
     assert set(report) == {(label, 90) for label in labels}
     for (label, _arch), loops in report.items():
@@ -266,7 +262,34 @@ def test_attention_loops_overlap_loads_with_compute():
         for loop in loops:
             assert loop.waits and not loop.drains, f"{label}: loop {loop} drains every load each step"
     bwd = [loops for (label, _), loops in report.items() if " bwd " in label]
-    assert bwd and all(len(loops) == 4 for loops in bwd)  # dK/dV and dQ, each unmasked + masked
+    assert all(len(loops) == 4 for loops in bwd)  # dK/dV and dQ, each unmasked + masked
+
+
+def test_attention_backward_overlaps_loads_with_compute():
+    """The default backward tiles (bf16 at D = 64 and 128, fp32 at D = 64) keep the next step's cp.async loads
+    in flight in all four loops (sm_90 SASS). The old 2-stage backward drained them at the top of every step.
+    Every config of the tables: the slow test below."""
+    from spectralar_kernels.attn import triton as attn_triton
+
+    wanted = [("bf16", 64), ("bf16", 128), ("fp32", 64)]
+    labels = []
+    for dtype, block_d in wanted:
+        m, n, warps, stages = attn_triton._BWD_CONFIGS[("fp32" if dtype == "fp32" else "lowp", block_d)][0]
+        labels.append(f"attention bwd {dtype} D={block_d} {m}x{n} w{warps} s{stages} prefix")
+    assert set(labels) <= {s.label for s in _training_specs()}, labels
+    _assert_pipelined(labels)
+
+
+@pytest.mark.slow
+def test_attention_loops_overlap_loads_with_compute():
+    """Pipelining, read from the sm_90 SASS: every loop of the attention kernels (backward, forward) that loads
+    through cp.async waits with `DEPBAR.LE SB0, N`, N > 0, so the next step's loads stay in flight while this
+    step computes. The 2-stage backward waited with N = 0 at the top of every step (all loads drained).
+    Every tile config of the tables once (bf16 and fp32 at the prefix-LM shape: fp16 and the causal shape compile
+    to the same loops), ~30 disassemblies."""
+    labels = [s.label for s in _training_specs() if s.dtype != "fp16" and s.label.endswith(" prefix")]
+    assert any(" fwd " in label for label in labels) and any(" bwd " in label for label in labels)
+    _assert_pipelined(labels)
 
 
 def test_loop_waits_reads_the_wait_pattern():
