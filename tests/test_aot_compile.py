@@ -159,3 +159,198 @@ def test_design_rules_flag_problems():
     assert any("128-bit global loads" in p for p in kr.Result(**{**vars(good), "ldg128": 0}).problems())
     assert any("stores" in p for p in kr.Result(**{**vars(good), "wide_stores": True}).problems())
     assert any("JIT-like" in p for p in kr.Result(**{**vars(good), "jit_like": False}).problems())
+
+
+# ---- attention (attn/aot.py): specs live outside the runtime modules and cover the launchers ----------------
+
+
+def test_attention_specs_live_outside_the_runtime_modules():
+    """The launchers' modules carry kernels only: importing them builds no AOTSpec, and `attn.aot` is the one
+    attention module the AOT check compiles."""
+    import spectralar_kernels.attn.decode as decode
+    import spectralar_kernels.attn.triton as attn_triton
+
+    for module in (attn_triton, decode):
+        assert not hasattr(module, "aot_specs"), module.__name__
+        assert "AOTSpec" not in vars(module), module.__name__
+    assert "attn.aot" in kr.MODULES
+    assert not {"attn.triton", "attn.decode"} & set(kr.MODULES)
+
+
+def test_decode_specs_cover_the_launcher():
+    """Every decode spec is a one-token benchmark-shape compile (values given), the decode kernel is `main`,
+    and both the direct and the split-K configurations appear for every dtype."""
+    from spectralar_kernels.attn import aot as attn_aot
+
+    specs = attn_aot.decode_specs()
+    assert all(s.values is not None and s.op == "decode" and s.dtype for s in specs)
+    mains = [s for s in specs if s.main]
+    for dt in ("fp32", "fp16", "bf16"):
+        kinds = {(s.constexprs["SPLIT"], s.constexprs["HAS_NEW"]) for s in mains if s.dtype == dt}
+        assert kinds == {(False, False), (False, True), (True, False), (True, True)}, (dt, kinds)
+    assert all(s.expect_tensor_cores == (s.dtype != "fp32") for s in mains)
+
+
+def _training_specs():
+    from spectralar_kernels.attn import aot as attn_aot
+
+    return attn_aot.training_specs()
+
+
+def test_attention_specs_cover_the_autotune_lists():
+    """Every tile config an autotuned launcher can choose (the union of its tables, per dtype and head-dim block)
+    has a spec for fp32/fp16/bf16 as that table says, and the autotune key tells the mask kinds apart."""
+    from spectralar_kernels.attn import triton as attn_triton
+
+    specs = _training_specs()
+    compiled = {(s.kernel, s.dtype, s.constexprs["BLOCK_D"], s.constexprs["BLOCK_M"], s.constexprs["BLOCK_N"],
+                 s.num_warps, s.num_stages) for s in specs}  # fmt: skip
+    for what, (kernel, table) in attn_triton._KERNELS.items():
+        for (klass, block_d), configs in table.items():
+            for dtype in ("fp32",) if klass == "fp32" else ("fp16", "bf16"):
+                for m, n, warps, stages in configs:
+                    assert (kernel, dtype, block_d, m, n, warps, stages) in compiled, (what, dtype, block_d, m, n)
+        tuned = attn_triton._tuned(what)
+        listed = {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in tuned.configs}
+        assert listed == {c for configs in table.values() for c in configs}, what
+        # Encoder (prefix-LM), decoder (full) and generator (causal) at one T and D: three autotune keys.
+        assert "prefix_len" in tuned.keys and {"T", "D"} <= set(tuned.keys), tuned.keys
+    t = 320
+    kinds = {attn_triton._visible_prefix(causal, p, t) for causal, p in ((False, 0), (True, 0), (True, 256))}
+    assert kinds == {t, 0, 256}
+    # One form per mask: a prefix of 1 is plain causal, a prefix covering T is full, `causal=False` ignores it.
+    assert attn_triton._visible_prefix(True, 1, t) == 0 and attn_triton._visible_prefix(True, t, t) == t
+    assert attn_triton._visible_prefix(False, 7, t) == t
+
+
+def test_attention_tiles_reach_their_planned_occupancy(aot_results):
+    """On sm_90 every attention tile reaches the CTAs per SM its table plans (registers x warps and shared memory
+    + 1 KB per CTA within the SM), the default (first) entry of every list at least 2; head dim 128 included,
+    whose forward needed 132 KB (1 CTA per SM) and whose backward ran at 249-255 registers before."""
+    from spectralar_kernels.attn import aot as attn_aot
+    from spectralar_kernels.attn import triton as attn_triton
+
+    specs = _training_specs()
+    defaults = {(kernel, klass, block_d, configs[0]) for kernel, table in attn_triton._KERNELS.values()
+                for (klass, block_d), configs in table.items() if configs}  # fmt: skip
+    low = []
+    for spec in specs:
+        r = aot_results[("attn.aot", spec.label, 90)]
+        ctas = attn_aot.ctas_per_sm(r.registers, r.shared_bytes, r.num_warps, 90)
+        planned = attn_aot.planned_ctas_per_sm(spec)
+        c = spec.constexprs
+        key = (spec.kernel, "fp32" if spec.dtype == "fp32" else "lowp", c["BLOCK_D"],
+               (c["BLOCK_M"], c["BLOCK_N"], spec.num_warps, spec.num_stages))  # fmt: skip
+        if key in defaults:
+            assert planned >= attn_triton.MIN_CTAS_PER_SM, spec.label
+        if ctas < planned or r.spill_bytes:
+            low.append((spec.label, r.registers, r.shared_bytes, ctas, planned))
+        assert r.shared_bytes + 1024 <= attn_aot.SM_SHARED[90] // planned, (spec.label, r.shared_bytes)
+    assert not low, low
+    d128 = [s for s in specs if s.constexprs["BLOCK_D"] == 128 and s.dtype != "fp32"]
+    assert {s.kernel for s in d128} == {kernel for kernel, _ in attn_triton._KERNELS.values()}
+    assert all(attn_aot.planned_ctas_per_sm(s) >= 2 for s in d128)
+
+
+def _assert_pipelined(labels):
+    from spectralar_kernels.attn import aot as attn_aot
+
+    report = attn_aot.loop_report(labels, archs=(90,))
+    assert set(report) == {(label, 90) for label in labels}
+    for (label, _arch), loops in report.items():
+        assert loops, f"{label}: no loop issues cp.async"
+        for loop in loops:
+            assert loop.waits and not loop.drains, f"{label}: loop {loop} drains every load each step"
+    bwd = [loops for (label, _), loops in report.items() if " bwd " in label]
+    assert all(len(loops) == 4 for loops in bwd)  # dK/dV and dQ, each unmasked + masked
+
+
+def test_attention_backward_overlaps_loads_with_compute():
+    """The default backward tiles (bf16 at D = 64 and 128, fp32 at D = 64) keep the next step's cp.async loads
+    in flight in all four loops (sm_90 SASS). The old 2-stage backward drained them at the top of every step.
+    Every config of the tables: the slow test below."""
+    from spectralar_kernels.attn import triton as attn_triton
+
+    wanted = [("bf16", 64), ("bf16", 128), ("fp32", 64)]
+    labels = []
+    for dtype, block_d in wanted:
+        m, n, warps, stages = attn_triton._BWD_CONFIGS[("fp32" if dtype == "fp32" else "lowp", block_d)][0]
+        labels.append(f"attention bwd {dtype} D={block_d} {m}x{n} w{warps} s{stages} prefix")
+    assert set(labels) <= {s.label for s in _training_specs()}, labels
+    _assert_pipelined(labels)
+
+
+@pytest.mark.slow
+def test_attention_loops_overlap_loads_with_compute():
+    """Pipelining, read from the sm_90 SASS: every loop of the attention kernels (backward, forward) that loads
+    through cp.async waits with `DEPBAR.LE SB0, N`, N > 0, so the next step's loads stay in flight while this
+    step computes. The 2-stage backward waited with N = 0 at the top of every step (all loads drained).
+    Every tile config of the tables once (bf16 and fp32 at the prefix-LM shape: fp16 and the causal shape compile
+    to the same loops), ~30 disassemblies."""
+    labels = [s.label for s in _training_specs() if s.dtype != "fp16" and s.label.endswith(" prefix")]
+    assert any(" fwd " in label for label in labels) and any(" bwd " in label for label in labels)
+    _assert_pipelined(labels)
+
+
+def test_loop_waits_reads_the_wait_pattern():
+    """The SASS reader behind the pipelining test sees a drained loop, a pipelined one, and ignores loops that
+    issue no cp.async and forward branches."""
+    from spectralar_kernels.attn import aot as attn_aot
+
+    def line(addr, text):
+        return f"        /*{addr:04x}*/                   {text} ;      /* 0x000 */"
+
+    drained = [line(0x10, "DEPBAR.LE SB0, 0x0"), line(0x20, "HGMMA.64x32x16.F32.BF16 R88, gdesc[UR32], RZ"),
+               line(0x30, "LDGSTS.E.BYPASS.128 [R2+0x8000], desc[UR52][R40.64], P6"), line(0x40, "LDGDEPBAR"),
+               line(0x50, "@!P0 BRA 0x10")]  # fmt: skip
+    loops = attn_aot.loop_waits("\n".join(drained))
+    assert [(x.start, x.end, x.ldgsts, x.waits, x.drains) for x in loops] == [(0x10, 0x50, 1, (0,), True)]
+    piped = "\n".join(drained).replace("SB0, 0x0", "SB0, 0x4")
+    assert [(x.waits, x.drains) for x in attn_aot.loop_waits(piped)] == [((4,), False)]
+    no_copy = [line(0x60, "DEPBAR.LE SB0, 0x0"), line(0x70, "FFMA R1, R2, R3, R1"), line(0x80, "@P1 BRA 0x60"),
+               line(0x90, "@P0 BRA 0xa0"), line(0xA0, "EXIT")]  # fmt: skip
+    assert attn_aot.loop_waits("\n".join(no_copy)) == []
+    assert len(attn_aot.loop_waits("\n".join(drained + no_copy))) == 1
+
+
+def test_ctas_per_sm_limits():
+    """The occupancy rule: registers per warp in units of 256, 1 KB of shared memory reserved per CTA."""
+    from spectralar_kernels.attn.aot import ctas_per_sm
+
+    assert ctas_per_sm(128, 0, 8, 90) == 2 and ctas_per_sm(129, 0, 8, 90) == 1  # 64K registers per SM
+    assert ctas_per_sm(168, 0, 4, 90) == 3 and ctas_per_sm(255, 0, 4, 90) == 2
+    assert ctas_per_sm(32, 115712, 4, 90) == 2 and ctas_per_sm(32, 115713, 4, 90) == 1  # 228 KB per SM
+    assert ctas_per_sm(32, 90112, 4, 80) == 1 and ctas_per_sm(32, 90112, 4, 90) == 2  # 164 KB on sm_80
+    assert ctas_per_sm(16, 0, 1, 90) == 32  # at most 32 CTAs
+
+
+def test_interpreter_runs_the_default_config(monkeypatch):
+    """Without a GPU the launchers never build the autotuner: the interpreter runs the first config of the pruned
+    list, the one the occupancy test holds to at least 2 CTAs per SM."""
+    import torch
+
+    from spectralar_kernels.attn import triton as attn_triton
+
+    def no_autotune(name):
+        raise AssertionError(f"the interpreter path built the {name} autotuner")
+
+    launched = []
+
+    class Recording:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                launched.append((kwargs["BLOCK_M"], kwargs["BLOCK_N"], kwargs["num_warps"], kwargs["num_stages"]))
+                return self.kernel[grid](*args, **kwargs)
+
+            return launch
+
+    kernels = {name: (Recording(kernel), table) for name, (kernel, table) in attn_triton._KERNELS.items()}
+    monkeypatch.setattr(attn_triton, "_tuned", no_autotune)
+    monkeypatch.setattr(attn_triton, "_KERNELS", kernels)
+    q, k, v, do = (torch.randn(1, 70, 1, 64, generator=torch.Generator().manual_seed(i)) for i in range(4))
+    out, lse = attn_triton.attention_fwd(q, k, v, True, 5, 0.125)
+    attn_triton.attention_bwd(do, q, k, v, out, lse, True, 5, 0.125)
+    assert launched == [attn_triton._FWD_CONFIGS[("fp32", 64)][0], attn_triton._BWD_CONFIGS[("fp32", 64)][0]]

@@ -470,18 +470,6 @@ def test_decode_v2_one_launch_per_call(monkeypatch):
     assert len(launches) == 2, launches
 
 
-def test_aot_specs_cover_the_launcher():
-    """Every spec is a one-token benchmark-shape compile (values given), the decode kernel is `main`,
-    and both the direct and the split-K configurations appear for every dtype."""
-    specs = decode.aot_specs()
-    assert all(s.values is not None and s.op == "decode" and s.dtype for s in specs)
-    mains = [s for s in specs if s.main]
-    for dt in ("fp32", "fp16", "bf16"):
-        kinds = {(s.constexprs["SPLIT"], s.constexprs["HAS_NEW"]) for s in mains if s.dtype == dt}
-        assert kinds == {(False, False), (False, True), (True, False), (True, True)}, (dt, kinds)
-    assert all(s.expect_tensor_cores == (s.dtype != "fp32") for s in mains)
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
 @pytest.mark.parametrize(

@@ -32,9 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._common import DTYPE_NAME, PTR_SIG, AOTSpec
 from ._tiles import (
-    HEAD_DIM_BLOCKS,
     LOG2E,
     bth,
     copy_back,
@@ -48,9 +46,6 @@ from ._tiles import (
 IMPLS = ("decode-v2",)
 NUM_STAGES = 3
 COMBINE_BLOCK_M = 16
-# Benchmark shape the ahead-of-time compile specialises for: the fmnist-batch / d16-like decode step.
-AOT_SHAPE = {"B": 128, "T_MAX": 65, "H": 16, "D": 64}
-AOT_SMALL_B = 2  # the d16 batch sweep starts here: B*H = 32 programs, the split path
 
 
 @triton.jit
@@ -262,74 +257,3 @@ def attention_with_kvcache_fwd(
             BLOCK_M=COMBINE_BLOCK_M, BLOCK_D=block_d, num_warps=4, num_stages=1,
         )  # fmt: skip
     return copy_back(out, o)
-
-
-# ---- ahead-of-time compile specs ----------------------------------------------------------------------
-
-
-def _signature(kernel, ptr: str, pointers: dict[str, str], constexprs: dict) -> dict[str, str]:
-    """Every argument's type: upper-case names are tensors (`ptr` unless listed in `pointers`)."""
-    sig = {}
-    for name in kernel.arg_names:
-        if name in constexprs:
-            sig[name] = "constexpr"
-        elif name.isupper() and name not in ("H", "TQ", "T_MAX", "D"):
-            sig[name] = pointers.get(name, ptr)
-        elif name == "qk_scale":
-            sig[name] = "fp32"
-        else:
-            sig[name] = "i32"
-    return sig
-
-
-def _decode_values(block_d: int, batch: int, splits: int, chunk: int) -> tuple[dict[str, int], dict[str, int]]:
-    """Integer arguments of the decode and combine kernels for a contiguous one-token step at AOT_SHAPE."""
-    t_max, h = AOT_SHAPE["T_MAX"], AOT_SHAPE["H"]
-    row = h * block_d  # q, k, v, out: [B, 1, H, D]; caches [B, T_max, H, D]
-    values = {"H": h, "TQ": 1, "T_MAX": t_max, "D": block_d, "chunk": chunk, "group": 1, "causal": 1}
-    for name in ("q", "kn", "vn", "o"):
-        values |= {f"stride_{name}b": row, f"stride_{name}t": row, f"stride_{name}h": block_d}
-    for name in ("k", "v"):
-        values |= {f"stride_{name}b": t_max * row, f"stride_{name}t": row, f"stride_{name}h": block_d}
-    combine = {"stride_ob": row, "stride_ot": row, "stride_oh": block_d, "H": h, "TQ": 1, "D": block_d,
-               "num_splits": splits, "rows_per_split": batch * h}
-    return values, combine
-
-
-def aot_specs() -> list[AOTSpec]:
-    """Every configuration the launcher can choose on a GPU: dtype x head-dim block x (with/without the
-    fused append) x (direct / split-K), plus the combine kernel, at the one-token benchmark shape
-    (B=128 direct; B=2, the small end of the d16 sweep, for split-K on an H200's 132 SMs)."""
-    specs = []
-    sms = 132
-    for dtype, ptr in PTR_SIG.items():
-        name = DTYPE_NAME[dtype]
-        precision = "ieee" if dtype == torch.float32 else "tf32"
-        for block_d in HEAD_DIM_BLOCKS:
-            tiles = _decode_tiles(block_d, dtype)
-            for batch in (AOT_SHAPE["B"], AOT_SMALL_B):
-                splits, chunk = _decode_splits(batch * AOT_SHAPE["H"], AOT_SHAPE["T_MAX"], tiles["BLOCK_N"], sms)
-                values, combine_values = _decode_values(block_d, batch, splits, chunk)
-                for has_new in (True, False):
-                    c = {"BLOCK_M": tiles["BLOCK_M"], "BLOCK_N": tiles["BLOCK_N"], "BLOCK_D": block_d, "PAD_D": False,
-                         "HAS_NEW": has_new, "SPLIT": splits > 1, "STAGES": NUM_STAGES, "UPCAST": False,
-                         "PRECISION": precision}
-                    pointers = {"SEQLENS": "*i32", "O_PART": "*fp32", "LSE_PART": "*fp32"}
-                    kernel = _attention_decode_kernel
-                    specs.append(AOTSpec(
-                        kernel, _signature(kernel, ptr, pointers, c), c, tiles["num_warps"], NUM_STAGES,
-                        label=f"decode {name} D={block_d} B={batch} {'append' if has_new else 'no-append'} "
-                              f"{'split' if splits > 1 else 'direct'} {tiles['BLOCK_M']}x{tiles['BLOCK_N']}",
-                        expect_tensor_cores=dtype != torch.float32, op="decode", dtype=name, values=values,
-                        main=True,
-                    ))  # fmt: skip
-                if splits > 1:
-                    kernel = _attention_decode_combine_kernel
-                    c = {"BLOCK_M": COMBINE_BLOCK_M, "BLOCK_D": block_d}
-                    pointers = {"O_PART": "*fp32", "LSE_PART": "*fp32"}
-                    specs.append(AOTSpec(
-                        kernel, _signature(kernel, ptr, pointers, c), c, 4, 1,
-                        label=f"decode combine {name} D={block_d} B={batch} splits={splits}",
-                        op="decode", dtype=name, values=combine_values,
-                    ))  # fmt: skip
-    return specs

@@ -18,13 +18,40 @@ twice:
      them, BLOCK_N rows at a time (transposed products, so the big block is the MMA's M):
         p^T = 2^(k q^T * c - lse2),  dV += p^T dO,  dS^T = p^T * (v dO^T - delta),  dK += dS^T q;
   2. queries [i*BLOCK_M, (i+1)*BLOCK_M): steps through the keys they see, dQ += dS k.
-delta = rowsum(dO * O) is computed inside (from O and dO tiles) instead of by a separate launch, and
-the scale is applied once to dK and dQ at the end. Each gradient element is written by exactly one
-program with no atomics, so the backward is deterministic. With causal masks the work is balanced:
-key block i meets T - i*BLOCK_M queries while query block i meets (i+1)*BLOCK_M keys. Masks are again
-applied only on the diagonal / prefix-boundary steps. Scaling K by scale*log2(e) before the products
-(as the tutorial does) would round K*scale to bf16; here the scale multiplies the fp32 logits instead,
-fused with the lse2 subtraction into one FMA per element, which costs the same.
+The scale is applied once to dK and dQ at the end. Each gradient element is written by exactly one program
+with no atomics, so the backward is deterministic. With causal masks the work is balanced: key block i
+meets T - i*BLOCK_M queries while query block i meets (i+1)*BLOCK_M keys. Masks are again applied only on
+the diagonal / prefix-boundary steps. Scaling K by scale*log2(e) before the products (as the tutorial
+does) would round K*scale to bf16; here the scale multiplies the fp32 logits instead, fused with the lse2
+subtraction into one FMA per element, which costs the same.
+Why one kernel, with delta = rowsum(dO * O) computed inside from O and dO tiles, rather than the
+tutorial's preprocess launch that writes delta first: the preprocess is a launch plus a full pass over O
+and dO in HBM; in exchange, phase 1 loads an O tile per step, from L2 (a head's programs run together),
+and at the generator's T <= 128 (one program per head) it reads O no more often than the preprocess would.
+The ahead-of-time compile of the two forms gave nearly the same registers (bf16 D = 64, 128x32 tiles:
+172 inside vs 166 precomputed on sm_90; 64x32: 163 vs 159), so the split buys no occupancy either.
+
+Pipelining: every loop is a `tl.range` software pipeline of 3 stages (num_stages = 3 in every config): the
+cp.async loads of step i + 1 are in flight while step i computes, and the SASS waits at the top of a step
+with `DEPBAR.LE SB0, N`, N = the copy groups of one step, never 0. With 2 stages Triton issues the next
+step's loads at the end of the body and drains them all at the top of the next (`DEPBAR.LE SB0, 0x0`), so
+no load overlaps any compute: the previous backward tables (all 2-stage) did exactly that. The third stage
+costs shared memory, not registers.
+
+Occupancy (sm_90: 64K registers, 228 KB shared memory per SM, 1 KB of it reserved per CTA): every config
+allows at least MIN_CTAS_PER_SM = 2 CTAs per SM (registers x 32 x warps <= 32K, shared memory <= 113 KB), so
+one CTA's barriers and waits are covered by another's work. The exceptions (ONE_CTA_PER_SM) are 128-row
+backward tiles with 8 warps: their two warpgroups are as many warps per SM as two 4-warp CTAs, they halve
+the re-reads of K/V (phase 2) and Q/dO/O (phase 1) from L2 at long T, and they are never the default, so
+the autotuner keeps them only where they measure faster. Head dim 128: the forward's 128x64 tile needed
+132 KB and 171 registers (1 CTA per SM); its tiles are now 128x32 with 8 warps (128 registers, 81 KB) or
+64-row ones with 4 warps (127-167 registers), 2-3 CTAs per SM. The backward at D = 128 keeps dK and dV of
+its key block in fp32 registers, 2 x 64 x 128 values per warpgroup = 128 registers per thread before any
+operand, so no 8-warp tile can reach 2 CTAs per SM (that needs <= 128 registers; they compiled to 215-255)
+and no 4-warp tile 3 (<= 168): it runs 64x16 tiles with 4 warps, 2 CTAs per SM (248-252 registers on
+sm_90, 255 and no spills on sm_80), the one tile of the earlier three with that occupancy (64x32 with 4
+warps spilled).
+sm_80 (164 KB per SM) runs the same lists with what fits there, 1-6 CTAs per SM, and no spills.
 
 Numerics: fp32 accumulation everywhere; P and dS are rounded to the input dtype before their products
 (as flash-attn does). fp16/bf16 products run on tensor cores (wgmma on sm_90, mma on sm_80).
@@ -42,10 +69,13 @@ outputs go through an fp32 buffer there.
 Head dims up to 128 are padded to a power of two >= 16 (BLOCK_D) with masks on the head dim only when
 D != BLOCK_D.
 
-Tiles: on a GPU both kernels are autotuned (key: T and D; the tensor dtype is part of Triton's key) over
-short lists chosen per dtype and head-dim block (`_FWD_CONFIGS`, `_BWD_CONFIGS`); sequences of at most 64
-rows use 64-row blocks only. Under the interpreter, which cannot autotune, the first config of the same
-pruned list runs.
+Tiles: on a GPU both kernels are autotuned over short lists chosen per dtype and head-dim block
+(`_FWD_CONFIGS`, `_BWD_CONFIGS`: two or three entries, since each autotune key tunes every entry). The key
+is (T, D, prefix_len) plus the tensor dtype (Triton's own): the launchers pass prefix_len in one form per
+mask (`_visible_prefix`: T full, 0 causal, P prefix-LM), so the encoder (prefix-LM), the decoder (full) and
+the generator (causal) each get their own winner even at one T and D; the mask decides how many key blocks
+a program visits and how many of them are masked. Sequences of at most 64 rows use 64-row blocks only.
+Under the interpreter, which cannot autotune, the first config of the same pruned list runs: one config.
 """
 
 from __future__ import annotations
@@ -56,9 +86,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .._common import DTYPE_NAME, PTR_SIG, AOTSpec, interpreter_on
+from .._common import interpreter_on
 from ._tiles import (
-    HEAD_DIM_BLOCKS,
     LOG2E,
     bth,
     copy_back,
@@ -272,31 +301,38 @@ def _attention_bwd_kernel(
 
 # ----------------------------------------------------------------------------------------------
 # Tile configurations: (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel, dtype class and head-dim block.
-# Every entry compiles without spills on sm_80 and sm_90, and the fp16/bf16 ones use wgmma on sm_90 (>= 64-row
-# MMA tiles, >= 4 warps); `aot_specs` lists them all. The first entry is what the interpreter runs.
+# Every entry compiles without spills on sm_80 and sm_90, the fp16/bf16 ones use wgmma on sm_90 (>= 64-row MMA
+# tiles, >= 4 warps), and every loop is a 3-stage cp.async pipeline (see "Pipelining" above). The first entry is
+# the default: what the interpreter runs, and what a GPU falls back to before autotuning has a winner. Each entry
+# allows MIN_CTAS_PER_SM CTAs per SM on sm_90 except those in ONE_CTA_PER_SM ("Occupancy" above); the AOT check
+# (attn/aot.py, tests/test_aot_compile.py) holds every entry to its plan. Register counts (sm_90, bf16) in the
+# comments are that check's.
 
 _FWD_CONFIGS = {
-    ("lowp", 16): [(128, 64, 8, 3), (64, 64, 4, 3)],
-    ("lowp", 32): [(128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 3)],
-    ("lowp", 64): [(128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 2)],
-    ("lowp", 128): [(128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 8, 3)],
-    ("fp32", 16): [(64, 32, 4, 2), (128, 32, 8, 2)],
-    ("fp32", 32): [(64, 32, 4, 2), (128, 32, 8, 2)],
-    ("fp32", 64): [(64, 16, 4, 2), (128, 16, 8, 2)],
-    ("fp32", 128): [(32, 16, 4, 2)],
+    ("lowp", 16): [(128, 64, 8, 3), (64, 64, 4, 3)],  # 100, 88 registers
+    ("lowp", 32): [(128, 64, 8, 3), (64, 64, 4, 3), (64, 128, 4, 3)],  # 110, 103, 157
+    ("lowp", 64): [(128, 64, 8, 3), (64, 64, 4, 3), (128, 64, 8, 4)],  # 112, 126, 112
+    ("lowp", 128): [(128, 32, 8, 3), (64, 32, 4, 3), (64, 64, 4, 3)],  # 128, 127, 167
+    ("fp32", 16): [(64, 32, 4, 3), (128, 32, 8, 3)],
+    ("fp32", 32): [(64, 32, 4, 3)],
+    ("fp32", 64): [(64, 16, 4, 3)],
+    ("fp32", 128): [(32, 16, 4, 3)],
 }
 # An empty list: no tile of the fused backward fits the registers (fp32 at D = 128 spilled in every 3xTF32 tile
 # tried, 16x16 with 4 warps included), so that backward recomputes through the reference (`_reference_bwd`).
 _BWD_CONFIGS = {
-    ("lowp", 16): [(128, 32, 8, 2), (64, 32, 4, 2), (128, 64, 8, 2)],
-    ("lowp", 32): [(128, 32, 8, 2), (64, 32, 4, 2), (128, 64, 8, 2)],
-    ("lowp", 64): [(128, 32, 8, 2), (64, 32, 4, 2), (128, 64, 8, 2)],
-    ("lowp", 128): [(64, 32, 8, 2), (64, 16, 4, 2), (128, 16, 8, 2)],
-    ("fp32", 16): [(64, 16, 4, 2), (64, 32, 4, 2)],
-    ("fp32", 32): [(64, 16, 4, 2)],
-    ("fp32", 64): [(32, 16, 4, 2)],
+    ("lowp", 16): [(128, 32, 8, 3), (64, 32, 4, 3), (64, 64, 4, 3)],  # 115, 104, 158 registers
+    ("lowp", 32): [(128, 32, 8, 3), (64, 32, 4, 3), (64, 64, 4, 3)],  # 116, 118, 164
+    ("lowp", 64): [(64, 32, 4, 3), (64, 64, 4, 3), (128, 32, 8, 3)],  # 163, 241, 172
+    ("lowp", 128): [(64, 16, 4, 3)],  # 248
+    ("fp32", 16): [(64, 16, 4, 3), (64, 32, 4, 3)],
+    ("fp32", 32): [(64, 16, 4, 3)],
+    ("fp32", 64): [(32, 16, 4, 3)],
     ("fp32", 128): [],
 }
+MIN_CTAS_PER_SM = 2
+# (kernel, dtype class, head-dim block, config) planned at one CTA of 8 warps per SM ("Occupancy" above).
+ONE_CTA_PER_SM = {("bwd", "lowp", 64, (128, 32, 8, 3))}
 SHORT_T = 64  # sequences this short use 64-row blocks only (a 128-row block would be mostly padding)
 
 
@@ -328,7 +364,7 @@ def _tuned(kernel_name: str):
     """The autotuned GPU launcher of a kernel (built on first use: the interpreter never needs it)."""
     kernel, table = _KERNELS[kernel_name]
     prune = {"early_config_prune": _prune(table)}
-    return triton.autotune(_triton_configs(table), key=["T", "D"], prune_configs_by=prune)(kernel)
+    return triton.autotune(_triton_configs(table), key=["T", "D", "prefix_len"], prune_configs_by=prune)(kernel)
 
 
 def _launch(kernel_name: str, shape: torch.Size, args: tuple, dtype, config, **constexprs):
@@ -344,6 +380,15 @@ def _launch(kernel_name: str, shape: torch.Size, args: tuple, dtype, config, **c
     m, n, warps, stages = config if config is not None else _configs(table, dtype, block_d, t)[0]
     kernel[(triton.cdiv(t, m), h, b)](*args, BLOCK_M=m, BLOCK_N=n, BLOCK_D=block_d, **constexprs,
                                       num_warps=warps, num_stages=stages)  # fmt: skip
+
+
+def _visible_prefix(causal: bool, prefix_len: int, t: int) -> int:
+    """The kernels' prefix_len (keys below it are visible to every query) in one canonical form per mask, since it
+    is part of the autotune key: T for full attention (or a prefix covering the sequence), 0 for plain causal (a
+    prefix of 1 adds nothing to it), the prefix length for a prefix-LM."""
+    if not causal or prefix_len >= t:
+        return t
+    return 0 if prefix_len <= 1 else prefix_len
 
 
 def _dot_config(q: torch.Tensor) -> tuple[bool, str]:
@@ -386,7 +431,7 @@ def attention_fwd(
     block_d = head_dim_block(d)
     upcast, precision = _dot_config(q)
     o = interpreter_scratch(out)
-    args = (q, k, v, o, lse, *bth(q), *bth(k), *bth(v), *bth(o), h, t, d, prefix_len if causal else t,
+    args = (q, k, v, o, lse, *bth(q), *bth(k), *bth(v), *bth(o), h, t, d, _visible_prefix(causal, prefix_len, t),
             scale * LOG2E)  # fmt: skip
     _launch("fwd", q.shape, args, q.dtype, config, PAD_D=block_d != d, UPCAST=upcast, PRECISION=precision)
     return copy_back(out, o), lse
@@ -423,7 +468,7 @@ def attention_bwd(
     gq, gk, gv = (interpreter_scratch(g) for g in (dq, dk, dv))
     args = (q, k, v, o, do, lse, gq, gk, gv,
             *bth(q), *bth(k), *bth(v), *bth(o), *bth(do), *bth(gq), *bth(gk), *bth(gv),
-            h, t, d, prefix_len if causal else t, scale, scale * LOG2E)  # fmt: skip
+            h, t, d, _visible_prefix(causal, prefix_len, t), scale, scale * LOG2E)  # fmt: skip
     _launch("bwd", q.shape, args, q.dtype, config, PAD_D=block_d != d, UPCAST=upcast, PRECISION=precision)
     return copy_back(dq, gq), copy_back(dk, gk), copy_back(dv, gv)
 
@@ -460,60 +505,3 @@ def attention_triton(
 ) -> torch.Tensor:
     """Differentiable Triton attention (arguments already validated and the mask canonicalised by the caller)."""
     return AttentionFunction.apply(q, k, v, causal, prefix_len, scale, impl)
-
-
-# ----------------------------------------------------------------------------------------------
-# Ahead-of-time compile specs: every configuration the autotuned launchers can choose on a GPU, with the
-# integer arguments of the benchmark shapes (prefix-LM B=64 T=320 H=12, and causal B=128 T=65 H=16 for D=64).
-
-_SHAPES = {"prefix": (64, 320, 12, 256), "causal": (128, 65, 16, 0)}  # (B, T, H, prefix_len)
-
-
-def _values(kernel, shape: str, d: int) -> dict[str, int]:
-    """The integer arguments of a launch on contiguous `[B, T, H, D]` tensors."""
-    b, t, h, prefix = _SHAPES[shape]
-    strides = {"b": t * h * d, "t": h * d, "h": d}
-    values = {}
-    for name in kernel.arg_names:
-        if name.startswith("stride_"):
-            values[name] = strides[name[-1]]
-    values.update(H=h, T=t, D=d, prefix_len=prefix)
-    return values
-
-
-def _signature(kernel, ptr: str, constexprs: dict) -> dict[str, str]:
-    sig = {}
-    for name in kernel.arg_names:
-        if name in constexprs:
-            sig[name] = "constexpr"
-        elif name == "LSE":
-            sig[name] = "*fp32"
-        elif name.isupper() and name not in ("H", "T", "D"):
-            sig[name] = ptr
-        elif name in ("scale", "qk_scale"):
-            sig[name] = "fp32"
-        else:
-            sig[name] = "i32"
-    return sig
-
-
-def aot_specs() -> list[AOTSpec]:
-    specs = []
-    kernels = (("fwd", _attention_fwd_kernel, _FWD_CONFIGS), ("bwd", _attention_bwd_kernel, _BWD_CONFIGS))
-    for dtype, ptr in PTR_SIG.items():
-        lowp = dtype != torch.float32
-        for block_d in HEAD_DIM_BLOCKS:
-            shapes = ("prefix", "causal") if block_d == 64 else ("prefix",)
-            for what, kernel, table in kernels:
-                for m, n, warps, stages in table[("lowp" if lowp else "fp32", block_d)]:
-                    constexprs = {"BLOCK_M": m, "BLOCK_N": n, "BLOCK_D": block_d, "PAD_D": False, "UPCAST": False,
-                                  "PRECISION": "tf32" if lowp else "tf32x3"}  # fmt: skip
-                    name = DTYPE_NAME[dtype]
-                    for shape in shapes:
-                        specs.append(AOTSpec(
-                            kernel, _signature(kernel, ptr, constexprs), constexprs, warps, stages,
-                            label=f"attention {what} {name} D={block_d} {m}x{n} w{warps} s{stages} {shape}",
-                            expect_tensor_cores=True, op="attention", dtype=name,
-                            values=_values(kernel, shape, block_d), main=True,
-                        ))  # fmt: skip
-    return specs
