@@ -10,7 +10,7 @@ The sampling calls are the library's: a grid from the page is byte for byte the 
 writes (`python -m spectralar.generate --classes C --num-per-class n ...`, or `python -m spectralar.vary IMAGE
 --keep k ...` for variations), on the same device and thread count.
 
-API (every answer to bad input is HTTP 400 with {"error": message}; the server keeps serving):
+API (bad input is answered with HTTP 400, 411 or 413 and {"error": message}; the server keeps serving):
   GET  /api/info                          classes, number of tokens, limits and defaults of every field
   GET  /api/sample?cls=&cfg=&temperature=&seed=&tokens=&num=
   POST /api/vary?cls=&keep=&cfg=&temperature=&seed=&num=&name=   body: the image file's bytes
@@ -383,7 +383,7 @@ def build_parser() -> Parser:
     p = Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only; the page has no login)")
-    p.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free port)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0: any free port)")
     p.add_argument("--checkpoint", default="fmnist",
                    help="bundled model name (fmnist) or a directory with tokenizer/ and generator/ (from train)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")

@@ -6,6 +6,7 @@ import http.client
 import io
 import json
 import re
+import socket
 import struct
 import zlib
 from pathlib import Path
@@ -218,6 +219,29 @@ def test_bad_requests_get_messages_and_the_server_keeps_serving(url):
         assert (got, h["Content-Type"]) == (status, "application/json"), (path, text)
         assert message in json.loads(text)["error"]
     assert request(url, "GET", "/api/info")[0] == 200
+
+
+def test_a_page_that_leaves_mid_stream_stops_its_run(app, url, monkeypatch):
+    """Closing the tab while it samples stops that run (no more tokens are sampled for nobody) and releases the
+    model for the next request."""
+    counts, real = [], app.events
+
+    def counted(job):
+        counts.append(0)
+        for event in real(job):
+            counts[-1] += 1
+            yield event
+
+    monkeypatch.setattr(app, "events", counted)
+    with socket.create_connection((urlsplit(url).hostname, urlsplit(url).port), timeout=60) as s:
+        s.sendall(b"GET /api/sample?cls=5&num=16&tokens=16 HTTP/1.1\r\nHost: x\r\n\r\n")
+        got = b""
+        while b"event: step" not in got:
+            got += s.recv(65536)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
+    status, _, body = request(url, "GET", "/api/sample?cls=2&num=1&tokens=2")
+    assert status == 200 and [e for e, _ in parse_events(body)] == ["step", "step", "done"]
+    assert counts[0] < 16 + 1 and counts[1] == 3, counts
 
 
 def test_unexpected_errors_are_one_line_on_the_page(app, url, monkeypatch, capsys):
