@@ -13,7 +13,7 @@ KERNELS_SRC = "kernels/src"
 setup(
     packages=find_packages(include=["spectralar", "spectralar.*"]) + find_packages(KERNELS_SRC),
     package_dir={"spectralar_kernels": f"{KERNELS_SRC}/spectralar_kernels"},
-    package_data={"spectralar": ["pretrained/*/*/*.json", "pretrained/*/*/*.safetensors"],
+    package_data={"spectralar": ["pretrained/*/*/*.json", "pretrained/*/*/*.safetensors", "demo_page/*"],
                   "spectralar_kernels": ["measured.json"]},  # the measured decisions `auto` reads
     include_package_data=True,
 )

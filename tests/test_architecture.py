@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = {"spectralar": ROOT / "spectralar", "spectralar_kernels": ROOT / "kernels" / "src" / "spectralar_kernels"}
 CLI_MODULES = {f"spectralar.{m}" for m in ("generate", "train", "evaluate", "experiments", "reconstruct", "export",
-                                           "vary", "anytime")}
+                                           "vary", "anytime", "demo")}
 MAX_LINES = 600
 SKIP_DIRS = {"build", "dist", "runs", "out", "__pycache__"}
 
