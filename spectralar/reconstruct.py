@@ -6,18 +6,20 @@ Each output row: the input as the tokenizer sees it, then the decodings from 1, 
 prepared as in training: for a tokenizer trained on Fashion-MNIST, a 28x28 image (its native size) is padded
 with the background value to the tokenizer's size; any other size is resized (shorter side, bicubic) and
 center-cropped. Images are converted to the tokenizer's channel count. The command says which it did.
+16-bit images are scaled to 8 bits, floating-point ones must hold values in [0, 1], and transparent pixels are
+composited onto black (see spectralar.data.load_image); an image Pillow cannot read, or one too large to decode
+safely, is an error naming the file.
 """
 
 from __future__ import annotations
 
 import sys
 
-import numpy as np
 import torch
 
 from .checkpoint import CheckpointError
 from .cli import Parser, check_grid_pixels, check_output, fail, pick_device, positive_int
-from .data import FMNIST_CLASSES, DataError, load_image, pad_to, to_model_range
+from .data import FMNIST_CLASSES, DataError, load_image, open_image, pad_to, pixels, to_model_range
 from .evaluation.metrics import psnr
 from .pretrained import checked_config, load_model, resolve
 from .viz import save_grid
@@ -27,17 +29,12 @@ FMNIST_SIZE = 28  # Fashion-MNIST's native image size; training pads it (data.fa
 
 def prepare(path, size: int, channels: int, fmnist: bool) -> tuple[torch.Tensor, str]:
     """(uint8 [channels, size, size], what was done) for image file `path`, prepared as the training data was."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-            if fmnist and (w, h) == (FMNIST_SIZE, FMNIST_SIZE) and size >= FMNIST_SIZE:
-                small = torch.from_numpy(np.asarray(im.convert("L")).copy())
-                return pad_to(small[None], size), (f"{w}x{h} (Fashion-MNIST's size): padded to {size}x{size} with "
-                                                   "the background value, as in training")
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise DataError(f"{path}: unreadable image ({e})") from None
+    with open_image(path) as im:  # 16-bit, float and transparent images converted as load_image does
+        w, h = im.size
+        if fmnist and (w, h) == (FMNIST_SIZE, FMNIST_SIZE) and size >= FMNIST_SIZE:
+            small = torch.from_numpy(pixels(im, 1, path).copy())
+            return pad_to(small[None], size), (f"{w}x{h} (Fashion-MNIST's size): padded to {size}x{size} with "
+                                               "the background value, as in training")
     how = (f"{w}x{h}: used as is" if (w, h) == (size, size) else
            f"{w}x{h}: resized (shorter side to {size}) and center-cropped to {size}x{size}")
     return load_image(path, size, channels), how
