@@ -10,10 +10,13 @@ import math
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 
+from .checkpoint import CheckpointError, read_meta
+from .progress import announce, discard_announcement, flush_announcement
 from .sampling import check_sampling_args
 
 
@@ -26,8 +29,15 @@ class Parser(argparse.ArgumentParser):
 
 
 def fail(prog: str, message) -> int:
+    discard_announcement()  # the error is the one line a failed command prints
     print(f"{prog}: error: {message}", file=sys.stderr)
     return 2
+
+
+# The errors a command line reports in one line (exit 2) instead of a traceback: bad values (ValueError, and
+# the library's CheckpointError and DataError, which derive from it), missing files, and numbers that overflow
+# (FloatingPointError: non-finite logits or losses).
+USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
 
 
 def int_list(text: str) -> list[int]:
@@ -70,6 +80,30 @@ def positive_float(text: str) -> float:
     if v <= 0:
         raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
     return v
+
+
+def positive_floats(text: str, flag: str) -> list[float]:
+    """Comma-separated finite numbers > 0 (e.g. --alphas), or ValueError naming `flag`."""
+    try:
+        vals = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        vals = []
+    if not vals or not all(math.isfinite(v) and v > 0 for v in vals):
+        raise ValueError(f"{flag} {text!r}: expected comma-separated finite numbers > 0")
+    return vals
+
+
+def check_probe_sizes(num_train: int, num_test: int, dim: int) -> None:
+    """Refuse causality-probe sizes too small for its numbers to mean anything: a PCA to `dim` dimensions needs
+    more training images than dimensions (else the axes past the data's rank are noise, which standardising
+    blows up: R^2 of -1e27), and the ridge strength is picked on a fifth of them (at least 5); R^2 needs several
+    held-out images."""
+    need = max(25, 2 * dim + 1)
+    if num_train < need:
+        raise ValueError(f"--num-train {num_train}: the probe needs at least {need} training images (more than twice "
+                         f"the {dim} embedding dimensions, and 5 to choose the ridge strength)")
+    if num_test < 10:
+        raise ValueError(f"--num-test {num_test}: R^2 needs at least 10 held-out images")
 
 
 def _sampling_flag(name: str, parse):
@@ -127,22 +161,95 @@ def add_common_flags(p, out_default: str) -> None:
     p.add_argument("--batch-size", type=positive_int, default=100, help="images per forward pass")
     p.add_argument("--seed", type=int, default=0, help="seed for the image subset and for sampling")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+    threads_flag(p)
+
+
+def threads_flag(p) -> None:
+    """--threads N, the CPU threads torch uses (every command line has it; `set_threads` applies it)."""
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="CPU threads for torch (default: the cores other processes leave idle, at least 1; "
+                        "OMP_NUM_THREADS when set)")
+
+
+def _busy_cores(window: float = 0.1) -> float | None:
+    """CPU cores kept busy by other processes over the next `window` seconds (this one sleeps meanwhile), from
+    /proc/stat; the 1-minute load average where there is no /proc; None when neither exists."""
+    def sample():
+        with open("/proc/stat") as f:
+            lines = f.read().splitlines()
+        v = [int(x) for x in lines[0].split()[1:9]]  # user nice system idle iowait irq softirq steal
+        return sum(v), v[3] + v[4], sum(1 for line in lines if line.startswith("cpu") and line[3:4].isdigit())
+
+    try:
+        total0, idle0, _ = sample()
+        time.sleep(window)
+        total1, idle1, cpus = sample()
+    except (OSError, ValueError, IndexError):
+        try:
+            return os.getloadavg()[0]
+        except (OSError, AttributeError):
+            return None
+    span = total1 - total0
+    return cpus * (span - (idle1 - idle0)) / span if span > 0 else 0.0
+
+
+def default_threads() -> tuple[int, str]:
+    """(threads, why): OMP_NUM_THREADS when set, else the cores this process may use that other processes leave
+    idle (at least 1), shared among the processes of a torchrun job on this machine. OpenMP threads spin while
+    they wait for each other, so one more thread than there are idle cores can make an op ten times slower."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) >= 1:
+        return int(env), "as OMP_NUM_THREADS asks"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    busy = _busy_cores()
+    if busy is None:
+        return max(1, cores // local), f"{cores} cores"
+    idle = max(0.0, cores - busy)
+    n = max(1, min(cores, int(idle + 0.25)) // local)  # a core counts as idle when three quarters of it are
+    return n, f"{cores} cores, {min(busy, cores):.1f} busy with other work" + (f", {local} processes" if local > 1
+                                                                             else "")
+
+
+def set_threads(prog: str, requested: int | None = None) -> int:
+    """Set torch's CPU threads to `requested` (--threads) or `default_threads()`, and say so in one line on
+    stderr when the command's first long step starts (see spectralar.progress)."""
+    n, why = (requested, "--threads") if requested else default_threads()
+    torch.set_num_threads(n)
+    if os.environ.get("RANK", "0") == "0":
+        how = "as --threads asked" if requested else f"{why}; --threads N to choose"
+        announce(f"{prog}: {n} CPU thread{'s' * (n > 1)} ({how})")
+    return n
+
+
+def check_new_checkpoint(path, overwrite: bool, flag: str = "--out") -> None:
+    """Refuse to replace the checkpoint at `path` unless `overwrite` (before any work)."""
+    if not os.path.lexists(path) or overwrite:
+        return
+    try:
+        meta = read_meta(path)
+        what = f"a {meta['kind']} checkpoint (step {meta.get('step')})"
+    except CheckpointError:
+        what = "files" if Path(path).is_dir() and any(Path(path).iterdir()) else None
+    if what:
+        raise ValueError(f"{flag} {path} already holds {what}; pass --overwrite to replace it, or choose another "
+                         "folder")
 
 
 def run_command(prog: str, parser, commands: dict, argv=None) -> int:
     """Body of a CLI with subcommands: parse, check the device and the output folder (before any model is
     loaded), set threads, dispatch to commands[args.command](args, device, command line). A ValueError (the
-    library's CheckpointError and DataError among them) or a missing file becomes one line and exit 2."""
+    library's CheckpointError and DataError among them), a missing file or an overflow (USER_ERRORS) becomes one
+    line and exit 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     try:
         device = pick_device(args.device)
         check_output(args.out)
-        if args.threads:
-            torch.set_num_threads(args.threads)
+        set_threads(f"{prog} {args.command}", args.threads)
         commands[args.command](args, device, " ".join([prog, *argv]))
-    except (ValueError, FileNotFoundError) as e:
+        flush_announcement()  # a command without a long step still says what it used
+    except USER_ERRORS as e:
         return fail(f"{prog} {args.command}", e)
     return 0
 

@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointError, cast_weights, fingerprint, read_meta, run_folder_marks, save_checkpoint
-from .cli import Parser, check_output, fail
+from .cli import Parser, check_output, fail, set_threads, threads_flag
 from .pretrained import check_pair, checked_config, load_model
+from .progress import bar
 
 __all__ = ["check_destination", "export", "main"]
 
@@ -66,7 +67,7 @@ def export(run: Path, dest: Path, dtype: torch.dtype | None) -> list[Path]:
         cast_weights(model.state_dict(), dtype, str(run / kind))  # refuses values the dtype cannot hold
         loaded.append((kind, model, read_meta(run / kind)))
     written, name = [], "fp16" if dtype == torch.float16 else "fp32"
-    for kind, model, meta in loaded:
+    for kind, model, meta in bar(loaded, desc="write", unit="model"):
         train = {k: v for k, v in meta.get("train", {}).items() if k != "optimizer"}
         train["exported"] = {"from": str(run.resolve() / kind), "step": meta.get("step", 0), "dtype": name}
         if kind == "generator" and "tokenizer" in kinds:  # the tokenizer it pairs with is now the exported one
@@ -82,9 +83,11 @@ def main(argv=None) -> int:
     p.add_argument("run", help="training output directory (with tokenizer/ and generator/)")
     p.add_argument("dest", help="destination directory, outside every training run folder")
     p.add_argument("--dtype", choices=["fp32", "fp16"], default="fp16", help="dtype of the exported weights")
+    threads_flag(p)
     args = p.parse_args(argv)
     try:
         check_output(args.dest, flag="DEST")
+        set_threads(prog, args.threads)
         paths = export(Path(args.run), Path(args.dest), torch.float16 if args.dtype == "fp16" else None)
     except (CheckpointError, ValueError) as e:
         return fail(prog, e)

@@ -12,8 +12,19 @@ import sys
 
 import torch
 
-from .checkpoint import CheckpointError
-from .cli import Parser, add_sampling_flags, check_grid_pixels, check_output, fail, int_list, pick_device, positive_int
+from .cli import (
+    USER_ERRORS,
+    Parser,
+    add_sampling_flags,
+    check_grid_pixels,
+    check_output,
+    fail,
+    int_list,
+    pick_device,
+    positive_int,
+    set_threads,
+    threads_flag,
+)
 from .distributed import close_distributed, init_distributed
 from .pretrained import checked_config, class_names, load_pretrained, resolve
 from .sampling import Samples, check_sampling_args, compile_warm_up, gather_samples, sample_batches
@@ -40,6 +51,7 @@ def build_parser():
     p.add_argument("--scale", type=positive_int, default=3, help="pixel upscaling of the saved grid")
     p.add_argument("--progressive", action="store_true",
                    help="also write OUT_progressive.png: each sample decoded from 1..N tokens")
+    threads_flag(p)
     return p
 
 
@@ -64,6 +76,7 @@ def main(argv=None) -> int:
             return fail(prog, f"--classes {bad or classes}: class ids must lie in [0, {nc})")
         cols = max(args.num_per_class, tcfg.num_tokens if args.progressive else 0)
         check_grid_pixels(len(classes), cols, tcfg.image_size, args.scale)
+        set_threads(prog, args.threads)
         tokenizer, generator = load_pretrained(root, device)
         names = class_names(root) or [str(i) for i in range(nc)]
         labels = torch.tensor(classes).repeat_interleave(args.num_per_class)
@@ -78,7 +91,7 @@ def main(argv=None) -> int:
         samples = gather_samples(part, rank, world)
         if rank == 0:
             _write(args, out, tokenizer, generator, samples, labels, classes, names, device, world)
-    except (CheckpointError, ValueError) as e:
+    except USER_ERRORS as e:
         return fail(prog, e)
     finally:
         close_distributed()

@@ -17,11 +17,21 @@ import sys
 
 import torch
 
-from .checkpoint import CheckpointError
-from .cli import Parser, check_grid_pixels, check_output, fail, pick_device, positive_int
-from .data import FMNIST_CLASSES, DataError, load_image, open_image, pad_to, pixels, to_model_range
+from .cli import (
+    USER_ERRORS,
+    Parser,
+    check_grid_pixels,
+    check_output,
+    fail,
+    pick_device,
+    positive_int,
+    set_threads,
+    threads_flag,
+)
+from .data import FMNIST_CLASSES, load_image, open_image, pad_to, pixels, to_model_range
 from .evaluation.metrics import psnr
 from .pretrained import checked_config, load_model, resolve
+from .progress import bar
 from .viz import save_grid
 
 FMNIST_SIZE = 28  # Fashion-MNIST's native image size; training pads it (data.fashion_mnist)
@@ -48,6 +58,7 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint", default="fmnist", help="bundled model name or a training output directory")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
     p.add_argument("--scale", type=positive_int, default=3, help="pixel upscaling of the saved grid")
+    threads_flag(p)
     args = p.parse_args(argv)
     try:
         device = pick_device(args.device)
@@ -57,9 +68,11 @@ def main(argv=None) -> int:
         check_grid_pixels(len(args.images), c.num_tokens + 1, c.image_size, args.scale)
         fmnist = c.channels == 1 and meta.get("train", {}).get("classes") == FMNIST_CLASSES
         prepared = [prepare(f, c.image_size, c.channels, fmnist) for f in args.images]
+        set_threads(prog, args.threads)
         tok = load_model(path, "tokenizer", device)
         x = torch.stack([to_model_range(img) for img, _ in prepared]).to(device)
-        prog_imgs = tok.decode_progressive(tok.encode(x))  # [B, N, C, H, W]
+        prog_imgs = torch.cat([tok.decode_progressive(tok.encode(x[i:i + 64]))  # [B, N, C, H, W]
+                               for i in bar(range(0, len(x), 64), desc="reconstruct", unit="batch")])
         grid = torch.cat([x[:, None], prog_imgs], 1)
         out = save_grid(grid.flatten(0, 1), out, nrow=grid.shape[1], scale=args.scale)
         for f, (_, how) in zip(args.images, prepared):
@@ -67,7 +80,7 @@ def main(argv=None) -> int:
         full = psnr(prog_imgs[:, -1], x).tolist()
         print(f"wrote {out.resolve()}: {len(args.images)} rows (input, then 1..{c.num_tokens} tokens); "
               f"PSNR of the full reconstruction: {', '.join(f'{v:.1f}' for v in full)} dB")
-    except (CheckpointError, DataError, ValueError) as e:
+    except USER_ERRORS as e:
         return fail(prog, e)
     return 0
 

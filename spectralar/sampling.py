@@ -3,7 +3,7 @@ use, and the batch loop behind `python -m spectralar.generate` and `python -m sp
 
 Batch c of a run draws from its own generator seeded from (seed, c) and, under torch.distributed, runs on
 rank c % world, so the samples depend on the seed and the batch size only, never on the number of processes.
-Imports no other spectralar module (the generator imports this one).
+Imports no other spectralar module but the progress bars (the generator imports this one).
 """
 
 from __future__ import annotations
@@ -15,6 +15,13 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+
+from .progress import bar
+
+
+class NonFiniteError(FloatingPointError, RuntimeError):
+    """Sampling met NaN or inf logits (NaN weights, a guidance scale that overflows). A FloatingPointError, which
+    the command lines report in one line, and a RuntimeError, as it always was."""
 
 
 def check_sampling_args(*, cfg_scale: float = 1.0, temperature: float = 1.0, top_k=None, top_p=None,
@@ -117,7 +124,8 @@ def sample_batches(tokenizer, generator, labels: torch.Tensor, *, batch_size: in
                         compile=compile)
     device = next(generator.parameters()).device
     out = Samples()
-    for c, rows in my_batches(len(labels), batch_size, rank, world):
+    batches = my_batches(len(labels), batch_size, rank, world)
+    for c, rows in bar(batches, desc="sample", unit="batch"):
         lab = labels[rows].to(device)
         g = torch.Generator(device=device).manual_seed(batch_seed(seed, c))
         _sync(device)

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..sampling import check_sampling_args, sample_from_logits
+from ..sampling import NonFiniteError, check_sampling_args, sample_from_logits
 from .config import GeneratorConfig
 from .layers import AdaLNBlock, Block, KVCache, init_weights
 
@@ -230,8 +230,8 @@ class SpectralGPT(nn.Module):
         stays eager. See docs/benchmarks.md for what it buys.
         The N uniform draws of a sampled run are taken from `generator` up front, in step order (on CPU the
         same numbers as one draw per step), so the compiled and eager steps see the same randomness.
-        Raises RuntimeError naming the first step whose logits are not finite (NaN weights, a guidance that
-        overflows) instead of returning the garbage codes sampled from them.
+        Raises NonFiniteError (a FloatingPointError and a RuntimeError) naming the first step whose logits are not
+        finite (NaN weights, a guidance that overflows) instead of returning the garbage codes sampled from them.
         """
         c = self.config
         labels = self._check_labels(labels)
@@ -276,7 +276,7 @@ class SpectralGPT(nn.Module):
         bad = torch.stack([~x.isfinite().all() for x in all_logits])
         if bad.any():
             t = int(bad.nonzero()[0])
-            raise RuntimeError(f"non-finite logits (NaN or inf) at sampling step {t} of {c.num_tokens} (token "
+            raise NonFiniteError(f"non-finite logits (NaN or inf) at sampling step {t} of {c.num_tokens} (token "
                                f"s_{t + 1}) with cfg_scale={cfg_scale}, temperature={temperature}: the weights or the "
                                "guidance overflow")
         if return_logits:

@@ -22,7 +22,6 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from safetensors.torch import load_file
-from tqdm import tqdm
 
 from spectralar_kernels.windows import DATA_MAPPINGS
 
@@ -35,6 +34,7 @@ from ..models.generator import SpectralGPT
 from ..models.perceptual import PerceptualDistance
 from ..models.tokenizer import SpectralTokenizer
 from ..pretrained import load_model
+from ..progress import bar
 from ..viz import save_grid
 from .options import TrainOptions
 from .runtime import check_model_size
@@ -276,7 +276,7 @@ def encode_dataset(tokenizer, dataset, batch_size, device, desc, cache: Path, fp
             pass
     codes, labels = [], []
     n = len(dataset)
-    for i in tqdm(range(0, n, batch_size), desc=desc, disable=not show):
+    for i in bar(range(0, n, batch_size), desc=desc, unit="batch", enabled=show):
         x, y = collate(dataset, list(range(i, min(n, i + batch_size))))
         codes.append(tokenizer.encode(x.to(device)).cpu())
         labels.append(y)
