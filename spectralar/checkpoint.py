@@ -272,11 +272,13 @@ def run_folder_marks(folder) -> list[str]:
     (`STAGE_log.jsonl`), checkpoint links and `NAME.STEP` data directories, its lock, or a checkpoint that holds
     optimizer state (one that can be resumed). Such a folder belongs to training: nothing else writes into it."""
     folder = Path(folder)
-    if not folder.is_dir():
+    try:
+        entries = sorted(folder.iterdir()) if folder.is_dir() else []
+    except OSError:  # a folder we may not list holds nothing we wrote
         return []
     marks = []
-    for p in sorted(folder.iterdir()):
-        if p.name.endswith("_log.jsonl") or p.name == LOCK_FILE:
+    for p in entries:
+        if p.name in [f"{s}_log.jsonl" for s in STAGES] or p.name == LOCK_FILE:
             marks.append(p.name)
         elif p.is_symlink() and re.fullmatch(re.escape(p.name) + r"\.\d+(\.\d+)?", os.readlink(p)):
             marks.append(f"{p.name} -> {os.readlink(p)}")

@@ -171,26 +171,37 @@ def threads_flag(p) -> None:
                         "OMP_NUM_THREADS when set)")
 
 
-def _busy_cores(window: float = 0.1) -> float | None:
-    """CPU cores kept busy by other processes over the next `window` seconds (this one sleeps meanwhile), from
-    /proc/stat; the 1-minute load average where there is no /proc; None when neither exists."""
-    def sample():
+def _busy_cores(cpus: set[int], window: float = 0.1) -> float | None:
+    """How many of the CPUs `cpus` other processes keep busy over the next `window` seconds (this one sleeps
+    meanwhile), from their lines of /proc/stat; the 1-minute load average where there is no /proc; None when
+    neither exists."""
+    def sample() -> dict[int, tuple[int, int]]:
+        out = {}
         with open("/proc/stat") as f:
-            lines = f.read().splitlines()
-        v = [int(x) for x in lines[0].split()[1:9]]  # user nice system idle iowait irq softirq steal
-        return sum(v), v[3] + v[4], sum(1 for line in lines if line.startswith("cpu") and line[3:4].isdigit())
+            for line in f:
+                name, *fields = line.split()
+                if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+                    v = [int(x) for x in fields[:8]]  # user nice system idle iowait irq softirq steal
+                    out[int(name[3:])] = (sum(v), v[3] + v[4])
+        return out
 
     try:
-        total0, idle0, _ = sample()
+        before = sample()
         time.sleep(window)
-        total1, idle1, cpus = sample()
-    except (OSError, ValueError, IndexError):
+        after = sample()
+    except (OSError, ValueError):
+        before = after = {}
+    if not after:
         try:
-            return os.getloadavg()[0]
+            return min(float(len(cpus)), os.getloadavg()[0])
         except (OSError, AttributeError):
             return None
-    span = total1 - total0
-    return cpus * (span - (idle1 - idle0)) / span if span > 0 else 0.0
+    busy = 0.0
+    for c, (total, idle) in after.items():
+        span = total - before.get(c, (total, idle))[0]
+        if span > 0:
+            busy += 1.0 - (idle - before[c][1]) / span
+    return busy
 
 
 def default_threads() -> tuple[int, str]:
@@ -200,9 +211,10 @@ def default_threads() -> tuple[int, str]:
     env = os.environ.get("OMP_NUM_THREADS", "")
     if env.isdigit() and int(env) >= 1:
         return int(env), "as OMP_NUM_THREADS asks"
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    cores = len(cpus)
     local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
-    busy = _busy_cores()
+    busy = _busy_cores(cpus)
     if busy is None:
         return max(1, cores // local), f"{cores} cores"
     idle = max(0.0, cores - busy)
@@ -223,17 +235,19 @@ def set_threads(prog: str, requested: int | None = None) -> int:
 
 
 def check_new_checkpoint(path, overwrite: bool, flag: str = "--out") -> None:
-    """Refuse to replace the checkpoint at `path` unless `overwrite` (before any work)."""
-    if not os.path.lexists(path) or overwrite:
+    """Before any work: refuse to replace the checkpoint at `path` unless `overwrite`, and never replace a folder
+    that holds other files (writing a checkpoint replaces the whole folder)."""
+    p = Path(path)
+    if not os.path.lexists(p) or (p.is_dir() and not any(p.iterdir())):
         return
     try:
-        meta = read_meta(path)
-        what = f"a {meta['kind']} checkpoint (step {meta.get('step')})"
+        meta = read_meta(p)
     except CheckpointError:
-        what = "files" if Path(path).is_dir() and any(Path(path).iterdir()) else None
-    if what:
-        raise ValueError(f"{flag} {path} already holds {what}; pass --overwrite to replace it, or choose another "
-                         "folder")
+        raise ValueError(f"{flag} {path} holds files that are not a checkpoint, which writing one there would "
+                         "delete; choose another folder") from None
+    if not overwrite:
+        raise ValueError(f"{flag} {path} already holds a {meta['kind']} checkpoint (step {meta.get('step')}); pass "
+                         "--overwrite to replace it, or choose another folder")
 
 
 def run_command(prog: str, parser, commands: dict, argv=None) -> int:

@@ -41,11 +41,18 @@ def check_destination(run: Path, dest: Path, depth: int = 2) -> None:
         raise ValueError(f"DEST {dest} holds the training run {run}; export to a folder outside every run")
     level = [dest] if dest.is_dir() else []
     for _ in range(depth):
-        level = [p for d in level for p in sorted(d.iterdir()) if p.is_dir() and not p.is_symlink()]
+        level = [p for d in level for p in _subfolders(d)]
         for d in level:
             if marks := run_folder_marks(d):
                 raise ValueError(f"DEST {dest} holds the training run folder {d} ({', '.join(marks[:3])}); export "
                                  "to a folder outside every run")
+
+
+def _subfolders(d: Path) -> list[Path]:
+    try:
+        return [p for p in sorted(d.iterdir()) if p.is_dir() and not p.is_symlink()]
+    except OSError:  # not ours to list
+        return []
 
 
 def export(run: Path, dest: Path, dtype: torch.dtype | None) -> list[Path]:

@@ -182,6 +182,12 @@ def test_train_classifier_refuses_an_existing_checkpoint(micro, tmp_path, capsys
     assert "--overwrite" in err[0] and (out / "model.safetensors").read_bytes() == before
     assert call(evaluate.main, [*args, "--seed", 1, "--overwrite"], capsys)[0] == 0
     assert (out / "model.safetensors").read_bytes() != before
+    notes = tmp_path / "notes"  # a folder of other files: writing a checkpoint would replace it whole
+    notes.mkdir()
+    (notes / "todo.txt").write_text("mine")
+    for extra in ([], ["--overwrite"]):
+        code, _, err = call(evaluate.main, [*args[:4], notes, *args[5:], *extra], capsys)
+        assert code == 2 and "not a checkpoint" in err[0] and (notes / "todo.txt").read_text() == "mine", err
     code, out_text, _ = call(evaluate.main, ["--help"], capsys)
     assert "spectralar/pretrained" not in out_text  # the help's example no longer writes into the bundled model
 
