@@ -108,6 +108,20 @@ def test_export_refuses_run_folders_and_the_run_resumes(dest, run, data, capsys)
     assert read_meta(run / "generator")["step"] == 3
 
 
+def test_export_refuses_a_locked_folder(run, tmp_path):
+    """A folder a training run holds the lock of (and nothing else yet) is a run folder too."""
+    from spectralar.export import check_destination
+
+    locked = tmp_path / "fresh"
+    locked.mkdir()
+    (locked / ".spectralar.lock").write_text('{"pid": 1}')
+    with pytest.raises(ValueError, match="training run folder .*spectralar.lock"):
+        check_destination(run, locked)
+    (locked / "notes_log.jsonl").write_text("")  # any other log is not training's
+    (locked / ".spectralar.lock").unlink()
+    check_destination(run, locked)
+
+
 def test_export_ships_a_pair_other_users_can_read(run, tmp_path):
     """DEST outside any run: a loadable weights-only pair, its generator recording the exported tokenizer's hash,
     files with the permissions the umask gives (safetensors wrote every weights file 0600)."""
