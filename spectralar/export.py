@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointError, cast_weights, fingerprint, read_meta, run_folder_marks, save_checkpoint
-from .cli import Parser, check_output, fail, set_threads, threads_flag
+from .cli import USER_ERRORS, Parser, check_output, fail, set_threads, threads_flag
 from .pretrained import check_pair, checked_config, load_model
 from .progress import bar
 
@@ -96,7 +96,7 @@ def main(argv=None) -> int:
         check_output(args.dest, flag="DEST")
         set_threads(prog, args.threads)
         paths = export(Path(args.run), Path(args.dest), torch.float16 if args.dtype == "fp16" else None)
-    except (CheckpointError, ValueError) as e:
+    except USER_ERRORS as e:
         return fail(prog, e)
     for path in paths:
         size = sum(f.stat().st_size for f in path.iterdir())
