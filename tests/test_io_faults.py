@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import spectralar.checkpoint as ckmod
-from spectralar import generate, reconstruct
+from spectralar import export, generate, reconstruct
 from spectralar.checkpoint import (
     CheckpointError,
     CheckpointWriteError,
@@ -95,17 +95,24 @@ def run(trained, tmp_path):
 
 # ---- D2: an export never touches a run folder ------------------------------------------------------------
 
-@pytest.mark.parametrize("dest", ["{run}", "{run}/shipped", "{parent}"], ids=["is", "inside", "contains"])
-def test_export_refuses_run_folders_and_the_run_resumes(dest, run, data, capsys):
+def test_export_into_its_own_run_is_refused_and_the_run_resumes(run, data):
     """`export run run` replaced run/tokenizer by an fp16 copy, died on rmtree of the link, and the next resume
     deleted the fp32 checkpoint as a leftover. Now the export is refused before anything is written."""
     before = snapshot(run)
-    r = cli("export", run, dest.format(run=run, parent=run.parent))
-    assert r.returncode == 2 and "training run folder" in r.stderr or "holds the training run" in r.stderr, r.stderr
+    r = cli("export", run, run)
+    assert r.returncode == 2 and "is a training run folder" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert snapshot(run) == before
     assert train("generator", "--data", data, "--out", run, "--steps", 3, "--resume", *FAST) == 0
     assert read_meta(run / "generator")["step"] == 3
+
+
+@pytest.mark.parametrize("dest, needle", [("{run}/shipped", "lies inside"), ("{parent}", "holds the training run")])
+def test_export_inside_or_around_a_run_is_refused(dest, needle, run, capsys):
+    before = snapshot(run)
+    code, err = call(export.main, [run, dest.format(run=run, parent=run.parent)], capsys)
+    assert code == 2 and len(err) == 1 and needle in err[0], err
+    assert snapshot(run) == before
 
 
 def test_export_refuses_a_locked_folder(run, tmp_path):
@@ -199,7 +206,7 @@ def test_generate_refuses_a_retrained_tokenizer(run, data, tmp_path, capsys):
 def test_exports_written_before_the_hash_was_kept_still_load(run, tmp_path):
     """An older export recorded the trained tokenizer's hash next to the cast tokenizer: it cannot be checked, and
     loads as before (the bundled model is one); the same pair in a run folder is refused."""
-    assert cli("export", run, tmp_path / "old").returncode == 0
+    assert export.main([str(run), str(tmp_path / "old")]) == 0
     for kind in ("tokenizer", "generator"):
         f = tmp_path / "old" / kind / "config.json"
         meta = json.loads(f.read_text())
@@ -265,7 +272,7 @@ def test_fp16_export_refuses_values_beyond_its_range(run, tmp_path):
     r = cli("export", run, tmp_path / "fp16", "--dtype", "fp16")
     assert r.returncode == 2 and "head.weight holds 1e+06" in r.stderr and "65504" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "fp16").exists()
-    assert cli("export", run, tmp_path / "fp32", "--dtype", "fp32").returncode == 0
+    assert export.main([str(run), str(tmp_path / "fp32"), "--dtype", "fp32"]) == 0
     assert load_weights(tmp_path / "fp32" / "generator")["head.weight"].view(-1)[0] == 1e6
 
 
