@@ -11,12 +11,16 @@ Every file is written into a temporary sibling directory and fsynced before anyt
 writes with `versioned=True`: the data goes to a fresh sibling `NAME.STEP` and `NAME` is a relative symbolic
 link switched to it with one atomic rename, so at every instant `NAME` is a complete checkpoint (the old or
 the new one); the old data directory is deleted after the switch. `recover` (run by training at start-up)
-removes what an interrupted write leaves behind. Loading checks the JSON against the weights and names what
-is wrong.
+removes what an interrupted write leaves behind, and never a complete checkpoint that nothing supersedes. A write
+that fails (a full disk) removes its temporary directory and raises `CheckpointWriteError`, the previous checkpoint
+untouched. Files get the permissions the umask gives any new file. Loading checks the JSON against the weights
+(a known format version, the promised shapes, float weights with finite values) and names what is wrong.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import re
@@ -28,10 +32,20 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 FORMAT, VERSION = "spectralar-checkpoint", 1
+KNOWN_VERSIONS = (1,)  # format versions this code reads
+
+__all__ = ["CheckpointError", "CheckpointWriteError", "FORMAT", "VERSION", "cast_weights", "fingerprint", "load_into",
+           "load_train_state", "load_weights", "optimizer_from_flat", "optimizer_to_flat", "publish", "read_meta",
+           "recover", "run_folder_marks", "save_checkpoint", "save_tensors", "step_of"]
 
 
 class CheckpointError(ValueError):
     """A checkpoint directory is missing, corrupt, truncated or does not match its config."""
+
+
+class CheckpointWriteError(CheckpointError, OSError):
+    """Writing a checkpoint failed (e.g. no space left on device); nothing of it was published. An OSError too, so
+    callers that handle file-system errors see it as one."""
 
 
 def optimizer_to_flat(opt: torch.optim.Optimizer, prefix: str = "opt"):
@@ -60,32 +74,48 @@ def optimizer_from_flat(opt: torch.optim.Optimizer, tensors: dict, meta: dict, p
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+def cast_weights(state: dict, dtype: torch.dtype | None = None, where: str = "") -> dict:
+    """Detached, contiguous CPU copies of the tensors of `state`, float ones cast to `dtype` (None: kept).
+    Raises CheckpointError when a finite value does not fit the new dtype (1e6 would become inf in fp16), so a
+    checkpoint is never written with values it cannot represent."""
+    out = {}
+    for k, v in state.items():
+        v = v.detach().cpu()
+        if dtype is not None and v.is_floating_point() and v.dtype != dtype:
+            c = v.to(dtype)
+            lost = torch.isinf(c) & torch.isfinite(v)
+            if lost.any():
+                big = float(v[lost].abs().max())
+                raise CheckpointError(f"{where or 'checkpoint'}: {k} holds {big:.6g}, beyond the largest "
+                                      f"{str(dtype).replace('torch.', '')} value ({torch.finfo(dtype).max:.6g}); "
+                                      "it would be stored as inf. Keep fp32 (export --dtype fp32, train "
+                                      "--save-dtype fp32)")
+            v = c
+        out[k] = v.contiguous()
+    return out
+
+
 def save_checkpoint(path, kind: str, model: torch.nn.Module, config: dict, step: int = 0, train: dict | None = None,
                     optimizer: torch.optim.Optimizer | None = None, save_rng: bool = False,
                     dtype: torch.dtype | None = None, extra: dict | None = None, versioned: bool = False,
                     ema: dict | None = None) -> Path:
     """Write checkpoint directory `path`, never leaving it torn. `dtype` (e.g. fp16) casts float weights for
-    shipping; `extra` tensors go to train.safetensors; `ema` (a state dict with the model's entries, see
-    spectralar/models/ema.py) to ema.safetensors. versioned=True: `path` becomes a link switched atomically to a fresh
-    `NAME.STEP` directory (see the module docstring); otherwise `path` is a plain directory, replaced by two
-    renames."""
+    shipping (CheckpointError, before anything is written, for a value the dtype cannot hold); `extra` tensors go
+    to train.safetensors; `ema` (a state dict with the model's entries, see spectralar/models/ema.py) to
+    ema.safetensors. versioned=True: `path` becomes a link switched atomically to a fresh `NAME.STEP` directory
+    (see the module docstring); otherwise `path` is a plain directory, replaced by two renames (a training run's
+    checkpoint link is refused: replacing it would orphan the data it points to). A failed write (full disk)
+    raises CheckpointWriteError and leaves no temporary directory."""
     path = Path(path)
+    if not versioned and path.is_symlink():
+        raise CheckpointError(f"{path} is a training run's checkpoint (a link to {os.readlink(path)}); refusing to "
+                              "replace it with a plain copy: write elsewhere")
     path.parent.mkdir(parents=True, exist_ok=True)
-
-    def cast(state):
-        out = {}
-        for k, v in state.items():
-            v = v.detach().cpu()
-            if dtype is not None and v.is_floating_point():
-                v = v.to(dtype)
-            out[k] = v.contiguous()
-        return out
-
-    weights = cast(model.state_dict())
+    weights = cast_weights(model.state_dict(), dtype, str(path))
     meta = {"format": FORMAT, "version": VERSION, "kind": kind, "config": config, "step": step,
             "train": dict(train or {}), "tensors": {k: list(v.shape) for k, v in weights.items()}}
     if ema is not None:
-        ema = cast(ema)
+        ema = cast_weights(ema, dtype, f"{path} (EMA)")
         if {k: list(v.shape) for k, v in ema.items()} != meta["tensors"]:
             raise ValueError("save_checkpoint: the EMA state does not have the model's entries and shapes")
         meta["ema"] = True
@@ -98,17 +128,9 @@ def save_checkpoint(path, kind: str, model: torch.nn.Module, config: dict, step:
         if torch.cuda.is_available():
             for i, s in enumerate(torch.cuda.get_rng_state_all()):
                 extra[f"rng.cuda{i}"] = s
+    files = {"model.safetensors": weights, "ema.safetensors": ema, "train.safetensors": extra or None}
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    if os.path.lexists(tmp):
-        shutil.rmtree(tmp)
-    os.mkdir(tmp)
-    save_file(weights, str(tmp / "model.safetensors"))
-    if ema is not None:
-        save_file(ema, str(tmp / "ema.safetensors"))
-    if extra:
-        save_file(extra, str(tmp / "train.safetensors"))
-    with open(tmp / "config.json", "w") as f:
-        json.dump(meta, f, indent=1)
+    _write_tree(tmp, {k: v for k, v in files.items() if v is not None}, meta, path)
     if versioned:
         return publish(tmp, path, step)
     _fsync_tree(tmp)
@@ -120,6 +142,60 @@ def save_checkpoint(path, kind: str, model: torch.nn.Module, config: dict, step:
     if os.path.lexists(old):
         shutil.rmtree(old)
     return path
+
+
+def _write_tree(tmp: Path, files: dict, meta: dict, path: Path) -> None:
+    """Write the safetensors `files` and config.json into a fresh directory `tmp`, with the permissions the umask
+    gives new files (safetensors itself creates them 0600). On failure `tmp` is removed and CheckpointWriteError
+    names the cause, e.g. a full disk."""
+    try:
+        if os.path.lexists(tmp):
+            shutil.rmtree(tmp)
+        os.mkdir(tmp)
+        for name, tensors in files.items():
+            save_tensors(tensors, tmp / name)
+        with open(tmp / "config.json", "w") as f:
+            json.dump(meta, f, indent=1)
+    except (OSError, SafetensorError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        full = getattr(e, "errno", None) == errno.ENOSPC or "No space left" in str(e) or "StorageFull" in str(e)
+        why = "no space left on device" if full else (getattr(e, "strerror", None) or str(e))
+        raise CheckpointWriteError(f"cannot write the checkpoint {path}: {why}; the previous checkpoint there (if any) "
+                                   "is unchanged") from None
+
+
+def save_tensors(tensors: dict, path) -> None:
+    """safetensors.torch.save_file, with the permissions the umask gives any new file (safetensors creates its
+    files 0600, so a model exported for shipping was unreadable by other users)."""
+    save_file(tensors, str(path))
+    os.chmod(path, 0o666 & ~_umask())
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it where the system says it (Linux), else by setting it back."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def fingerprint(ckpt) -> str:
+    """sha1 of a checkpoint's weights (and of its EMA weights, which loading prefers, when it has them): the
+    identity a generator records of the tokenizer it was trained on (`tokenizer_sha1`)."""
+    ckpt = Path(ckpt)
+    h = hashlib.sha1()
+    for name in ("model.safetensors", "ema.safetensors"):
+        if name == "model.safetensors" or (ckpt / name).exists():
+            with open(ckpt / name, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()
 
 
 def _fsync_tree(d: Path) -> None:
@@ -187,6 +263,36 @@ def _fresh_version(path: Path, step: int) -> Path:
     return data
 
 
+STAGES = ("tokenizer", "generator")
+LOCK_FILE = ".spectralar.lock"  # a training run's lock on its output folder
+
+
+def run_folder_marks(folder) -> list[str]:
+    """What makes `folder` a training run's output folder (empty when nothing does): its metrics logs
+    (`STAGE_log.jsonl`), checkpoint links and `NAME.STEP` data directories, its lock, or a checkpoint that holds
+    optimizer state (one that can be resumed). Such a folder belongs to training: nothing else writes into it."""
+    folder = Path(folder)
+    try:
+        entries = sorted(folder.iterdir()) if folder.is_dir() else []
+    except OSError:  # a folder we may not list holds nothing we wrote
+        return []
+    marks = []
+    for p in entries:
+        if p.name in [f"{s}_log.jsonl" for s in STAGES] or p.name == LOCK_FILE:
+            marks.append(p.name)
+        elif p.is_symlink() and re.fullmatch(re.escape(p.name) + r"\.\d+(\.\d+)?", os.readlink(p)):
+            marks.append(f"{p.name} -> {os.readlink(p)}")
+        elif p.is_dir() and re.fullmatch(r"(\w+)\.\d{7}(\.\d+)?", p.name):
+            marks.append(p.name)
+        elif p.name in STAGES and p.is_dir():
+            try:
+                if "optimizer" in read_meta(p).get("train", {}):
+                    marks.append(f"{p.name} (resumable, with optimizer state)")
+            except (CheckpointError, AttributeError, TypeError):
+                pass
+    return marks
+
+
 def step_of(path) -> int:
     """The step a checkpoint records (0 when unreadable)."""
     try:
@@ -211,14 +317,25 @@ def _dead(pid: int) -> bool:
 def recover(path) -> list[str]:
     """Repair and tidy what an interrupted write of checkpoint `path` left; returns the names removed.
 
-    A missing or dangling `path` beside complete `NAME.STEP` directories is linked to the newest one.
-    Temporary directories and links of dead processes and `NAME.STEP` directories that `path` does not
-    point to are deleted.
+    A missing or dangling `path` beside complete `NAME.STEP` directories is linked to the newest one; a missing
+    `path` beside the previous plain directory that an interrupted plain write had moved aside is given it back.
+    Temporary directories and links of dead processes are deleted, and `NAME.STEP` directories only when they are
+    superseded: `path` links to another of them, or `path` is a resumable plain directory (the layout before links,
+    whose conversion was interrupted). A complete checkpoint that nothing supersedes is never deleted: beside a
+    weights-only plain `path` (an export written over a run's link), the `NAME.STEP` stay.
     """
     path = Path(path)
     if not path.parent.is_dir():
         return []
     versions = _versions(path)
+    temp = re.compile(r"\." + re.escape(path.name) + r"\.(tmp|old|link)-(\d+)")
+    stale = [(p, m[1]) for p in sorted(path.parent.iterdir()) if (m := temp.fullmatch(p.name)) and _dead(int(m[2]))]
+    if not os.path.lexists(path):  # a plain write stopped between its two renames: the old data is complete
+        for p, what in stale:
+            if what == "old" and p.is_dir() and not p.is_symlink() and (p / "config.json").is_file():
+                os.rename(p, path)
+                _fsync(path.parent)
+                break
     if versions and not path.exists():  # missing, or a link to a directory that is gone
         link = path.parent / f".{path.name}.link-{os.getpid()}"
         if os.path.lexists(link):
@@ -227,20 +344,23 @@ def recover(path) -> list[str]:
         os.replace(link, path)
         _fsync(path.parent)
     removed = []
-    live = path.resolve() if path.is_symlink() else None
-    temp = re.compile(r"\." + re.escape(path.name) + r"\.(tmp|old|link)-(\d+)")
-    for p in sorted(path.parent.iterdir()):
-        m = temp.fullmatch(p.name)
-        if m and _dead(int(m[2])):
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p)
-            else:
-                os.unlink(p)
-            removed.append(p.name)
-    for p in versions:
-        if p.resolve() != live:
+    for p, _ in stale:
+        if not os.path.lexists(p):  # given back above
+            continue
+        if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)
-            removed.append(p.name)
+        else:
+            os.unlink(p)
+        removed.append(p.name)
+    if path.is_symlink():
+        live = path.resolve()
+        superseded = [p for p in versions if p.resolve() != live] if live in [v.resolve() for v in versions] else []
+    else:  # a plain directory: the live checkpoint of the layout before links only when it can be resumed (an
+        # interrupted conversion left the versions); a weights-only copy supersedes nothing
+        superseded = versions if (path / "train.safetensors").is_file() else []
+    for p in superseded:
+        shutil.rmtree(p)
+        removed.append(p.name)
     return removed
 
 
@@ -258,6 +378,12 @@ def read_meta(path) -> dict:
         raise CheckpointError(f"{path}/config.json is corrupt or truncated: {e}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}/config.json is not a spectralar checkpoint")
+    version = meta.get("version")
+    if type(version) is not int or version not in KNOWN_VERSIONS:
+        newer = type(version) is int and version > max(KNOWN_VERSIONS)
+        raise CheckpointError(f"{path}/config.json: checkpoint format version {version!r} is unknown (this spectralar "
+                              f"reads {', '.join(map(str, KNOWN_VERSIONS))})"
+                              + ("; it was written by a newer spectralar: upgrade to load it" if newer else ""))
     for key in ("kind", "config", "tensors"):
         if key not in meta:
             raise CheckpointError(f"{path}/config.json lacks {key!r}")
@@ -288,12 +414,22 @@ def load_weights(path, meta: dict | None = None, ema: bool = True) -> dict:
 
 
 def load_into(model: torch.nn.Module, weights: dict, where: str = "") -> None:
-    """Load weights into a freshly built model, naming any mismatch (config vs weights)."""
+    """Load weights into a freshly built model, naming any mismatch (config vs weights). Float entries must be
+    stored as floats (fp16 / bf16 are widened) and hold only finite values; other entries must keep the model's
+    dtype: a cast that would silently change them (int32 weights, NaN everywhere) is a CheckpointError."""
     own = model.state_dict()
     bad = [k for k in own if k not in weights or tuple(own[k].shape) != tuple(weights[k].shape)]
     if bad or set(weights) - set(own):
         raise CheckpointError(f"{where}: weights do not fit the model built from its config "
                               f"(e.g. {(bad or sorted(set(weights) - set(own)))[:3]})")
+    for k, v in weights.items():
+        want = own[k].dtype
+        if want.is_floating_point != v.is_floating_point() or (not want.is_floating_point and v.dtype != want):
+            raise CheckpointError(f"{where}: {k} is stored as {str(v.dtype).replace('torch.', '')}, the model needs "
+                                  f"{str(want).replace('torch.', '')}; the checkpoint is corrupt or not this model's")
+        if v.is_floating_point() and not (n := int((~torch.isfinite(v)).sum())) == 0:
+            raise CheckpointError(f"{where}: {k} holds {n} non-finite value(s) (NaN or inf) of {v.numel()}; the "
+                                  "weights are corrupt or training diverged: use an earlier checkpoint")
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()})
 
 

@@ -10,10 +10,13 @@ import math
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 
+from .checkpoint import CheckpointError, read_meta
+from .progress import announce, discard_announcement, flush_announcement
 from .sampling import SamplingParams
 
 
@@ -26,8 +29,15 @@ class Parser(argparse.ArgumentParser):
 
 
 def fail(prog: str, message) -> int:
+    discard_announcement()  # the error is the one line a failed command prints
     print(f"{prog}: error: {message}", file=sys.stderr)
     return 2
+
+
+# The errors a command line reports in one line (exit 2) instead of a traceback: bad values (ValueError, and
+# the library's CheckpointError and DataError, which derive from it), missing files, and numbers that overflow
+# (FloatingPointError: non-finite logits or losses).
+USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
 
 
 def int_list(text: str) -> list[int]:
@@ -70,6 +80,30 @@ def positive_float(text: str) -> float:
     if v <= 0:
         raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
     return v
+
+
+def positive_floats(text: str, flag: str) -> list[float]:
+    """Comma-separated finite numbers > 0 (e.g. --alphas), or ValueError naming `flag`."""
+    try:
+        vals = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        vals = []
+    if not vals or not all(math.isfinite(v) and v > 0 for v in vals):
+        raise ValueError(f"{flag} {text!r}: expected comma-separated finite numbers > 0")
+    return vals
+
+
+def check_probe_sizes(num_train: int, num_test: int, dim: int) -> None:
+    """Refuse causality-probe sizes too small for its numbers to mean anything: a PCA to `dim` dimensions needs
+    more training images than dimensions (else the axes past the data's rank are noise, which standardising
+    blows up: R^2 of -1e27), and the ridge strength is picked on a fifth of them (at least 5); R^2 needs several
+    held-out images."""
+    need = max(25, 2 * dim + 1)
+    if num_train < need:
+        raise ValueError(f"--num-train {num_train}: the probe needs at least {need} training images (more than twice "
+                         f"the {dim} embedding dimensions, and 5 to choose the ridge strength)")
+    if num_test < 10:
+        raise ValueError(f"--num-test {num_test}: R^2 needs at least 10 held-out images")
 
 
 def _sampling_flag(name: str, parse):
@@ -137,22 +171,109 @@ def add_common_flags(p, out_default: str) -> None:
     p.add_argument("--batch-size", type=positive_int, default=100, help="images per forward pass")
     p.add_argument("--seed", type=int, default=0, help="seed for the image subset and for sampling")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+    threads_flag(p)
+
+
+def threads_flag(p) -> None:
+    """--threads N, the CPU threads torch uses (every command line has it; `set_threads` applies it)."""
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="CPU threads for torch (default: the cores other processes leave idle, at least 1; "
+                        "OMP_NUM_THREADS when set)")
+
+
+def _busy_cores(cpus: set[int], window: float = 0.1) -> float | None:
+    """How many of the CPUs `cpus` other processes keep busy over the next `window` seconds (this one sleeps
+    meanwhile), from their lines of /proc/stat; the 1-minute load average where there is no /proc; None when
+    neither exists."""
+    def sample() -> dict[int, tuple[int, int]]:
+        out = {}
+        with open("/proc/stat") as f:
+            for line in f:
+                name, *fields = line.split()
+                if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+                    v = [int(x) for x in fields[:8]]  # user nice system idle iowait irq softirq steal
+                    out[int(name[3:])] = (sum(v), v[3] + v[4])
+        return out
+
+    try:
+        before = sample()
+        time.sleep(window)
+        after = sample()
+    except (OSError, ValueError):
+        before = after = {}
+    if not after:
+        try:
+            return min(float(len(cpus)), os.getloadavg()[0])
+        except (OSError, AttributeError):
+            return None
+    busy = 0.0
+    for c, (total, idle) in after.items():
+        span = total - before.get(c, (total, idle))[0]
+        if span > 0:
+            busy += 1.0 - (idle - before[c][1]) / span
+    return busy
+
+
+def default_threads() -> tuple[int, str]:
+    """(threads, why): OMP_NUM_THREADS when set, else the cores this process may use that other processes leave
+    idle (at least 1), shared among the processes of a torchrun job on this machine. OpenMP threads spin while
+    they wait for each other, so one more thread than there are idle cores can make an op ten times slower."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) >= 1:
+        return int(env), "as OMP_NUM_THREADS asks"
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    cores = len(cpus)
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    busy = _busy_cores(cpus)
+    if busy is None:
+        return max(1, cores // local), f"{cores} cores"
+    idle = max(0.0, cores - busy)
+    n = max(1, min(cores, int(idle + 0.25)) // local)  # a core counts as idle when three quarters of it are
+    return n, f"{cores} cores, {min(busy, cores):.1f} busy with other work" + (f", {local} processes" if local > 1
+                                                                             else "")
+
+
+def set_threads(prog: str, requested: int | None = None) -> int:
+    """Set torch's CPU threads to `requested` (--threads) or `default_threads()`, and say so in one line on
+    stderr when the command's first long step starts (see spectralar.progress)."""
+    n, why = (requested, "--threads") if requested else default_threads()
+    torch.set_num_threads(n)
+    if os.environ.get("RANK", "0") == "0":
+        how = "as --threads asked" if requested else f"{why}; --threads N to choose"
+        announce(f"{prog}: {n} CPU thread{'s' * (n > 1)} ({how})")
+    return n
+
+
+def check_new_checkpoint(path, overwrite: bool, flag: str = "--out") -> None:
+    """Before any work: refuse to replace the checkpoint at `path` unless `overwrite`, and never replace a folder
+    that holds other files (writing a checkpoint replaces the whole folder)."""
+    p = Path(path)
+    if not os.path.lexists(p) or (p.is_dir() and not any(p.iterdir())):
+        return
+    try:
+        meta = read_meta(p)
+    except CheckpointError:
+        raise ValueError(f"{flag} {path} holds files that are not a checkpoint, which writing one there would "
+                         "delete; choose another folder") from None
+    if not overwrite:
+        raise ValueError(f"{flag} {path} already holds a {meta['kind']} checkpoint (step {meta.get('step')}); pass "
+                         "--overwrite to replace it, or choose another folder")
 
 
 def run_command(prog: str, parser, commands: dict, argv=None) -> int:
     """Body of a CLI with subcommands: parse, check the device and the output folder (before any model is
     loaded), set threads, dispatch to commands[args.command](args, device, command line). A ValueError (the
-    library's CheckpointError and DataError among them) or a missing file becomes one line and exit 2."""
+    library's CheckpointError and DataError among them), a missing file or an overflow (USER_ERRORS) becomes one
+    line and exit 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     try:
         device = pick_device(args.device)
         check_output(args.out)
-        if args.threads:
-            torch.set_num_threads(args.threads)
+        set_threads(f"{prog} {args.command}", args.threads)
         commands[args.command](args, device, " ".join([prog, *argv]))
-    except (ValueError, FileNotFoundError) as e:
+        flush_announcement()  # a command without a long step still says what it used
+    except USER_ERRORS as e:
         return fail(f"{prog} {args.command}", e)
     return 0
 

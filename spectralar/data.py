@@ -6,9 +6,11 @@ a deterministic, rank-sharded order that a checkpoint can resume at any batch.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -97,23 +99,101 @@ def pad_to(images: torch.Tensor, size: int) -> torch.Tensor:
     return torch.nn.functional.pad(images, (pad // 2, pad - pad // 2, pad // 2, pad - pad // 2), value=0)
 
 
-def load_image(path, size: int, channels: int = 3) -> torch.Tensor:
-    """Decode with Pillow, resize the shorter side to `size` (bicubic), center-crop; uint8 [C, size, size]."""
+# ---- image files -----------------------------------------------------------------------------------------
+# Pillow's own `convert` clips 16-bit grey values to 255 (a white image), truncates floating-point pixels (a black
+# one) and drops transparency (what lies under a transparent area shows). Here instead: 16-bit images (PNG, TIFF,
+# PGM) are scaled to 8 bits (v / 257, rounded) and 32-bit integer ones refused; floating-point images (TIFF mode
+# "F") must hold values in [0, 1] and are scaled by 255, others are refused with the range found, never guessed;
+# transparency (an alpha channel or a transparent colour) is composited onto black (`BACKGROUND`); files Pillow
+# cannot read, and images beyond its decompression-bomb limit, raise DataError naming the file.
+
+BACKGROUND = 0  # what transparent pixels become (0-255, every channel)
+
+_SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N"}
+
+
+@contextlib.contextmanager
+def open_image(path):
+    """`PIL.Image.open(path)` as a context manager whose failures are DataError naming `path`: not an image,
+    unreadable, truncated, or more pixels than Pillow decodes (its decompression-bomb limit)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB" if channels == 3 else "L")
-            w, h = im.size
-            s = size / min(w, h)
-            im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
-            w, h = im.size
-            left, top = (w - size) // 2, (h - size) // 2
-            im = im.crop((left, top, left + size, top + size))
-            arr = np.asarray(im, dtype=np.uint8)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # below the limit: decoded, as asked
+            im = Image.open(path)
+    except Image.DecompressionBombError as e:
+        raise DataError(f"{path}: too large to decode safely ({e}); downscale it, or raise "
+                        "PIL.Image.MAX_IMAGE_PIXELS if you trust the file") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise DataError(f"{path}: unreadable image ({e})") from None
-    t = torch.from_numpy(arr.copy())
+    with im:
+        try:
+            yield im
+        except DataError:
+            raise
+        except (OSError, ValueError, SyntaxError) as e:  # decoding happens lazily, inside the block
+            raise DataError(f"{path}: unreadable image ({e})") from None
+
+
+def pixels(im, channels: int, path="image") -> np.ndarray:
+    """uint8 [H, W] (channels=1) or [H, W, 3] (channels=3) of the Pillow image `im` (read from `path`): 16-bit
+    scaled, floats in [0, 1] scaled, transparency composited onto `BACKGROUND` (see "image files" above)."""
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    if im.mode in _SIXTEEN_BIT or im.mode == "I":
+        a = np.asarray(im)
+        if im.mode == "I" and (getattr(im, "tag_v2", {}).get(258, (16,))[0] > 16 or a.min() < 0 or a.max() > 65535):
+            raise DataError(f"{path}: a 32-bit integer image (values {a.min()} to {a.max()}); save it with 8 or "
+                            "16 bits per channel")
+        grey = np.rint(a.astype(np.float64) / 257.0).astype(np.uint8)
+        alpha = None
+        t = im.info.get("transparency")
+        if isinstance(t, int):
+            alpha = np.where(a == t, 0, 255).astype(np.uint8)
+        return _finish(grey[..., None], alpha, channels)
+    if im.mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+        if not (np.isfinite(a).all() and lo >= 0.0 and hi <= 1.0):
+            bad = "non-finite values" if not np.isfinite(a).all() else f"values in [{lo:.4g}, {hi:.4g}]"
+            raise DataError(f"{path}: a floating-point image with {bad}; only [0, 1] is understood (scale it to "
+                            "[0, 1], or save it with 8 or 16 bits per channel)")
+        return _finish(np.rint(a * 255.0).astype(np.uint8)[..., None], None, channels)
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
+        rgba = np.asarray(im.convert("RGBA"))
+        return _finish(rgba[..., :3], rgba[..., 3], channels)
+    return np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
+
+
+def _finish(colour: np.ndarray, alpha: np.ndarray | None, channels: int) -> np.ndarray:
+    """colour uint8 [H, W, 1 or 3], alpha uint8 [H, W] or None -> uint8 [H, W] or [H, W, 3]."""
+    if alpha is not None and (alpha < 255).any():
+        w = alpha.astype(np.float64)[..., None] / 255.0
+        colour = np.rint(colour * w + BACKGROUND * (1.0 - w)).astype(np.uint8)
+    if channels == 3:
+        return np.ascontiguousarray(np.broadcast_to(colour, colour.shape[:2] + (3,)))
+    if colour.shape[-1] == 1:
+        return colour[..., 0]
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(colour, "RGB").convert("L"))  # ITU-R 601 luma, as Pillow's "L"
+
+
+def load_image(path, size: int, channels: int = 3) -> torch.Tensor:
+    """Decode with Pillow (bit depths, floats and transparency as "image files" above says), resize the shorter
+    side to `size` (bicubic), center-crop; uint8 [C, size, size]. DataError naming the file when it cannot."""
+    from PIL import Image
+
+    with open_image(path) as im:
+        arr = pixels(im, channels, path)
+    im = Image.fromarray(arr)
+    w, h = im.size
+    s = size / min(w, h)
+    im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
+    w, h = im.size
+    left, top = (w - size) // 2, (h - size) // 2
+    t = torch.from_numpy(np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8).copy())
     return t.permute(2, 0, 1) if t.dim() == 3 else t[None]
 
 
@@ -123,19 +203,14 @@ FMNIST_SIZE = 28  # Fashion-MNIST's native image size; training pads it (fashion
 def prepare_image(path, size: int, channels: int, fmnist: bool) -> tuple[torch.Tensor, str]:
     """(uint8 [channels, size, size], what was done) for image file `path`, prepared as the training data was: for
     a tokenizer trained on Fashion-MNIST (`fmnist`), a 28x28 image (its native size) is padded with the background
-    value; any other size is resized (shorter side, bicubic) and center-cropped (`load_image`). DataError if the
-    file is not an image Pillow reads."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-            if fmnist and (w, h) == (FMNIST_SIZE, FMNIST_SIZE) and size >= FMNIST_SIZE:
-                small = torch.from_numpy(np.asarray(im.convert("L")).copy())
-                return pad_to(small[None], size), (f"{w}x{h} (Fashion-MNIST's size): padded to {size}x{size} with "
-                                                   "the background value, as in training")
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise DataError(f"{path}: unreadable image ({e})") from None
+    value; any other size is resized (shorter side, bicubic) and center-cropped (`load_image`). Bit depths, floats
+    and transparency are converted as `load_image` does. DataError if the file is not an image Pillow reads."""
+    with open_image(path) as im:
+        w, h = im.size
+        if fmnist and (w, h) == (FMNIST_SIZE, FMNIST_SIZE) and size >= FMNIST_SIZE:
+            small = torch.from_numpy(pixels(im, 1, path).copy())
+            return pad_to(small[None], size), (f"{w}x{h} (Fashion-MNIST's size): padded to {size}x{size} with "
+                                               "the background value, as in training")
     how = (f"{w}x{h}: used as is" if (w, h) == (size, size) else
            f"{w}x{h}: resized (shorter side to {size}) and center-cropped to {size}x{size}")
     return load_image(path, size, channels), how

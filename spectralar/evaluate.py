@@ -1,7 +1,7 @@
 """Evaluate a tokenizer and a generator with metrics we can compute offline, each named for what it is.
 
     python -m spectralar.evaluate reconstruct --checkpoint fmnist --data fmnist --num 1000
-    python -m spectralar.evaluate train-classifier --data fmnist --out spectralar/pretrained/fmnist/classifier
+    python -m spectralar.evaluate train-classifier --data fmnist --out runs/fmnist/classifier
     python -m spectralar.evaluate generate --checkpoint fmnist --data fmnist [--inception-weights FILE]
 
 reconstruct: PSNR / SSIM (data range 2, Gaussian window 11, sigma 1.5) of the decodings from 1..N tokens,
@@ -15,7 +15,8 @@ generate: without --inception-weights, the classifier Frechet distance (CFD, *no
   Under torchrun (`torchrun --nproc_per_node=G -m spectralar.evaluate generate ...`) the sampling batches are
   shared out over the processes and gathered on rank 0, which scores them: the same numbers as one process for
   the same --seed and --batch-size.
-train-classifier: trains that classifier (a few minutes on two CPU cores for Fashion-MNIST).
+train-classifier: trains that classifier (a few minutes on two CPU cores for Fashion-MNIST); an existing
+  checkpoint at --out is replaced only with --overwrite.
 
 Each command writes OUT/<command>.json and PNG figures to --out.
 """
@@ -33,10 +34,12 @@ from .cli import (
     Parser,
     add_common_flags,
     add_sampling_flags,
+    check_new_checkpoint,
     positive_float,
     positive_int,
     run_command,
     sampling_params,
+    threads_flag,
 )
 from .data import DataError, make_dataset
 from .distributed import close_distributed, init_distributed
@@ -56,9 +59,11 @@ from .evaluation.measures import (
     write_json,
 )
 from .evaluation.metrics import CFD_LABEL
+from .models.classifier import SmallCNN
 from .models.config import ClassifierConfig
 from .pretrained import classifier_dir, load_model, load_pretrained, resolve, tokenizer_dir, training_info
 from .sampling import gather_samples, sample_batches
+from .training.runtime import check_model_size
 from .viz import plot_panels, plot_per_class, save_grid
 
 __all__ = ["build_parser", "main"]
@@ -168,9 +173,11 @@ def _generate(args, device, command, rank, world) -> dict | None:
 
 
 def cmd_train_classifier(args, device, command) -> dict:
+    check_new_checkpoint(args.out, args.overwrite)
     train_ds = make_dataset(args.data, "train", args.image_size, args.channels)
     cfg = ClassifierConfig(image_size=args.image_size, channels=args.channels, num_classes=len(train_ds.classes),
                            width=args.width, feature_dim=args.feature_dim)
+    check_model_size(lambda: SmallCNN(cfg), device, f"--width {args.width}, --feature-dim {args.feature_dim}")
     try:
         val = load_subset(args.data, args.split, cfg.image_size, cfg.channels, None)[:2]
     except DataError:
@@ -205,6 +212,7 @@ def build_parser() -> Parser:
     add_common_flags(g, "runs/eval/generate")
     t = sub.add_parser("train-classifier", help="train the small CNN classifier that defines CFD")
     t.add_argument("--out", required=True, help="output checkpoint directory (e.g. RUN/classifier)")
+    t.add_argument("--overwrite", action="store_true", help="replace the checkpoint already at --out")
     t.add_argument("--data", default="fmnist", help="'fmnist', a folder of its IDX files, or an image folder")
     t.add_argument("--split", default="test", help="held-out split for the reported accuracy")
     t.add_argument("--image-size", type=positive_int, default=32, help="input size (the tokenizer's image size)")
@@ -216,7 +224,7 @@ def build_parser() -> Parser:
     t.add_argument("--lr", type=positive_float, default=2e-3, help="peak learning rate (AdamW, cosine)")
     t.add_argument("--seed", type=int, default=0, help="seed for init and data order")
     t.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
-    t.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+    threads_flag(t)
     return p
 
 

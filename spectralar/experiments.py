@@ -38,11 +38,14 @@ from .cli import (
     Parser,
     add_common_flags,
     add_sampling_flags,
+    check_probe_sizes,
     non_negative_int,
     positive_float,
+    positive_floats,
     positive_int,
     run_command,
     sampling_params,
+    threads_flag,
 )
 from .evaluation.measures import (
     check_classifier,
@@ -57,7 +60,8 @@ from .evaluation.metrics import CFD_LABEL, frechet_distance_from_features
 from .evaluation.probes import dct_bands, pca_project, probe_r2, raster_patches
 from .models.classifier import classify
 from .models.config import preset
-from .pretrained import classifier_dir, load_model, load_pretrained, resolve, tokenizer_dir
+from .pretrained import checked_config, classifier_dir, load_model, load_pretrained, resolve, tokenizer_dir
+from .progress import bar
 from .sampling import sample_codes
 from .training import TrainOptions, parse_overrides, train
 from .viz import plot_panels, save_grid
@@ -105,7 +109,7 @@ def cmd_truncation(args, device, command) -> dict:
              "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
              "accuracy_generated": [], "cfd_generated": [], "accuracy_real_subimage": [], "cfd_real_subimage": []}
         strips = []
-        for i in prefixes:
+        for i in bar(prefixes, desc="prefixes", unit="prefix"):
             imgs = decode_all(tok, codes, num_tokens=i)
             f, logits = classify(clf, imgs)
             g["accuracy_generated"].append(class_accuracy(logits, labels, classes)[0])
@@ -231,12 +235,9 @@ def cmd_mapping_ablation(args, device, command) -> dict:
 @torch.no_grad()
 def cmd_causality_probe(args, device, command) -> dict:
     t0 = time.time()
-    try:
-        alphas = [float(a) for a in args.alphas.split(",") if a.strip()]
-    except ValueError:
-        raise ValueError(f"--alphas {args.alphas!r}: expected comma-separated numbers") from None
-    if not alphas or min(alphas) < 0:
-        raise ValueError(f"--alphas {args.alphas!r}: expected non-negative numbers")
+    alphas = positive_floats(args.alphas, "--alphas")
+    check_probe_sizes(args.num_train, args.num_test, checked_config(tokenizer_dir(args.checkpoint), "tokenizer")[0]
+                      .code_dim)
     tok = load_model(tokenizer_dir(args.checkpoint), "tokenizer", device)
     c = tok.config
     N, d = c.num_tokens, c.code_dim
@@ -245,7 +246,7 @@ def cmd_causality_probe(args, device, command) -> dict:
 
     def spectral(x):
         cont, quant = [], []
-        for i in range(0, x.shape[0], args.batch_size):
+        for i in bar(range(0, x.shape[0], args.batch_size), desc="encode", unit="batch"):
             xb = x[i:i + args.batch_size].to(device)
             cont.append(F.normalize(tok.encode_continuous(xb).float(), dim=-1).cpu())
             quant.append(tok.quantizer.codes_to_vectors(tok.encode(xb)).float().cpu())
@@ -282,7 +283,7 @@ def cmd_causality_probe(args, device, command) -> dict:
                                                   f"{d} dims by one PCA fitted on all training patches",
                   "raw DCT bands (PCA)": f"the DCT coefficients of token i's band, projected to {d} dims by a PCA "
                                          "fitted per band on training images (zero-padded when the band is smaller)"}}
-    for name, (tr, te) in kinds.items():
+    for name, (tr, te) in bar(kinds.items(), desc="probes", unit="embedding"):
         res = probe_r2(tr, te, alphas)
         # R^2 is undefined (null) where token i is the same for every held-out image (e.g. a collapsed code)
         r2 = [None if r is None or math.isnan(r["r2"]) else r["r2"] for r in res]
@@ -337,7 +338,7 @@ def build_parser() -> Parser:
     m.add_argument("--classifier", default=None,
                    help="classifier for the generation comparison (default: the bundled fmnist one)")
     add_sampling_flags(m, num_per_class=100)
-    m.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    threads_flag(m)
     m.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
     c = sub.add_parser("causality-probe", help="ridge-probe R^2 of token i from tokens < i, spectral vs spatial")
     c.add_argument("--checkpoint", default="fmnist",

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError
 from .cli import (
+    USER_ERRORS,
     Parser,
     add_sampling_flags,
     check_grid_pixels,
@@ -26,6 +26,8 @@ from .cli import (
     pick_device,
     positive_int,
     sampling_params,
+    set_threads,
+    threads_flag,
 )
 from .distributed import close_distributed, init_distributed
 from .pretrained import checked_config, class_names, load_pretrained, resolve
@@ -59,6 +61,7 @@ def build_parser():
     p.add_argument("--animate", default=None, metavar="PATH",
                    help="also write the grid's coarse-to-fine animation, one frame per token: .gif or .png / "
                         ".apng (animated PNG), lossless; .webp, lossy and several times smaller")
+    threads_flag(p)
     return p
 
 
@@ -86,6 +89,7 @@ def main(argv=None) -> int:
             return fail(prog, f"--tokens {n}: this model has {tcfg.num_tokens} tokens; use 1 to {tcfg.num_tokens}")
         cols = max(args.num_per_class, n if args.progressive else 0)
         check_grid_pixels(len(classes), cols, tcfg.image_size, args.scale)
+        set_threads(prog, args.threads)
         tokenizer, generator = load_pretrained(root, device)
         names = class_names(root) or [str(i) for i in range(nc)]
         labels = torch.tensor(classes).repeat_interleave(args.num_per_class)
@@ -101,7 +105,7 @@ def main(argv=None) -> int:
         samples = gather_samples(part, rank, world)
         if rank == 0:
             _write(args, out, tokenizer, generator, samples, labels, classes, names, device, world)
-    except (CheckpointError, ValueError) as e:
+    except USER_ERRORS as e:
         return fail(prog, e)
     finally:
         close_distributed()

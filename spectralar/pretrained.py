@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .checkpoint import CheckpointError, load_into, load_weights, read_meta
+from .checkpoint import CheckpointError, fingerprint, load_into, load_weights, read_meta, run_folder_marks
 from .models.classifier import SmallCNN
 from .models.config import validate_config
 from .models.generator import SpectralGPT
@@ -59,13 +59,39 @@ def resolve(name_or_dir) -> Path:
 
 def load_pretrained(name_or_dir="fmnist", device="cpu") -> tuple[SpectralTokenizer, SpectralGPT]:
     """(tokenizer, generator) in eval mode, from a bundled name ("fmnist") or a training output directory.
-    Both configs are checked, and against each other, before either model is built."""
+    Both configs are checked, and against each other (sizes, and the tokenizer the generator was trained on:
+    `check_pair`), before either model is built."""
     root = resolve(name_or_dir)
-    t, g = checked_config(root / "tokenizer", "tokenizer")[0], checked_config(root / "generator", "generator")[0]
+    (t, tmeta), (g, gmeta) = checked_config(root / "tokenizer", "tokenizer"), checked_config(root / "generator",
+                                                                                             "generator")
     if g.codebook_size != t.codebook_size or g.num_tokens != t.num_tokens:
         raise CheckpointError(f"{root}: generator (K={g.codebook_size}, N={g.num_tokens}) does not "
                               f"match tokenizer (K={t.codebook_size}, N={t.num_tokens})")
+    check_pair(root / "tokenizer", root / "generator", tmeta, gmeta)
     return load_model(root / "tokenizer", "tokenizer", device), load_model(root / "generator", "generator", device)
+
+
+def check_pair(tok_dir, gen_dir, tok_meta: dict | None = None, gen_meta: dict | None = None) -> None:
+    """Refuse a generator next to a tokenizer other than the one it was trained on (its codes would decode to
+    garbage): the sha1 of the tokenizer's weights that training recorded (`tokenizer_sha1`) must be the sha1 of
+    `tok_dir`'s. Nothing to check when no hash was recorded (older runs), nor for a pair exported before exports
+    kept the hash up to date (weights only, outside a run folder, no `exported` record): those cannot be told."""
+    tok_dir, gen_dir = Path(tok_dir), Path(gen_dir)
+    tok_meta, gen_meta = tok_meta or read_meta(tok_dir), gen_meta or read_meta(gen_dir)
+    want = gen_meta.get("train", {}).get("tokenizer_sha1")
+    if not want:
+        return
+    have = fingerprint(tok_dir)
+    if have == want:
+        return
+    tt, gt = tok_meta.get("train", {}), gen_meta.get("train", {})
+    if (not any("optimizer" in m or "exported" in m for m in (tt, gt)) and not run_folder_marks(tok_dir.parent)
+            and not run_folder_marks(gen_dir.parent)):
+        return  # an older export: it cast the tokenizer (new hash) but kept the trained one's
+    raise CheckpointError(f"{gen_dir} was trained on a tokenizer whose weights have sha1 {want[:12]}, but {tok_dir} "
+                          f"holds another (sha1 {have[:12]}: retrained or replaced since), so its samples would be "
+                          f"garbage. Put back the tokenizer it was trained on, or train the generator again on this "
+                          f"one (python -m spectralar.train generator --out {gen_dir.parent} --overwrite)")
 
 
 def class_names(root) -> list[str] | None:

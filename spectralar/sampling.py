@@ -16,7 +16,7 @@ early (`num_tokens=k`: every prefix decodes to a whole image) or continue a give
 
 Batch c of a run draws from its own generator seeded from (seed, c) and, under torch.distributed, runs on rank
 c % world, so the samples depend on the seed and the batch size only, never on the number of processes.
-Imports no other spectralar module.
+Imports no other spectralar module but the progress bars.
 """
 
 from __future__ import annotations
@@ -31,9 +31,16 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-__all__ = ["SamplingParams", "StreamStep", "Samples", "build_decode_step", "check_labels", "compile_warm_up",
-           "decode_prefix", "gather_samples", "generate", "guide", "sample_batches", "sample_codes",
+from .progress import bar
+
+__all__ = ["NonFiniteError", "SamplingParams", "StreamStep", "Samples", "build_decode_step", "check_labels",
+           "compile_warm_up", "decode_prefix", "gather_samples", "generate", "guide", "sample_batches", "sample_codes",
            "sample_from_logits", "sample_step", "sample_variations", "stream", "batch_seed", "my_batches"]
+
+
+class NonFiniteError(FloatingPointError, RuntimeError):
+    """Sampling met NaN or inf logits (NaN weights, a guidance scale that overflows). A FloatingPointError, which
+    the command lines report in one line, and a RuntimeError, as it always was."""
 
 
 @dataclass(frozen=True)
@@ -295,7 +302,7 @@ def _raise_if_not_finite(run: _Run, flags: list[torch.Tensor]) -> None:
     bad = torch.stack(flags)
     if bad.any():
         t = run.prefix.shape[1] + int(bad.nonzero()[0])
-        raise RuntimeError(f"non-finite logits (NaN or inf) at sampling step {t} of {run.n} (token s_{t + 1}) with "
+        raise NonFiniteError(f"non-finite logits (NaN or inf) at sampling step {t} of {run.n} (token s_{t + 1}) with "
                            f"cfg_scale={run.params.cfg_scale}, temperature={run.params.temperature}: the weights or "
                            "the guidance overflow")
 
@@ -474,7 +481,8 @@ def sample_batches(tokenizer, generator, labels: torch.Tensor, *, batch_size: in
     device = next(generator.parameters()).device
     check_labels(generator, labels.to(device))
     out = Samples()
-    for c, rows in my_batches(len(labels), batch_size, rank, world):
+    batches = my_batches(len(labels), batch_size, rank, world)
+    for c, rows in bar(batches, desc="sample", unit="batch"):
         lab = labels[rows].to(device)
         g = torch.Generator(device=device).manual_seed(batch_seed(seed, c))
         _sync(device)

@@ -30,7 +30,7 @@ import sys
 from spectralar_kernels.windows import MAPPINGS
 
 from .checkpoint import CheckpointError
-from .cli import Parser, fail, pick_device
+from .cli import Parser, fail, pick_device, set_threads, threads_flag
 from .data import DataError
 from .distributed import close_distributed
 from .models.config import preset
@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--ckpt-every", type=int, help="steps between checkpoints (default %(default)s)")
         s.add_argument("--stop-at", type=int, default=None,
                        help="checkpoint and exit at this step as an interruption would (resume with --resume)")
-        s.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+        threads_flag(s)
         s.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
         s.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (image folders)")
         s.add_argument("--skip-bad-images", action="store_true",
@@ -106,8 +106,9 @@ def options(args) -> TrainOptions:
         batch_size=args.batch_size, accum=args.accum, lr=args.lr, min_lr_ratio=args.min_lr_ratio,
         warmup=args.warmup, weight_decay=args.weight_decay, clip=args.clip, seed=args.seed, resume=args.resume,
         overwrite=args.overwrite, log_every=args.log_every, eval_every=args.eval_every, ckpt_every=args.ckpt_every,
-        stop_at=args.stop_at, threads=args.threads, device=pick_device(args.device), num_workers=args.num_workers,
-        skip_bad_images=args.skip_bad_images, val_size=args.val_size, save_dtype=args.save_dtype)
+        stop_at=args.stop_at, threads=set_threads(PROG, args.threads), device=pick_device(args.device),
+        num_workers=args.num_workers, skip_bad_images=args.skip_bad_images, val_size=args.val_size,
+        save_dtype=args.save_dtype)
 
 
 def run(args):

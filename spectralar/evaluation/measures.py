@@ -19,6 +19,7 @@ from ..checkpoint import save_checkpoint
 from ..data import collate, index_batches, make_dataset
 from ..models.classifier import SmallCNN, classify
 from ..models.config import ClassifierConfig, to_dict
+from ..progress import bar
 from ..training.schedule import lr_at
 from .metrics import CFD_LABEL, frechet_distance_from_features, psnr, relative_diversity, ssim
 
@@ -75,7 +76,7 @@ def reconstruction_metrics(tokenizer, images, batch_size=100) -> dict:
     windows = tokenizer.config.windows
     keys = [f"{m}_{k}" for k in ("vs_image", "vs_subimage", "subimage_vs_image") for m in ("psnr", "ssim")]
     sums = {k: torch.zeros(len(windows), dtype=torch.float64) for k in keys}
-    for i in range(0, images.shape[0], batch_size):
+    for i in bar(range(0, images.shape[0], batch_size), desc="reconstruct", unit="batch"):
         x = images[i:i + batch_size].to(dev).float()
         rec = tokenizer.decode_progressive(tokenizer.encode(x)).clamp(-1, 1).cpu()  # [B, N, C, S, S]
         sub = spectral_subimages(x, windows, all_prefixes=True).clamp(-1, 1).cpu()
@@ -93,7 +94,7 @@ def decode_all(tokenizer, codes, num_tokens=None, batch_size=500) -> torch.Tenso
     """Images [M, C, S, S] (CPU) decoded from the first `num_tokens` (default all) of codes [M, N]."""
     dev = next(tokenizer.parameters()).device
     return torch.cat([tokenizer.decode(codes[i:i + batch_size].to(dev), num_tokens).cpu()
-                      for i in range(0, codes.shape[0], batch_size)])
+                      for i in bar(range(0, codes.shape[0], batch_size), desc="decode", unit="batch")])
 
 
 @torch.no_grad()
@@ -101,7 +102,7 @@ def encode_all(tokenizer, images, batch_size=500) -> torch.Tensor:
     """Codes [M, N] (CPU) of images [M, C, S, S]."""
     dev = next(tokenizer.parameters()).device
     return torch.cat([tokenizer.encode(images[i:i + batch_size].to(dev)).cpu()
-                      for i in range(0, images.shape[0], batch_size)])
+                      for i in bar(range(0, images.shape[0], batch_size), desc="encode", unit="batch")])
 
 
 # ---- generation -----------------------------------------------------------------------------------
@@ -205,6 +206,7 @@ def train_classifier(train_ds, config: ClassifierConfig, steps: int = 2000, batc
     warmup = min(100, max(1, steps // 10))
     step, epoch, t0, loss_avg = 0, 0, time.time(), None
     model.train()
+    progress = bar(total=steps, desc="classifier", unit="step")
     while step < steps:
         batches = index_batches(len(train_ds), batch_size, seed, epoch)
         if not batches:
@@ -223,12 +225,14 @@ def train_classifier(train_ds, config: ClassifierConfig, steps: int = 2000, batc
             loss.backward()
             opt.step()
             step += 1
+            progress.update()
             loss_avg = loss.item() if loss_avg is None else 0.98 * loss_avg + 0.02 * loss.item()
             if log and (step % 200 == 0 or step == steps):
                 log(f"[classifier] step {step}/{steps} loss {loss_avg:.4f} ({time.time() - t0:.0f} s)")
             if step >= steps:
                 break
         epoch += 1
+    progress.close()
     model.eval()
     info = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "seconds": round(time.time() - t0, 1),
             "train_loss": loss_avg}

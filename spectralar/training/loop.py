@@ -43,6 +43,7 @@ from ..checkpoint import (
 from ..data import index_batches
 from ..distributed import init_distributed
 from ..models.ema import EMA
+from ..progress import bar as progress_bar
 from ..viz import plot_log
 from .options import TrainOptions, parse_overrides
 from .runtime import (
@@ -218,7 +219,7 @@ def train(opts: TrainOptions) -> nn.Module:
     else:
         autocast = torch.autocast("cpu", enabled=False)
     per_rank = opts.batch_size * opts.accum
-    bar = tqdm(total=opts.steps, initial=step, desc=opts.stage, disable=not main_proc, dynamic_ncols=True)
+    bar = progress_bar(total=opts.steps, initial=step, desc=opts.stage, unit="step", leave=True, enabled=main_proc)
     t0, seen, saved_at, stop = time.time(), 0, step, 0
     end = opts.stop_at if opts.stop_at is not None else opts.steps
     model.train()

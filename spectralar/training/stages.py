@@ -12,7 +12,6 @@ generator: the dataset encoded once by a trained tokenizer (cached in OUT/codes_
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import shutil
 from collections.abc import Callable
@@ -22,12 +21,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
-from tqdm import tqdm
+from safetensors.torch import load_file
 
 from spectralar_kernels.windows import DATA_MAPPINGS
 
-from ..checkpoint import CheckpointError, publish, step_of
+from ..checkpoint import CheckpointError, fingerprint, publish, save_tensors, step_of
 from ..data import DataError, collate, make_dataset
 from ..evaluation.metrics import psnr
 from ..models.config import preset, to_dict, validate_config
@@ -36,6 +34,7 @@ from ..models.generator import SpectralGPT
 from ..models.perceptual import PerceptualDistance
 from ..models.tokenizer import SpectralTokenizer
 from ..pretrained import load_model
+from ..progress import bar
 from ..viz import save_grid
 from .options import TrainOptions
 from .runtime import check_model_size
@@ -265,17 +264,6 @@ def setup_generator(opts: TrainOptions, device, out: Path, resume_meta, main_pro
 SETUPS = {"tokenizer": setup_tokenizer, "generator": setup_generator}
 
 
-def fingerprint(ckpt: Path) -> str:
-    """sha1 of a checkpoint's weights (and its EMA weights, which loading prefers, when it has them)."""
-    h = hashlib.sha1()
-    for name in ("model.safetensors", "ema.safetensors"):
-        if name == "model.safetensors" or (ckpt / name).exists():
-            with open(ckpt / name, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-    return h.hexdigest()
-
-
 @torch.no_grad()
 def encode_dataset(tokenizer, dataset, batch_size, device, desc, cache: Path, fp: str, show=True):
     """Codes [N, num_tokens] (int16 on disk) and labels for every image, cached per tokenizer fingerprint."""
@@ -288,14 +276,14 @@ def encode_dataset(tokenizer, dataset, batch_size, device, desc, cache: Path, fp
             pass
     codes, labels = [], []
     n = len(dataset)
-    for i in tqdm(range(0, n, batch_size), desc=desc, disable=not show):
+    for i in bar(range(0, n, batch_size), desc=desc, unit="batch", enabled=show):
         x, y = collate(dataset, list(range(i, min(n, i + batch_size))))
         codes.append(tokenizer.encode(x.to(device)).cpu())
         labels.append(y)
     codes, labels = torch.cat(codes), torch.cat(labels)
     tmp = cache.with_suffix(".tmp")
-    save_file({"codes": codes.to(torch.int16), "labels": labels,
-               "fingerprint": torch.tensor(list(fp.encode()), dtype=torch.uint8)}, str(tmp))
+    save_tensors({"codes": codes.to(torch.int16), "labels": labels,
+                  "fingerprint": torch.tensor(list(fp.encode()), dtype=torch.uint8)}, tmp)
     tmp.rename(cache)
     return codes, labels
 
