@@ -31,6 +31,7 @@ from .cli import (
     pick_device,
     positive_int,
     sampling_params,
+    set_threads,
 )
 from .data import DataError
 from .evaluation.measures import (
@@ -70,8 +71,7 @@ def main(argv=None) -> int:
     try:
         device = pick_device(args.device)
         check_output(args.out)
-        if args.threads:
-            torch.set_num_threads(args.threads)
+        set_threads(PROG, args.threads)
         run(args, device, " ".join([PROG, *(sys.argv[1:] if argv is None else argv)]))
     except (CheckpointError, DataError, ValueError, FileNotFoundError) as e:
         return fail(PROG, e)

@@ -40,7 +40,7 @@ from urllib.parse import parse_qs, urlsplit
 import torch
 
 from .checkpoint import CheckpointError
-from .cli import Parser, fail, pick_device, positive_int
+from .cli import Parser, fail, pick_device, set_threads, threads_flag
 from .data import FMNIST_CLASSES, DataError, prepare_image, to_model_range
 from .evaluation.measures import check_classifier
 from .models.classifier import classify
@@ -387,7 +387,7 @@ def build_parser() -> Parser:
     p.add_argument("--checkpoint", default="fmnist",
                    help="bundled model name (fmnist) or a directory with tokenizer/ and generator/ (from train)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+    threads_flag(p)
     p.add_argument("--quiet", action="store_true", help="do not log each request")
     return p
 
@@ -398,8 +398,7 @@ def main(argv=None) -> int:
         return fail(PROG, f"--port {args.port}: use 0 to 65535")
     try:
         device = pick_device(args.device)
-        if args.threads:
-            torch.set_num_threads(args.threads)
+        set_threads(PROG, args.threads)
         app = DemoApp(args.checkpoint, device)
         server = make_server(app, args.host, args.port, args.quiet)
     except (CheckpointError, ValueError) as e:

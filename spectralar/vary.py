@@ -30,6 +30,8 @@ from .cli import (
     pick_device,
     positive_int,
     sampling_params,
+    set_threads,
+    threads_flag,
 )
 from .data import FMNIST_CLASSES, DataError, prepare_image, to_model_range
 from .evaluation.measures import check_classifier
@@ -59,6 +61,7 @@ def build_parser() -> Parser:
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
     p.add_argument("--out", default="variations.png", help="output image path (.png)")
     p.add_argument("--scale", type=positive_int, default=3, help="pixel upscaling of the saved grid")
+    threads_flag(p)
     return p
 
 
@@ -99,6 +102,7 @@ def main(argv=None) -> int:
         check_grid_pixels(len(args.images), cols, tcfg.image_size, args.scale)
         fmnist = tcfg.channels == 1 and tmeta.get("train", {}).get("classes") == FMNIST_CLASSES
         prepared = [prepare_image(f, tcfg.image_size, tcfg.channels, fmnist) for f in args.images]
+        set_threads(PROG, args.threads)
         tokenizer, generator = load_pretrained(root, device)
         x = torch.stack([to_model_range(img) for img, _ in prepared]).to(device)
         if cls is None:
