@@ -98,25 +98,26 @@ def test_triton_tile_configurations(backend, shape, dtype):
 
 
 def test_triton_tall_planes_and_big_blocks(backend, monkeypatch):
-    """Planes taller than FUSED_MAX_H run the reference (warned once), blocks above BLOCKWISE_MAX the
+    """Planes taller or wider than FUSED_MAX run the reference (warned once), blocks above BLOCKWISE_MAX the
     whole-plane launcher on gathered blocks; both limits are lowered so tiny shapes reach those paths."""
     from spectralar_kernels import _common
     from spectralar_kernels.transforms import blockwise as dct_blockwise
     from spectralar_kernels.transforms import triton as dct_triton
 
-    monkeypatch.setattr(dct_triton, "FUSED_MAX_H", 64)
+    monkeypatch.setattr(dct_triton, "FUSED_MAX", 64)
     monkeypatch.setattr(dct_blockwise, "BLOCKWISE_MAX", 4)
-    monkeypatch.setattr(_common, "_warned", set())
-    x = torch.randn(2, 66, 22, generator=torch.Generator().manual_seed(3))
-    for inverse in (False, True):
-        for block in (None, 11):
-            oracle = scipy_oracle(x, inverse, block)
-            if backend == "triton" and block is None and not inverse:
-                with pytest.warns(RuntimeWarning, match="H=66 > 64 has no Triton path"):
+    for shape in ((2, 66, 22), (2, 11, 66)):  # too tall, too wide (R_s [64, W] must fit on chip too)
+        monkeypatch.setattr(_common, "_warned", set())
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+        for inverse in (False, True):
+            for block in (None, 11):
+                oracle = scipy_oracle(x, inverse, block)
+                if backend == "triton" and block is None and not inverse:
+                    with pytest.warns(RuntimeWarning, match=rf"\[{shape[1]}, {shape[2]}\] exceeds 64"):
+                        y = run(x, inverse, block, backend)
+                else:
                     y = run(x, inverse, block, backend)
-            else:
-                y = run(x, inverse, block, backend)
-            assert_close_to_oracle(y, oracle, **fp32_tol(oracle), name=f"{backend} tall block={block}")
+                assert_close_to_oracle(y, oracle, **fp32_tol(oracle), name=f"{backend} {shape} block={block}")
 
 
 def tf32(t: torch.Tensor) -> torch.Tensor:
@@ -126,9 +127,10 @@ def tf32(t: torch.Tensor) -> torch.Tensor:
 
 
 def test_3xtf32_split_meets_the_fp32_tolerance():
-    """Why fp32 runs as 3xTF32 on the GPU (the interpreter computes plain fp32, so this emulates it):
-    head/tail TF32 operands, three products (each exact in fp32) with fp32 accumulation, as
-    input_precision="tf32x3" does, pass the fp32 tolerance at 256 x 256; one TF32 product does not."""
+    """Why fp32 products are never plain TF32 (the DCT kernels use IEEE fp32; the all-prefixes sub-image kernel
+    3xTF32, which the interpreter computes as plain fp32, so this emulates it): head/tail TF32 operands, three
+    products (each exact in fp32) with fp32 accumulation, as input_precision="tf32x3" does, pass the fp32
+    tolerance at 256 x 256; one TF32 product does not."""
     x = torch.randn(256, 256, generator=torch.Generator().manual_seed(10))
     d = ref.dct_basis(256, torch.float32)
 

@@ -10,7 +10,7 @@ import pytest
 import scipy.fft
 import torch
 
-from spectralar_kernels import dct2d, idct2d
+from spectralar_kernels import dct2d, idct2d, use_backend
 from spectralar_kernels.testing import assert_close_to_oracle, nan_like
 from spectralar_kernels.transforms import blockwise as bw
 from spectralar_kernels.transforms import ref
@@ -138,6 +138,48 @@ def test_low_precision_gradient(impl, dtype):
     assert x.grad.dtype == dtype
     same_precision = ref.idct2d(g, 8)
     assert_close_to_oracle(x.grad, scipy_blocks(g, 8, True), same_precision_ref=same_precision, name="grad lowp")
+
+
+INF, NAN = float("inf"), float("nan")
+# (shape, block, [(index, value)], dtypes): the two reported cases first (one NaN in a 128 x 128 plane gave 256 NaN
+# on blockwise-v1 and 4096 on v2 in bf16, where the reference gives its block's 64; block=4 with an inf gave 240
+# NaN where the reference gives none), then infinities of both signs meeting in one block (NaN there only),
+# blocks that do not divide the 64-wide v2 tile (R < 64), a block of 32 (v2's 64-wide fp32 products) and fp16.
+NONFINITE = [
+    ((1, 128, 128), 8, [((0, 50, 70), NAN)], (torch.float32, torch.bfloat16)),
+    ((1, 128, 128), 4, [((0, 50, 70), INF)], (torch.float32,)),
+    ((2, 48, 72), 12, [((0, 5, 5), INF), ((0, 7, 9), -INF), ((0, 30, 2), -INF), ((1, 30, 40), NAN), ((1, 47, 71), INF)],
+     (torch.float32,)),
+    ((1, 64, 96), 32, [((0, 3, 3), INF), ((0, 3, 40), INF), ((0, 60, 90), -INF), ((0, 61, 91), -INF)],
+     (torch.float32,)),
+    ((3, 15), 3, [((0, 0), NAN), ((2, 14), INF), ((1, 4), -INF)], (torch.float32, torch.float16, torch.bfloat16)),
+]
+NONFINITE_CASES = [pytest.param(shape, block, poison, dt, id=f"{shape}-b{block}-{str(dt)[6:]}")
+                   for shape, block, poison, dtypes in NONFINITE for dt in dtypes]  # fmt: skip
+
+
+@pytest.mark.parametrize("shape,block,poison,dtype", NONFINITE_CASES)
+def test_nonfinite_stays_in_its_block(impl, shape, block, poison, dtype):
+    """A block's NaN / inf never reaches another block, and the kernels give exactly the reference's pattern of
+    NaN, +inf and -inf (the CPU path and the GPU kernels agree); the finite outputs are unchanged."""
+    if impl == "blockwise-v1" and dtype == torch.bfloat16 and shape[-1] > 64:
+        pytest.skip("v2's reported bf16 case; v1 in bf16 takes ~10 s here and is checked on the small case")
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(12))
+    for index, value in poison:
+        x[index] = value
+    x = x.to(dtype)
+    for inverse in (False, True):
+        y = (idct2d if inverse else dct2d)(x, block=block)
+        with use_backend("ref"):
+            expected = (idct2d if inverse else dct2d)(x, block=block)
+        for name, cls in (("NaN", torch.isnan), ("+inf", torch.isposinf), ("-inf", torch.isneginf)):
+            got, want = cls(y), cls(expected)
+            assert torch.equal(got, want), f"{impl} {dtype} b={block}: {got.sum()} {name}, the reference {want.sum()}"
+        finite = torch.isfinite(expected)
+        tol = 1e-5 if dtype == torch.float32 else 0.1
+        torch.testing.assert_close(y[finite].float(), expected[finite].float(), atol=tol, rtol=tol)
+        if len(poison) == 1 and poison[0][1] != poison[0][1]:  # the single-NaN case: exactly its own block
+            assert torch.isnan(y).sum() == block * block
 
 
 # ---- The CPU reference's three whole-plane forms (kron / matmul / FFT), each forced, around the thresholds.
