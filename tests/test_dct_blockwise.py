@@ -239,6 +239,39 @@ def test_reference_picks_the_form_by_size(hw, inverse, form, monkeypatch):
     monkeypatch.setattr(ref, "_kron_basis", lambda h, w, *a: calls.append("kron") or torch.eye(h * w))
     (ref.idct2d if inverse else ref.dct2d)(torch.zeros(hw))
     assert calls == ([] if form == "matmul" else [form])
+    assert ref.plane_form("cpu", *hw, torch.float32, inverse) == form
+
+
+@pytest.mark.parametrize("hw", [(8, 8), (32, 32), (160, 160), (256, 256), (512, 512), (1, 300)], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_reference_form_per_device(hw, dtype):
+    """The CPU thresholds are the CPU's: on a GPU (any other device) every size takes the matmul form (two
+    cuBLAS GEMMs), and fp16/bf16 stay in their dtype there (fp32 accumulation) where the CPU computes in fp32."""
+    for inverse in (False, True):
+        assert ref.plane_form("cuda", *hw, dtype, inverse) == "matmul"
+    assert ref.compute_dtype("cuda", dtype) == dtype
+    assert ref.compute_dtype("cpu", dtype) == torch.float32
+    assert ref.compute_dtype("cpu", torch.float64) == ref.compute_dtype("cuda", torch.float64) == torch.float64
+
+
+def test_public_path_off_the_cpu_uses_the_matmul_form_in_bf16(monkeypatch):
+    """End to end on a device that is not the CPU (meta tensors: shapes and dtypes, no data), through the public
+    functions: a 256 x 256 bf16 plane never reaches the FFT form and its bases are requested in bf16 (no fp32
+    copy of the tensor), for dct2d, the 1-D dct and the sub-images reference alike."""
+    from spectralar_kernels import dct, spectral_subimages
+
+    ffts, bases = [], []
+    monkeypatch.setattr(ref, "_fft_form", lambda x, inverse: ffts.append(1) or x)
+    real_basis = ref.dct_basis
+    monkeypatch.setattr(ref, "dct_basis", lambda n, dtype=torch.float32, device="cpu": bases.append(dtype)
+                        or real_basis(n, dtype, device))  # fmt: skip
+    x = torch.empty(2, 3, 256, 256, device="meta", dtype=torch.bfloat16)
+    for y in (dct2d(x), idct2d(x, norm="backward"), dct(x, norm="ortho"),
+              spectral_subimages(x, [4, 64, 256], all_prefixes=True)):  # fmt: skip
+        assert y.device.type == "meta" and y.dtype == torch.bfloat16
+    assert not ffts and bases and set(bases) == {torch.bfloat16}, (ffts, set(bases))
+    dct2d(torch.zeros(1, 256, 256))  # the same call on the CPU takes the FFT form
+    assert ffts
 
 
 @pytest.mark.parametrize("dtype", LOWP, ids=str)

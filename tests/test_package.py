@@ -15,12 +15,15 @@ import spectralar_kernels
 KERNELS_PROJECT = Path(__file__).resolve().parent.parent / "kernels"  # its own pyproject (pip install ./kernels)
 KERNELS_DIR = KERNELS_PROJECT / "src" / "spectralar_kernels"  # the import package
 PUBLIC_API = [
+    "LinearDCT",
     "attention",
     "attention_with_kvcache",
     "dct",
     "dct2d",
+    "dctn",
     "idct",
     "idct2d",
+    "idctn",
     "scaled_dot_product_attention",
     "spectral_subimages",
     "spectral_windows",

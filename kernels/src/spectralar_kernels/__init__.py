@@ -10,17 +10,20 @@ needs neither a GPU nor triton.
 from ._common import use_backend
 from .attn import attention, attention_with_kvcache, scaled_dot_product_attention
 from .subimages import spectral_subimages
-from .transforms import dct, dct2d, idct, idct2d
+from .transforms import LinearDCT, dct, dct2d, dctn, idct, idct2d, idctn
 from .vq import vq_nearest
 from .windows import spectral_windows
 
 __all__ = [
+    "LinearDCT",
     "attention",
     "attention_with_kvcache",
     "dct",
     "dct2d",
+    "dctn",
     "idct",
     "idct2d",
+    "idctn",
     "scaled_dot_product_attention",
     "spectral_subimages",
     "spectral_windows",

@@ -166,7 +166,8 @@ def spectral_subimages_fwd(x: torch.Tensor, windows, all_prefixes: bool, out: to
     if dct_triton.plane_config(s, s, x.dtype) is None:
         msg = f"spectral_subimages: S={s} > {dct_triton.FUSED_MAX} has no Triton path: reference used"
         warn_once("spectral_subimages.large", msg)
-        res = ref.spectral_subimages(x.float(), windows, all_prefixes).to(x.dtype)
+        res = ref.spectral_subimages(x.to(dct_triton.ref.compute_dtype(x.device.type, x.dtype)), windows,
+                                     all_prefixes).to(x.dtype)  # fmt: skip
         return res if out is None else out.copy_(res)
     n_out = len(windows) if all_prefixes else 1
     shape = (b, n_out, c, s, s) if all_prefixes else (b, c, s, s)

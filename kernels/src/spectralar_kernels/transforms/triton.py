@@ -221,7 +221,7 @@ def dct2d_fwd(x: torch.Tensor, block: int | None, inverse: bool, out: torch.Tens
     if plane_config(h, w, x.dtype) is None:
         warn_once("dct2d.large", f"dct2d: [H, W] = [{h}, {w}] exceeds {FUSED_MAX} (no Triton path): reference used")
         fn = ref.idct2d if inverse else ref.dct2d
-        return y.copy_(fn(x.float()) if x.dtype != torch.float32 else fn(x))
+        return y.copy_(fn(x.to(ref.compute_dtype(x.device.type, x.dtype))))
     x3 = x.reshape(-1, h, w).contiguous()  # [P, H, W]
     plane_matmul(x3, y.view(-1, h, w), (h, w), inverse, x.dtype)
     return y
