@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import ref
+
 __all__ = ["LinearDCT"]
 
 # torch-dct's four names, plus every scipy type in both directions ("dct" = "dct2", "idct" = "idct2").
@@ -29,18 +31,18 @@ class LinearDCT(nn.Linear):
     def __init__(self, in_features: int, type: str, norm: str | None = None, bias: bool = False):  # noqa: A002
         if type not in _TYPES:
             raise ValueError(f"type must be one of {sorted(_TYPES)}, got {type!r}")
+        if norm not in (None, *ref.NORMS):
+            raise ValueError(f"norm must be None, 'backward', 'ortho' or 'forward', got {norm!r}")
+        if _TYPES[type][0] == 1 and in_features < 2:
+            raise ValueError(f"the DCT-I needs in_features >= 2, got {in_features}")
         self.type, self.norm = type, norm
         super().__init__(in_features, in_features, bias=bias)
 
     def reset_parameters(self) -> None:
         """Set the weight to the transform's matrix (and a bias to 0), as nn.Linear calls it."""
-        from . import dct, idct
-
         t, inverse = _TYPES[self.type]
-        eye = torch.eye(self.in_features, dtype=torch.float64)
-        fn = idct if inverse else dct
-        # column j of the matrix is the transform of the unit vector e_j (float64: the exact reference)
-        matrix = fn(eye, type=t, norm=self.norm, axis=0)
+        norm = self.norm or "backward"
+        matrix = ref.transform_matrix(t, self.in_features, norm, norm == "ortho", inverse)  # float64
         with torch.no_grad():
             self.weight.copy_(matrix.to(self.weight.dtype))
             if self.bias is not None:

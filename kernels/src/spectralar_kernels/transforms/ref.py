@@ -127,6 +127,18 @@ def axis_factors(t: int, n: int, norm: str, orthogonalize: bool, inverse: bool):
     return ("dct2", None, 1.0 / (g * b)) if inverse else ("dct3", g * b, None)
 
 
+def transform_matrix(t: int, n: int, norm: str, orthogonalize: bool, inverse: bool) -> torch.Tensor:
+    """scipy's DCT of type t and length n (or its inverse) as a float64 matrix F [n, n], y = F @ x."""
+    core, pre, post = axis_factors(t, n, norm, orthogonalize, inverse)
+    if core in ("dct2", "dct3"):
+        d = dct_basis(n, torch.float64)
+        m = d if core == "dct2" else d.T
+    else:  # the unnormalised DCT-I / DCT-IV of the unit vectors: row j of the result is T e_j, so transpose
+        m = (dct1_fft if core == "t1" else dct4_fft)(torch.eye(n, dtype=torch.float64)).T
+    m = m * pre if pre is not None else m  # columns: F = diag(post) M diag(pre)
+    return (post[:, None] * m if post is not None else m).contiguous()
+
+
 def dct1_fft(x: torch.Tensor) -> torch.Tensor:
     """scipy's unnormalised DCT-I along the last dim (n >= 2): y[k] = x[0] + (-1)^k x[n-1] + 2 sum_{0<m<n-1} x[m]
     cos(pi k m / (n - 1)), the real part of the FFT of the even extension [x, x[n-2:0:-1]]. fp32/float64."""
@@ -311,11 +323,12 @@ def _transform(x: torch.Tensor, inverse: bool) -> torch.Tensor:
     if form == "kron":
         k = _kron_basis(h, w, x.dtype, x.device, inverse)
         return (x.reshape(-1, h * w) @ k).reshape(x.shape)
-    d_h = dct_basis(h, x.dtype, x.device)
     d_w = dct_basis(w, x.dtype, x.device)
-    if inverse:
-        return d_h.transpose(0, 1) @ (x @ d_w)
-    return d_h @ (x @ d_w.transpose(0, 1))
+    y = x @ (d_w if inverse else d_w.transpose(0, 1))
+    if h == 1:  # 1-D transforms run as planes of height 1: the length-1 DCT is the identity
+        return y
+    d_h = dct_basis(h, x.dtype, x.device)
+    return (d_h.transpose(0, 1) if inverse else d_h) @ y
 
 
 def _blockwise(x: torch.Tensor, block: int, inverse: bool) -> torch.Tensor:
