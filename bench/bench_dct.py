@@ -123,7 +123,7 @@ def _sweep_input(n: int) -> torch.Tensor:
     return torch.randn(max(1, 2**18 // (n * n)), 3, n, n, generator=torch.Generator().manual_seed(0))
 
 
-def _side_by_side(fns: dict, repeats: int = 7) -> dict:
+def _side_by_side(fns: dict, repeats: int = 15) -> dict:
     """Minimum wall time (ms) per function, the functions interleaved in each round. Each timed call follows an
     untimed call of the same function: right after torch's parallel ops, its OpenMP workers still spin on the
     other core, which slowed a scipy workers=2 call by up to 1.7x at 128-256 px (dctn 2.1-2.7 ms when timed

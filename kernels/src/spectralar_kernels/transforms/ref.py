@@ -256,6 +256,11 @@ def _paired_mix(c: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tens
     return out
 
 
+def _rfft2(v: torch.Tensor) -> torch.Tensor:
+    """rfft2 over the last two dims; planes of height 1 (the 1-D transforms) as the 1-D rfft (~20% faster)."""
+    return torch.fft.rfft(v) if v.shape[-2] == 1 else torch.fft.rfft2(v)
+
+
 def _fft_planes(x: torch.Tensor, inverse: bool) -> torch.Tensor:
     h, w = x.shape[-2], x.shape[-1]
     m = w // 2 + 1
@@ -263,13 +268,13 @@ def _fft_planes(x: torch.Tensor, inverse: bool) -> torch.Tensor:
     x2 = x.reshape(-1, h * w)  # [P, H W]
     if not inverse:
         v = _gather(x2, g_in).view(-1, h, w)  # the reordered planes
-        spec = torch.fft.rfft2(v)  # [P, H, W/2 + 1], rows in natural order
+        spec = _rfft2(v)  # [P, H, W/2 + 1], rows in natural order
         c = _rows(spec, flip).mul_(b).addcmul_(spec, a)  # conj(C)
         return _gather(torch.view_as_real(c).view(-1, h * 2 * m), g_out).view(x.shape)
     c = torch.view_as_complex(_gather(x2, g_in).view(-1, h, m, 2))  # C'' [P, H, W/2 + 1], rows paired
     g = _paired_mix(c, a, b)  # G = (1 + i) conj(V)
     u = _gather(torch.view_as_real(g).view(-1, h * 2 * m), g_mid).view(-1, h, w)  # u' = u[-k1, -k2]
-    z = torch.fft.rfft2(u).mul_(1 + 1j)
+    z = _rfft2(u).mul_(1 + 1j)
     return _gather(torch.view_as_real(z).view(-1, h * 2 * m), g_out).view(x.shape)
 
 
