@@ -97,6 +97,32 @@ def test_v2_persistent_loop(programs, monkeypatch):
         assert_close_to_oracle(y, oracle, **fp32_tol(oracle), name=f"v2 programs={programs}")
 
 
+def test_v2_plans_its_grid_from_the_compiled_resources(monkeypatch):
+    """On CUDA the persistent grid is (CTAs the SM holds, from the compiled kernel's registers and shared memory)
+    x SMs, computed once per configuration; unreadable resources fall back to PROGRAMS_PER_SM with a warning.
+    The CUDA branch, run here with a stand-in compiled kernel and device."""
+    from types import SimpleNamespace
+
+    from spectralar_kernels import _common
+
+    compiled = SimpleNamespace(n_regs=168, metadata=SimpleNamespace(shared=51200), _init_handles=lambda: None)
+    warmups = []
+    monkeypatch.setattr(bw._dct2d_block_v2_kernel, "warmup", lambda *a, grid, **k: warmups.append(k) or compiled)
+    props = SimpleNamespace(regs_per_multiprocessor=65536, shared_memory_per_multiprocessor=228 * 1024,
+                            max_threads_per_multi_processor=2048)  # fmt: skip
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
+    monkeypatch.setattr(bw, "cuda_sm_count", lambda device: 132)
+    monkeypatch.setattr(bw, "_RESIDENT", {})
+    cuda, x = torch.device("cuda", 0), torch.zeros(1)
+    meta = dict(TILE=64, FULL=True, NUM_STAGES=3, KW=16, num_warps=4, num_stages=3)
+    assert bw.v2_programs(cuda, 10**6, (x,), meta) == 3 * 132  # 168 registers x 4 warps: 3 CTAs per SM
+    assert bw.v2_programs(cuda, 100, (x,), meta) == 100 and len(warmups) == 1  # once per configuration
+    monkeypatch.setattr(bw._dct2d_block_v2_kernel, "warmup", lambda *a, grid, **k: 1 / 0)
+    monkeypatch.setattr(_common, "_warned", set())
+    with pytest.warns(RuntimeWarning, match="resources unreadable"):
+        assert bw.v2_programs(cuda, 10**6, (x,), dict(meta, num_warps=8)) == bw.PROGRAMS_PER_SM * 132
+
+
 def test_default_impl_is_the_newest_and_v1_v2_agree(monkeypatch):
     monkeypatch.setenv("SPECTRALAR_KERNELS", "triton")
     x = torch.randn(3, 24, 40, generator=torch.Generator().manual_seed(4))

@@ -48,7 +48,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._common import cuda_sm_count
+from .._common import cuda_sm_count, warn_once
 from . import ref
 from .ref import BLOCKWISE_MAX
 from .triton import _interpreter_bf16, basis_dtype, dct2d_fwd
@@ -263,15 +263,18 @@ def v2_programs(device: torch.device, num_tiles: int, args: tuple = (), meta: di
     if key not in _RESIDENT:
         _RESIDENT[key] = PROGRAMS_PER_SM
         if args and meta is not None:
-            compiled = _dct2d_block_v2_kernel.warmup(*args, grid=(1,), **meta)
-            compiled._init_handles()
-            props = torch.cuda.get_device_properties(device)
-            _RESIDENT[key] = resident_ctas(
-                compiled.n_regs, compiled.metadata.shared, meta["num_warps"],
-                regs_per_sm=getattr(props, "regs_per_multiprocessor", 65536),
-                shared_per_sm=getattr(props, "shared_memory_per_multiprocessor", 228 * 1024),
-                threads_per_sm=getattr(props, "max_threads_per_multi_processor", 2048),
-            )  # fmt: skip
+            try:  # the compiled kernel's resources (CompiledKernel.n_regs is set when it is loaded)
+                compiled = _dct2d_block_v2_kernel.warmup(*args, grid=(1,), **meta)
+                compiled._init_handles()
+                props = torch.cuda.get_device_properties(device)
+                _RESIDENT[key] = resident_ctas(
+                    compiled.n_regs, compiled.metadata.shared, meta["num_warps"],
+                    regs_per_sm=getattr(props, "regs_per_multiprocessor", 65536),
+                    shared_per_sm=getattr(props, "shared_memory_per_multiprocessor", 228 * 1024),
+                    threads_per_sm=getattr(props, "max_threads_per_multi_processor", 2048),
+                )  # fmt: skip
+            except Exception as e:  # a triton without these attributes: keep the fixed plan, say so once
+                warn_once("blockwise.plan", f"blockwise-v2: resources unreadable ({e!r}); {PROGRAMS_PER_SM} per SM")
     return max(1, min(_RESIDENT[key] * cuda_sm_count(device), num_tiles))
 
 
