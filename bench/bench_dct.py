@@ -8,11 +8,13 @@ against the float64 reference, then times; `extra_info` holds GB/s (one read + o
 floor for the blockwise case) and GFLOP/s of the matmul form (2 (H + W) flops per pixel), plus peak memory on
 CUDA.
 
-`test_dct2d_cpu_sweep`: the whole-plane CPU path (our reference, the product on CPU) against
-scipy.fft.dctn / idctn per plane size 8 ... 512, with 1 and 2 threads (torch.set_num_threads(t) for ours,
-`workers=t` for scipy: both may use t cores). Each case also times both providers side by side,
-interleaved (minimum of several repeats: robust on a shared machine), and the `ref` case records
-`speed_vs_scipy` = scipy time / our time (>= 1: ours is faster) in `extra_info`.
+`test_dct_cpu_sweep`: each CPU DCT reference (the product on CPU) against the strongest plain path there,
+scipy.fft, per size 8 ... 512 px, with 1 and 2 threads (torch.set_num_threads(t) for ours, `workers=t` for scipy:
+both may use t cores): the whole-plane `dct2d` / `idct2d` against `dctn` / `idctn` over the last two axes, and the
+1-D `dct` / `idct` (scipy's own functions, along the last axis) against scipy's. Each case also times both
+providers side by side, interleaved (minimum of several repeats: robust on a shared machine), and the `ref` case
+records `speed_vs_scipy` = scipy time / our time (>= 1: ours is faster) in `extra_info`; `python -m
+bench.bench_dct --table FILE.json` prints the table of a `--benchmark-json` run (docs/benchmarks.md).
 """
 
 import time
@@ -23,7 +25,7 @@ import scipy.fft
 import torch
 import torch.nn.functional as F
 
-from spectralar_kernels import dct2d, idct2d
+from spectralar_kernels import dct, dct2d, idct, idct2d
 from spectralar_kernels.testing import max_err
 from spectralar_kernels.transforms import ref
 
@@ -107,7 +109,13 @@ def test_dct2d(benchmark, case, provider, monkeypatch):
             benchmark.extra_info["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
 
 
-SWEEP_SIZES = [8, 16, 32, 64, 128, 160, 192, 256, 384, 512]  # 160, 192: FFT_MIN_SIZE, IFFT_MIN_SIZE
+SWEEP_SIZES = [8, 16, 32, 64, 128, 256, 512]
+SWEEP_FNS = {  # name: (ours, scipy's, keyword arguments for both)
+    "dct2d": (dct2d, scipy.fft.dctn, dict(norm="ortho", axes=(-2, -1))),
+    "idct2d": (idct2d, scipy.fft.idctn, dict(norm="ortho", axes=(-2, -1))),
+    "dct": (dct, scipy.fft.dct, dict(norm="ortho")),
+    "idct": (idct, scipy.fft.idct, dict(norm="ortho")),
+}
 
 
 def _sweep_input(n: int) -> torch.Tensor:
@@ -115,7 +123,7 @@ def _sweep_input(n: int) -> torch.Tensor:
     return torch.randn(max(1, 2**18 // (n * n)), 3, n, n, generator=torch.Generator().manual_seed(0))
 
 
-def _side_by_side(fns: dict, repeats: int = 7) -> dict:
+def _side_by_side(fns: dict, repeats: int = 15) -> dict:
     """Minimum wall time (ms) per function, the functions interleaved in each round. Each timed call follows an
     untimed call of the same function: right after torch's parallel ops, its OpenMP workers still spin on the
     other core, which slowed a scipy workers=2 call by up to 1.7x at 128-256 px (dctn 2.1-2.7 ms when timed
@@ -133,22 +141,23 @@ def _side_by_side(fns: dict, repeats: int = 7) -> dict:
 
 @pytest.mark.parametrize("provider", ["ref", "scipy"])
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("inverse", [False, True], ids=["dct", "idct"])
+@pytest.mark.parametrize("fn", list(SWEEP_FNS))
 @pytest.mark.parametrize("n", SWEEP_SIZES)
-def test_dct2d_cpu_sweep(benchmark, n, inverse, threads, provider, monkeypatch):
+def test_dct_cpu_sweep(benchmark, n, fn, threads, provider, monkeypatch):
     monkeypatch.setenv("SPECTRALAR_KERNELS", "ref")
     x = _sweep_input(n)
     a = x.numpy()
-    sp = scipy.fft.idctn if inverse else scipy.fft.dctn
-    ours = idct2d if inverse else dct2d
+    ours, theirs, kwargs = SWEEP_FNS[fn]
+    scipy_kwargs = dict(kwargs, type=2, workers=threads)
+    ours_kwargs = {} if fn.endswith("2d") else dict(kwargs)  # dct2d / idct2d: orthonormal over the last 2 dims
     fns = {
-        "ref": lambda: ours(x),
-        "scipy": lambda: torch.from_numpy(sp(a, type=2, norm="ortho", axes=(-2, -1), workers=threads)),
+        "ref": lambda: ours(x, **ours_kwargs),
+        "scipy": lambda: torch.from_numpy(theirs(a, **scipy_kwargs)),
     }
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        oracle = torch.from_numpy(sp(a.astype(np.float64), type=2, norm="ortho", axes=(-2, -1)))
+        oracle = torch.from_numpy(theirs(a.astype(np.float64), **dict(kwargs, type=2)))
         err = max_err(fns[provider](), oracle)
         assert err < 1e-4 * max(1.0, oracle.abs().max().item()), f"{provider}: max err {err:.2e}"
         benchmark.pedantic(fns[provider], rounds=5, iterations=1, warmup_rounds=1)
@@ -164,3 +173,29 @@ def test_dct2d_cpu_sweep(benchmark, n, inverse, threads, provider, monkeypatch):
             )
     finally:
         torch.set_num_threads(saved)
+
+
+def table(path: str) -> str:
+    """The markdown table of scipy time / ours per size, function and thread count from a --benchmark-json file."""
+    import json
+
+    runs = json.load(open(path, encoding="utf-8"))["benchmarks"]
+    ratio = {}
+    for r in runs:
+        p, info = r["params"], r.get("extra_info", {})
+        if r["name"].startswith("test_dct_cpu_sweep") and "speed_vs_scipy" in info:
+            ratio[(p["n"], p["fn"], p["threads"])] = (info["speed_vs_scipy"], info["ms_ref"], info["ms_scipy"])
+    cols = [(fn, t) for t in (1, 2) for fn in SWEEP_FNS]
+    lines = ["| n | " + " | ".join(f"{fn} {t} thr." for fn, t in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for n in SWEEP_SIZES:
+        cells = [f"{ratio[(n, fn, t)][0]:.2f}" if (n, fn, t) in ratio else "-" for fn, t in cols]
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:2] != ["--table"] or len(sys.argv) != 3:
+        sys.exit("usage: python -m bench.bench_dct --table FILE.json  (a pytest bench/bench_dct.py --benchmark-json)")
+    print(table(sys.argv[2]), end="")

@@ -11,6 +11,9 @@ once per test session in a child process with the Triton interpreter off.
 
 import inspect
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -102,16 +105,16 @@ def test_every_op_has_a_checked_main_loop(aot_results):
 def test_json_records(tmp_path, aot_results):
     """`python -m spectralar_kernels.testing.aot --json PATH`: one record per compiled kernel, the documented fields."""
     out = tmp_path / "records.json"
-    assert kr.main(["--ops", "transforms.blockwise", "--arch", "90", "--json", str(out)]) in (0, 1)
-    records = json.loads(out.read_text())
-    assert records and all(r["arch"] == "sm_90" and r["op"] == "blockwise" for r in records)
+    assert kr.main(["--ops", "transforms.aot", "--arch", "90", "--json", str(out)]) in (0, 1)
+    records = [r for r in json.loads(out.read_text()) if r["op"] == "blockwise"]
+    assert records and all(r["arch"] == "sm_90" for r in records)
     keys = {"op", "kernel", "config", "arch", "dtype", "jit_like", "registers", "spill_bytes", "shared_bytes",
             "hgmma", "hmma", "ldgsts", "ldg128"}  # fmt: skip
     assert all(keys <= set(r) for r in records), sorted(set(records[0]) ^ keys)
     by_config = {(r["config"], r["arch"]): r for r in records}
     for r in aot_results.values():  # the CLI and the session compile agree
         key = (f"{r.label} (warps={r.num_warps}, stages={r.num_stages})", f"sm_{r.arch}")
-        if r.module == "transforms.blockwise" and key in by_config:
+        if r.module == "transforms.aot" and key in by_config:
             assert by_config[key]["registers"] == r.registers and by_config[key]["hgmma"] == r.hgmma
 
 
@@ -354,3 +357,70 @@ def test_interpreter_runs_the_default_config(monkeypatch):
     out, lse = attn_triton.attention_fwd(q, k, v, True, 5, 0.125)
     attn_triton.attention_bwd(do, q, k, v, out, lse, True, 5, 0.125)
     assert launched == [attn_triton._FWD_CONFIGS[("fp32", 64)][0], attn_triton._BWD_CONFIGS[("fp32", 64)][0]]
+def _plane_main_loops() -> dict:
+    """{label: loop_facts} of plane-v2's main-loop configurations on sm_90, from
+    `python -m spectralar_kernels.transforms.aot` in a child with the interpreter off (as compile_all runs)."""
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    cmd = [sys.executable, "-m", "spectralar_kernels.transforms.aot", "--arch", "90"]
+    return json.loads(subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout)
+
+
+def test_plane_v2_main_loop_is_pipelined():
+    """plane-v2 at BLOCK_M = 256 on sm_90, read from the SASS of its main loop: every global load in it is a
+    cp.async (the X and L tiles both arrive NUM_STAGES - 1 steps ahead; the earlier form loaded L with plain
+    LDG.128 + STS before an inner loop that restarted its pipeline every chunk), and fp16/bf16 run on wgmma with
+    the iteration's last product left running across the back-branch (the earlier form waited for each
+    256x64x64 product where it was issued) and at most one wgmma wait per iteration."""
+    loops = _plane_main_loops()
+    assert {lab.split()[2] for lab in loops} == {"fp32", "fp16", "bf16"}, sorted(loops)
+    for label, facts in loops.items():
+        assert facts["found"] and facts["ldgsts"] > 0 and facts["ldg"] == 0, (label, facts)
+        if "fp32" not in label:
+            assert facts["hgmma"] > 0 and facts["async_tail"] is True and len(facts["waits"]) <= 1, (label, facts)
+
+
+def test_loop_facts_flags_the_earlier_plane_loop():
+    """The SASS reading can fail: a loop with a plain LDG of a tile and a synchronous wait after its last wgmma
+    (the structure of the earlier plane-v2) is reported as such."""
+    from spectralar_kernels.transforms.aot import loop_facts
+
+    sass = "\n".join(f"        /*{0x100 + 0x10 * i:04x}*/ {op} ;" for i, op in enumerate([
+        "LDG.E.128 R88, desc[UR40][R14.64]", "STS.128 [R106+UR7], R88",
+        "LDGSTS.E.BYPASS.128 [R109+0x8000], desc[UR40][R16.64]", "WARPGROUP.ARRIVE",
+        "HGMMA.64x64x16.F32.BF16 R56, gdesc[UR16].tnspB, R56, gsb0", "WARPGROUP.DEPBAR.LE gsb0, 0x0", "@!P0 BRA 0x100",
+    ]))  # fmt: skip
+    facts = loop_facts(sass)
+    assert facts == {"found": True, "ldgsts": 1, "ldg": 1, "hgmma": 1, "waits": [0], "async_tail": False}, facts
+    assert loop_facts("        /*0100*/ EXIT ;") == {"found": False}
+
+
+def test_resident_ctas_from_resources():
+    """The occupancy rule the blockwise-v2 launcher plans its persistent grid with (and these tests use)."""
+    from spectralar_kernels.transforms.blockwise import resident_ctas
+
+    assert resident_ctas(141, 82944, 8) == 1  # the earlier plane-v2 bf16: 141 registers x 8 warps
+    assert resident_ctas(149, 51200, 8) == 1  # the earlier blockwise-v2 fp32 KW=16
+    assert resident_ctas(168, 51200, 4) == 3  # 4 warps: registers allow 3
+    assert resident_ctas(100, 50176, 4) == 4  # shared memory allows 4
+    assert resident_ctas(32, 2560, 2) == 32 and resident_ctas(33, 2560, 2) == 25  # the CTA limit, then registers
+
+
+def test_occupancy_of_the_redesigned_dct_kernels(aot_results):
+    """On sm_90: plane-v2 fp16/bf16 at BLOCK_M = 256 fit >= 2 CTAs per SM (registers and shared memory), fp32 reads
+    X in 64-wide strips (4 times at 256 x 256, not 8); blockwise-v2's plan from resources gives 4 CTAs per SM
+    for fp16/bf16 and 3 for fp32 16-wide products (PROGRAMS_PER_SM = 4 planned 1 CTA's worth too many before)."""
+    from spectralar_kernels.transforms.aot import _plane_specs
+    from spectralar_kernels.transforms.blockwise import resident_ctas
+
+    recs = {r.label: r for (mod, _, arch), r in aot_results.items() if mod == "transforms.aot" and arch == 90}
+    for dt in ("fp16", "bf16"):
+        r = recs[f"dct2d plane-v2 {dt} BLOCK_M=256"]
+        assert resident_ctas(r.registers, r.shared_bytes, r.num_warps) >= 2, r
+        r = recs[f"dct2d blockwise-v2 {dt} FULL=True KW=64"]
+        assert resident_ctas(r.registers, r.shared_bytes, r.num_warps) == 4, r
+    r = recs["dct2d blockwise-v2 fp32 FULL=True KW=16"]
+    assert resident_ctas(r.registers, r.shared_bytes, r.num_warps) >= 3, r
+    fp32 = [s for s in _plane_specs() if s.main and s.dtype == "fp32"]
+    assert fp32 and all(s.constexprs["BLOCK_N"] >= 64 for s in fp32), [s.constexprs for s in fp32]

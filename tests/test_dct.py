@@ -98,25 +98,26 @@ def test_triton_tile_configurations(backend, shape, dtype):
 
 
 def test_triton_tall_planes_and_big_blocks(backend, monkeypatch):
-    """Planes taller than FUSED_MAX_H run the reference (warned once), blocks above BLOCKWISE_MAX the
+    """Planes taller or wider than FUSED_MAX run the reference (warned once), blocks above BLOCKWISE_MAX the
     whole-plane launcher on gathered blocks; both limits are lowered so tiny shapes reach those paths."""
     from spectralar_kernels import _common
     from spectralar_kernels.transforms import blockwise as dct_blockwise
     from spectralar_kernels.transforms import triton as dct_triton
 
-    monkeypatch.setattr(dct_triton, "FUSED_MAX_H", 64)
+    monkeypatch.setattr(dct_triton, "FUSED_MAX", 64)
     monkeypatch.setattr(dct_blockwise, "BLOCKWISE_MAX", 4)
-    monkeypatch.setattr(_common, "_warned", set())
-    x = torch.randn(2, 66, 22, generator=torch.Generator().manual_seed(3))
-    for inverse in (False, True):
-        for block in (None, 11):
-            oracle = scipy_oracle(x, inverse, block)
-            if backend == "triton" and block is None and not inverse:
-                with pytest.warns(RuntimeWarning, match="H=66 > 64 has no Triton path"):
+    for shape in ((2, 66, 22), (2, 11, 66)):  # too tall, too wide (R_s [64, W] must fit on chip too)
+        monkeypatch.setattr(_common, "_warned", set())
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+        for inverse in (False, True):
+            for block in (None, 11):
+                oracle = scipy_oracle(x, inverse, block)
+                if backend == "triton" and block is None and not inverse:
+                    with pytest.warns(RuntimeWarning, match=rf"\[{shape[1]}, {shape[2]}\] exceeds 64"):
+                        y = run(x, inverse, block, backend)
+                else:
                     y = run(x, inverse, block, backend)
-            else:
-                y = run(x, inverse, block, backend)
-            assert_close_to_oracle(y, oracle, **fp32_tol(oracle), name=f"{backend} tall block={block}")
+                assert_close_to_oracle(y, oracle, **fp32_tol(oracle), name=f"{backend} {shape} block={block}")
 
 
 def tf32(t: torch.Tensor) -> torch.Tensor:
@@ -126,9 +127,10 @@ def tf32(t: torch.Tensor) -> torch.Tensor:
 
 
 def test_3xtf32_split_meets_the_fp32_tolerance():
-    """Why fp32 runs as 3xTF32 on the GPU (the interpreter computes plain fp32, so this emulates it):
-    head/tail TF32 operands, three products (each exact in fp32) with fp32 accumulation, as
-    input_precision="tf32x3" does, pass the fp32 tolerance at 256 x 256; one TF32 product does not."""
+    """Why fp32 products are never plain TF32 (the DCT kernels use IEEE fp32; the all-prefixes sub-image kernel
+    3xTF32, which the interpreter computes as plain fp32, so this emulates it): head/tail TF32 operands, three
+    products (each exact in fp32) with fp32 accumulation, as input_precision="tf32x3" does, pass the fp32
+    tolerance at 256 x 256; one TF32 product does not."""
     x = torch.randn(256, 256, generator=torch.Generator().manual_seed(10))
     d = ref.dct_basis(256, torch.float32)
 
@@ -326,7 +328,7 @@ def test_1d_matches_scipy(backend, kernel_calls, norm, dtype):
     x = torch.randn(4, 9, 6, generator=torch.Generator().manual_seed(21), dtype=dtype)
     for dim in (-1, 0, 1):
         for inverse in (False, True):
-            y = (idct if inverse else dct)(x, dim=dim, norm=norm)
+            y = (idct if inverse else dct)(x, axis=dim, norm=norm)
             a = x.double().numpy()
             oracle = torch.from_numpy((scipy.fft.idct if inverse else scipy.fft.dct)(a, type=2, norm=norm, axis=dim))
             assert y.dtype == dtype
@@ -356,15 +358,14 @@ def test_low_precision_norms(backend, dtype, norm):
     """fp16/bf16 with a non-orthonormal norm: within 2x the same-precision reference's error (that reference
     scales the orthonormal transform in the input dtype)."""
     x = torch.randn(2, 5, 12, generator=torch.Generator().manual_seed(24)).to(dtype)
-    scale = torch.outer(ref.norm_scale(5, norm), ref.norm_scale(12, norm))
+    factor = {True: lambda n: ref.axis_factors(2, n, norm, False, True)[1],  # idct: the input's
+              False: lambda n: ref.axis_factors(2, n, norm, False, False)[2]}  # dct: the output's  # fmt: skip
     for inverse in (False, True):
         y = (idct2d if inverse else dct2d)(x, norm=norm)
         assert y.dtype == dtype
         oracle = scipy_norm_oracle(x, inverse, norm, (-2, -1))
-        if inverse:
-            same_precision = ref.idct2d(x * (1 / scale).to(dtype))
-        else:
-            same_precision = ref.dct2d(x) * scale.to(dtype)
+        scale = torch.outer(factor[inverse](5), factor[inverse](12)).to(dtype)
+        same_precision = ref.idct2d(x * scale) if inverse else ref.dct2d(x) * scale
         assert_close_to_oracle(y, oracle, same_precision_ref=same_precision, name=f"{backend} {dtype} {norm}")
 
 
@@ -378,8 +379,8 @@ def test_norm_gradients(backend, norm):
     fns = [
         lambda t: dct2d(t, norm=norm, dim=(0, 2)),
         lambda t: idct2d(t, norm=norm, dim=(2, 0)),
-        lambda t: dct(t, dim=0, norm=norm),
-        lambda t: idct(t, dim=-1, norm=norm),
+        lambda t: dct(t, axis=0, norm=norm),
+        lambda t: idct(t, axis=-1, norm=norm),
     ]
     for fn in fns:
         assert torch.autograd.gradcheck(fn, (x64,))
@@ -392,22 +393,26 @@ def test_norm_gradients(backend, norm):
 @pytest.mark.parametrize(
     "call,match",
     [
-        (lambda: dct2d(torch.zeros(4, 4), norm="ortho "), "norm must be one of"),
-        (lambda: idct2d(torch.zeros(4, 4), norm=None), "norm must be one of"),
+        (lambda: dct2d(torch.zeros(4, 4), norm="ortho "), "Invalid norm value"),
         (lambda: dct2d(torch.zeros(4, 4), dim=(1, 1)), "same dim twice"),
         (lambda: dct2d(torch.zeros(4, 4), dim=(1, -1)), "same dim twice"),
         (lambda: dct2d(torch.zeros(4, 4), dim=(0, 2)), "each entry must be an int in"),
         (lambda: idct2d(torch.zeros(4, 4), dim=-1), "dim must be a pair"),
         (lambda: dct2d(torch.zeros(4, 4), dim=(0, 1.0)), "each entry must be an int"),
         (lambda: dct2d(torch.zeros(4, 6, 3), block=2, dim=(0, 2)), "block=2 must divide both H=4 and W=3"),
-        (lambda: dct(torch.zeros(4, 4), dim=2), "dim must be an int in"),
-        (lambda: idct(torch.zeros(4, 4), norm="ortho", dim=True), "dim must be an int in"),
-        (lambda: dct(torch.zeros(4), norm="backwards"), "norm must be one of"),
-        (lambda: dct(torch.zeros(4, dtype=torch.int32)), "int32"),
-        (lambda: idct(torch.zeros(0)), "empty"),
-        (lambda: idct(torch.tensor(1.0)), "at least 1 dims"),
+        (lambda: dct(torch.zeros(4), norm="backwards"), "Invalid norm value"),
+        (lambda: idct(torch.zeros(0)), "invalid number of data points"),
     ],
 )
 def test_norm_dim_value_errors(backend, call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_norm_none_is_backward(backend):
+    """norm=None is scipy's default, "backward" (it used to raise), in dct2d / idct2d as in dct / dctn."""
+    x = torch.randn(3, 6, 5, generator=torch.Generator().manual_seed(26))
+    for fn in (dct2d, idct2d):
+        torch.testing.assert_close(fn(x, norm=None), fn(x, norm="backward"), atol=0, rtol=0)
+    oracle = torch.from_numpy(scipy.fft.dctn(x.double().numpy(), axes=(-2, -1)))
+    assert_close_to_oracle(dct2d(x, norm=None), oracle, **fp32_tol(oracle), name=f"{backend} norm=None")

@@ -15,14 +15,17 @@ import spectralar_kernels
 KERNELS_PROJECT = Path(__file__).resolve().parent.parent / "kernels"  # its own pyproject (pip install ./kernels)
 KERNELS_DIR = KERNELS_PROJECT / "src" / "spectralar_kernels"  # the import package
 PUBLIC_API = [
+    "LinearDCT",
     "attention",
     "attention_with_kvcache",
     "dct",
     "dct2d",
+    "dctn",
     "flash_attn_func",
     "flash_attn_with_kvcache",
     "idct",
     "idct2d",
+    "idctn",
     "scaled_dot_product_attention",
     "spectral_subimages",
     "spectral_windows",

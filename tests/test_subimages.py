@@ -156,7 +156,7 @@ def test_triton_large_image_falls_back_with_warning(monkeypatch):
     from spectralar_kernels.transforms import triton as dct_triton
 
     monkeypatch.setenv("SPECTRALAR_KERNELS", "triton")
-    monkeypatch.setattr(dct_triton, "FUSED_MAX_H", 16)  # so a 17 x 17 image counts as "large"
+    monkeypatch.setattr(dct_triton, "FUSED_MAX", 16)  # so a 17 x 17 image counts as "large"
     monkeypatch.setattr(_common, "_warned", set())
     x = torch.randn(2, 1, 17, 17, generator=torch.Generator().manual_seed(5), requires_grad=True)
     w = torch.tensor([3, 17])

@@ -16,19 +16,22 @@ from .attn import (
     scaled_dot_product_attention,
 )
 from .subimages import spectral_subimages
-from .transforms import dct, dct2d, idct, idct2d
+from .transforms import LinearDCT, dct, dct2d, dctn, idct, idct2d, idctn
 from .vq import vq_nearest
 from .windows import spectral_windows
 
 __all__ = [
+    "LinearDCT",
     "attention",
     "attention_with_kvcache",
     "dct",
     "dct2d",
+    "dctn",
     "flash_attn_func",
     "flash_attn_with_kvcache",
     "idct",
     "idct2d",
+    "idctn",
     "scaled_dot_product_attention",
     "spectral_subimages",
     "spectral_windows",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .._common import check_float, choose_kernel
+from ..transforms import ref as dct_ref
 from . import ref
 
 __all__ = ["spectral_subimages"]
@@ -78,6 +79,6 @@ def spectral_subimages(x: torch.Tensor, windows, all_prefixes: bool = False) -> 
         from .triton import SubimagesFunction
 
         return SubimagesFunction.apply(x, windows, all_prefixes, impl)
-    if x.dtype == torch.float32:
-        return ref.spectral_subimages(x, windows, all_prefixes)
-    return ref.spectral_subimages(x.float(), windows, all_prefixes).to(x.dtype)
+    # fp16/bf16: in fp32 on the CPU, in their own dtype on a GPU (cuBLAS accumulates in fp32), one rounding at the end
+    xc = x.to(dct_ref.compute_dtype(x.device.type, x.dtype))
+    return ref.spectral_subimages(xc, windows, all_prefixes).to(x.dtype)

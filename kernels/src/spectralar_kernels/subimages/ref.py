@@ -3,7 +3,8 @@
     x_w = IDCT( DCT(x) * M_w ),   M_w[u, v] = 1 iff u < w and v < w
 
 (orthonormal whole-image DCT per channel). Equivalently x_w = P_w x P_w^T with the symmetric
-projection P_w = D[:w]^T D[:w]; this reference uses the masked-coefficient form, the definition.
+projection P_w = D[:w]^T D[:w]; this reference uses the masked-coefficient form, the definition, through the
+DCT reference, so it takes that reference's form for the device (the matmul form on a GPU, by size on the CPU).
 """
 
 from __future__ import annotations

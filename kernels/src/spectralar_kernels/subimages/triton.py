@@ -2,12 +2,12 @@
 
 Only the first w rows of the orthonormal DCT basis D [S, S] take part, so the work shrinks with the
 window. Coefficients go through a scratch C [B*C, S, S] in the products' dtype (the same-precision
-reference rounds them alike); the whole-plane DCT kernel (`_dct2d_fwd_kernel`, dct/triton.py)
-computes them with its window modes, at tile granularity (no runtime masks on the main loads):
+reference rounds them alike); the whole-plane DCT kernel (`_dct2d_fwd_kernel`, transforms/triton.py)
+computes them with its window modes, at tile granularity:
   1. C = D X D^T, only the BLOCK_N-column strips below w (the rest is never written), entries with u
      or v >= w written as zeros (WINDOW=1): ~ cdiv(w, BLOCK_N) BLOCK_N / S of a full DCT;
-  2. one window per sample: x_w = D^T C D with both contractions cut after cdiv(w, BLOCK_K) chunks
-     (WINDOW=2): ~ w / S of a full IDCT.
+  2. one window per sample: x_w = D^T C D with the loop over coefficient rows cut after cdiv(w, BLOCK_K)
+     chunks and the columns at or past w masked (never read) (WINDOW=2): ~ w / S of a full IDCT.
 
 All prefixes (N increasing windows w_1 < ... < w_N, output [B, N, C, S, S]): step 1 once with w_N, then
 `_subimages_prefix_kernel`, one program per 64 x 64 output tile (rows m, cols n; 32 x 32 in fp32) of a
@@ -24,9 +24,9 @@ Gradient: the op is the symmetric projection P_w x P_w^T (P_w = D_w^T D_w), so t
 window is the same op on the upstream gradient; for all prefixes it is
 sum_n P_{w_n} g_n P_{w_n}^T = IDCT(sum_n M_{w_n} * DCT(g_n)) (step 1 per prefix, a sum, step 2 once).
 
-Numerics as in dct/triton.py (fp16/bf16 tensor cores with fp32 accumulation, fp32 via 3xTF32;
-fp32 basis and scratch for bf16 under the interpreter). Images larger than the DCT kernel's limit
-(S > 256) use the reference (warned once).
+Numerics as in transforms/triton.py (fp16/bf16 tensor cores with fp32 accumulation; fp32 IEEE products in
+the DCT steps and 3xTF32 in the all-prefixes kernel; fp32 basis and scratch for bf16 under the interpreter).
+Images larger than the DCT kernel's limit (S > 256) use the reference (warned once).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._common import DTYPE_NAME, PTR_SIG, AOTSpec, warn_once
+from .._common import warn_once
 from ..transforms import triton as dct_triton
 from . import ref
 
@@ -163,9 +163,11 @@ def spectral_subimages_fwd(x: torch.Tensor, windows, all_prefixes: bool, out: to
     Returns `[B, C, S, S]` or `[B, N, C, S, S]` in x.dtype; writes into `out` when given.
     """
     b, c, s, _ = x.shape
-    if dct_triton.plane_config(s, x.dtype) is None:
-        warn_once("spectral_subimages.large", f"spectral_subimages: S={s} > 256 has no Triton path: reference used")
-        res = ref.spectral_subimages(x.float(), windows, all_prefixes).to(x.dtype)
+    if dct_triton.plane_config(s, s, x.dtype) is None:
+        msg = f"spectral_subimages: S={s} > {dct_triton.FUSED_MAX} has no Triton path: reference used"
+        warn_once("spectral_subimages.large", msg)
+        res = ref.spectral_subimages(x.to(dct_triton.ref.compute_dtype(x.device.type, x.dtype)), windows,
+                                     all_prefixes).to(x.dtype)  # fmt: skip
         return res if out is None else out.copy_(res)
     n_out = len(windows) if all_prefixes else 1
     shape = (b, n_out, c, s, s) if all_prefixes else (b, c, s, s)
@@ -209,7 +211,8 @@ class SubimagesFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        if dct_triton.plane_config(grad.shape[-1], grad.dtype) is None:  # the forward used the reference
+        s = grad.shape[-1]
+        if dct_triton.plane_config(s, s, grad.dtype) is None:  # the forward used the reference
             with torch.enable_grad():
                 x0 = torch.zeros(ctx.x_shape, dtype=torch.float32, device=grad.device, requires_grad=True)
                 y0 = ref.spectral_subimages(x0, ctx.windows, ctx.all_prefixes)
@@ -218,45 +221,3 @@ class SubimagesFunction(torch.autograd.Function):
         if ctx.all_prefixes:
             return _all_prefixes_bwd(grad, ctx.windows), None, None, None
         return spectral_subimages_fwd(grad.contiguous(), ctx.windows, False), None, None, None
-
-
-
-
-def _prefix_spec(dtype: torch.dtype, size: int, values: dict) -> AOTSpec:
-    sig = {name: PTR_SIG[dtype] for name in ("c_ptr", "y_ptr", "d_ptr")} | {"win_ptr": "*i32", "first_ptr": "*i32"}
-    for name in ("num_shells", "num_ch", "num_win", "stride_cp", "stride_yn"):
-        sig[name] = "i32"
-    cfg = prefix_config(dtype)
-    consts = dict(S=size, D_ROW=dct_triton.padded(size, PREFIX_PAD), NUM_STAGES=cfg["NUM_STAGES"],
-                  BLOCK=cfg["BLOCK"], BLOCK_S=PREFIX_SHELL)  # fmt: skip
-    for name in consts:
-        sig[name] = "constexpr"
-    return AOTSpec(
-        kernel=_subimages_prefix_kernel, signature=sig, constexprs=consts, num_warps=cfg["num_warps"],
-        num_stages=cfg["NUM_STAGES"], label=f"subimages-v2 all-prefixes {DTYPE_NAME[dtype]} S={size}",
-        expect_tensor_cores=True, op="subimages", dtype=DTYPE_NAME[dtype], values=values, main=True,
-    )  # fmt: skip
-
-
-def aot_specs() -> list[AOTSpec]:
-    """Every configuration the launchers here choose on a GPU, per dtype: the DCT kernel's window modes
-    (coefficients, reconstruction) for each BLOCK_M (64, 128, 256), and the all-prefixes kernel.
-
-    `values` at the benchmarks: 64x3x256x256 with windows from a 64-token power mapping (one per
-    sample); all prefixes 8x3x256x256, N = 64 (16 shells). Smaller BLOCK_M compile at S = BLOCK_M.
-    """
-    specs = []
-    for dt in (torch.float32, torch.float16, torch.bfloat16):
-        for size in (64, 128, 256):
-            tiles_n = size // dct_triton.plane_config(size, dt)["BLOCK_N"]
-            values = dict(tiles_n=tiles_n, num_ch=3, num_win=64, stride_xp=size * size, stride_yp=size * size)
-            for mode, step in ((1, "coefficients"), (2, "reconstruction")):
-                label = f"subimages-v2 {step} {DTYPE_NAME[dt]} BLOCK_M={dct_triton.block_m(size)}"
-                specs.append(dct_triton.plane_spec(dt, size, mode, label, "subimages", values, main=size == 256))
-        # all prefixes: the coefficients step runs with the one largest window (num_win = 1)
-        values = dict(tiles_n=tiles_n, num_ch=3, num_win=1, stride_xp=256 * 256, stride_yp=256 * 256)
-        label = f"subimages-v2 coefficients (all prefixes) {DTYPE_NAME[dt]} BLOCK_M=256"
-        specs.append(dct_triton.plane_spec(dt, 256, 1, label, "subimages", values, main=True))
-        values = dict(num_shells=16, num_ch=3, num_win=64, stride_cp=256 * 256, stride_yn=3 * 256 * 256)
-        specs.append(_prefix_spec(dt, 256, values))
-    return specs

@@ -5,8 +5,11 @@
 
 The inverse is x = D_H^T @ X @ D_W. This matches `scipy.fft.dctn(x, type=2, norm="ortho",
 axes=(-2, -1))` / `idctn`. This module is the CPU path, the test oracle (`upcast=True`: float64) and the
-benchmark baseline (`upcast=False`: computed in the input dtype). Three formulations, chosen by plane size
-(thresholds measured on CPU, see FFT_MIN_SIZE, IFFT_MIN_SIZE and KRON_MAX_PIXELS):
+benchmark baseline (`upcast=False`: computed in the input dtype). Three formulations, chosen per call by
+`plane_form(device type, H, W, dtype)`: on a GPU (any device but the CPU) always the matmul form, two GEMMs
+(cuBLAS; fp16/bf16 stay in their dtype with fp32 accumulation, see `compute_dtype`), several times faster
+there than the FFT form's ~10 data-moving kernels; on the CPU by plane size (thresholds measured on a 2-core
+CPU, see FFT_MIN_SIZE, IFFT_MIN_SIZE and KRON_MAX_PIXELS):
   - kron (tiny planes): one matmul of the flattened planes [P, H W] with kron(D_H, D_W)^T [H W, H W]:
     more flops than two passes, but one large GEMM instead of two small batched ones;
   - matmul (medium): `D_H @ (x @ D_W^T)`, the bases cached per (size, dtype, device);
@@ -25,6 +28,11 @@ benchmark baseline (`upcast=False`: computed in the input dtype). Three formulat
     gathers (see _fft_tables): 3 gathers, 3 complex multiply-adds and the FFT. Gradients: the transforms are
     orthogonal, so the FFT form's backward is the other transform (`_FFTForm`).
   The FFT form has no half-precision CPU kernels: fp16/bf16 planes take the fp32 FFT and round once.
+
+scipy's other DCT types and normalisations (`axis_factors`): every (type, norm, orthogonalize) transform of
+length n, and its inverse, is post * core(pre * x) with per-index factors pre, post and core one of the
+orthonormal DCT-II ("dct2"), its inverse ("dct3"), or scipy's unnormalised DCT-I / DCT-IV ("t1", "t4"),
+which run here only, as FFTs of length 2(n - 1) / 2n (`dct1_fft`, `dct4_fft`).
 
 Reference: J. Makhoul, "A fast cosine transform in one and two dimensions", IEEE TASSP 28(1), 1980.
 """
@@ -67,23 +75,86 @@ def dct_basis(n: int, dtype: torch.dtype = torch.float32, device: torch.device |
 
 
 BLOCKWISE_MAX = 32  # larger blocks are gathered into planes and run the whole-plane kernel
-NORMS = ("ortho", "backward", "forward")
+NORMS = ("backward", "ortho", "forward")  # scipy's; None means "backward"
+TYPES = (1, 2, 3, 4)
 
 
-def norm_scale(n: int, norm: str) -> torch.Tensor:
-    """Factors [n] (float64) turning the orthonormal DCT-II of length n into scipy's `norm` (type 2).
+def _unit_scales(n: int) -> torch.Tensor:
+    """c_k of the orthonormal DCT-II (module docstring), float64 [n]."""
+    s = torch.full((n,), math.sqrt(2.0 / n), dtype=torch.float64)
+    s[0] = math.sqrt(1.0 / n)
+    return s
 
-    scipy's "backward" DCT-II is y[k] = 2 sum_i x[i] cos(pi k (2i + 1) / 2n), with no orthogonalisation of
-    the DC term, i.e. the orthonormal y[k] times 2 sqrt(n) (k = 0) or sqrt(2n) (k > 0); "forward" divides
-    that by 2n. The matching inverses divide the coefficients by the same factors before the orthonormal
-    inverse (every norm is a per-frequency scaling of the orthonormal pair).
+
+@functools.lru_cache(maxsize=256)
+def axis_factors(t: int, n: int, norm: str, orthogonalize: bool, inverse: bool):
+    """scipy's DCT of type t and length n (or its inverse, `idct` with the same arguments) as
+    y = post * core(pre * x): (core, pre, post), pre / post float64 [n] or None.
+
+    core: "dct2" (the orthonormal DCT-II D), "dct3" (D^T, its inverse), "t1" / "t4" (scipy's unnormalised DCT-I /
+    DCT-IV, `dct1_fft` / `dct4_fft`). With g = 1, 1/sqrt(f), 1/f for norm "backward", "ortho", "forward" and
+    f = 2(n - 1) (type 1) or 2n, scipy's transform is g T_t without orthogonalisation and g sqrt(f) O_t with it,
+    T_t its unnormalised matrix and O_t the orthonormal one. T_2 = diag(a) D and T_3 = D^T diag(b) with
+    a = (2 sqrt(n), sqrt(2n), ...) and b = (sqrt(n), sqrt(2n), ...); T_1 = diag(1 / e) O_1 diag(w / e) sqrt((n - 1) / 2)
+    with e = 1/sqrt(2) at both ends and 1 inside, w = 1 at both ends and 2 inside; T_4 = sqrt(2n) O_4; O_1, O_4
+    are symmetric and orthogonal, T_1^-1 = T_1 / f, T_4^-1 = T_4 / f. Cached: callers must not modify the factors.
     """
-    s = torch.ones(n, dtype=torch.float64)
-    if norm == "ortho":
-        return s
-    s *= math.sqrt(2.0 * n)
-    s[0] = 2.0 * math.sqrt(n)
-    return s if norm == "backward" else s / (2 * n)
+    f = 2.0 * (n - 1) if t == 1 else 2.0 * n
+    g = {"backward": 1.0, "ortho": 1.0 / math.sqrt(f), "forward": 1.0 / f}[norm]
+    ones = torch.ones(n, dtype=torch.float64)
+    if t == 4:  # orthogonalisation changes nothing: sqrt(f) O_4 = T_4
+        return "t4", None, ones * (1.0 / (g * f) if inverse else g)
+    if t == 1:
+        ends = torch.ones(n, dtype=torch.float64)
+        ends[[0, -1]] = math.sqrt(2.0)
+        inner_w = torch.full((n,), 2.0, dtype=torch.float64)
+        inner_w[[0, -1]] = math.sqrt(2.0)  # w / e
+        a1, b1 = ends * math.sqrt((n - 1) / 2.0), inner_w  # T_1 = diag(a1) O_1 diag(b1)
+        if not orthogonalize:  # g T_1, inverse T_1 / (g f)
+            return "t1", None, ones * (1.0 / (g * f) if inverse else g)
+        # g sqrt(f) O_1 = g sqrt(f) diag(1 / a1) T_1 diag(1 / b1); its inverse O_1 / (g sqrt(f)) likewise
+        scale = 1.0 / (g * math.sqrt(f)) if inverse else g * math.sqrt(f)
+        return "t1", 1.0 / b1, scale / a1
+    if orthogonalize:
+        scale = 1.0 / (g * math.sqrt(f)) if inverse else g * math.sqrt(f)
+        core = ("dct3" if t == 2 else "dct2") if inverse else ("dct2" if t == 2 else "dct3")
+        return core, None, None if scale == 1.0 else ones * scale
+    c = _unit_scales(n)
+    if t == 2:
+        a = 2.0 / c  # (2 sqrt(n), sqrt(2n), ...)
+        return ("dct3", 1.0 / (g * a), None) if inverse else ("dct2", None, g * a)
+    b = torch.where(torch.arange(n) == 0, 1.0 / c, 2.0 / c)  # w'_n / c_n: (sqrt(n), sqrt(2n), ...)
+    return ("dct2", None, 1.0 / (g * b)) if inverse else ("dct3", g * b, None)
+
+
+def transform_matrix(t: int, n: int, norm: str, orthogonalize: bool, inverse: bool) -> torch.Tensor:
+    """scipy's DCT of type t and length n (or its inverse) as a float64 matrix F [n, n], y = F @ x."""
+    core, pre, post = axis_factors(t, n, norm, orthogonalize, inverse)
+    if core in ("dct2", "dct3"):
+        d = dct_basis(n, torch.float64)
+        m = d if core == "dct2" else d.T
+    else:  # the unnormalised DCT-I / DCT-IV of the unit vectors: row j of the result is T e_j, so transpose
+        m = (dct1_fft if core == "t1" else dct4_fft)(torch.eye(n, dtype=torch.float64)).T
+    m = m * pre if pre is not None else m  # columns: F = diag(post) M diag(pre)
+    return (post[:, None] * m if post is not None else m).contiguous()
+
+
+def dct1_fft(x: torch.Tensor) -> torch.Tensor:
+    """scipy's unnormalised DCT-I along the last dim (n >= 2): y[k] = x[0] + (-1)^k x[n-1] + 2 sum_{0<m<n-1} x[m]
+    cos(pi k m / (n - 1)), the real part of the FFT of the even extension [x, x[n-2:0:-1]]. fp32/float64."""
+    ext = torch.cat([x, x[..., 1:-1].flip(-1)], dim=-1)
+    return torch.fft.rfft(ext, dim=-1).real
+
+
+def dct4_fft(x: torch.Tensor) -> torch.Tensor:
+    """scipy's unnormalised DCT-IV along the last dim: y[k] = 2 sum_m x[m] cos(pi (2k + 1)(2m + 1) / 4n), as
+    2 Re(exp(-i pi (2k + 1) / 4n) FFT_2n(x[m] exp(-i pi m / 2n))[k]) (the phase split in k and m). fp32/float64."""
+    n = x.shape[-1]
+    cdt = torch.complex128 if x.dtype == torch.float64 else torch.complex64
+    idx = torch.arange(n, device=x.device, dtype=x.dtype)
+    pre = torch.polar(torch.ones_like(idx), -math.pi * idx / (2 * n)).to(cdt)
+    post = torch.polar(torch.ones_like(idx), -math.pi * (2 * idx + 1) / (4 * n)).to(cdt)
+    return 2 * (torch.fft.fft(x * pre, n=2 * n, dim=-1)[..., :n] * post).real
 
 
 @functools.lru_cache(maxsize=32)
@@ -91,12 +162,6 @@ def _kron_basis(h: int, w: int, dtype: torch.dtype, device: torch.device, invers
     """M [H W, H W] with y.flatten() = x.flatten() @ M per plane: kron(D_H, D_W)^T, or kron(D_H, D_W) inverse."""
     k = torch.kron(dct_basis(h, torch.float64), dct_basis(w, torch.float64))
     return (k if inverse else k.T).to(dtype=dtype, device=device).contiguous()
-
-
-def _scale(n: int) -> torch.Tensor:
-    s = torch.full((n,), math.sqrt(2.0 / n), dtype=torch.float64)
-    s[0] = math.sqrt(1.0 / n)
-    return s
 
 
 def _reorder(n: int) -> torch.Tensor:
@@ -108,8 +173,8 @@ def _mix_tables(h: int, w: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     """Forward tables A, B [H, W/2 + 1] (complex128) and the row map k1 -> -k1 mod H (module docstring)."""
     m = w // 2 + 1
     k = torch.arange(max(h, w), dtype=torch.float64)
-    t_h = torch.polar(_scale(h), -math.pi * k[:h] / (2 * h)).unsqueeze(1)  # t_N[k] = s_N[k] exp(-i pi k / 2N)
-    t_w = torch.polar(_scale(w)[:m], -math.pi * k[:m] / (2 * w))
+    t_h = torch.polar(_unit_scales(h), -math.pi * k[:h] / (2 * h)).unsqueeze(1)  # t_N[k] = s_N[k] exp(-i pi k / 2N)
+    t_w = torch.polar(_unit_scales(w)[:m], -math.pi * k[:m] / (2 * w))
     # conj: the input is reordered with p(-m), whose spectrum is conj(V); the products are conj(C)
     return (t_h * t_w).conj() / 2, (t_h.conj() * t_w).conj() / 2, (-torch.arange(h)) % h
 
@@ -191,6 +256,11 @@ def _paired_mix(c: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tens
     return out
 
 
+def _rfft2(v: torch.Tensor) -> torch.Tensor:
+    """rfft2 over the last two dims; planes of height 1 (the 1-D transforms) as the 1-D rfft (~20% faster)."""
+    return torch.fft.rfft(v) if v.shape[-2] == 1 else torch.fft.rfft2(v)
+
+
 def _fft_planes(x: torch.Tensor, inverse: bool) -> torch.Tensor:
     h, w = x.shape[-2], x.shape[-1]
     m = w // 2 + 1
@@ -198,13 +268,13 @@ def _fft_planes(x: torch.Tensor, inverse: bool) -> torch.Tensor:
     x2 = x.reshape(-1, h * w)  # [P, H W]
     if not inverse:
         v = _gather(x2, g_in).view(-1, h, w)  # the reordered planes
-        spec = torch.fft.rfft2(v)  # [P, H, W/2 + 1], rows in natural order
+        spec = _rfft2(v)  # [P, H, W/2 + 1], rows in natural order
         c = _rows(spec, flip).mul_(b).addcmul_(spec, a)  # conj(C)
         return _gather(torch.view_as_real(c).view(-1, h * 2 * m), g_out).view(x.shape)
     c = torch.view_as_complex(_gather(x2, g_in).view(-1, h, m, 2))  # C'' [P, H, W/2 + 1], rows paired
     g = _paired_mix(c, a, b)  # G = (1 + i) conj(V)
     u = _gather(torch.view_as_real(g).view(-1, h * 2 * m), g_mid).view(-1, h, w)  # u' = u[-k1, -k2]
-    z = torch.fft.rfft2(u).mul_(1 + 1j)
+    z = _rfft2(u).mul_(1 + 1j)
     return _gather(torch.view_as_real(z).view(-1, h * 2 * m), g_out).view(x.shape)
 
 
@@ -226,20 +296,44 @@ def _fft_form(x: torch.Tensor, inverse: bool) -> torch.Tensor:
     return _FFTForm.apply(x, inverse)
 
 
+def plane_form(device_type: str, h: int, w: int, dtype: torch.dtype, inverse: bool = False) -> str:
+    """The formulation the reference uses for [h, w] planes: "kron", "matmul" or "fft" (module docstring).
+
+    On the CPU by size (the thresholds were measured there, for every dtype: fp16/bf16 take the fp32 FFT);
+    elsewhere the matmul form, whatever the size and dtype: on a GPU two GEMMs beat the FFT form's data moves.
+    """
+    if device_type != "cpu":
+        return "matmul"
+    if max(h, w) >= (IFFT_MIN_SIZE if inverse else FFT_MIN_SIZE):
+        return "fft"
+    return "kron" if h * w <= KRON_MAX_PIXELS else "matmul"
+
+
+def compute_dtype(device_type: str, dtype: torch.dtype) -> torch.dtype:
+    """The dtype the public functions run the reference in for inputs of `dtype`: float64 as is; fp16/bf16 in
+    fp32 on the CPU (no fast half GEMM or FFT there; one rounding at the end) and in their own dtype elsewhere
+    (cuBLAS accumulates them in fp32, the intermediate is rounded once, as in the kernels)."""
+    if dtype in (torch.float32, torch.float64) or device_type != "cpu":
+        return dtype
+    return torch.float32
+
+
 def _transform(x: torch.Tensor, inverse: bool) -> torch.Tensor:
     h, w = x.shape[-2], x.shape[-1]
-    if max(h, w) >= (IFFT_MIN_SIZE if inverse else FFT_MIN_SIZE):
+    form = plane_form(x.device.type, h, w, x.dtype, inverse)
+    if form == "fft":
         # torch.fft has no CPU half kernels: low precision takes the fp32 FFT and rounds once.
         xf = x if x.dtype in (torch.float32, torch.float64) else x.float()
         return _fft_form(xf, inverse).to(x.dtype)
-    if h * w <= KRON_MAX_PIXELS:
+    if form == "kron":
         k = _kron_basis(h, w, x.dtype, x.device, inverse)
         return (x.reshape(-1, h * w) @ k).reshape(x.shape)
-    d_h = dct_basis(h, x.dtype, x.device)
     d_w = dct_basis(w, x.dtype, x.device)
-    if inverse:
-        return d_h.transpose(0, 1) @ (x @ d_w)
-    return d_h @ (x @ d_w.transpose(0, 1))
+    y = x @ (d_w if inverse else d_w.transpose(0, 1))
+    if h == 1:  # 1-D transforms run as planes of height 1: the length-1 DCT is the identity
+        return y
+    d_h = dct_basis(h, x.dtype, x.device)
+    return (d_h.transpose(0, 1) if inverse else d_h) @ y
 
 
 def _blockwise(x: torch.Tensor, block: int, inverse: bool) -> torch.Tensor:
