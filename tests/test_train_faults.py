@@ -575,7 +575,7 @@ def _worker():
     """torchrun worker: train with the given flags, dumping this rank's parameters at every checkpoint (the
     discriminator's to disc-rank*, when there is one)."""
     import spectralar.train as train
-    import spectralar.training as training
+    import spectralar.training.loop as training
 
     dump, argv = Path(sys.argv[1]), sys.argv[2:]
     dump.mkdir(parents=True, exist_ok=True)
