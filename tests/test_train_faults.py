@@ -266,7 +266,7 @@ ADV_EMA = (["--set", "adv_weight=0.5", "--set", "adv_start=10", "--set", "adv_ad
             "ema_decay=0.9"], ["--accum", "2", "--batch-size", "8"])
 GEN_EMA = (["--set", "ema_decay=0.9"], ["--accum", "2", "--batch-size", "8"])
 SIGNAL_RUNS = [
-    pytest.param("tokenizer", ADV_EMA, 24, [(3, signal.SIGINT), (14, signal.SIGTERM)], id="tokenizer-adv-ema-accum"),
+    pytest.param("tokenizer", ADV_EMA, 16, [(3, signal.SIGINT), (11, signal.SIGTERM)], id="tokenizer-adv-ema-accum"),
     pytest.param("tokenizer", ADV_EMA, 60, [(3, signal.SIGINT), (20, signal.SIGTERM), (35, signal.SIGINT)],
                  id="tokenizer-adv-ema-accum-3-signals", marks=pytest.mark.slow),
     pytest.param("tokenizer", ([], []), 60, [(3, signal.SIGINT), (20, signal.SIGTERM), (35, signal.SIGINT)],
@@ -284,7 +284,7 @@ def test_signal_then_resume_is_exact(stage, extra, steps, signals, data, tok_run
     the resumed runs together log the same per-step losses and end with the same weights, bit for bit (EMA
     weights and the discriminator with its optimizer included)."""
     config, flags = extra
-    args = [*stage_args(stage, data, tok_run, steps), "--eval-every", "10", "--ckpt-every", "1000",
+    args = [*stage_args(stage, data, tok_run, steps), "--eval-every", "8", "--ckpt-every", "1000",
             "--val-size", "16", *flags]
     assert train_main([*args, *config, "--out", str(tmp_path / "ref")]) == 0
     out = tmp_path / "sig"
@@ -330,12 +330,14 @@ def test_stop_flag_second_sigint(monkeypatch):
         assert flag.agreed() == signal.SIGINT
 
 
-@pytest.mark.parametrize("steps, kills", [(12, (3,)), pytest.param(40, (3, 15, 27), marks=pytest.mark.slow)],
-                         ids=["one-kill", "three-kills"])
+@pytest.mark.slow
+@pytest.mark.parametrize("steps, kills", [(12, (3,)), (40, (3, 15, 27))], ids=["one-kill", "three-kills"])
 def test_kill9_during_checkpoint_writes(steps, kills, data, tok_run, tmp_path):
     """kill -9 while a checkpoint is written at every step: the checkpoint is always complete (old or new),
-    and resuming gives the uninterrupted run's losses and weights. (Every point of the write sequence is failed
-    in-process by test_checkpoint_write_fails_at_every_step; this is the real thing, at a random point.)"""
+    and resuming gives the uninterrupted run's losses and weights. Slow: by default every point of the write
+    sequence is failed in this process (test_checkpoint_write_fails_at_every_step), a crash mid-write is resumed
+    exactly (test_crash_mid_write_then_resume_is_exact), and real kill -9s of training processes are in
+    tests/test_train_runs.py; this is the real thing at random points of checkpoint writes."""
     args = [*stage_args("tokenizer", data, tok_run, steps), "--eval-every", "1000", "--ckpt-every", "1",
             "--val-size", "0"]
     assert train_main([*args, "--out", str(tmp_path / "ref")]) == 0

@@ -329,7 +329,8 @@ def train(opts: TrainOptions) -> nn.Module:
         rank, world = init_distributed(device)
         out = Path(opts.out)
         prepare_out(out)
-        command = " ".join([os.path.basename(sys.argv[0] or "python"), *sys.argv[1:]])
+        argv = getattr(sys, "orig_argv", sys.argv)  # with `python -m spectralar.train` it names the module
+        command = " ".join([os.path.basename(argv[0] or "python"), *argv[1:]])
         with RunLock(out, command) if rank == 0 else contextlib.nullcontext() as lock:
             if lock is not None and lock.stale:
                 print(f"{out}: taking over the lock of pid {lock.stale.get('pid')} on {lock.stale.get('host')}, "
