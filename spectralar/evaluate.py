@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from .cli import Parser, add_common_flags, add_sampling_flags, positive_float, positive_int, run_command
+from .cli import Parser, add_common_flags, add_sampling_flags, positive_float, positive_int, run_command, seed
 from .data import DataError, make_dataset
 from .distributed import close_distributed, init_distributed
 from .evaluation.measures import (
@@ -206,7 +206,7 @@ def build_parser() -> Parser:
     t.add_argument("--steps", type=positive_int, default=2000, help="optimizer steps")
     t.add_argument("--batch-size", type=positive_int, default=128, help="images per step")
     t.add_argument("--lr", type=positive_float, default=2e-3, help="peak learning rate (AdamW, cosine)")
-    t.add_argument("--seed", type=int, default=0, help="seed for init and data order")
+    t.add_argument("--seed", type=seed, default=0, help="seed for init and data order")
     t.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
     t.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     return p

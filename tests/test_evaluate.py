@@ -121,6 +121,8 @@ def test_generate_inception_needs_torch_fidelity(micro, tmp_path, capsys):
     (["generate", "--top-p", "1.5"], "--top-p"),
     (["reconstruct", "--checkpoint", "/nonexistent"], "/nonexistent"),
     (["train-classifier", "--out", "x", "--lr", "0"], "--lr"),
+    (["reconstruct", "--seed", str(10**20)], "--seed"),  # was 'Overflow when unpacking long long' in a traceback
+    (["train-classifier", "--out", "x", "--seed", "-1"], "--seed"),
 ])
 def test_bad_values_give_one_line_errors(micro, argv, needle, capsys):
     data, run = micro

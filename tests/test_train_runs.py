@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 import spectralar.training.stages as stages
 from spectralar.checkpoint import read_meta
-from spectralar.data import collate, fashion_mnist, training_data
+from spectralar.data import DataError, collate, fashion_mnist, make_dataset, training_data
 from spectralar.pretrained import load_model
 from spectralar.train import main as _train_main
 from spectralar.training import lock_holder
@@ -181,6 +181,8 @@ def test_train_val_layout_uses_its_val_folder(tmp_path, capsys):
     assert f"validation: {root / 'val'}" in capsys.readouterr().out
     d = training_data(str(root), 32, 1, val_size=100)
     assert d.val.classes == d.train.classes == ["a", "b", "c"] and len(d.val) == 6 and len(d.train) == 24
+    with pytest.raises(DataError, match="has a train/ folder but no test/"):  # evaluate --split test used ROOT
+        make_dataset(str(root), "test", 32, 1)
 
 
 def test_skip_bad_images_also_in_validation_and_counted(tmp_path, capsys):
