@@ -18,10 +18,9 @@ Validation uses held-out images only: Fashion-MNIST's test split, ROOT/val besid
 A folder that already holds a checkpoint of the stage is never overwritten: continue it with --resume (an
 error when there is nothing readable to resume, or when --data, --preset, --set or --mapping would change
 the run) or replace it with --overwrite (the old checkpoint, log and pictures stay until the new run's first
-checkpoint). Ctrl-C (SIGINT) or SIGTERM
-finishes the current step, writes a checkpoint and exits with 130 / 143; --resume then continues exactly
-(the same per-step losses and final weights as an uninterrupted run). A second Ctrl-C (one process, not
-under torchrun) aborts at once and keeps the previous checkpoint.
+checkpoint). Ctrl-C (SIGINT) or SIGTERM finishes the current step, writes a checkpoint and exits with 130 / 143;
+--resume then continues exactly (the same per-step losses and final weights as an uninterrupted run). A second
+Ctrl-C (one process, not under torchrun) aborts at once and keeps the previous checkpoint.
 
 --batch-size is per process and micro-step; one optimizer step sees --batch-size x --accum x processes
 samples, and the run matches a one-process, one-micro-step run at that global batch: the random draws per
@@ -69,9 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--out", required=True, help="output directory (checkpoints, logs, pictures)")
         s.add_argument("--steps", type=int, help="optimizer steps in total (default %(default)s)")
         s.add_argument("--batch-size", type=int, help="images per micro-step and process (default %(default)s)")
-        s.add_argument("--accum", type=int, help="micro-steps (gradient accumulation) per optimizer step")
+        s.add_argument("--accum", type=int, help="micro-steps (gradient accumulation) per optimizer step "
+                                                 "(default %(default)s)")
         s.add_argument("--lr", type=float, help="peak learning rate (AdamW; default %(default)s)")
-        s.add_argument("--min-lr-ratio", type=float, help="final lr as a fraction of the peak (cosine)")
+        s.add_argument("--min-lr-ratio", type=float,
+                       help="final lr as a fraction of the peak (cosine; default %(default)s)")
         s.add_argument("--warmup", type=int, help="linear warmup steps (default %(default)s)")
         s.add_argument("--weight-decay", type=float, help="AdamW weight decay (matrices only; default %(default)s)")
         s.add_argument("--clip", type=float, help="gradient-norm clipping (0 = off; default %(default)s)")
@@ -87,13 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="checkpoint and exit at this step as an interruption would (resume with --resume)")
         s.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
         s.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda if available)")
-        s.add_argument("--num-workers", type=int, help="DataLoader workers (image folders)")
+        s.add_argument("--num-workers", type=int, help="DataLoader workers (image folders; default %(default)s)")
         s.add_argument("--skip-bad-images", action="store_true",
                        help="skip unreadable images, in training and validation (their count is printed)")
         s.add_argument("--val-size", type=int,
                        help="held-out validation images per evaluation (0 = no validation; default %(default)s)")
         s.add_argument("--save-dtype", choices=["fp32", "fp16"],
-                       help="dtype of the final weights (fp16 for shipping); resumable checkpoints stay fp32")
+                       help="dtype of the final weights (fp16 for shipping; default %(default)s); resumable "
+                            "checkpoints stay fp32")
         s.set_defaults(**{**defaults(stage), "device": None})
     sub.choices["generator"].add_argument("--tokenizer", default=None,
                                           help="tokenizer checkpoint directory (default: OUT/tokenizer)")
