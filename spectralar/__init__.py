@@ -1,5 +1,12 @@
 """spectralar: SpectralAR (arXiv 2506.10962) — autoregressive image generation over causal spectral tokens."""
 
+import sys as _sys
+
+if _sys.argv[:1] == ["-m"]:  # `python -m spectralar.X` is starting (runpy sets argv[0] to the file later)
+    from ._cli_start import quiet_interrupts
+
+    quiet_interrupts()
+
 from spectralar_kernels import __version__
 
 from .models.config import GENERATOR_PRESETS, TOKENIZER_PRESETS, GeneratorConfig, TokenizerConfig

@@ -7,10 +7,14 @@ a deterministic, rank-sharded order that a checkpoint can resume at any batch.
 from __future__ import annotations
 
 import contextlib
+import copy
 import gzip
+import hashlib
+import json
 import os
 import struct
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +72,18 @@ class TensorImages(torch.utils.data.Dataset):
     def __getitems__(self, idx):  # batched fetch for DataLoader (one gather instead of B)
         idx = torch.as_tensor(idx)
         return to_model_range(self.images[idx]), self.labels[idx]
+
+    def select(self, idx: list[int]) -> TensorImages:
+        """The images at positions `idx`, in that order."""
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        return TensorImages(self.images[idx], self.labels[idx], self.classes)
+
+    def fingerprint(self) -> str:
+        """sha1 of the pixels, labels and class names: the identity of what a cache computed from this data."""
+        h = hashlib.sha1(json.dumps([list(self.images.shape), self.classes]).encode())
+        h.update(self.images.contiguous().numpy().tobytes())
+        h.update(self.labels.contiguous().numpy().tobytes())
+        return h.hexdigest()
 
 
 def fashion_mnist(split: str = "train", root: str | os.PathLike | None = None, size: int = 32) -> TensorImages:
@@ -227,7 +243,7 @@ class ImageFolder(torch.utils.data.Dataset):
         root = Path(root)
         if not root.is_dir():
             raise DataError(f"{root}: no such directory (expected ROOT/<class>/<image files>)")
-        self.size, self.channels = size, channels
+        self.root, self.size, self.channels = root, size, channels
         self.classes = sorted(d.name for d in root.iterdir() if d.is_dir())
         if not self.classes:
             raise DataError(f"{root}: no class sub-folders (expected ROOT/<class>/<image files>)")
@@ -253,23 +269,121 @@ class ImageFolder(torch.utils.data.Dataset):
         p, ci = self.files[i]
         return to_model_range(load_image(p, self.size, self.channels)), torch.tensor(ci)
 
+    def select(self, idx: list[int]) -> ImageFolder:
+        """The images at positions `idx`, in that order (same classes, nothing decoded)."""
+        out = copy.copy(self)
+        out.files = [self.files[i] for i in idx]
+        return out
+
+    def fingerprint(self) -> str:
+        """sha1 of the class names, every file's path (relative to the root), size and label, and the bytes of up
+        to 64 files spread over the list: the identity of what a cache computed from this data. Cheap (one stat
+        per file), and independent of where the folder lives and of its files' times, so a copied folder is the
+        same data."""
+        h = hashlib.sha1(json.dumps([self.classes, self.size, self.channels]).encode())
+        for p, ci in self.files:
+            h.update(f"{p.relative_to(self.root)}\0{p.stat().st_size}\0{ci}\n".encode())
+        for p, _ in self.files[:: max(1, len(self.files) // 64)][:64]:
+            h.update(p.read_bytes())
+        return h.hexdigest()
+
     @property
     def labels(self):
         return torch.tensor([ci for _, ci in self.files])
 
 
+def _folder_split(p: Path, split: str) -> Path:
+    """The folder of `split` under image folder `p`: ROOT/<split> in the ROOT/train + ROOT/val layout (the one
+    ImageNet ships), else ROOT itself."""
+    if (p / "train").is_dir():
+        if not (p / split).is_dir():
+            have = sorted(d.name for d in p.iterdir() if d.is_dir())
+            raise DataError(f"{p} has a train/ folder but no {split}/ (it holds {', '.join(have)}); name a split "
+                            "that exists (e.g. 'val'), or pass the folder of that split itself")
+        return p / split
+    return p
+
+
 def make_dataset(data: str, split: str, size: int, channels: int, skip_bad: bool = False):
-    """`data` = "fmnist" (Debian's files), or a directory of Fashion-MNIST IDX files, or an image folder."""
+    """`data` = "fmnist" (Debian's files), or a directory of Fashion-MNIST IDX files, or an image folder: either
+    ROOT/<class>/<images> or ROOT/<split>/<class>/<images> (ROOT/train, ROOT/val, ...)."""
     if data == "fmnist":
         return fashion_mnist(split, size=size)
     p = Path(data)
     if p.is_dir() and (p / FMNIST_FILES["train"][0]).exists():
         return fashion_mnist(split, root=p, size=size)
-    if split != "train" and (p / split).is_dir():  # ROOT/train, ROOT/val style
-        p = p / split
-    elif (p / "train").is_dir() and split == "train":
-        p = p / "train"
-    return ImageFolder(p, size, channels, skip_bad)
+    return ImageFolder(_folder_split(p, split), size, channels, skip_bad)
+
+
+@dataclass
+class TrainingData:
+    """What a training run trains and validates on (`training_data`).
+
+    `val` is None without validation; it never holds a training image. `notes` are lines for the run's log: where
+    the validation images come from, and the unreadable images skipped.
+    """
+
+    train: torch.utils.data.Dataset
+    val: torch.utils.data.Dataset | None
+    notes: list[str]
+
+
+def _skipped(ds, where) -> list[str]:
+    bad = getattr(ds, "skipped", [])
+    return [f"skipped {len(bad)} unreadable image(s) in {where}, e.g. {bad[0]}"] if bad else []
+
+
+def held_out(ds, count: int) -> tuple[list[int], list[int]]:
+    """(training positions, held-out positions) of dataset `ds`, the `count` held out chosen deterministically:
+    for an image folder the files whose relative paths hash lowest (so adding files moves few others), for
+    in-memory images a fixed permutation."""
+    n = len(ds)
+    if isinstance(ds, ImageFolder):
+        key = [hashlib.sha1(str(p.relative_to(ds.root)).encode()).hexdigest() for p, _ in ds.files]
+        order = sorted(range(n), key=key.__getitem__)
+    else:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(0)).tolist()
+    out = set(order[:count])
+    return [i for i in range(n) if i not in out], sorted(out)
+
+
+def training_data(data: str, size: int, channels: int, val_size: int, skip_bad: bool = False,
+                  validation: bool = True) -> TrainingData:
+    """The training images and the validation images of `data` (`make_dataset`'s forms), never the same images:
+
+    - Fashion-MNIST (Debian's or a folder of its IDX files): its train and test splits;
+    - an image folder with ROOT/train: ROOT/train, and ROOT/val when it exists;
+    - otherwise a held-out part of the training data: min(val_size, a tenth of it), chosen deterministically
+      (`held_out`) and removed from training, so every run on the same data holds out the same images.
+
+    val_size 0: no validation, and nothing held out. validation=False: the split is made (the training images
+    are the same) but the validation images are not loaded (the processes of a run other than the first).
+    `skip_bad` applies to both parts; what it skipped is in `notes`.
+    """
+    train = make_dataset(data, "train", size, channels, skip_bad)
+    notes = _skipped(train, f"the training images of {data}")
+    if val_size <= 0:
+        return TrainingData(train, None, notes)
+    p = Path(data)
+    if data == "fmnist" or (p / FMNIST_FILES["test"][0]).exists():
+        val = make_dataset(data, "test", size, channels) if validation else None
+        return TrainingData(train, val, notes + [f"validation: the test split of {data}"])
+    if (p / "train").is_dir() and (p / "val").is_dir():
+        val = ImageFolder(p / "val", size, channels, skip_bad) if validation else None
+        if val is not None and val.classes != train.classes:
+            raise DataError(f"{p / 'val'} has classes {val.classes[:5]}..., {p / 'train'} {train.classes[:5]}...: "
+                            "the validation folder must have the training folder's class sub-folders")
+        return TrainingData(train, val, notes + (_skipped(val, p / "val") if val else [])
+                            + [f"validation: {p / 'val'}"])
+    count = min(val_size, len(train) // 10)
+    if count == 0:
+        return TrainingData(train, None, notes + [f"validation: none ({len(train)} images are too few to hold "
+                                                  "a tenth out)"])
+    keep, out = held_out(train, count)
+    where = p / "train" if (p / "train").is_dir() else p
+    note = (f"validation: {count} images held out of the {len(train)} in {where} (it has no val/ folder); "
+            f"training on the other {len(keep)}")
+    return TrainingData(train.select(keep), train.select(out) if validation else None, notes + [note])
 
 
 def index_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[list[int]]:

@@ -39,6 +39,7 @@ from .cli import (
     positive_int,
     run_command,
     sampling_params,
+    seed,
     threads_flag,
 )
 from .data import DataError, make_dataset
@@ -222,7 +223,7 @@ def build_parser() -> Parser:
     t.add_argument("--steps", type=positive_int, default=2000, help="optimizer steps")
     t.add_argument("--batch-size", type=positive_int, default=128, help="images per step")
     t.add_argument("--lr", type=positive_float, default=2e-3, help="peak learning rate (AdamW, cosine)")
-    t.add_argument("--seed", type=int, default=0, help="seed for init and data order")
+    t.add_argument("--seed", type=seed, default=0, help="seed for init and data order")
     t.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
     threads_flag(t)
     return p

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .checkpoint import CheckpointError, fingerprint, load_into, load_weights, read_meta, run_folder_marks
+from .models.build import check_fits
 from .models.classifier import SmallCNN
 from .models.config import validate_config
 from .models.generator import SpectralGPT
@@ -26,7 +27,9 @@ def checked_config(path, kind: str):
     if not isinstance(train, dict):
         raise CheckpointError(f"{path}/config.json: 'train' must be a JSON object, got {type(train).__name__}")
     try:
-        return validate_config(kind, meta["config"], train.get("classes")), meta
+        cfg = validate_config(kind, meta["config"], train.get("classes"))
+        check_fits(kind, cfg)
+        return cfg, meta
     except ValueError as e:
         raise CheckpointError(f"{path}/config.json: {e}") from None
 

@@ -1,4 +1,5 @@
-"""House rules for the source tree: no import cycles, command lines that nobody imports, files a maintainer can
+"""House rules for the source tree: no import cycles, layers that import only downwards (kernels know nothing of
+spectralar, models nothing of training or evaluation), command lines that nobody imports, files a maintainer can
 read in one sitting, and a project that never points outside itself."""
 
 import ast
@@ -132,6 +133,34 @@ def test_no_import_cycles():
     assert not found, "import cycles (lazy imports included):\n" + "\n".join(" <-> ".join(c) for c in found)
 
 
+# One row per layering rule: modules under the first prefix import nothing under the second (lazy imports count).
+LAYER_RULES = [
+    ("spectralar_kernels", "spectralar"),
+    ("spectralar.models", "spectralar.training"),
+    ("spectralar.models", "spectralar.evaluation"),
+]
+
+
+def _under(module: str, prefix: str) -> bool:
+    return module == prefix or module.startswith(prefix + ".")
+
+
+def test_layers_import_only_downwards():
+    graph = import_graph()
+    for importer, _ in LAYER_RULES:
+        assert any(_under(m, importer) for m in graph), importer  # a rule about modules that exist
+    offenders = [f"{mod} imports {dep}" for importer, banned in LAYER_RULES for mod, deps in sorted(graph.items())
+                 if _under(mod, importer) for dep in sorted(deps) if _under(dep, banned)]
+    assert not offenders, "imports against the layering:\n" + "\n".join(offenders)
+
+
+def test_layer_rules_see_a_violation():
+    """The rule above would catch a model importing the trainer."""
+    graph = {"spectralar.models.tokenizer": {"spectralar.training.loop"}, "spectralar.training.loop": set()}
+    assert [(m, d) for i, b in LAYER_RULES for m, deps in graph.items() if _under(m, i) for d in deps
+            if _under(d, b)] == [("spectralar.models.tokenizer", "spectralar.training.loop")]
+
+
 def test_no_module_imports_a_command_line():
     graph = import_graph()
     offenders = [f"{mod} imports {cli}" for mod, deps in sorted(graph.items()) for cli in sorted(deps & CLI_MODULES)]
@@ -192,17 +221,57 @@ def test_python_files_stay_readable(path):
     assert n <= MAX_LINES, f"{path.relative_to(ROOT)} has {n} lines (> {MAX_LINES}): split it"
 
 
-OUTSIDE = re.compile(r"\.\./shared|\bshared/[A-Z][A-Z-]*\.md|/work/|\b(?:CALIBRATION|GPU-PERF|STYLE)\.md\b")
+DOC_NAME = re.compile(r"(?<![\w./-])([\w./-]*\w\.md)\b")  # a document named in Markdown
+CAPS_DOC = re.compile(r"(?<![\w./-])((?:[\w.-]+/)*[A-Z][A-Z0-9_-]*\.md)\b")  # README.md-style names in other files
+LINK = re.compile(r"\]\(([^)#\s]+)")
+# Where this checkout happens to live (its ancestor folders, system ones aside) is no business of the project's.
+_ANCESTORS = [str(p) for p in ROOT.parents if str(p) not in ("/", "/tmp", "/home", "/root", "/usr", "/opt", "/var")]
+CHECKOUT = re.compile("|".join(rf"(?<![\w./-]){re.escape(a)}(?=/)" for a in _ANCESTORS)) if _ANCESTORS else None
+UP = re.compile(r"(?<![\w.])((?:\.\./)+[\w.-]+(?:/[\w.-]+)*)")
+
+
+def outside_references(path: Path, text: str, documents: set[str]) -> list[str]:
+    """What `text` (the file `path`) points to outside the repository: documents that are not the project's
+    (a Markdown file may name any .md, other files README.md-style ones), Markdown links to paths that do not
+    exist here, ../ paths that climb out of the repository, and the folders this checkout lives in."""
+    hits = []
+    names = DOC_NAME if path.suffix == ".md" else CAPS_DOC
+    for i, line in enumerate(text.splitlines(), start=1):
+        plain = re.sub(r"\w+://\S+", "", line)  # web addresses name no file here
+        found = [m.group(1) for m in names.finditer(plain) if Path(m.group(1)).name not in documents]
+        if path.suffix == ".md":
+            for target in LINK.findall(line):
+                resolved = (path.parent / target).resolve()
+                if "://" not in target and not target.startswith("mailto:") and (
+                        not resolved.exists() or ROOT not in resolved.parents):
+                    found.append(target)
+        found += [m.group(0) for m in CHECKOUT.finditer(plain)] if CHECKOUT else []
+        for target in UP.findall(line):
+            if ROOT not in (path.parent / target).resolve().parents:
+                found.append(target)
+        hits += [f"{path.relative_to(ROOT)}:{i}: {t}" for t in found]
+    return hits
+
+
+def test_outside_references_are_caught(tmp_path):
+    """The rule names nothing outside the project itself; it would catch each kind of reference."""
+    docs = {"README.md", "training.md"}
+    md = ROOT / "docs" / "x.md"
+    text = ("see [training](training.md), NOTES.md and [gone](missing.md) or ../../elsewhere/f.txt\n"
+            "and [site](https://example.org/a.md)")
+    assert [h.split(": ", 1)[1] for h in outside_references(md, text, docs)] == [
+        "NOTES.md", "missing.md", "missing.md", "../../elsewhere/f.txt"]
+    py = ROOT / "spectralar" / "x.py"
+    assert [h.split(": ", 1)[1] for h in outside_references(py, "# see PRIVATE-NOTES.md; writes report.md", docs)] == [
+        "PRIVATE-NOTES.md"]
+    if _ANCESTORS:  # a checkout under a folder of its own (not /tmp)
+        assert outside_references(py, f"# {_ANCESTORS[-1]}/notes/plan.txt", docs)
 
 
 def test_project_never_points_outside_itself():
     texts = project_files({".py", ".md", ".toml", ".cfg", ".ini", ".yaml", ".yml", ".txt"}) + [ROOT / ".ci" / "run"]
     assert len(texts) > 40
-    hits = []
-    for path in texts:
-        if path == Path(__file__).resolve():
-            continue  # the pattern itself
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if OUTSIDE.search(line):
-                hits.append(f"{path.relative_to(ROOT)}:{i}: {line.strip()[:100]}")
+    documents = {p.name for p in project_files({".md"})}
+    hits = [h for path in texts if path != Path(__file__).resolve()  # its own examples of what is caught
+            for h in outside_references(path, path.read_text(encoding="utf-8"), documents)]
     assert not hits, "references to files outside the repository:\n" + "\n".join(hits)

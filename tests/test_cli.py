@@ -28,11 +28,15 @@ NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine 
 
 
 def _forbid(monkeypatch, *targets):
-    def called(*a, **k):
-        raise AssertionError("the CLI built or ran a model before refusing its input")
+    def guard(original):
+        def called(*a, **k):
+            if torch.get_default_device().type == "meta":  # a size check: shapes only, nothing allocated or run
+                return original(*a, **k)
+            raise AssertionError("the CLI built or ran a model before refusing its input")
+        return called
 
     for owner, name in targets:
-        monkeypatch.setattr(owner, name, called)
+        monkeypatch.setattr(owner, name, guard(getattr(owner, name)))
 
 
 def _run(main, argv, capsys):

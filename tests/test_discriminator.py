@@ -19,8 +19,8 @@ def test_patch_grid_and_depth(image_size, channels, grid, downs):
 
 def test_from_config_and_bad_sizes():
     cfg = preset("tokenizer", "micro")
-    d = PatchDiscriminator.from_config(cfg)
-    assert d.net[0].in_channels == cfg.channels and d.net[0].out_channels == cfg.disc_channels
+    d = PatchDiscriminator.from_config(cfg, width=24)
+    assert d.net[0].in_channels == cfg.channels and d.net[0].out_channels == 24
     assert d(torch.zeros(1, cfg.channels, cfg.image_size, cfg.image_size)).shape == (1, 1, 14, 14)
     with torch.device("meta"):
         n = sum(p.numel() for p in PatchDiscriminator.from_config(preset("tokenizer", "imagenet-b64")).parameters())

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 import spectralar.training.stages as stages
 from spectralar.checkpoint import CheckpointError, read_meta
-from spectralar.models.config import preset, to_dict, validate_config
+from spectralar.models.config import preset, training_preset, validate_training
 from spectralar.models.perceptual import PerceptualDistance, load_vgg16_state, vgg16_features
 from spectralar.models.tokenizer import SpectralTokenizer
 from spectralar.train import main as train_main
@@ -104,11 +104,10 @@ def test_bad_files_are_refused_naming_the_path(weights, tmp_path):
 
 
 def test_off_by_default_and_refused_without_weights(data, tmp_path, capsys, monkeypatch):
-    cfg = preset("tokenizer", "fmnist")
-    assert cfg.perceptual_weight == 0 and cfg.perceptual_backbone == ""
+    t = training_preset("tokenizer", "fmnist")
+    assert t.perceptual_weight == 0 and t.perceptual_backbone == ""
     with pytest.raises(ValueError, match="needs image_size >= 16"):
-        validate_config("tokenizer", {**to_dict(preset("tokenizer", "micro")), "perceptual_weight": 1.0,
-                                      "perceptual_backbone": "x.pth", "image_size": 8, "patch_size": 4})
+        validate_training("tokenizer", {"perceptual_weight": 1.0, "perceptual_backbone": "x.pth"}, image_size=8)
 
     def boom(*a, **k):
         raise AssertionError("a model was built before the perceptual settings were checked")
@@ -127,7 +126,7 @@ def test_off_by_default_and_refused_without_weights(data, tmp_path, capsys, monk
 
 def test_loss_module_holds_only_the_tokenizer(dist):
     model = SpectralTokenizer(preset("tokenizer", "micro"))
-    loss = stages.TokenizerLoss(model, None, dist)
+    loss = stages.TokenizerLoss(model, training_preset("tokenizer", "micro"), None, dist)
     assert [id(p) for p in loss.parameters()] == [id(p) for p in model.parameters()]  # nothing for DDP to sync
     assert all(k.startswith("model.") for k in loss.state_dict())
 

@@ -146,6 +146,42 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     assert torch.equal(load_weights(tmp_path / "ck")["weight"], model.weight.detach())
 
 
+def _to_old_layout(ck):
+    """Rewrite checkpoint `ck` as written before the training knobs left the model config: one 'config' object."""
+    meta = json.loads((ck / "config.json").read_text())
+    meta["config"] = {**meta["config"], **meta["train"].pop("config")}
+    meta["train"].pop("run", None)
+    meta["train"].pop("data", None)
+    (ck / "config.json").write_text(json.dumps(meta))
+
+
+def test_every_checkpoint_format_loads(data, tmp_path):
+    """The bundled model (model config and training config apart) and the same checkpoints in the older layout load
+    to the same models; an older training checkpoint resumes exactly, its training settings (here EMA and the
+    prefix-length distribution) taken from its one config object."""
+    import shutil
+
+    from spectralar.pretrained import PRETRAINED_DIR
+
+    for kind in ("tokenizer", "generator"):
+        bundled = PRETRAINED_DIR / "fmnist" / kind
+        assert "ema_decay" not in read_meta(bundled)["config"] and "ema_decay" in read_meta(bundled)["train"]["config"]
+        old = tmp_path / "old" / kind
+        shutil.copytree(bundled, old)
+        _to_old_layout(old)
+        a, b = load_model(bundled, kind), load_model(old, kind)
+        assert a.config == b.config and all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    args = ["tokenizer", "--data", str(data), "--steps", "6", *COMMON, "--set", "ema_decay=0.5",
+            "--set", "prefix_dist=linear"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert train_main([*args, "--out", str(full)]) == 0
+    assert train_main([*args, "--out", str(part), "--stop-at", "4"]) == 0
+    _to_old_layout(part / "tokenizer")
+    assert train_main([*args[:-4], "--out", str(part), "--resume"]) == 0
+    assert losses(full, "tokenizer") == losses(part, "tokenizer")
+    assert read_meta(part / "tokenizer")["train"]["config"]["prefix_dist"] == "linear"  # rewritten in the new layout
+
+
 # ---- training --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("stage", ["tokenizer", "generator"])
@@ -163,6 +199,7 @@ def test_resume_is_exact(stage, data, run_dir, tmp_path):
         assert a[step] == b[step], (step, a[step], b[step])
 
 
+@pytest.mark.slow  # a smoke test of the command under torchrun; tests/test_train_faults.py checks DDP by default
 def test_ddp_two_processes_gloo(data, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
@@ -176,33 +213,47 @@ def test_ddp_two_processes_gloo(data, tmp_path):
     assert len(losses(out, "tokenizer")) == 3  # rank 0 logs alone
 
 
-# ---- CLIs ----------------------------------------------------------------------------------------
+# ---- CLIs: in-process, one subprocess smoke test each -------------------------------------------------------
 
 def _cli(module, *args):
     return subprocess.run([sys.executable, "-m", module, *args], env=_env(), capture_output=True, text=True,
                           timeout=300)
 
 
-def test_generate_cli(run_dir, tmp_path):
-    a, b, c = tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.png"
+def _main(main, capsys, *args):
+    """(exit code, stdout, stderr) of a CLI's main() run in this process."""
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as e:  # argparse
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_generate_cli_smoke(run_dir, tmp_path):
+    """The real command line, once: `python -m spectralar.generate --kv-cache ...` writes its grids."""
+    a = tmp_path / "a.png"
     r = _cli("spectralar.generate", "--kv-cache", "--checkpoint", str(run_dir), "--classes", "0,2",
              "--num-per-class", "3", "--seed", "4", "--out", str(a), "--scale", "1", "--progressive")
     assert r.returncode == 0, r.stderr
     assert "images/s" in r.stdout and "tokens/s" in r.stdout
-    im = Image.open(a)
-    assert im.size == (3 * 34 + 2, 2 * 34 + 2)  # 3 columns, 2 rows of 32 px with 2 px gaps
+    assert Image.open(a).size == (3 * 34 + 2, 2 * 34 + 2)  # 3 columns, 2 rows of 32 px with 2 px gaps
     assert Image.open(tmp_path / "a_progressive.png").size == (4 * 34 + 2, 2 * 34 + 2)
-    r = _cli("spectralar.generate", "--no-kv-cache", "--checkpoint", str(run_dir), "--classes", "0,2",
-             "--num-per-class", "3", "--seed", "4", "--out", str(b), "--scale", "1")
-    assert r.returncode == 0, r.stderr
+
+
+def test_generate_cli(run_dir, tmp_path, capsys):
+    from spectralar.generate import main
+
+    a, b, c = tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.png"
+    same = ["--checkpoint", run_dir, "--classes", "0,2", "--num-per-class", "3", "--scale", "1"]
+    assert _main(main, capsys, "--kv-cache", *same, "--seed", "4", "--out", a)[0] == 0
+    assert _main(main, capsys, "--no-kv-cache", *same, "--seed", "4", "--out", b)[0] == 0
     assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))  # same seed, with or without cache
-    r = _cli("spectralar.generate", "--compile", "--checkpoint", str(run_dir), "--classes", "0,2",
-             "--num-per-class", "3", "--seed", "4", "--out", str(b), "--scale", "1")
-    assert r.returncode == 0, r.stderr
-    assert "compiled" in r.stdout and "compile warm-up" in r.stdout
+    code, out, err = _main(main, capsys, "--compile", *same, "--seed", "4", "--out", b)
+    assert code == 0, err
+    assert "compiled" in out and "compile warm-up" in out
     assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))  # compiled decode step: same images
-    r = _cli("spectralar.generate", "--checkpoint", str(run_dir), "--classes", "0,2", "--num-per-class", "3",
-             "--seed", "5", "--out", str(c), "--scale", "1")
+    assert _main(main, capsys, *same, "--seed", "5", "--out", c)[0] == 0
     assert not np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(c)))
 
 
@@ -215,23 +266,26 @@ def test_generate_cli(run_dir, tmp_path):
     (["--bogus"], "unrecognized"),
     (["--no-kv-cache", "--compile"], "--compile"),
 ])
-def test_generate_cli_bad_flags(run_dir, flags, match):
+def test_generate_cli_bad_flags(run_dir, flags, match, capsys):
+    from spectralar.generate import main
+
     args = ["--checkpoint", str(run_dir)] + flags if "--checkpoint" not in flags else flags
-    r = _cli("spectralar.generate", *args)
-    assert r.returncode == 2
-    assert match in r.stderr and "Traceback" not in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
+    code, _, err = _main(main, capsys, *args)
+    assert code == 2
+    assert match in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
 
 
-def test_reconstruct_cli(run_dir, tmp_path):
+def test_reconstruct_cli(run_dir, tmp_path, capsys):
+    from spectralar.reconstruct import main
+
     Image.fromarray((np.random.default_rng(0).random((40, 40)) * 255).astype(np.uint8)).save(tmp_path / "x.png")
     r = _cli("spectralar.reconstruct", str(tmp_path / "x.png"), "--checkpoint", str(run_dir),
              "--out", str(tmp_path / "r.png"), "--scale", "1")
     assert r.returncode == 0, r.stderr
     assert Image.open(tmp_path / "r.png").size == (5 * 34 + 2, 34 + 2)  # input + 4 prefixes
-    r = _cli("spectralar.reconstruct", str(tmp_path / "missing.png"), "--checkpoint", str(run_dir), "--out",
-             str(tmp_path / "r2.png"))
-    assert r.returncode == 2 and "missing.png" in r.stderr
+    code, _, err = _main(main, capsys, tmp_path / "missing.png", "--checkpoint", run_dir, "--out", tmp_path / "r2.png")
+    assert code == 2 and "missing.png" in err
 
 
 def test_bundled_model_loads_and_generates(tmp_path):

@@ -1,7 +1,9 @@
 """Training under faults: refused overwrites, real signals, crashes during checkpoint writes, kill -9,
 bad flags, and 2-process DDP that must equal a 1-process run. Micro preset, tiny batches, CPU.
 
-Run as a script, this file is the torchrun worker of the DDP tests (see `_worker`).
+Each case runs by default only where it catches a bug no other default case catches; the rest of each matrix is
+marked slow (`pytest -m slow tests/test_train_faults.py`). Run as a script, this file is the torchrun worker of the
+DDP tests (see `_worker`).
 """
 
 import json
@@ -16,21 +18,14 @@ from pathlib import Path
 import pytest
 import torch
 from fakedata import fake_fmnist
+from microrun import child_env, train_proc, wait_for_step
 from safetensors.torch import load_file, save_file
 
 import spectralar.checkpoint as ckmod
 from spectralar.checkpoint import load_train_state, load_weights, read_meta, recover, save_checkpoint
 from spectralar.train import main as train_main
 
-ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--preset", "micro", "--log-every", "1", "--threads", "1"]
-
-
-def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests"), env.get("PYTHONPATH", "")])
-    env["OMP_NUM_THREADS"] = "1"
-    return env
 
 
 def rows(out, stage):
@@ -259,66 +254,52 @@ def test_crash_mid_write_then_resume_is_exact(data, tmp_path, monkeypatch, capsy
 
 # ---- real signals and kill -9 --------------------------------------------------------------------------
 
-def _train_proc(argv):
-    return subprocess.Popen([sys.executable, "-m", "spectralar.train", *argv], env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-
-
-def _wait_for_step(proc, log, step, timeout=120):
-    """Poll the log until `step` is in it (the process is then mid-way through a later step, or a write)."""
-    t = time.time()
-    while time.time() - t < timeout:
-        if proc.poll() is not None:
-            return False
-        try:
-            text = log.read_text()
-        except FileNotFoundError:
-            text = ""
-        for line in text.splitlines()[::-1]:
-            try:
-                if json.loads(line)["step"] >= step:
-                    return True
-            except ValueError:
-                continue
-        time.sleep(0.002)
-    raise TimeoutError(f"step {step} never appeared in {log}")
-
-
-# the adversarial term (with its adaptive weight) switches on mid-run, so some runs resume before it, some after;
-# (config set by the first run, other flags)
+# Which runs the signal test needs by default. A real signal differs from `stop_at` (which every stage's exact
+# resume is tested with in-process: tests/test_train.py, tests/test_training_objectives.py) only in *when* it lands:
+# mid-forward, mid-backward, during validation or a DataLoader fetch, between micro-steps. That handling (StopFlag,
+# the step boundary, the exit code) is the same code for every stage, so one run with the most resumable state
+# catches its bugs: the tokenizer with a discriminator (its optimizer, its start step crossed between two signals),
+# EMA weights and gradient accumulation, stopped once by SIGINT before adv_start and once by SIGTERM after it.
+# The plain tokenizer, the generator and the generator with EMA add no code path a signal can hit differently
+# and run with -m slow; so does a third signal.
 ADV_EMA = (["--set", "adv_weight=0.5", "--set", "adv_start=10", "--set", "adv_adaptive=true", "--set",
             "ema_decay=0.9"], ["--accum", "2", "--batch-size", "8"])
 GEN_EMA = (["--set", "ema_decay=0.9"], ["--accum", "2", "--batch-size", "8"])
+SIGNAL_RUNS = [
+    pytest.param("tokenizer", ADV_EMA, 16, [(3, signal.SIGINT), (11, signal.SIGTERM)], id="tokenizer-adv-ema-accum"),
+    pytest.param("tokenizer", ADV_EMA, 60, [(3, signal.SIGINT), (20, signal.SIGTERM), (35, signal.SIGINT)],
+                 id="tokenizer-adv-ema-accum-3-signals", marks=pytest.mark.slow),
+    pytest.param("tokenizer", ([], []), 60, [(3, signal.SIGINT), (20, signal.SIGTERM), (35, signal.SIGINT)],
+                 id="tokenizer", marks=pytest.mark.slow),
+    pytest.param("generator", ([], []), 60, [(3, signal.SIGINT), (20, signal.SIGTERM), (35, signal.SIGINT)],
+                 id="generator", marks=pytest.mark.slow),
+    pytest.param("generator", GEN_EMA, 60, [(3, signal.SIGINT), (20, signal.SIGTERM), (35, signal.SIGINT)],
+                 id="generator-ema-accum", marks=pytest.mark.slow),
+]
 
 
-@pytest.mark.parametrize("stage, extra", [("tokenizer", ([], [])), ("generator", ([], [])), ("tokenizer", ADV_EMA),
-                                          ("generator", GEN_EMA)],
-                         ids=["tokenizer", "generator", "tokenizer-adv-ema-accum", "generator-ema-accum"])
-def test_signal_then_resume_is_exact(stage, extra, data, tok_run, tmp_path):
+@pytest.mark.parametrize("stage, extra, steps, signals", SIGNAL_RUNS)
+def test_signal_then_resume_is_exact(stage, extra, steps, signals, data, tok_run, tmp_path):
     """Real SIGINT / SIGTERM at several moments: each run finishes its step, checkpoints and exits 130 / 143;
     the resumed runs together log the same per-step losses and end with the same weights, bit for bit (EMA
     weights and the discriminator with its optimizer included)."""
-    steps = 60
     config, flags = extra
-    args = [*stage_args(stage, data, tok_run, steps), "--eval-every", "25", "--ckpt-every", "1000",
+    args = [*stage_args(stage, data, tok_run, steps), "--eval-every", "8", "--ckpt-every", "1000",
             "--val-size", "16", *flags]
     assert train_main([*args, *config, "--out", str(tmp_path / "ref")]) == 0
     out = tmp_path / "sig"
-    log = out / f"{stage}_log.jsonl"
     resume, stops = config, []
-    for after, sig in [(3, signal.SIGINT), (20, signal.SIGTERM), (35, signal.SIGINT)]:
-        proc = _train_proc([*args, "--out", str(out), *resume])
-        assert _wait_for_step(proc, log, after), proc.communicate()
+    for after, sig in signals:
+        proc = train_proc([*args, "--out", str(out), *resume])
+        assert wait_for_step(proc, out, stage, after), proc.communicate()
         proc.send_signal(sig)
-        _, err = proc.communicate(timeout=120)
+        _, err = proc.communicate(timeout=300)
         assert proc.returncode == 128 + sig, err[-2000:]
         assert "Traceback" not in err
         stops.append(read_meta(out / stage)["step"])
         assert after <= stops[-1] < steps
         resume = ["--resume"]
-    proc = _train_proc([*args, "--out", str(out), "--resume"])
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err[-2000:]
+    assert train_main([*args, "--out", str(out), "--resume"]) == 0
     assert stops == sorted(stops)
     ref = losses(tmp_path / "ref", stage)
     got = losses(out, stage)
@@ -349,19 +330,22 @@ def test_stop_flag_second_sigint(monkeypatch):
         assert flag.agreed() == signal.SIGINT
 
 
-def test_kill9_during_checkpoint_writes(data, tok_run, tmp_path):
+@pytest.mark.slow
+@pytest.mark.parametrize("steps, kills", [(12, (3,)), (40, (3, 15, 27))], ids=["one-kill", "three-kills"])
+def test_kill9_during_checkpoint_writes(steps, kills, data, tok_run, tmp_path):
     """kill -9 while a checkpoint is written at every step: the checkpoint is always complete (old or new),
-    and resuming gives the uninterrupted run's losses and weights."""
-    steps = 40
+    and resuming gives the uninterrupted run's losses and weights. Slow: by default every point of the write
+    sequence is failed in this process (test_checkpoint_write_fails_at_every_step), a crash mid-write is resumed
+    exactly (test_crash_mid_write_then_resume_is_exact), and real kill -9s of training processes are in
+    tests/test_train_runs.py; this is the real thing at random points of checkpoint writes."""
     args = [*stage_args("tokenizer", data, tok_run, steps), "--eval-every", "1000", "--ckpt-every", "1",
             "--val-size", "0"]
     assert train_main([*args, "--out", str(tmp_path / "ref")]) == 0
     out = tmp_path / "k9"
-    log = out / "tokenizer_log.jsonl"
     resume = []
-    for after in (3, 15, 27):
-        proc = _train_proc([*args, "--out", str(out), *resume])
-        assert _wait_for_step(proc, log, after), proc.communicate()
+    for after in kills:
+        proc = train_proc([*args, "--out", str(out), *resume])
+        assert wait_for_step(proc, out, "tokenizer", after), proc.communicate()
         proc.kill()
         proc.communicate()
         meta = read_meta(out / "tokenizer")  # complete: json, weights and train state all readable
@@ -369,13 +353,11 @@ def test_kill9_during_checkpoint_writes(data, tok_run, tmp_path):
         load_train_state(out / "tokenizer", None, meta)
         assert meta["step"] >= after - 1
         resume = ["--resume"]
-    proc = _train_proc([*args, "--out", str(out), "--resume"])
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err[-2000:]
+    assert train_main([*args, "--out", str(out), "--resume"]) == 0
     assert losses(out, "tokenizer") == losses(tmp_path / "ref", "tokenizer")
     assert_same_weights(out / "tokenizer", tmp_path / "ref" / "tokenizer")
     assert sorted(p.name for p in out.iterdir() if p.name.startswith((".tokenizer", "tokenizer."))) == [
-        "tokenizer.0000040"]
+        f"tokenizer.{steps:07d}"]
 
 
 # ---- flags checked before any work ---------------------------------------------------------------------
@@ -430,14 +412,13 @@ def test_bad_flags_fail_before_work(flags, match, data, tmp_path, capsys, monkey
 
 
 @pytest.mark.parametrize("where", ["/proc/spectralar-nope", "FILE", "FILE/sub"])
-def test_unwritable_out_fails_before_work(where, data, tmp_path):
+def test_unwritable_out_fails_before_work(where, data, tmp_path, capsys):
     f = tmp_path / "a-file"
     f.write_text("x")
     out = where.replace("FILE", str(f))
-    r = subprocess.run([sys.executable, "-m", "spectralar.train", "tokenizer", "--data", str(data), "--out", out,
-                        *FAST], env=_env(), capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "--out" in r.stderr and "Traceback" not in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
+    assert train_main(["tokenizer", "--data", str(data), "--out", out, *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_malformed_checkpoint_config_fails_before_work(data, tmp_path, capsys):
@@ -456,12 +437,13 @@ def test_malformed_checkpoint_config_fails_before_work(data, tmp_path, capsys):
 
 # ---- DDP: 2 Gloo processes ----------------------------------------------------------------------------
 
-def _torchrun(dump, argv, signal_after=None, log=None):
+def _torchrun(dump, argv, signal_after=None, out=None):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__,
            str(dump), *argv, "--device", "cpu"]
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     if signal_after is not None:
-        assert _wait_for_step(proc, log, signal_after), proc.communicate()
+        assert wait_for_step(proc, out, "tokenizer", signal_after), proc.communicate()
         proc.send_signal(signal.SIGINT)  # to torchrun, which passes it to the workers
     out, err = proc.communicate(timeout=300)
     return proc.returncode, out, err
@@ -485,10 +467,12 @@ def _assert_replicas_equal(dump, prefix=""):
     return found
 
 
+@pytest.mark.slow
 def test_ddp_tokenizer_replicas_resume_and_one_process_match(data, tmp_path):
     """2 processes x 8 = 1 process x 16: replicas identical at every checkpoint, logged losses equal to the
     one-process run's (before the first dead-code restart), SIGINT to torchrun stops both ranks at one step,
-    and the resumed 2-process run (a restart after the resume) equals the uninterrupted one bit for bit."""
+    and the resumed 2-process run (a restart after the resume) equals the uninterrupted one bit for bit.
+    Slow (three torchrun launches); by default DDP is covered by the generator's and the adversarial runs."""
     steps = 30
     base = ["tokenizer", "--data", str(data), "--steps", str(steps), "--val-size", "16", "--eval-every", "8",
             "--ckpt-every", "10", *FAST]
@@ -499,8 +483,7 @@ def test_ddp_tokenizer_replicas_resume_and_one_process_match(data, tmp_path):
     rc, _, err = _torchrun(tmp_path / "dA", [*two, "--out", str(tmp_path / "A")])
     assert rc == 0, err[-3000:]
     out = tmp_path / "B"
-    rc, _, err = _torchrun(tmp_path / "dB", [*two, "--out", str(out)], signal_after=2,
-                           log=out / "tokenizer_log.jsonl")
+    rc, _, err = _torchrun(tmp_path / "dB", [*two, "--out", str(out)], signal_after=2, out=out)
     stop = read_meta(out / "tokenizer")["step"]
     assert rc != 0 and 2 <= stop < steps, err[-3000:]
     rc, _, err = _torchrun(tmp_path / "dC", [*base, "--batch-size", "8", "--out", str(out), "--resume"])
@@ -536,7 +519,8 @@ def test_ddp_generator_matches_one_process(data, tok_run, tmp_path):
         assert abs(l1[s] - l2[s]) <= 1e-5 * abs(l1[s]), (s, l1[s], l2[s])
 
 
-def test_ddp_adversarial_ema_accum(data, tmp_path):
+@pytest.mark.parametrize("adaptive", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["fixed", "adaptive"])
+def test_ddp_adversarial_ema_accum(adaptive, data, tmp_path):
     """2 processes x 4 images x 2 micro-steps (no_sync on the first) = 1 process x 16 images: the tokenizer and
     the discriminator (each under its own DDP) stay bitwise equal across the replicas, and the trained, EMA and
     discriminator weights match the one-process run. With the adaptive weight (per-rank gradient norms inside
@@ -565,17 +549,18 @@ def test_ddp_adversarial_ema_accum(data, tmp_path):
     l1, l2 = losses(tmp_path / "one", "tokenizer"), losses(tmp_path / "two", "tokenizer")
     for s in l1:
         assert abs(l1[s] - l2[s]) <= 1e-5 * abs(l1[s]), (s, l1[s], l2[s])
-    rc, _, err = _torchrun(tmp_path / "d2", [*two, "--set", "adv_adaptive=true", "--out", str(tmp_path / "ada")])
-    assert rc == 0, err[-3000:]
-    _assert_replicas_equal(tmp_path / "d2")
-    _assert_replicas_equal(tmp_path / "d2", "disc-")
+    if adaptive:
+        rc, _, err = _torchrun(tmp_path / "d2", [*two, "--set", "adv_adaptive=true", "--out", str(tmp_path / "ada")])
+        assert rc == 0, err[-3000:]
+        _assert_replicas_equal(tmp_path / "d2")
+        _assert_replicas_equal(tmp_path / "d2", "disc-")
 
 
 def _worker():
     """torchrun worker: train with the given flags, dumping this rank's parameters at every checkpoint (the
     discriminator's to disc-rank*, when there is one)."""
     import spectralar.train as train
-    import spectralar.training as training
+    import spectralar.training.loop as training
 
     dump, argv = Path(sys.argv[1]), sys.argv[2:]
     dump.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
+from spectralar.models.config import training_preset
 from spectralar.models.discriminator import PatchDiscriminator
 from spectralar.pretrained import load_model, load_pretrained
 from spectralar.training import TrainOptions, train
@@ -95,7 +96,7 @@ def test_imagenet_shapes_train_resume_sample(tmp_path):
     # FLOPs of one training step (forward + backward) per image, counted on the real modules at batch BATCH
     x = torch.rand(BATCH, 3, 256, 256) * 2 - 1
     tok.train()
-    tok_loss, critic = TokenizerLoss(tok, disc), CriticLoss(disc)
+    tok_loss, critic = TokenizerLoss(tok, training_preset("tokenizer", "imagenet-b64"), disc), CriticLoss(disc)
     n_tok = torch.full((BATCH,), 64)
 
     def tok_step():

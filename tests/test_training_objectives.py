@@ -173,16 +173,17 @@ def test_accumulation_equals_the_large_batch(stage, data, tok_run, tmp_path):
 
 def test_resume_needs_the_same_accumulation(data, tmp_path):
     run("tokenizer", tmp_path, data, steps=4, stop_at=2, batch_size=8, accum=2)
-    with pytest.raises(ValueError, match="--accum 2, this run has 1"):
+    with pytest.raises(ValueError, match="`accum` 2, this run has 1"):
         run("tokenizer", tmp_path, data, steps=4, resume=True, batch_size=8)
 
 
 # ---- the library API ---------------------------------------------------------------------------------------
 
 def test_options_are_checked_before_work(tmp_path):
-    for kw, match in (({"steps": 0}, "--steps must be >= 1"), ({"accum": 0}, "--accum must be >= 1"),
-                      ({"stage": "vae"}, "stage must be one of"), ({"save_dtype": "int8"}, "--save-dtype"),
-                      ({"resume": True, "overrides": {"width": 8}}, "cannot change the config")):
+    for kw, match in (({"steps": 0}, "`steps` must be >= 1"), ({"accum": 0}, "`accum` must be >= 1"),
+                      ({"stage": "vae"}, "`stage` must be one of"), ({"save_dtype": "int8"}, "`save_dtype`"),
+                      ({"resume": True, "overwrite": True}, "pass one of them"),
+                      ({"seed": 10**20}, r"`seed` must be an integer in \[0, 4294967295\]")):
         with pytest.raises(ValueError, match=match):
             train(TrainOptions(**{"stage": "tokenizer", "out": tmp_path / "x", **kw}))
     assert not (tmp_path / "x").exists()

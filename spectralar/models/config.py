@@ -1,52 +1,74 @@
 """Configuration dataclasses with named presets. Every checkpoint stores its config as JSON.
 
-Choices not stated in the paper (arXiv 2506.10962) are ours and are options here: patch size, widths,
-code dim, the prefix-length distribution, dead-code restarts, the token-frequency mapping's exponent.
+Two kinds of config per trained network:
+
+- the *model* config (`TokenizerConfig`, `GeneratorConfig`, `ClassifierConfig`): what builds the network and
+  loads its checkpoint, and what it computes (its quantizer's own loss and restarts included). Checkpoints keep
+  it under "config"; loading a model needs nothing else.
+- the *training* config (`TokenizerTraining`, `GeneratorTraining`): what the trainer composes around the network
+  (extra loss terms and their weights, the discriminator, schedules, the prefix-length distribution, EMA, weight
+  files). Checkpoints keep it under "train" -> "config", for a resume; a shipped model has no use for it.
+
+Each field is declared once, with `param(default, rule, doc)`: its default, the rule a loaded value must satisfy
+and what it means live in the field itself (`dataclasses.fields(cls)[i].metadata`). Choices not stated in the
+paper (arXiv 2506.10962) are ours and are options here: patch size, widths, code dim, the prefix-length
+distribution, dead-code restarts, the token-frequency mapping's exponent.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from dataclasses import dataclass, field
 
 from spectralar_kernels.windows import MAPPINGS
 
 from .perceptual import MIN_SIZE
 
+__all__ = [
+    "GENERATOR_PRESETS", "MODEL_CONFIGS", "TOKENIZER_PRESETS", "TRAINING_CONFIGS", "TRAINING_PRESETS",
+    "ClassifierConfig", "GeneratorConfig", "GeneratorTraining", "TokenizerConfig", "TokenizerTraining", "param",
+    "preset", "split_config", "to_dict", "training_preset", "validate_config", "validate_training",
+]
+
+# Rules a loaded value must satisfy (`_problem`): an integer >= 1 / >= 0, 1 or 3 channels (what the loaders
+# make), a finite number > 0 / >= 0, a probability in [0, 1), a list of integers, or a tuple of allowed strings.
+# A field declared without a rule must hold the type of its default.
+POS, NONNEG, RGB, GT0, GE0, PROB, INTS = "pos", "nonneg", "rgb", "gt0", "ge0", "prob", "ints"
+
+
+def param(default, rule=None, doc: str = ""):
+    """A config field, declared once: its default, the rule a loaded value must satisfy, what it means."""
+    if rule is None:
+        rule = next(r for t, r in ((bool, "bool"), (int, "int"), (float, "num"), (str, "str"), (list, "list"))
+                    if isinstance(default, t))
+    meta = {"rule": rule, "doc": doc}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
 
 @dataclass
 class TokenizerConfig:
-    image_size: int = 32
-    channels: int = 1
-    patch_size: int = 4
-    num_tokens: int = 16  # N spectral tokens
-    codebook_size: int = 1024  # K
-    code_dim: int = 12
-    width: int = 128
-    enc_depth: int = 3
-    dec_depth: int = 3
-    heads: int = 4
-    mlp_ratio: float = 4.0
-    mapping: str = "power"  # token-frequency mapping: uniform | power | energy | gain
-    gamma: float = 2.0  # exponent of the `power` mapping
-    windows: list[int] = field(default_factory=list)  # w[1..N]; filled from `mapping` when empty
-    commitment: float = 0.25  # beta of the commitment loss
-    restart_every: int = 200  # dead-code restart period in steps (0 = never)
-    restart_buffer: int = 4096  # recent encoder outputs kept to restart dead codes from
-    # Prefix-length distribution in training: "uniform" (paper default) or "linear" (p(i) ~ i), which
-    # trains long prefixes more (under uniform sampling only 1/16 of the images train the full prefix,
-    # which stayed undertrained).
-    prefix_dist: str = "uniform"
-    recon_loss: str = "l2"  # l2 | l1
-    adv_weight: float = 0.0  # hinge GAN loss weight (0 = off)
-    adv_start: int = 0  # step after which the adversarial term is on
-    disc_channels: int = 64  # base width of the patch discriminator (spectralar/models/discriminator.py)
-    adv_adaptive: bool = False  # scale the adversarial term by VQGAN's adaptive weight (last-layer gradient norms)
-    ema_decay: float = 0.0  # decay of the EMA of the weights (0 = no EMA)
-    perceptual_weight: float = 0.0  # LPIPS-style term on a user-supplied VGG16 (0 = off; models/perceptual.py)
-    perceptual_backbone: str = ""  # its weights: a .safetensors or torch state-dict file; never downloaded
+    """The nested spectral tokenizer (spectralar/models/tokenizer.py)."""
+
+    image_size: int = param(32, POS, "images are image_size x image_size")
+    channels: int = param(1, RGB, "1 (grayscale) or 3 (RGB)")
+    patch_size: int = param(4, POS, "side of the encoder's and decoder's patches")
+    num_tokens: int = param(16, POS, "N, the spectral tokens per image")
+    codebook_size: int = param(1024, POS, "K, the codes")
+    code_dim: int = param(12, POS, "dimension of a code (cosine lookup)")
+    width: int = param(128, POS, "transformer width")
+    enc_depth: int = param(3, POS, "encoder blocks")
+    dec_depth: int = param(3, POS, "decoder blocks")
+    heads: int = param(4, POS, "attention heads")
+    mlp_ratio: float = param(4.0, GT0, "MLP hidden width / width")
+    mapping: str = param("power", MAPPINGS, "token-frequency mapping (uniform | power | energy | gain)")
+    gamma: float = param(2.0, GT0, "exponent of the `power` mapping")
+    windows: list[int] = param([], INTS, "w[1..N]; filled from `mapping` when empty")
+    commitment: float = param(0.25, GE0, "beta of the quantizer's commitment loss")
+    restart_every: int = param(200, NONNEG, "dead-code restart period in optimizer steps (0 = never)")
+    restart_buffer: int = param(4096, POS, "recent encoder outputs the quantizer keeps to restart dead codes from")
 
     @property
     def num_patches(self) -> int:
@@ -54,39 +76,62 @@ class TokenizerConfig:
 
 
 @dataclass
-class GeneratorConfig:
-    num_tokens: int = 16  # sequence length N (the tokenizer's)
-    codebook_size: int = 1024  # K: the head's width
-    num_classes: int = 10
-    width: int = 192
-    depth: int = 4
-    heads: int = 4
-    mlp_ratio: float = 4.0
-    dropout: float = 0.0
-    class_dropout: float = 0.1  # probability of replacing the label by the null class (for CFG)
-    cond: str = "token"  # class conditioning: "token" (first token) | "adaln" (VAR-style adaptive LayerNorm)
-    ema_decay: float = 0.0  # decay of the EMA of the weights (0 = no EMA)
+class TokenizerTraining:
+    """How a tokenizer is trained, beyond its own losses (spectralar/training/stages.py)."""
 
+    # "linear" (p(i) ~ i) trains long prefixes more: under the paper's uniform draw only 1/N of the images train
+    # the full prefix, which stayed undertrained.
+    prefix_dist: str = param("uniform", ("uniform", "linear"), "distribution of the prefix lengths trained")
+    recon_loss: str = param("l2", ("l2", "l1"), "reconstruction loss against the sub-image")
+    adv_weight: float = param(0.0, GE0, "hinge GAN loss weight (0 = off: no discriminator)")
+    adv_start: int = param(0, NONNEG, "step from which the adversarial term is on")
+    disc_channels: int = param(64, POS, "base width of the patch discriminator")
+    adv_adaptive: bool = param(False, doc="scale the adversarial term by VQGAN's adaptive weight")
+    ema_decay: float = param(0.0, PROB, "decay of the EMA of the weights (0 = no EMA)")
+    perceptual_weight: float = param(0.0, GE0, "LPIPS-style term on a user-supplied VGG16 (0 = off)")
+    perceptual_backbone: str = param("", doc="VGG16 weights file (.safetensors or torch state dict); never downloaded")
+
+
+@dataclass
+class GeneratorConfig:
+    """The class-conditional generator over code sequences (spectralar/models/generator.py)."""
+
+    num_tokens: int = param(16, POS, "sequence length N (the tokenizer's)")
+    codebook_size: int = param(1024, POS, "K, the head's width (the tokenizer's)")
+    num_classes: int = param(10, POS, "classes (plus one null class for guidance)")
+    width: int = param(192, POS, "transformer width")
+    depth: int = param(4, POS, "blocks")
+    heads: int = param(4, POS, "attention heads")
+    mlp_ratio: float = param(4.0, GT0, "MLP hidden width / width")
+    dropout: float = param(0.0, PROB, "dropout in training mode")
+    # A model property, not only a training knob: > 0 means the null class was trained, which guidance needs.
+    class_dropout: float = param(0.1, PROB, "probability that a training label is replaced by the null class")
+    cond: str = param("token", ("token", "adaln"), "class conditioning: first token | VAR-style adaptive LayerNorm")
+
+
+@dataclass
+class GeneratorTraining:
+    """How a generator is trained, beyond its own loss."""
+
+    ema_decay: float = param(0.0, PROB, "decay of the EMA of the weights (0 = no EMA)")
 
 
 @dataclass
 class ClassifierConfig:
     """The small CNN of the offline generation metrics (spectralar/models/classifier.py)."""
 
-    image_size: int = 32
-    channels: int = 1
-    num_classes: int = 10
-    width: int = 16  # channels of the first stage; doubled at each of the three stages
-    feature_dim: int = 128  # the feature space of CFD
-    dropout: float = 0.2
+    image_size: int = param(32, POS, "images are image_size x image_size (>= 8)")
+    channels: int = param(1, RGB, "1 (grayscale) or 3 (RGB)")
+    num_classes: int = param(10, POS, "classes")
+    width: int = param(16, POS, "channels of the first stage; doubled at each of the three stages")
+    feature_dim: int = param(128, POS, "the feature space of CFD")
+    dropout: float = param(0.2, PROB, "dropout before the head")
 
 
 TOKENIZER_PRESETS = {
-    "fmnist": TokenizerConfig(prefix_dist="linear"),
-    "imagenet-b64": TokenizerConfig(
-        image_size=256, channels=3, patch_size=16, num_tokens=64, codebook_size=4096, code_dim=12,
-        width=768, enc_depth=12, dec_depth=12, heads=12, adv_weight=0.1, adv_start=20000,
-    ),
+    "fmnist": TokenizerConfig(),
+    "imagenet-b64": TokenizerConfig(image_size=256, channels=3, patch_size=16, num_tokens=64, codebook_size=4096,
+                                    code_dim=12, width=768, enc_depth=12, dec_depth=12, heads=12),
     # tiny configs for tests and smoke runs (Fashion-MNIST-shaped input)
     "micro": TokenizerConfig(image_size=32, patch_size=8, num_tokens=4, codebook_size=32, code_dim=4, width=32,
                              enc_depth=1, dec_depth=1, heads=2, restart_every=5, restart_buffer=64),
@@ -99,10 +144,29 @@ GENERATOR_PRESETS = {
     "micro": GeneratorConfig(num_tokens=4, codebook_size=32, num_classes=3, width=32, depth=1, heads=2),
 }
 
+# The training half of each preset (a preset names a model and the recipe it was meant to be trained with).
+TRAINING_PRESETS = {
+    "tokenizer": {"fmnist": TokenizerTraining(prefix_dist="linear"),
+                  "imagenet-b64": TokenizerTraining(adv_weight=0.1, adv_start=20000),
+                  "micro": TokenizerTraining()},
+    "generator": {"fmnist": GeneratorTraining(), "d16": GeneratorTraining(), "micro": GeneratorTraining()},
+}
+
+MODEL_CONFIGS = {"tokenizer": TokenizerConfig, "generator": GeneratorConfig, "classifier": ClassifierConfig}
+TRAINING_CONFIGS = {"tokenizer": TokenizerTraining, "generator": GeneratorTraining}
+
 
 def preset(kind: str, name: str):
-    """A fresh copy of a named preset: kind "tokenizer" or "generator"."""
+    """A fresh copy of the model config of a named preset: kind "tokenizer" or "generator"."""
     table = {"tokenizer": TOKENIZER_PRESETS, "generator": GENERATOR_PRESETS}[kind]
+    if name not in table:
+        raise ValueError(f"unknown {kind} preset {name!r}; choose from {sorted(table)}")
+    return dataclasses.replace(table[name])
+
+
+def training_preset(kind: str, name: str):
+    """A fresh copy of the training config of a named preset."""
+    table = TRAINING_PRESETS[kind]
     if name not in table:
         raise ValueError(f"unknown {kind} preset {name!r}; choose from {sorted(table)}")
     return dataclasses.replace(table[name])
@@ -112,119 +176,69 @@ def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def from_dict(cls, d: dict):
-    """Build `cls` from a dict, rejecting unknown keys (a checkpoint from another version says so)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(d) - names
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown config keys {sorted(unknown)}")
-    return cls(**d)
-
-
 # ---- validation of a loaded config.json -----------------------------------------------------------------
 
-# Rules per field: "pos" (integer >= 1), "nonneg" (integer >= 0), "rgb" (1 or 3 channels, what the loaders make),
-# "gt0" / "ge0" (finite number > 0 / >= 0), "prob" (finite number in [0, 1)), a tuple of allowed strings, "str".
-# A field without a rule here must hold the type of its default (`_rule_of`).
-_RULES = {
-    "tokenizer": {"image_size": "pos", "channels": "rgb", "patch_size": "pos", "num_tokens": "pos",
-                  "codebook_size": "pos", "code_dim": "pos", "width": "pos", "enc_depth": "pos", "dec_depth": "pos",
-                  "heads": "pos", "mlp_ratio": "gt0", "mapping": MAPPINGS, "gamma": "gt0", "windows": "windows",
-                  "commitment": "ge0", "restart_every": "nonneg", "restart_buffer": "pos",
-                  "prefix_dist": ("uniform", "linear"), "recon_loss": ("l2", "l1"), "adv_weight": "ge0",
-                  "adv_start": "nonneg", "disc_channels": "pos", "ema_decay": "prob", "perceptual_weight": "ge0",
-                  "perceptual_backbone": "str"},
-    "generator": {"num_tokens": "pos", "codebook_size": "pos", "num_classes": "pos", "width": "pos", "depth": "pos",
-                  "heads": "pos", "mlp_ratio": "gt0", "dropout": "prob", "class_dropout": "prob", "ema_decay": "prob",
-                  "cond": ("token", "adaln")},
-    "classifier": {"image_size": "pos", "channels": "rgb", "num_classes": "pos", "width": "pos", "feature_dim": "pos",
-                   "dropout": "prob"},
-}
-
-
-def _rule_of(f: dataclasses.Field):
-    """A field without an explicit rule must hold the type of its default (bool, int, number, str or list)."""
-    default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-    for t, rule in ((bool, "bool"), (int, "int"), (float, "num"), (str, "str"), (list, "list")):
-        if isinstance(default, t):
-            return rule
-    return None
-
-
-def _check_field(name, v, rule) -> str | None:
+def _problem(name, v, rule) -> str | None:
     """What is wrong with value `v` of field `name` under `rule`, or None."""
     if rule == "bool":
         return None if isinstance(v, bool) else f"{name}={v!r} must be true or false"
     if rule == "list":
         return None if isinstance(v, list) else f"{name}={v!r} must be a list"
+    if rule == INTS:
+        ok = isinstance(v, list) and all(isinstance(w, int) and not isinstance(w, bool) for w in v)
+        return None if ok else f"{name}={v!r} must be a list of integers"
     is_int = isinstance(v, int) and not isinstance(v, bool)
     is_num = (is_int or isinstance(v, float)) and math.isfinite(v)
-    if rule in ("pos", "nonneg", "rgb", "int") and not is_int:
+    if rule in (POS, NONNEG, RGB, "int") and not is_int:
         return f"{name}={v!r} must be an integer"
-    if rule in ("gt0", "ge0", "prob", "num") and not is_num:
+    if rule in (GT0, GE0, PROB, "num") and not is_num:
         return f"{name}={v!r} must be a finite number"
     if rule == "str" and not isinstance(v, str):
         return f"{name}={v!r} must be a string"
     if isinstance(rule, tuple) and v not in rule:
         return f"{name}={v!r} must be one of {list(rule)}"
-    if rule == "windows" and not (isinstance(v, list) and all(isinstance(w, int) and not isinstance(w, bool)
-                                                              for w in v)):
-        return f"{name}={v!r} must be a list of integers"
-    low = {"pos": 1, "nonneg": 0, "ge0": 0}.get(rule)
+    low = {POS: 1, NONNEG: 0, GE0: 0}.get(rule)
     if low is not None and v < low:
         return f"{name}={v!r} must be >= {low}"
-    if (rule == "gt0" and v <= 0) or (rule == "prob" and not 0 <= v < 1) or (rule == "rgb" and v not in (1, 3)):
-        return f"{name}={v!r} must be " + {"gt0": "> 0", "prob": "in [0, 1)", "rgb": "1 or 3 (channels)"}[rule]
+    if (rule == GT0 and v <= 0) or (rule == PROB and not 0 <= v < 1) or (rule == RGB and v not in (1, 3)):
+        return f"{name}={v!r} must be " + {GT0: "> 0", PROB: "in [0, 1)", RGB: "1 or 3 (channels)"}[rule]
     return None
 
 
-def _block_params(width: int, mlp_ratio: float) -> int:
-    hidden = int(width * mlp_ratio)
-    return 4 * width * width + 4 * width + 2 * width * hidden + hidden + width + 4 * width  # attn, mlp, two LNs
-
-
-def min_weights(kind: str, c) -> int:
-    """Parameters and buffers of the model a config builds, from the config alone, so that a size is judged before
-    anything is allocated. Exact for the plain pre-LN blocks; variants (e.g. adaptive LayerNorm) only add weights,
-    so this is a lower bound for them."""
-    if kind == "tokenizer":
-        P, N, W, pd = (c.image_size // c.patch_size) ** 2, c.num_tokens, c.width, c.channels * c.patch_size ** 2
-        enc = pd * W + W + N * W + (P + N) * W + c.enc_depth * _block_params(W, c.mlp_ratio) + 2 * W
-        enc += W * c.code_dim + c.code_dim
-        quant = c.codebook_size * c.code_dim + c.codebook_size + c.restart_buffer * c.code_dim + 2
-        dec = c.code_dim * W + W + N * W + P * W + (N + P) * W + c.dec_depth * _block_params(W, c.mlp_ratio)
-        return enc + quant + dec + 2 * W + W * pd + pd
-    if kind == "generator":
-        W = c.width
-        return (c.codebook_size * W + (c.num_classes + 1) * W + c.num_tokens * W
-                + c.depth * _block_params(W, c.mlp_ratio) + 2 * W + W * c.codebook_size)
-    w = c.width  # classifier: three conv stages (3x3, no bias; batch norm: 2 parameters and 2 buffers a channel)
-    convs = 9 * (c.channels * w + w * 2 * w + 2 * w * 4 * w) + 4 * 7 * w + 3
-    return convs + 64 * w * c.feature_dim + c.feature_dim + c.feature_dim * c.num_classes + c.num_classes
-
-
-def memory_bytes() -> int:
-    """Physical memory of this machine (the bound on a model built in fp32 on the CPU before it moves)."""
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def validate_config(kind: str, d, classes=None, max_bytes: int | None = None):
-    """The config dataclass for a loaded config.json dict of a "tokenizer", "generator" or "classifier",
-    after checking types, ranges and consistency, and that its fp32 weights fit in this machine's memory, so a
-    corrupt or absurd config fails here, naming the field, and not as a traceback or a 480 GB allocation.
-    `classes`: the class names saved with a generator or classifier checkpoint, if any (one per class)."""
-    cls = {"tokenizer": TokenizerConfig, "generator": GeneratorConfig, "classifier": ClassifierConfig}[kind]
-    if not isinstance(d, dict):
-        raise ValueError(f"{kind} config must be a JSON object, got {type(d).__name__}")
+def _checked(cls, d: dict, what: str):
+    """`cls` built from dict `d` after each value is checked against its field's rule (a missing key takes its
+    default: a checkpoint from before the field existed)."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - set(fields))
-    if unknown:  # a missing key takes its default (a checkpoint from before the field existed)
-        raise ValueError(f"{kind} config: unknown keys {unknown}")
-    rules = {n: _RULES[kind].get(n) or _rule_of(f) for n, f in fields.items()}
-    bad = [e for n, v in d.items() if (e := _check_field(n, v, rules[n]))]
+    if unknown:
+        raise ValueError(f"{what}: unknown keys {unknown}")
+    bad = [e for n, v in d.items() if (e := _problem(n, v, fields[n].metadata["rule"]))]
     if bad:
-        raise ValueError(f"{kind} config: " + "; ".join(bad))
-    c = cls(**{k: list(v) if isinstance(v, list) else v for k, v in d.items()})
+        raise ValueError(f"{what}: " + "; ".join(bad))
+    return cls(**{k: list(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def split_config(kind: str, d) -> tuple[dict, dict]:
+    """(model fields, training fields) of a checkpoint's "config" object. Checkpoints written before the training
+    knobs left the model configs hold both in that one object; newer ones hold model fields only."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{kind} config must be a JSON object, got {type(d).__name__}")
+    moved = {f.name for f in dataclasses.fields(TRAINING_CONFIGS[kind])} if kind in TRAINING_CONFIGS else set()
+    return {k: v for k, v in d.items() if k not in moved}, {k: v for k, v in d.items() if k in moved}
+
+
+def validate_config(kind: str, d, classes=None):
+    """The model config dataclass for a loaded config.json "config" of a "tokenizer", "generator" or "classifier",
+    after checking types, ranges and consistency, so a corrupt config fails here, naming the field, and not as a
+    traceback. Training fields that older checkpoints keep there are checked too and left out (see
+    `validate_training`). `classes`: the class names saved with a generator or classifier checkpoint, if any.
+    Whether the weights fit in memory is judged from a meta-device build: spectralar/models/build.py."""
+    if kind not in MODEL_CONFIGS:
+        raise ValueError(f"unknown model kind {kind!r}; choose from {list(MODEL_CONFIGS)}")
+    model, legacy = split_config(kind, d)
+    if legacy:
+        validate_training(kind, legacy)
+    c = _checked(MODEL_CONFIGS[kind], model, f"{kind} config")
     if kind in ("tokenizer", "generator") and c.width % c.heads:
         raise ValueError(f"{kind} config: width={c.width} is not divisible by heads={c.heads}")
     if kind == "tokenizer":
@@ -239,13 +253,6 @@ def validate_config(kind: str, d, classes=None, max_bytes: int | None = None):
                   or any(a >= b for a, b in zip(w, w[1:]))):
             raise ValueError(f"tokenizer config: windows={w} must be {c.num_tokens} (num_tokens) increasing "
                              f"integers from >= 1 up to image_size={c.image_size}")
-        if c.perceptual_weight > 0 and not c.perceptual_backbone:
-            raise ValueError(f"tokenizer config: perceptual_weight={c.perceptual_weight} needs perceptual_backbone, "
-                             "a VGG16 weights file (.safetensors, or a torchvision state dict .pth); none is "
-                             "downloaded")
-        if c.perceptual_weight > 0 and c.image_size < MIN_SIZE:
-            raise ValueError(f"tokenizer config: perceptual_weight > 0 needs image_size >= {MIN_SIZE} (VGG16 pools "
-                             f"four times), got {c.image_size}")
     if kind == "classifier" and c.image_size < 8:
         raise ValueError(f"classifier config: image_size={c.image_size} must be >= 8 (three 2x poolings)")
     if classes is not None and hasattr(c, "num_classes"):
@@ -253,10 +260,22 @@ def validate_config(kind: str, d, classes=None, max_bytes: int | None = None):
             raise ValueError(f"class names must be a list of strings, got {classes!r:.80}")
         if len(classes) != c.num_classes:
             raise ValueError(f"{len(classes)} class names for num_classes={c.num_classes}")
-    limit = memory_bytes() if max_bytes is None else max_bytes
-    n = min_weights(kind, c)
-    if 4 * n > limit:
-        raise ValueError(f"{kind} config: {n:.3g} weights ({4 * n / 2**30:.3g} GiB in fp32) do "
-                         f"not fit in this machine's {limit / 2**30:.3g} GiB of memory; is a size field "
-                         f"(width={c.width}) corrupt?")
     return c
+
+
+def validate_training(kind: str, d, image_size: int | None = None):
+    """The training config dataclass for dict `d` (a checkpoint's "train" -> "config", or the training fields of an
+    older checkpoint's "config"), its values checked like `validate_config`'s. `image_size`: the model's, for the
+    rules that depend on it."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{kind} training config must be a JSON object, got {type(d).__name__}")
+    t = _checked(TRAINING_CONFIGS[kind], d, f"{kind} training config")
+    if kind == "tokenizer" and t.perceptual_weight > 0:
+        if not t.perceptual_backbone:
+            raise ValueError(f"tokenizer training config: perceptual_weight={t.perceptual_weight} needs "
+                             "perceptual_backbone, a VGG16 weights file (.safetensors, or a torchvision state dict "
+                             ".pth); none is downloaded")
+        if image_size is not None and image_size < MIN_SIZE:
+            raise ValueError(f"tokenizer training config: perceptual_weight > 0 needs image_size >= {MIN_SIZE} "
+                             f"(VGG16 pools four times), got {image_size}")
+    return t

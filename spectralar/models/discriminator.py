@@ -1,8 +1,8 @@
 """Patch discriminator, hinge losses and VQGAN's adaptive weight: the tokenizer's adversarial term.
 
 The paper does not spell out its tokenizer's objective; this is the adversarial term of VQGAN-style tokenizers:
-pix2pix's PatchGAN with a hinge loss, sized from the tokenizer config (channels, image size,
-`disc_channels`). The train loop owns the schedule (`adv_weight`, `adv_start`, `adv_adaptive`).
+pix2pix's PatchGAN with a hinge loss, sized from the tokenizer config (channels, image size) and the
+training config (`disc_channels`). The train loop owns the schedule (`adv_weight`, `adv_start`, `adv_adaptive`).
 """
 
 from __future__ import annotations
@@ -50,9 +50,10 @@ class PatchDiscriminator(nn.Module):
                     nn.init.zeros_(m.bias)
 
     @classmethod
-    def from_config(cls, config) -> PatchDiscriminator:
-        """The discriminator for a `TokenizerConfig` (its channels, image size and `disc_channels`)."""
-        return cls(config.channels, config.disc_channels, config.image_size)
+    def from_config(cls, config, width: int = 64) -> PatchDiscriminator:
+        """The discriminator for a `TokenizerConfig` (its channels and image size), of base width `width` (the
+        training config's `disc_channels`)."""
+        return cls(config.channels, width, config.image_size)
 
     def forward(self, images):
         """images [B, C, S, S] (the tokenizer's range, [-1, 1]) -> patch logits [B, 1, h, w]."""

@@ -245,21 +245,23 @@ class SpectralTokenizer(nn.Module):
         out = self.decode_vectors(vec.repeat_interleave(N, 0), n)
         return out.view(B, N, *out.shape[1:])
 
-    def sample_prefix_lengths(self, B, device, generator=None):
+    def sample_prefix_lengths(self, B, device, generator=None, dist: str = "uniform"):
+        """B prefix lengths in [1, N]: "uniform" (the paper's) or "linear" (p(i) ~ i; a training choice)."""
         N = self.config.num_tokens
-        if self.config.prefix_dist == "uniform":
+        if dist == "uniform":
             return torch.randint(1, N + 1, (B,), device=device, generator=generator)
-        if self.config.prefix_dist == "linear":
+        if dist == "linear":
             w = torch.arange(1, N + 1, dtype=torch.float, device=device)
             return torch.multinomial(w / w.sum(), B, replacement=True, generator=generator) + 1
-        raise ValueError(f"unknown prefix_dist {self.config.prefix_dist!r} (uniform | linear)")
+        raise ValueError(f"unknown prefix length distribution {dist!r} (uniform | linear)")
 
     def forward(self, images, num_tokens=None):
         """Training step: losses and stats. Draws how many tokens each image is decoded from (its prefix length)
         unless `num_tokens` (int or [B]) is given.
 
-        Returns a dict: loss (total), recon_loss, vq_loss, perplexity, codes_used, and the tensors
-        recon [B, C, S, S], target (the sub-image x_i) and num_tokens [B].
+        Returns a dict: loss (total), recon_loss (mean squared error), vq_loss, perplexity, codes_used, and the
+        tensors recon [B, C, S, S], target (the sub-image x_i) and num_tokens [B]. Other objectives (an l1 term,
+        adversarial, perceptual) are composed from these by the trainer.
         """
         self._check_images(images)
         B = images.shape[0]
@@ -268,9 +270,6 @@ class SpectralTokenizer(nn.Module):
         q, idx, stats = self.quantizer(self.encode_continuous(images))
         recon = self.decode_vectors(q, n)
         target = spectral_subimages(images, self.windows[n - 1])
-        if self.config.recon_loss == "l1":
-            recon_loss = F.l1_loss(recon.float(), target.float())
-        else:
-            recon_loss = F.mse_loss(recon.float(), target.float())
+        recon_loss = F.mse_loss(recon.float(), target.float())
         return {"loss": recon_loss + stats["vq_loss"], "recon_loss": recon_loss, **stats,
                 "recon": recon, "target": target, "num_tokens": n, "codes": idx}

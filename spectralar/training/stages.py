@@ -5,8 +5,12 @@ tokenizer: images -> the nested spectral tokenizer's loss (reconstruction of the
   drawn number of tokens, VQ terms), plus, when `perceptual_weight` > 0, an LPIPS-style distance on the user's
   VGG16 weights, and when `adv_weight` > 0, a patch discriminator (its own critic step) and the adversarial term
   on the tokenizer's side from step `adv_start` on.
-generator: the dataset encoded once by a trained tokenizer (cached in OUT/codes_train.safetensors) -> next-token
-  cross-entropy with class dropout for classifier-free guidance.
+generator: the dataset encoded once by a trained tokenizer (cached in OUT/codes_train.safetensors, see codes.py) ->
+  next-token cross-entropy with class dropout for classifier-free guidance.
+
+Each setup builds the two configs of its stage (the model's and the training's, models/config.py) from the preset and
+the overrides, or from the checkpoint it resumes, and checks that a resume continues the same run (data, preset,
+overrides equal to the checkpoint's).
 """
 
 from __future__ import annotations
@@ -21,23 +25,22 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from safetensors.torch import load_file
+import torch.nn.functional as F
 
 from spectralar_kernels.windows import DATA_MAPPINGS
 
-from ..checkpoint import CheckpointError, fingerprint, publish, save_tensors, step_of
-from ..data import DataError, collate, make_dataset
-from ..evaluation.metrics import psnr
-from ..models.config import preset, to_dict, validate_config
+from ..checkpoint import CheckpointError, publish, step_of
+from ..data import DataError, collate, training_data
+from ..models.config import preset, split_config, to_dict, training_preset, validate_config, validate_training
 from ..models.discriminator import PatchDiscriminator, adaptive_weight, hinge_d_loss, hinge_g_loss
 from ..models.generator import SpectralGPT
 from ..models.perceptual import PerceptualDistance
 from ..models.tokenizer import SpectralTokenizer
 from ..pretrained import load_model
-from ..progress import bar
-from ..viz import save_grid
+from .codes import CodesDataset, encode_dataset, fingerprint
 from .options import TrainOptions
 from .runtime import check_model_size
+from .validation import make_validation
 
 
 @dataclass
@@ -60,9 +63,12 @@ class Critic:
 class Stage:
     """What a stage setup returns and the loop (`spectralar.training.train`) runs, knowing no stage.
 
-    `loss(x, y, draws, step)` returns a dict with "loss" and scalar metrics; `draws(n, generator)` makes the
-    per-sample random draws of n samples; `validate(model, step)` returns a log row or None (rank 0 only);
-    `after_step()`, if any, runs once after every optimizer step (the tokenizer's dead-code restarts).
+    `config` is the model config (a checkpoint's "config"), `train_meta` what else its checkpoints record (the
+    training config among it). `loss(x, y, draws, step)` returns a dict with "loss" and scalar metrics;
+    `draws(n, generator)` makes the per-sample random draws of n samples; `validate(model, step, samples_dir)`
+    returns a log row or None (rank 0 only); `after_step()`, if any, runs once after every optimizer step (the
+    tokenizer's dead-code restarts); `after_first_checkpoint()`, if any, once a fresh run has its first checkpoint
+    (the generator's copy of its tokenizer). `notes` are lines for the log (where validation data comes from).
     """
 
     name: str
@@ -79,6 +85,8 @@ class Stage:
     train_meta: dict = field(default_factory=dict)
     curves: tuple = ("loss",)
     after_step: Callable | None = None
+    after_first_checkpoint: Callable | None = None
+    notes: list = field(default_factory=list)
 
 
 def adamw(model: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.95)) -> torch.optim.AdamW:
@@ -92,21 +100,25 @@ def adamw(model: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.95)) -
 class TokenizerLoss(nn.Module):
     """The tokenizer's training loss as a module's forward, so DistributedDataParallel wraps it (calling a method
     of `ddp.module` would bypass DDP's gradient all-reduce). `draws` are the numbers of tokens each image is
-    decoded from. With a perceptual distance the loss adds perceptual_weight x its mean between the reconstruction
-    and the target sub-image. With a discriminator, from step `adv_start` on the loss adds adv_weight x the
-    generator-side hinge term on the reconstruction (times VQGAN's adaptive weight when `adv_adaptive`, which
-    balances it against the reconstruction and perceptual terms together, as VQGAN's does)."""
+    decoded from; `training` is the tokenizer's training config. With a perceptual distance the loss adds
+    perceptual_weight x its mean between the reconstruction and the target sub-image. With a discriminator, from
+    step `adv_start` on the loss adds adv_weight x the generator-side hinge term on the reconstruction (times
+    VQGAN's adaptive weight when `adv_adaptive`, which balances it against the reconstruction and perceptual terms
+    together, as VQGAN's does)."""
 
-    def __init__(self, model: SpectralTokenizer, disc: nn.Module | None = None,
+    def __init__(self, model: SpectralTokenizer, training, disc: nn.Module | None = None,
                  perceptual: PerceptualDistance | None = None):
         super().__init__()
-        self.model = model
+        self.model, self.training_config = model, training
         self.critics = (disc,) if disc is not None else ()  # a tuple: not a sub-module, so not in this DDP
         self.frozen = (perceptual,) if perceptual is not None else ()  # likewise; nor in any checkpoint
 
     def forward(self, x, y, draws, step: int):
         res = self.model(x, num_tokens=draws)
-        c = self.model.config
+        c = self.training_config
+        if c.recon_loss == "l1":  # the model reports the squared error; the objective may use the absolute one
+            rec = F.l1_loss(res["recon"].float(), res["target"].float())
+            res = {**res, "recon_loss": rec, "loss": rec + res["vq_loss"]}
         nll = res["recon_loss"]
         if self.frozen:
             p_loss = self.frozen[0](res["recon"], res["target"]).mean()
@@ -149,155 +161,171 @@ class GeneratorLoss(nn.Module):
         return {"loss": self.model(labels, x[:, :-1], targets=x)[1]}
 
 
-def config_from(kind: str, d: dict, where: str):
-    """The config dataclass for dict `d` (a preset with overrides, or a checkpoint's config.json), its types, ranges
-    and consistency checked (models/config.py); errors name `where` it came from."""
-    try:
-        return validate_config(kind, d)
-    except ValueError as e:
-        raise ValueError(f"{where}: {e}") from None
-
-
 def check_batches(n: int, per_step: int, world: int) -> None:
     if n // world < per_step:
         raise DataError(f"{n} training items cannot fill one batch of {per_step} per process "
-                        f"(--batch-size x --accum; {world} process(es))")
+                        f"(`batch_size` x `accum`; {world} process(es))")
+
+
+def stage_configs(kind: str, opts: TrainOptions, resume_meta, where: str, fixed: dict | None = None):
+    """(model config, training config) of a run: the checkpoint's when resuming (overrides and mapping must then
+    equal its values), else the preset's with the overrides (and `fixed`, fields the data and the tokenizer
+    dictate) applied. Values checked by their fields' rules; errors name `where` the config came from."""
+    try:
+        if resume_meta:
+            model_d, legacy = split_config(kind, resume_meta["config"])
+            train_d = resume_meta["train"].get("config", legacy)
+            cfg, tcfg = validate_config(kind, model_d), validate_training(kind, train_d)
+        else:
+            cfg, tcfg = preset(kind, opts.preset), training_preset(kind, opts.preset)
+            model_fields = {f.name for f in dataclasses.fields(cfg)}
+            cfg = dataclasses.replace(cfg, **{k: v for k, v in opts.overrides.items() if k in model_fields},
+                                      **(fixed or {}))
+            tcfg = dataclasses.replace(tcfg, **{k: v for k, v in opts.overrides.items() if k not in model_fields})
+            if opts.mapping:
+                cfg.mapping, cfg.windows = opts.mapping, []
+            cfg = validate_config(kind, to_dict(cfg))
+        tcfg = validate_training(kind, to_dict(tcfg), getattr(cfg, "image_size", None))
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    if resume_meta:  # settings repeated on a resume are fine when they equal the checkpoint's (docs/training.md)
+        have = to_dict(cfg) | to_dict(tcfg)
+        asked = dict(opts.overrides) | ({"mapping": opts.mapping} if opts.mapping else {})
+        differ = [f"{k}={v!r} (it has {have.get(k)!r})" for k, v in asked.items() if have.get(k) != v]
+        if differ:
+            raise ValueError(f"`resume`: a resumed run keeps its checkpoint's config, which `overrides` / `mapping` "
+                             f"would change: {', '.join(differ)}")
+    return cfg, tcfg
+
+
+def check_same_run(opts: TrainOptions, ckpt: Path, resume_meta, data_fp: str) -> None:
+    """Refuse to resume on other data or another preset than the checkpoint's: the run would no longer be exact."""
+    if not resume_meta:
+        return
+    train = resume_meta["train"]
+    args = train.get("args", {})
+    was = train.get("data")
+    if (was if was is not None else args.get("data", opts.data)) != (data_fp if was is not None else opts.data):
+        raise CheckpointError(f"`resume`: {ckpt} was trained on other data than `data` {opts.data} (its images, "
+                              f"labels or held-out part differ; it was given {args.get('data')!r}); pass the data it "
+                              "was trained on, or start a new run with `overwrite`")
+    if args.get("preset", opts.preset) != opts.preset:
+        raise CheckpointError(f"`resume`: {ckpt} was trained with `preset` {args['preset']}, this run has "
+                              f"{opts.preset}; pass the same preset")
 
 
 def _where(opts: TrainOptions, ckpt: Path, resume_meta) -> str:
     if resume_meta:
         return f"{ckpt}/config.json"
-    return " ".join(["--preset", opts.preset, *(f"{k}={v}" for k, v in opts.overrides.items())])
+    return " ".join(["`preset`", opts.preset, *(f"{k}={v}" for k, v in opts.overrides.items())])
+
+
+def _data(opts: TrainOptions, size: int, channels: int, main_proc: bool):
+    return training_data(opts.data, size, channels, opts.val_size, opts.skip_bad_images, validation=main_proc)
 
 
 def setup_tokenizer(opts: TrainOptions, device, out: Path, resume_meta, main_proc: bool, world: int) -> Stage:
-    where = _where(opts, out / "tokenizer", resume_meta)
-    if resume_meta:
-        cfg = config_from("tokenizer", resume_meta["config"], where)
-    else:
-        cfg = dataclasses.replace(preset("tokenizer", opts.preset), **opts.overrides)
-        if opts.mapping:
-            cfg.mapping, cfg.windows = opts.mapping, []
-        cfg = config_from("tokenizer", to_dict(cfg), where)
-    perceptual, train_meta = None, {}
-    if cfg.perceptual_weight > 0:  # the user's file, read and checked before any data or model
-        perceptual = PerceptualDistance.from_file(cfg.perceptual_backbone).to(device)
+    ckpt = out / "tokenizer"
+    cfg, t = stage_configs("tokenizer", opts, resume_meta, _where(opts, ckpt, resume_meta))
+    perceptual, train_meta = None, {"config": to_dict(t)}
+    if t.perceptual_weight > 0:  # the user's file, read and checked before any data or model
+        perceptual = PerceptualDistance.from_file(t.perceptual_backbone).to(device)
         was = (resume_meta or {}).get("train", {}).get("perceptual_sha1")
         if was and was != perceptual.sha1:
-            raise CheckpointError(f"--resume: {out / 'tokenizer'} was trained with other perceptual backbone "
-                                  f"weights than {cfg.perceptual_backbone} holds now")
+            raise CheckpointError(f"`resume`: {ckpt} was trained with other perceptual backbone weights than "
+                                  f"{t.perceptual_backbone} holds now")
         train_meta["perceptual_sha1"] = perceptual.sha1
-    train_set = make_dataset(opts.data, "train", cfg.image_size, cfg.channels, opts.skip_bad_images)
+    data = _data(opts, cfg.image_size, cfg.channels, main_proc)
+    train_set = data.train
     check_batches(len(train_set), opts.batch_size * opts.accum, world)
+    train_meta["data"] = train_set.fingerprint()
+    check_same_run(opts, ckpt, resume_meta, train_meta["data"])
     if not cfg.windows and cfg.mapping in DATA_MAPPINGS:
         cfg.windows = data_windows(train_set, cfg)
-    check_model_size(lambda: SpectralTokenizer(cfg), device, where)
+    check_model_size("tokenizer", cfg, device, _where(opts, ckpt, resume_meta))
     torch.manual_seed(opts.seed)
     model = SpectralTokenizer(cfg).to(device)
     critic = None
-    if cfg.adv_weight > 0:  # only then is a discriminator built at all
-        disc = PatchDiscriminator.from_config(cfg).to(device)
+    if t.adv_weight > 0:  # only then is a discriminator built at all
+        disc = PatchDiscriminator.from_config(cfg, t.disc_channels).to(device)
         critic = Critic("disc", disc, CriticLoss(disc), torch.optim.Adam(disc.parameters(), lr=opts.lr,
                                                                          betas=(0.5, 0.9)),
-                        inputs=lambda res: (res["target"], res["recon"].detach()), start=cfg.adv_start)
-    val = make_validation(opts, "tokenizer", None, device, out, main_proc, (cfg.image_size, cfg.channels))
+                        inputs=lambda res: (res["target"], res["recon"].detach()), start=t.adv_start)
+    val = make_validation("tokenizer", data.val, opts.val_size, None, device, t.recon_loss)
     return Stage("tokenizer", model, to_dict(model.config),
-                 TokenizerLoss(model, critic and critic.module, perceptual),
-                 adamw(model, opts.lr, opts.weight_decay), lambda n, g: model.sample_prefix_lengths(n, "cpu", g),
-                 train_set, train_set.classes, val, cfg.ema_decay, critic, train_meta,
+                 TokenizerLoss(model, t, critic and critic.module, perceptual),
+                 adamw(model, opts.lr, opts.weight_decay),
+                 lambda n, g: model.sample_prefix_lengths(n, "cpu", g, dist=t.prefix_dist),
+                 train_set, train_set.classes, val, t.ema_decay, critic, train_meta,
                  curves=("loss", "recon_loss", "perplexity") + (("d_loss",) if critic else ())
                  + (("perceptual_loss",) if perceptual else ()),
-                 after_step=model.quantizer.after_optimizer_step)
+                 after_step=model.quantizer.after_optimizer_step, notes=data.notes)
 
 
 def setup_generator(opts: TrainOptions, device, out: Path, resume_meta, main_proc: bool, world: int) -> Stage:
-    where = _where(opts, out / "generator", resume_meta)
+    ckpt = out / "generator"
     tok_dir = Path(opts.tokenizer) if opts.tokenizer else out / "tokenizer"
     tokenizer = load_model(tok_dir, "tokenizer", device)  # its EMA weights when it has them
     tcfg = tokenizer.config
-    train_img = make_dataset(opts.data, "train", tcfg.image_size, tcfg.channels, opts.skip_bad_images)
+    data = _data(opts, tcfg.image_size, tcfg.channels, main_proc)
+    train_img = data.train
     check_batches(len(train_img), opts.batch_size * opts.accum, world)
     classes = train_img.classes
-    if resume_meta:
-        cfg = config_from("generator", resume_meta["config"], where)
-    else:
-        cfg = dataclasses.replace(preset("generator", opts.preset), **opts.overrides)
-        cfg.num_tokens, cfg.codebook_size, cfg.num_classes = tcfg.num_tokens, tcfg.codebook_size, len(classes)
-        cfg = config_from("generator", to_dict(cfg), where)
+    fixed = {"num_tokens": tcfg.num_tokens, "codebook_size": tcfg.codebook_size, "num_classes": len(classes)}
+    where = _where(opts, ckpt, resume_meta)
+    cfg, t = stage_configs("generator", opts, resume_meta, where, fixed)
     have = (tcfg.num_tokens, tcfg.codebook_size, len(classes))
     if (cfg.num_tokens, cfg.codebook_size, cfg.num_classes) != have:
         raise ValueError(f"{where}: num_tokens, codebook_size, num_classes = {cfg.num_tokens}, "
-                         f"{cfg.codebook_size}, {cfg.num_classes}, but the tokenizer and --data give {have}")
-    check_model_size(lambda: SpectralGPT(cfg), device, where)
+                         f"{cfg.codebook_size}, {cfg.num_classes}, but the tokenizer and `data` give {have}")
+    data_fp = train_img.fingerprint()
+    check_same_run(opts, ckpt, resume_meta, data_fp)
+    check_model_size("generator", cfg, device, where)
     fp = fingerprint(tok_dir)
     was = (resume_meta or {}).get("train", {}).get("tokenizer_sha1")
     if was and was != fp:
-        raise CheckpointError(f"--resume: {out / 'generator'} was trained on another tokenizer than {tok_dir} (its "
+        raise CheckpointError(f"`resume`: {ckpt} was trained on another tokenizer than {tok_dir} (its "
                               "weights differ); pass the tokenizer it was trained with")
     copy_to = out / "tokenizer"  # OUT must hold the tokenizer its generator was trained on
     try:
         same = fingerprint(copy_to) == fp
     except OSError:
         same = False
-    if not same and os.path.lexists(copy_to) and not opts.overwrite:
-        raise CheckpointError(f"{copy_to} holds another tokenizer than --tokenizer {tok_dir}; pass "
-                              "--overwrite to replace it with a copy of that one")
-    cache = out / "codes_train.safetensors"
-    if main_proc:
-        if not same:
+    if not same and os.path.lexists(copy_to) and not (opts.overwrite or was):
+        raise CheckpointError(f"{copy_to} holds another tokenizer than `tokenizer` {tok_dir}; pass "
+                              "`overwrite` to replace it with a copy of that one")
+
+    def copy_tokenizer():
+        """Make OUT/tokenizer a copy of the tokenizer trained on (after the first checkpoint of a fresh run, so
+        the old pair stays together until then; at once when resuming a run whose copy was interrupted)."""
+        if main_proc and not same:
             tmp = out / f".tokenizer.tmp-{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.copytree(tok_dir, tmp)
             publish(tmp, copy_to, step_of(tok_dir))
-        encode_dataset(tokenizer, train_img, 256, device, "encode train", cache, fp)
+
+    if resume_meta:
+        copy_tokenizer()
+    cache = out / "codes_train.safetensors"
+    key = {"tokenizer": fp, "data": data_fp, "split": "train"}
+    if main_proc:
+        print(f"[generator] encoding the {len(train_img)} training images with the tokenizer (once; cached in "
+              f"{cache})", flush=True)
+        encode_dataset(tokenizer, train_img, 256, device, cache, key)
     if world > 1:
         dist.barrier()
-    codes, labels = encode_dataset(tokenizer, train_img, 256, device, "encode train", cache, fp, show=False)
+    codes, labels = encode_dataset(tokenizer, train_img, 256, device, cache, key, show=False)
     torch.manual_seed(opts.seed)
     model = SpectralGPT(cfg).to(device)
-    val = make_validation(opts, "generator", tokenizer, device, out, main_proc, (tcfg.image_size, tcfg.channels))
+    val = make_validation("generator", data.val, opts.val_size, tokenizer, device)
     return Stage("generator", model, to_dict(model.config), GeneratorLoss(model),
                  adamw(model, opts.lr, opts.weight_decay), lambda n, g: torch.rand(n, generator=g) < cfg.class_dropout,
-                 CodesDataset(codes, labels), classes, val, cfg.ema_decay, train_meta={"tokenizer_sha1": fp})
+                 CodesDataset(codes, labels), classes, val, t.ema_decay,
+                 train_meta={"config": to_dict(t), "tokenizer_sha1": fp, "data": data_fp},
+                 after_first_checkpoint=None if resume_meta else copy_tokenizer, notes=data.notes)
 
 
 SETUPS = {"tokenizer": setup_tokenizer, "generator": setup_generator}
-
-
-@torch.no_grad()
-def encode_dataset(tokenizer, dataset, batch_size, device, desc, cache: Path, fp: str, show=True):
-    """Codes [N, num_tokens] (int16 on disk) and labels for every image, cached per tokenizer fingerprint."""
-    if cache.exists():
-        try:
-            t = load_file(str(cache))
-            if bytes(t["fingerprint"].tolist()).decode() == fp and len(t["labels"]) == len(dataset):
-                return t["codes"].long(), t["labels"].long()
-        except Exception:  # a stale or broken cache is rebuilt, never trusted
-            pass
-    codes, labels = [], []
-    n = len(dataset)
-    for i in bar(range(0, n, batch_size), desc=desc, unit="batch", enabled=show):
-        x, y = collate(dataset, list(range(i, min(n, i + batch_size))))
-        codes.append(tokenizer.encode(x.to(device)).cpu())
-        labels.append(y)
-    codes, labels = torch.cat(codes), torch.cat(labels)
-    tmp = cache.with_suffix(".tmp")
-    save_tensors({"codes": codes.to(torch.int16), "labels": labels,
-                  "fingerprint": torch.tensor(list(fp.encode()), dtype=torch.uint8)}, tmp)
-    tmp.rename(cache)
-    return codes, labels
-
-
-class CodesDataset(torch.utils.data.Dataset):
-    def __init__(self, codes, labels):
-        self.codes, self.labels = codes, labels
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitems__(self, idx):
-        idx = torch.as_tensor(idx)
-        return self.codes[idx], self.labels[idx]
 
 
 def data_windows(dataset, cfg):
@@ -309,57 +337,3 @@ def data_windows(dataset, cfg):
     x, _ = collate(dataset, idx)
     power = dct2d(x.float()).pow(2).mean(dim=(0, 1))
     return spectral_windows(cfg.image_size, cfg.num_tokens, cfg.mapping, power_spectrum=power)
-
-
-def make_validation(opts: TrainOptions, stage: str, tokenizer, device, out: Path, main_proc: bool, image_shape):
-    """A callable(model, step) -> log row (or None) that also saves a picture grid; rank 0 only."""
-    ds = None
-    if main_proc and opts.val_size > 0:
-        try:
-            ds = make_dataset(opts.data, "test", *image_shape)
-        except DataError:
-            pass
-    if ds is None:
-        return lambda model, step: None
-    n = min(opts.val_size, len(ds))
-    g = torch.Generator().manual_seed(1234)
-    pick = torch.randperm(len(ds), generator=g)[:n].tolist()
-    x_val, y_val = collate(ds, pick)
-    samples_dir = out / f"{stage}_samples"
-    if stage == "generator":
-        codes_val = torch.cat([tokenizer.encode(x_val[i:i + 256].to(device)).cpu() for i in range(0, n, 256)])
-
-    @torch.no_grad()
-    def evaluate(model, step):
-        was = model.training
-        model.eval()
-        # the validation pass must not touch the global RNG, or resumed runs would diverge
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(step)
-            if stage == "tokenizer":
-                row = {"split": "val", "step": step}
-                x = x_val.to(device)
-                for k in sorted({1, model.config.num_tokens // 2, model.config.num_tokens}):
-                    r = model(x, num_tokens=k)
-                    row[f"recon_loss@{k}"] = float(r["recon_loss"])
-                    # PSNR of the MSE pooled over the validation images (one "image" of all of them)
-                    pooled = r["recon"].float().clamp(-1, 1).reshape(1, -1, *x.shape[2:])
-                    row[f"psnr_vs_image@{k}"] = float(psnr(pooled, x.reshape(1, -1, *x.shape[2:]))[0])
-                row["loss"] = row[f"recon_loss@{model.config.num_tokens}"]
-                prog = model.decode_progressive(model.encode(x[:8]))  # [8, N, C, H, W]
-                grid = torch.cat([prog, x[:8, None]], 1)
-                save_grid(grid.flatten(0, 1), samples_dir / f"step_{step:07d}.png", nrow=grid.shape[1], scale=2)
-            else:
-                losses = [model(y_val[i:i + 256].to(device), codes_val[i:i + 256, :-1].to(device),
-                                targets=codes_val[i:i + 256].to(device))[1] for i in range(0, n, 256)]
-                row = {"split": "val", "step": step, "loss": float(torch.stack(losses).mean())}
-                nc = model.config.num_classes
-                labels = torch.arange(nc, device=device).repeat_interleave(8)
-                gen = torch.Generator(device=device).manual_seed(0)
-                codes = model.generate(labels, cfg_scale=2.0 if model.config.class_dropout > 0 else 1.0, generator=gen)
-                save_grid(tokenizer.decode(codes), samples_dir / f"step_{step:07d}.png", nrow=8, scale=2)
-        model.train(was)
-        return row
-
-    return evaluate
-
