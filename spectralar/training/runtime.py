@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from ..checkpoint import LOCK_FILE
 from ..models.build import model_bytes
 
 # ---- processes --------------------------------------------------------------------------------------------
@@ -38,7 +39,7 @@ def prepare_out(out: Path) -> None:
 
 # ---- the run folder's lock ----------------------------------------------------------------------------------
 
-LOCK_NAME = ".spectralar.lock"
+LOCK_NAME = LOCK_FILE  # one name: export refuses destinations that hold it (checkpoint.run_folder_marks)
 
 
 class RunLocked(ValueError):
