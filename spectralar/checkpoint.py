@@ -167,7 +167,7 @@ def _write_tree(tmp: Path, files: dict, meta: dict, path: Path) -> None:
 def save_tensors(tensors: dict, path, metadata: dict[str, str] | None = None) -> None:
     """safetensors.torch.save_file, with the permissions the umask gives any new file (safetensors creates its
     files 0600, so a model exported for shipping was unreadable by other users)."""
-    save_file(tensors, str(path), metadata=metadata)
+    save_file(tensors, str(path)) if metadata is None else save_file(tensors, str(path), metadata=metadata)
     os.chmod(path, 0o666 & ~_umask())
 
 

@@ -60,7 +60,6 @@ from .evaluation.measures import (
     write_json,
 )
 from .evaluation.metrics import CFD_LABEL
-from .models.classifier import SmallCNN
 from .models.config import ClassifierConfig
 from .pretrained import classifier_dir, load_model, load_pretrained, resolve, tokenizer_dir, training_info
 from .sampling import gather_samples, sample_batches
@@ -178,7 +177,7 @@ def cmd_train_classifier(args, device, command) -> dict:
     train_ds = make_dataset(args.data, "train", args.image_size, args.channels)
     cfg = ClassifierConfig(image_size=args.image_size, channels=args.channels, num_classes=len(train_ds.classes),
                            width=args.width, feature_dim=args.feature_dim)
-    check_model_size(lambda: SmallCNN(cfg), device, f"--width {args.width}, --feature-dim {args.feature_dim}")
+    check_model_size("classifier", cfg, device, f"--width {args.width}, --feature-dim {args.feature_dim}")
     try:
         val = load_subset(args.data, args.split, cfg.image_size, cfg.channels, None)[:2]
     except DataError:
