@@ -6,10 +6,21 @@ is why this lives in the root conftest (loaded before tests/ and bench/ are coll
 
 import os
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture(autouse=True)
+def _gradient_mode_left_on():
+    """Fail the test that leaves its thread without gradients (a no_grad or inference_mode context entered and
+    never left, e.g. around a generator's yield): otherwise every later test that trains fails instead."""
+    yield
+    if not torch.is_grad_enabled() or torch.is_inference_mode_enabled():
+        torch.set_grad_enabled(True)
+        pytest.fail("this test left gradients disabled in its thread (a no_grad/inference_mode context never exited)")
 
 
 def pytest_configure(config):

@@ -375,15 +375,17 @@ def stream(model, labels, params: SamplingParams | None = None, *, tokenizer=Non
     return _stream(run, tokenizer)
 
 
+@torch.no_grad()  # on a generator: gradients are off while a step runs, the caller's own mode between steps
 def _stream(run: _Run, tokenizer) -> Iterator[StreamStep]:
+    # Not `with torch.no_grad():` around the loop: a yield inside it would hand the caller a thread with gradients
+    # off, and leave them off for good if the caller stops iterating early.
     codes, flags = run.prefix, []
-    with torch.no_grad():
-        for t, logits, nxt in _steps(run):
-            flags.append(~logits.isfinite().all())
-            codes = torch.cat([codes, nxt[:, None]], 1)
-            images = None if tokenizer is None else decode_prefix(tokenizer, codes)
-            yield StreamStep(t + 1, run.n, codes, images)
-        _raise_if_not_finite(run, flags)
+    for t, logits, nxt in _steps(run):
+        flags.append(~logits.isfinite().all())
+        codes = torch.cat([codes, nxt[:, None]], 1)
+        images = None if tokenizer is None else decode_prefix(tokenizer, codes)
+        yield StreamStep(t + 1, run.n, codes, images)
+    _raise_if_not_finite(run, flags)
 
 
 @torch.no_grad()

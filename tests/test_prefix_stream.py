@@ -119,6 +119,20 @@ def test_stream_ends_with_generates_codes_and_previews_every_token(gpt, tok, kv_
     assert torch.equal(early[-1].codes, generate(gpt, LABELS, params, generator=seeded())[:, :3])
 
 
+def test_stream_leaves_the_callers_gradient_mode_alone(gpt, tok):
+    """Steps run without gradients, but between steps, and after a caller stops early (a page closed mid-stream),
+    the caller's thread keeps gradients on: a training step after a preview must still get them."""
+    it = stream(gpt, LABELS, SamplingParams(cfg_scale=2.0), tokenizer=tok, generator=seeded())
+    first = next(it)
+    assert torch.is_grad_enabled() and not first.images.requires_grad
+    w = torch.ones(2, requires_grad=True)
+    assert (w * 2).sum().requires_grad  # what a training step right after a preview would build on
+    next(it)
+    assert torch.is_grad_enabled()
+    del it  # abandoned after two of N steps
+    assert torch.is_grad_enabled()
+
+
 def test_stream_steps_read_nothing_back(tok):
     """FakeTensorMode raises on any .item() / bool(tensor): every step but the end-of-stream finiteness check,
     previews included, runs on fake tensors, so streaming adds no host sync of its own. (One small model: fake
