@@ -49,7 +49,7 @@ import time
 from pathlib import Path
 
 # Kernel modules under spectralar_kernels that define aot_specs().
-MODULES = ("transforms.triton", "transforms.blockwise", "subimages.triton", "vq.triton", "attn.triton", "attn.decode")
+MODULES = ("transforms.triton", "transforms.blockwise", "subimages.triton", "vq.aot", "attn.triton", "attn.decode")
 RECORD_OPS = ("dct", "blockwise", "subimages", "attention", "decode", "vq")
 HGMMA_OPS = ("dct", "blockwise", "subimages", "attention", "decode")  # fp16/bf16 main loops must use wgmma
 ARCHS = (80, 90)
