@@ -260,8 +260,8 @@ def test_reference_exact_under_reduced_matmul_precision(precision):
 
 
 class MaxNumel(TorchDispatchMode):
-    """Records the largest tensor (elements and bytes) any aten op returns while active; views of `inputs`
-    (a transposed codebook, a slice of it) allocate nothing and are not counted."""
+    """Records the largest tensor (elements and bytes) any aten op allocates while active: views (a transposed
+    codebook, a slice of a reused buffer) and `out=` results allocate nothing and are not counted."""
 
     def __init__(self, *inputs: torch.Tensor):
         super().__init__()
@@ -271,6 +271,8 @@ class MaxNumel(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        if any(r.alias_info is not None for r in func._schema.returns):  # a view, or an `out=` buffer: no new memory
+            return out
         for t in out if isinstance(out, (tuple, list)) else (out,):
             if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in self.inputs:
                 self.max_numel = max(self.max_numel, t.numel())
@@ -304,6 +306,8 @@ class PeakLive(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        if any(r.alias_info is not None for r in func._schema.returns):  # a view, or an `out=` buffer: no new memory
+            return out
         for t in out if isinstance(out, (tuple, list)) else (out,):
             if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in self.live:
                 storage = t.untyped_storage()

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 
 import torch
 
@@ -270,6 +271,23 @@ def _exact_rows(z, codes: _Codes, rows, best, chunk_elems):
         best[:, part] = sub
 
 
+_SCRATCH = threading.local()
+
+
+def _scratch(slot: int, numel: int, device: torch.device) -> torch.Tensor:
+    """A reused fp32 CPU buffer of at least `numel` elements (per thread and slot, at most CHUNK_ELEMS each): a
+    score chunk is a few MiB, and a fresh CPU allocation that size pays its page faults again on every call
+    (measured ~0.3 ms of 2.5 at M = K = 1024). CUDA's caching allocator already reuses memory."""
+    if device.type != "cpu":
+        return torch.empty(numel, dtype=torch.float32, device=device)
+    key = (slot, device)
+    bufs = _SCRATCH.__dict__.setdefault("bufs", {})
+    buf = bufs.get(key)
+    if buf is None or buf.numel() < numel:
+        buf = bufs[key] = torch.empty(numel, dtype=torch.float32, device=device)
+    return buf[:numel]
+
+
 def _rank_chunk(z, codes: _Codes, k, gamma, chunk_elems, best):
     """Top-k keys [k, m] of the rows z [m, d] into `best`; returns the rows left for the exact pass."""
     m, d = z.shape
@@ -304,7 +322,7 @@ def _rank_chunk(z, codes: _Codes, k, gamma, chunk_elems, best):
         while factors and -(-kc // (16 * 4 ** len(factors))) >= max(TOP, 2 * k):
             factors.append(4)
         w = codes.operands(k0, mu, math.prod(factors))
-        s = w @ zsT  # [kc_pad, m]; padding codes score +inf
+        s = torch.mm(w, zsT, out=_scratch(0, w.shape[0] * m, z.device).view(w.shape[0], m))  # [kc_pad, m]
         levels = [s]
         for f in factors:
             levels.append(levels[-1].view(-1, f, m).amin(1))
@@ -314,9 +332,11 @@ def _rank_chunk(z, codes: _Codes, k, gamma, chunk_elems, best):
         thr32 = round_up_fp32(threshold(ub))
         # every code within the threshold sits in groups whose minima are within it: descend level by level
         r, g = (levels[-1] <= thr32).T.nonzero(as_tuple=True)
-        # k >= 8 expands many groups of 16: the same scores laid out [m, kc_pad] (one more GEMM) turn each group's
+        # k > 1 expands several groups of 16: the same scores laid out [m, kc_pad] (one more GEMM) turn each group's
         # 16 scores into one contiguous read instead of 16 reads m apart
-        rows_major = zsT.T @ w.T if k >= 8 and factors else None  # [m, kc_pad]
+        rows_major = None
+        if k > 1 and factors:  # [m, kc_pad]
+            rows_major = torch.mm(zsT.T, w.T, out=_scratch(1, w.shape[0] * m, z.device).view(m, w.shape[0]))
         for level, (lower, f) in enumerate(zip(reversed(levels[:-1]), reversed(factors))):
             if rows_major is not None and level == len(factors) - 1:  # groups of 16 -> codes, from rows_major
                 block = rows_major.view(-1, f).index_select(0, r * (rows_major.shape[1] // f) + g)  # [n, 16]
