@@ -260,23 +260,31 @@ def test_reference_exact_under_reduced_matmul_precision(precision):
 
 
 class MaxNumel(TorchDispatchMode):
-    """Records the largest tensor (elements and bytes) any aten op allocates while active: views (a transposed
-    codebook, a slice of a reused buffer) and `out=` results allocate nothing and are not counted."""
+    """What aten ops allocate while active: the largest tensor (`max_numel`, `max_nbytes`) and the peak of the
+    bytes alive at once (`peak`; a storage counts once, until freed). Views (a transposed codebook, a slice of a
+    reused buffer), `out=` results and the `inputs` allocate nothing and are not counted."""
 
     def __init__(self, *inputs: torch.Tensor):
         super().__init__()
-        self.max_numel = 0
-        self.max_nbytes = 0
-        self.inputs = {t.untyped_storage().data_ptr() for t in inputs}
+        self.max_numel = self.max_nbytes = self.current = self.peak = 0
+        self.live = {t.untyped_storage().data_ptr(): 0 for t in inputs}
+
+    def _free(self, ptr):
+        self.current -= self.live.pop(ptr, 0)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if any(r.alias_info is not None for r in func._schema.returns):  # a view, or an `out=` buffer: no new memory
+        if any(r.alias_info is not None for r in func._schema.returns):  # a view, or an `out=` buffer
             return out
         for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in self.inputs:
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in self.live:
                 self.max_numel = max(self.max_numel, t.numel())
                 self.max_nbytes = max(self.max_nbytes, t.numel() * t.element_size())
+                storage = t.untyped_storage()
+                self.live[storage.data_ptr()] = storage.nbytes()
+                self.current += storage.nbytes()
+                self.peak = max(self.peak, self.current)
+                weakref.finalize(storage, self._free, storage.data_ptr())
         return out
 
 
@@ -293,38 +301,13 @@ def test_reference_never_allocates_m_by_k(metric):
     assert torch.equal(small_idx, idx[:300]) and torch.equal(small_dist, dist[:300])
 
 
-class PeakLive(TorchDispatchMode):
-    """Peak bytes of the tensors that aten ops create while active (a storage counts once, until freed)."""
-
-    def __init__(self, *inputs: torch.Tensor):
-        super().__init__()
-        self.live = {t.untyped_storage().data_ptr(): 0 for t in inputs}  # views of the inputs are not new memory
-        self.current = self.peak = 0
-
-    def _free(self, ptr):
-        self.current -= self.live.pop(ptr, 0)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if any(r.alias_info is not None for r in func._schema.returns):  # a view, or an `out=` buffer: no new memory
-            return out
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in self.live:
-                storage = t.untyped_storage()
-                self.live[storage.data_ptr()] = storage.nbytes()
-                self.current += storage.nbytes()
-                self.peak = max(self.peak, self.current)
-                weakref.finalize(storage, self._free, storage.data_ptr())
-        return out
-
-
 @pytest.mark.parametrize("metric", METRICS)
 def test_reference_memory_with_a_huge_codebook(metric):
     """16 rows against 2^19 codes (24 MiB): the temporaries stay within a few chunks whatever K (they were 8x
     the codebook in float64, 192 MiB here, 3.8 GB at 2^23 codes); with smaller chunks, smaller still."""
     codebook, z = torch.empty(2**19, 12).normal_(), torch.randn(16, 12)
     for chunk in (ref.CHUNK_ELEMS, 2**18):
-        with PeakLive(codebook, z) as mode:
+        with MaxNumel(codebook, z) as mode:
             idx, dist = ref.vq_nearest_ref(z, codebook, metric, chunk_elems=chunk)
         bound = 6 * chunk * 4 + 2 * codebook.shape[0]  # six chunks of fp32, and two bytes of flags per code
         assert mode.peak <= bound, f"chunk {chunk}: peak {mode.peak / 2**20:.1f} MiB > {bound / 2**20:.1f} MiB"
