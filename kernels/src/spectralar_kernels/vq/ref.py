@@ -85,7 +85,7 @@ def l2_threshold(ub: torch.Tensor, Z: torch.Tensor, gamma: float) -> torch.Tenso
     return (ub.double() + Z).clamp_min_(0.0).mul_(A).add_(Z, alpha=B).add_(2.0**-130)
 
 
-def cosine_threshold(ub: torch.Tensor, nz: torch.Tensor, zu: torch.Tensor, gamma: float, w_max: float) -> torch.Tensor:
+def cosine_threshold(ub: torch.Tensor, nz: torch.Tensor, zu: torch.Tensor, gamma: float, w_max) -> torch.Tensor:
     """Score threshold [m] (float64) for cosine: scores are z.(ubar - u), nz = max(|z|, EPS), zu = z.ubar.
 
     t = 1 - (zu - s) / nz approximates the distance within E = gamma w_max (+ float64 rounding), so a code
@@ -215,11 +215,11 @@ class _Codes:
             total = torch.zeros(codebook.shape[1], dtype=torch.float64, device=codebook.device)
             for k0 in range(0, codebook.shape[0], code_chunk):
                 total += self._units(k0).sum(0)
-            self.ubar = (total / max(int((~self.bad).sum()), 1)).float()
-            w_max = 0.0
+            self.ubar = (total / (~self.bad).sum().clamp_min(1)).float()
+            w_max = torch.zeros((), dtype=torch.float64, device=codebook.device)  # a tensor: no host sync on CUDA
             for k0 in range(0, codebook.shape[0], code_chunk):
                 w = self._units(k0).neg_().add_(self.ubar.double()).float().double()  # |ubar - u| as rounded
-                w_max = max(w_max, w.norm(dim=1).max().item())
+                w_max = torch.maximum(w_max, w.norm(dim=1).max())
             self.w_max = w_max * (1 + 2.0**-20)
 
     def _units(self, k0: int) -> torch.Tensor:

@@ -200,7 +200,8 @@ def _build(codebook: torch.Tensor, cosine: bool, cfg: V2Config) -> tuple[torch.T
     chunk = max(1, (1 << 22) // d)
     if cosine:
         codes = _Codes(codebook, True, chunk)
-        aux[:d], aux[d] = codes.ubar, codes.w_max
+        aux[:d] = codes.ubar
+        aux[d] = codes.w_max
         p[K:, d] = FLT_MAX
         for k0 in range(0, K, chunk):
             w = codes.operands(k0, None, 1)  # [kc, d + 1]: ubar - u_k and a_k (+inf when flagged)

@@ -173,7 +173,8 @@ def launch_v1(
         return (z, codebook, part, M, K, d, z.stride(0), codebook.stride(0), per_split, GAMMA, EPS)
 
     probe = torch.empty(1, dtype=torch.int64, device=z.device)  # compiling needs no real buffer
-    ctas = programs_per_sm(_vq_nearest_v1_kernel, args(probe, K), meta, z.device,
+    tiles = triton.cdiv(K, cfg.block_k) * cfg.block_k  # codes per split are whole tiles: the JIT's specialisation
+    ctas = programs_per_sm(_vq_nearest_v1_kernel, args(probe, tiles), meta, z.device,
                            ("v1", cosine, z.dtype, codebook.dtype), cfg.ctas_per_sm)  # fmt: skip
     per_split, n_split = launch_plan(M, K, cfg.block_m, cfg.block_k, device_sms(z.device), ctas, split)
     part = torch.empty(n_split, M, dtype=torch.int64, device=z.device)
