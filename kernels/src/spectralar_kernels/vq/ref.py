@@ -43,7 +43,8 @@ import torch
 
 EPS = 1e-12
 CHUNK_ELEMS = 1 << 22  # scores alive at once (16 MiB in fp32); also bounds code-side and candidate temporaries
-SMALL_K = 4  # up to this k, vectorised passes select a row's k smallest keys; beyond, torch.topk per row
+MERGE_PASSES_K = 4  # up to this k, vectorised passes pick a row's k smallest keys; beyond, torch.topk per row
+BOUND_PASSES_K = 8  # up to this k, vectorised passes bound the k-th smallest group minimum; beyond, torch.topk
 TOP = 64  # group minima are taken in levels (16 codes, then x4) down to at least max(TOP, 2k) groups
 FLT_MAX = 3.4028234663852886e38
 REGULAR = 2.0**100  # |scores| and Z beyond this: no overflow-free bound, rank the row exactly
@@ -167,12 +168,12 @@ def merge_smallest(
 ) -> torch.Tensor:
     """The k smallest ranking keys per row [k, m] of `best` [k, m] and the flat candidates (rows, keys), ascending.
 
-    Keys of one row are distinct (the code index is part of the key) apart from KEY_NONE. k <= SMALL_K: k passes
+    Keys of one row are distinct (the code index is part of the key) apart from KEY_NONE. k <= MERGE_PASSES_K: k passes
     of (row minimum by scatter-min, remove it), vectorised over all candidates. Larger k: the candidates go into a
     dense [m, k + most per row] matrix beside `best` (KEY_NONE elsewhere), one top-k per row picks the k smallest.
     """
     k, m = best.shape
-    if k <= SMALL_K:
+    if k <= MERGE_PASSES_K:
         allr = torch.cat([torch.arange(m, device=best.device).repeat(k), rows])
         allk = torch.cat([best.reshape(-1), keys])
         out = torch.empty_like(best)
@@ -192,8 +193,18 @@ def merge_smallest(
 
 
 def kth_smallest(x: torch.Tensor, k: int) -> torch.Tensor:
-    """The k-th smallest value of each column of x [G, m], counting repeats (G >= k); NaN propagates."""
+    """An upper bound of the k-th smallest value of each column of x [G, m] (G >= k); NaN propagates.
+
+    k <= BOUND_PASSES_K: the k-th smallest distinct value, by k passes of (column minimum, mask its copies out),
+    vectorised over the columns (repeats make it larger, never smaller: still a bound). Larger k: one top-k per
+    column, exact (torch.topk's per-row cost beats 3k passes there).
+    """
     if k == 1:
+        return x.amin(0)
+    if k <= BOUND_PASSES_K:
+        x = x.clone()
+        for _ in range(k - 1):
+            x.masked_fill_(x == x.amin(0), math.inf)
         return x.amin(0)
     kth = x.T.contiguous().topk(k, dim=1, largest=False).values[:, -1]
     return torch.where(torch.isnan(x).any(0), math.nan, kth)  # topk ranks NaN as largest
