@@ -1,17 +1,18 @@
-"""vq_nearest benchmarks: fused Triton kernel vs the chunked reference and the unfused peers.
+"""vq_nearest benchmarks: the nearest code and the k nearest, ours side by side with the unfused peers.
 
-Providers:
-  ref          the chunked PyTorch reference (never more than 2^22 scores alive)
-  vq-v1        the first fused kernels (two launches; CUDA only: the interpreter is not a benchmark)
+`pytest bench/bench_vq.py --benchmark-only` groups each case ("vq nearest ..." and "vq top-k ...") so the
+table shows every provider of one case together. Providers:
+  ref          the reference (vq_nearest_ref: the CPU path; exact ranking, never more than 2^22 scores alive)
+  vq-v1        the general fused kernels (two launches; CUDA only: the interpreter is not a benchmark)
   vq-v2        one launch on the cached padded codebook (a fixed codebook: the cache hits; CUDA only)
-  vq-v2-cold   vq-v2 with the codebook cache emptied before every call (a codebook rebuilt per call,
-               as a model that normalises its codebook in forward does; CUDA only)
-  cdist        torch.cdist(z, c).argmin(1)                       (writes the M x K distance matrix)
-  matmul       (||z||^2 - 2 z c^T + ||c||^2).argmin(1)           (writes M x K, several times)
-Peak memory goes to benchmark.extra_info: on CUDA measured (torch.cuda.max_memory_allocated above
-what was allocated before the call), on CPU the largest intermediate each provider allocates,
-computed analytically and labelled as such. Correctness is checked once per provider before timing
-against the float64 reference; speed is never asserted.
+  vq-v2-cold   vq-v2 preparing its codebook every call (cache=False): what a codebook updated every training
+               step pays (CUDA only)
+  cdist        torch.cdist(z, c).argmin(1), or .topk(k, largest=False)      (writes the M x K distance matrix)
+  matmul       (||c||^2 - 2 z c^T).argmin(1)                               (writes M x K, several times)
+Peak memory goes to benchmark.extra_info: on CUDA measured (torch.cuda.max_memory_allocated above what was
+allocated before the call), on CPU the largest intermediate each provider allocates, computed analytically and
+labelled as such. Correctness is checked once per provider before timing against the float64 reference; speed
+is never asserted.
 """
 
 import pytest
@@ -21,39 +22,39 @@ from spectralar_kernels.vq import ref
 
 from . import cases
 
-PROVIDERS = ["ref", "vq-v1", "vq-v2", "vq-v2-cold", "cdist", "matmul"]
+NEAREST = ["ref", "vq-v1", "vq-v2", "vq-v2-cold", "cdist", "matmul"]
+TOPK = ["ref", "cdist"]
 GPU_ONLY = ("vq-v1", "vq-v2", "vq-v2-cold")
-# (device, M, K, d): 64 images x 16 tokens against the fmnist codebook; 64 x 64 tokens against
-# ImageNet-size codebooks (code dim 12 in both; the GPU report's cases, bench/cases.py).
+# (device, M, K, d): 64 images x 16 tokens against the fmnist codebook and a 4x larger one on CPU; 64 x 64 tokens
+# against ImageNet-size codebooks on CUDA (code dim 12 in all; the GPU report's cases, bench/cases.py).
 CASES = [
     pytest.param("cpu", 64 * 16, 1024, 12, id="cpu-M1024-K1024-d12"),
+    pytest.param("cpu", 64 * 16, 4096, 12, id="cpu-M1024-K4096-d12"),
     pytest.param("cuda", 64 * 16, 1024, 12, id="cuda-M1024-K1024-d12", marks=pytest.mark.gpu),
     *(pytest.param("cuda", m, k, d, id=f"cuda-{name}", marks=pytest.mark.gpu) for name, (m, k, d) in cases.VQ.items()),
 ]
 
 
-def _cdist(z, c):
-    return torch.cdist(z, c).argmin(dim=1)
-
-
-def _matmul(z, c):
-    d2 = z.pow(2).sum(1, keepdim=True) - 2 * (z @ c.T) + c.pow(2).sum(1)  # [M, K]
-    return d2.argmin(dim=1)
-
-
 def _triton(impl: str, cold: bool = False):
-    def run(z, c):
-        from spectralar_kernels.vq import triton as vq_triton
+    def run(z, c, k):
+        from spectralar_kernels.vq.triton import vq_nearest_fwd
 
-        if cold:
-            vq_triton._CACHE.clear()
-        return vq_triton.vq_nearest_fwd(z, c, "l2", impl)[0]
+        return vq_nearest_fwd(z, c, "l2", impl, cache=not cold)[0][:, None]
 
     return run
 
 
+def _cdist(z, c, k):
+    d = torch.cdist(z, c)
+    return d.argmin(dim=1, keepdim=True) if k == 1 else d.topk(k, dim=1, largest=False).indices
+
+
+def _matmul(z, c, k):
+    return (c.pow(2).sum(1) - 2 * (z @ c.T)).argmin(dim=1, keepdim=True)  # [M, K], ||z||^2 left out
+
+
 FUNCS = {
-    "ref": lambda z, c: ref.vq_nearest_ref(z, c)[0],
+    "ref": lambda z, c, k: ref.vq_nearest_ref(z, c, topk=k)[0],
     "vq-v1": _triton("vq-v1"),
     "vq-v2": _triton("vq-v2"),
     "vq-v2-cold": _triton("vq-v2", cold=True),
@@ -65,13 +66,11 @@ FUNCS = {
 def analytic_peak_bytes(provider: str, M: int, K: int) -> int:
     """Largest single intermediate a provider allocates on CPU (fp32), from the algorithm, not measured."""
     if provider == "ref":
-        return 4 * min(M * K, max(ref.CHUNK_ELEMS // K, 1) * K)  # one chunk of scores
+        return 4 * min(M * K, ref.CHUNK_ELEMS)  # one chunk of scores
     return 4 * M * K  # cdist / matmul: the full distance matrix (the kernels never run on CPU)
 
 
-@pytest.mark.parametrize("provider", PROVIDERS)
-@pytest.mark.parametrize("device, M, K, d", CASES)
-def test_vq_nearest(benchmark, provider, device, M, K, d):
+def run_case(benchmark, provider, device, M, K, d, k):
     if provider in GPU_ONLY and device != "cuda":
         pytest.skip(f"{provider} needs CUDA (the interpreter is not a benchmark)")
     g = torch.Generator().manual_seed(0)
@@ -80,28 +79,43 @@ def test_vq_nearest(benchmark, provider, device, M, K, d):
     fn = FUNCS[provider]
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
-    # correctness once: the chosen code's float64 distance must match the float64 minimum
+    # correctness once: the chosen codes' float64 distances match the float64 k smallest
     if device == "cuda":
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-    idx = fn(z, codebook)
+    idx = fn(z, codebook, k)
     sync()
     if device == "cuda":
         benchmark.extra_info["peak_extra_bytes (measured)"] = torch.cuda.max_memory_allocated() - base
     else:
         benchmark.extra_info["peak_intermediate_bytes (analytic)"] = analytic_peak_bytes(provider, M, K)
-    _, best = ref.vq_nearest_ref(z, codebook, upcast=True)
-    chosen = (z.double() - codebook.double()[idx]).pow(2).sum(1)
+    _, best = ref.vq_nearest_ref(z, codebook, upcast=True, topk=k)
+    chosen = (z.double()[:, None, :] - codebook.double()[idx]).pow(2).sum(-1)
     scale = z.double().pow(2).sum(1).max() + codebook.double().pow(2).sum(1).max()
-    assert (chosen - best).abs().max().item() <= 1e-5 * scale.item(), f"{provider}: not the nearest code"
+    assert (chosen - best).abs().max().item() <= 1e-5 * scale.item(), f"{provider}: not the nearest codes"
 
     def run():
-        out = fn(z, codebook)
+        out = fn(z, codebook, k)
         sync()
         return out
 
     benchmark(run)
     if benchmark.stats is not None:
-        seconds = benchmark.stats.stats.mean
-        benchmark.extra_info["TFLOP/s (2MKd)"] = 2 * M * K * d / seconds / 1e12
+        benchmark.extra_info["TFLOP/s (2MKd)"] = 2 * M * K * d / benchmark.stats.stats.mean / 1e12
+
+
+@pytest.mark.parametrize("provider", NEAREST)
+@pytest.mark.parametrize("device, M, K, d", CASES)
+def test_vq_nearest(benchmark, provider, device, M, K, d):
+    benchmark.group = f"vq nearest {device} M={M} K={K} d={d}"
+    run_case(benchmark, provider, device, M, K, d, 1)
+
+
+@pytest.mark.parametrize("provider", TOPK)
+@pytest.mark.parametrize("k", [4, 16])
+@pytest.mark.parametrize("device, M, K, d", CASES)
+def test_vq_topk(benchmark, provider, k, device, M, K, d):
+    """vq_nearest(..., topk=k) runs the reference on every device: ours vs cdist + topk."""
+    benchmark.group = f"vq top-{k} {device} M={M} K={K} d={d}"
+    run_case(benchmark, provider, device, M, K, d, k)

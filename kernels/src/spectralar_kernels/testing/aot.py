@@ -49,7 +49,7 @@ import time
 from pathlib import Path
 
 # Kernel modules under spectralar_kernels that define aot_specs().
-MODULES = ("transforms.aot", "subimages.aot", "vq.triton", "attn.aot")
+MODULES = ("transforms.aot", "subimages.aot", "vq.aot", "attn.aot")
 RECORD_OPS = ("dct", "blockwise", "subimages", "attention", "decode", "vq")
 HGMMA_OPS = ("dct", "blockwise", "subimages", "attention", "decode")  # fp16/bf16 main loops must use wgmma
 ARCHS = (80, 90)

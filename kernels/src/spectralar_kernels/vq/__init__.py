@@ -42,14 +42,14 @@ def _check(z, codebook, metric, topk, return_distances) -> None:
     check_same_device(z=z, codebook=codebook)
 
 
-def _nearest(z: torch.Tensor, codebook: torch.Tensor, metric: str, topk: int | None):
+def _nearest(z: torch.Tensor, codebook: torch.Tensor, metric: str, topk: int | None, cache: bool = False):
     """One [M, d] x [K, d] problem: the kernel for the nearest code, the reference for k > 1."""
     if (topk or 1) == 1:
         impl = choose_kernel("vq_nearest", metric, z, codebook, k=codebook.shape[-2], d=codebook.shape[-1])
         if impl is not None:
             from .triton import vq_nearest_fwd
 
-            idx, dist = vq_nearest_fwd(z, codebook, metric, impl)
+            idx, dist = vq_nearest_fwd(z, codebook, metric, impl, cache=cache)
             return (idx, dist) if topk is None else (idx[:, None], dist[:, None])
     return vq_nearest_ref(z, codebook, metric, topk=topk)
 
@@ -74,27 +74,34 @@ def vq_nearest(
                 "cosine" -> distance 1 - cos(z, c), both vectors normalised inside with norms
                 clamped at 1e-12 (a zero vector is at distance 1 from everything).
         topk: None (default) for the nearest code, outputs [..., M]; k for the k nearest codes, outputs
-            [..., M, k] in ascending order of distance (ties by lowest index; codes whose distances differ by
-            less than fp32 rounding may come in either order).
+            [..., M, k] in ascending order of (distance, index).
         return_distances: "squared" (default: the metric's distance above) or "euclidean" (||z - c||, as
             torch.cdist and faiss-style peers report; metric="l2" only).
     Returns:
-        (indices, distances): int64 and float32 on z's device, shapes as above. Distances are computed in
-        fp32 whatever the input dtype and carry no autograd graph (wrap with a straight-through
-        estimator in the model). Ties go to the lowest index. A NaN in a row of z gives that row a
-        NaN distance; a NaN in a code gives every row a NaN distance (the code is chosen).
-    Never allocates an M x K tensor: the reference works in bounded chunks, the Triton kernels keep a
-    running min per row in registers. Codes are ranked on data centred on the codebook mean, so the
-    argmin stays exact for data far from the origin. Per-group codebooks run one [M, d] x [K, d] problem
-    per group (each group centred on its own codebook); topk > 1 always runs the reference (the kernels
-    keep one running minimum). The Triton path (vq-v2) caches the prepared codebook per tensor version:
-    in-place ops are seen, writes through `.data` are not (pass a fresh tensor, or bump it with an
-    in-place op, after such writes).
+        (indices, distances): int64 and float32 on z's device, shapes as above, no autograd graph (wrap with a
+        straight-through estimator in the model).
+
+    Ranking (the same on every path, any BLAS, any chunking): a code's distance is computed in float64 from the
+    raw values and rounded once to fp32 (cosine as |z/|z| - c/|c||^2 / 2, which is 1 - cos without its
+    cancellation near 0); the nearest code is the lowest index among those at the smallest distance, so exact
+    duplicates always give the lowest copy and the answer is the true nearest code up to the fp32 rounding of
+    its distance, for data far from the origin, clustered codebooks and outlier codes alike. A code holding inf
+    or NaN ranks after every finite code (chosen only when all codes are non-finite; distance NaN); a row
+    holding NaN gets the lowest-index finite code with distance NaN. An fp32 GEMM ranks first, a rigorous
+    bound on its rounding picks the few codes whose exact distance is then compared (vq/ref.py).
+
+    Never allocates an M x K tensor: the reference works in bounded chunks (its temporaries stay within a few
+    chunks of 2^22 values whatever K), the Triton kernels keep per-row minima in registers. Per-group
+    codebooks run one [M, d] x [K, d] problem per group; topk > 1 always runs the reference. The Triton path
+    (vq-v2) caches its padded codebook per tensor version when the codebook does not require grad: in-place
+    ops are seen, writes through `.data` are not (call `spectralar_kernels.vq.triton.clear_cache()` after
+    those); a codebook that requires grad (a trainable parameter, which fused optimizers update without a
+    version bump) is prepared afresh every call.
 
     Training losses that need logits over codes (soft VQ, a cross-entropy over codes): the logits are
     -||z - c||^2 / temperature, differentiable, so build them in torch. Over all K codes that is an
     M x K matrix by nature; keep it to chunks of rows (and sum the per-chunk losses), and expand it on
-    centred data so far-from-origin inputs keep their precision::
+    data shifted by a point near them (the codebook mean here) so far-from-origin inputs keep their precision::
 
         mu = codebook.detach().mean(0)
         zc, cc = z - mu, codebook - mu
@@ -107,15 +114,18 @@ def vq_nearest(
         logits = -(z.unsqueeze(-2) - codebook[idx]).pow(2).sum(-1) / temperature  # [M, k], differentiable
     """
     _check(z, codebook, metric, topk, return_distances)
+    # a codebook that requires grad is being trained: optimizers update it in place, and fused ones (fused=True)
+    # do not bump its version counter, so vq-v2 prepares it afresh every call instead of caching it
+    cache = not codebook.requires_grad
     z, codebook = z.detach(), codebook.detach()
     d = z.shape[-1]
     tail = () if topk is None else (topk,)
     if codebook.dim() == 2:
-        idx, dist = _nearest(z.reshape(-1, d), codebook, metric, topk)
+        idx, dist = _nearest(z.reshape(-1, d), codebook, metric, topk, cache)
         idx, dist = idx.view(*z.shape[:-1], *tail), dist.view(*z.shape[:-1], *tail)
     else:
         zg = z.movedim(-3, 0)  # [G, ..., M, d]
-        parts = [_nearest(zg[g].reshape(-1, d), codebook[g], metric, topk) for g in range(codebook.shape[0])]
+        parts = [_nearest(zg[g].reshape(-1, d), codebook[g], metric, topk, cache) for g in range(codebook.shape[0])]
         shape = (*zg.shape[:-1], *tail)  # [G, ..., M(, k)] -> group back at its place in z
         where = z.dim() - 3
         idx = torch.stack([p[0] for p in parts]).view(shape).movedim(0, where).contiguous()

@@ -1,46 +1,34 @@
-"""Fused nearest-codebook lookup, vq-v2: one launch, a cached padded codebook, a 64-bit atomic argmin.
+"""Fused nearest-codebook lookup, vq-v2: one launch over a cached padded codebook, a 64-bit atomic argmin.
 
-Scores (the same centred ranking as `ref.vq_nearest_ref`, see its docstring):
-    s_mk = a_k + (z_m - mu) . w_k      l2:     mu = mean code, w = -2 (c - mu), a = ||c - mu||^2
-                                       cosine: mu = 0, w = mean(u) - u with u = c / max(|c|, eps), a = 0
-    index_m = argmin_k s_mk            (lowest k among ties)
-    distance_m = ||z_m - c_idx||^2  or  1 - z_m.c_idx / (max(|z_m|, eps) max(|c_idx|, eps)), in fp32
-Centring keeps every term at the size of the data's spread, so the argmin stays exact (to fp32
-resolution of the spread) however far the data sit from the origin.
+Ranking (the contract of ref.py; the score loop, threshold and exact keys in vq/shared.py):
+    l2:      s_mk = ||c_k - mu||^2 - 2 (z_m - mu).(c_k - mu), mu = the mean of the program's finite rows
+    cosine:  s_mk = z_m.(ubar - u_k), u_k = c_k / max(|c_k|, EPS), ubar their mean
+then the exact float64 key (fp32 distance bits << 32 | index) of every code under the row's threshold.
+The shift by the row block's own mean keeps l2 scores at the scale of the distances between the rows and
+their codes, wherever the data sit (far from the origin, clustered codebooks, outlier codes).
 
-Codebook cache. `_prepared` builds, once per codebook version, one fp32 matrix [K_pad, BLOCK_D]: w_k in
-columns < d, a_k in column d, zeros after; BLOCK_D = 16 for d = 12 (the next power of two >= d + 1, at
-least 16). The kernel puts 1.0 in column d of its z tile, so the dot alone yields the whole score: no
-separate norm vector, no add per score. Rows are padded to a whole number of BLOCK_K code tiles; padding
-codes carry a = +inf and never win (their score is inf, or NaN once split for 3xTF32, and NaN never
-compares below anything). A code holding NaN gets w = 0, a = -FLT_MAX: every finite row chooses the
-lowest such code, and its distance, computed from the raw code, is NaN. Everything is fp32 because
-centred values do not fit 16 bits. 64-byte rows make the tile loads 128-bit, unmasked (every launch is
-the EVEN_K path: no column or row masks in the loop) and cp.async-pipelined. The cache is keyed on the
-codebook's storage (a weak reference, so a freed tensor whose address is reused never hits), data
-pointer, offset, shape, strides, dtype, `_version` (bumped by every in-place op, not by writes through `.data`) and
-metric; a hit does no work.
-
-Precision. The dot runs on tensor cores as 3xTF32, split by hand (hi = top 10 mantissa bits, lo = rest;
-lo.hi + hi.lo + hi.hi accumulated in one chain, so no per-score fix-ups): ~2^-21 relative error on
-products of spread-sized values, well below the gaps that matter once the data are centred. "ieee"
-(exact fp32 FMA, ~3x the instructions for d = 12) is one constant away if a GPU run shows near-ties
-that need it.
+Codebook cache. `_prepared` builds, once per codebook version, one fp32 matrix P [K_pad, BLOCK_D]:
+    l2:      the raw code in columns < d, a flag in column d (1 for a code holding inf or NaN, and for the
+             padding codes up to a whole number of BLOCK_K tiles), zeros after; flagged codes are zeroed.
+             The kernel shifts each tile by its row mean and computes ||c - mu||^2 itself.
+    cosine:  ubar - u_k in columns < d, a_k in column d (0, or FLT_MAX for flagged codes), and `aux`
+             [BLOCK_D] = ubar with max_k |ubar - u_k| in column d (the threshold's error scale).
+64-byte rows (d = 12 -> BLOCK_D = 16) load as 128-bit cp.async, unmasked. The kernel puts 1.0 in column d
+of its row tile, so the tensor-core product returns the whole score. The cache is keyed on the codebook's
+storage (a weak reference: a freed tensor whose address is reused never hits), data pointer, offset, shape,
+strides, dtype, device, version counter (`_version`, bumped by every in-place op, including optimizer
+steps, not by writes through `.data`) and metric; a hit does no work. `cache=False` (or `clear_cache()`)
+prepares afresh, which is how a benchmark times the miss that a codebook updated every step pays.
 
 One kernel, `_vq_nearest_v2_kernel`, grid (row blocks, codebook splits):
-  1. load the BLOCK_M rows of z once (any dtype, cast to fp32), subtract mu, keep them in registers;
-  2. over its slice of codes: scores = tl.dot([z_c, 1], w_tile^T) (fp32 operands, 3xTF32), and an
-     element-wise running min [BLOCK_M, BLOCK_K] with the tile it came from (no cross-thread work in the
-     loop); one row reduction at the end gives (min, lowest index attaining it). A row holding NaN gets
-     (-inf, 0): every score of a NaN row is NaN, which the reference counts as -inf, lowest index 0;
-  3. splits combine through a 64-bit `atomic_min` on key = (orderable distance bits << 32) | index per
-     row, in a workspace the launcher keeps: the minimum key is the minimum score, and on equal scores the
-     lowest index, whatever order programs finish in. Each program then takes a ticket (`atomic_add` on a
-     per-row-block counter, acq_rel: its atomic_min is visible before the ticket); the program drawing the
-     last ticket swaps the keys back to INT64_MAX and the counter back to 0 (so the workspace is ready for
-     the next launch without a memset) and finalises the rows: index, and the exact fp32 distance from the
-     raw z row and the raw chosen code. With one split (enough row blocks to fill the GPU) the program
-     finalises directly, no atomics.
+  1. load the BLOCK_M rows of z once, cast to fp32, shift, keep them in registers (3xTF32 hi/lo parts);
+  2. over the program's codes, scores s = [z - mu, 1] . P_tile^T, and per lane the two smallest (shared.py);
+  3. the best exact key of the slice (shared._best_keys; a scan of the slice for uncertified rows);
+  4. splits combine through a 64-bit `atomic_min` on the keys in a workspace the launcher keeps: the minimum
+     key is the nearest code, lowest index on ties, whatever order programs finish in. Each program then
+     takes a ticket (`atomic_add` on a per-row-block counter, acq_rel); the program drawing the last ticket
+     swaps the keys back to KEY_NONE and the counter to 0 (the workspace is ready for the next launch with
+     no memset) and writes index and distance. With one split the program writes directly, no atomics.
 The workspace (int64 [M], int32 [row blocks]) is cached per device and stream: launches on one stream run
 in order, so they never share it concurrently. Neither cache keeps what is built during CUDA-graph
 capture (captured work only runs on replay).
@@ -58,76 +46,60 @@ import torch
 import triton
 import triton.language as tl
 
-from .._common import AOTSpec
 from . import triton_v1
-from .ref import EPS, ranking_operands
+from .ref import FLT_MAX, KEY_NONE, _Codes
+from .shared import (
+    _FLT_MAX,
+    _KEY_NONE,
+    EPS,
+    GAMMA,
+    _best_keys,
+    _dot3,
+    _finite_rows,
+    _lane_update,
+    _store_keys,
+    _tf32_hi,
+    _threshold,
+    block_d,
+    device_sms,
+    launch_plan,
+    programs_per_sm,
+)
 
-__all__ = ["vq_nearest_fwd", "aot_specs"]
+__all__ = ["vq_nearest_fwd", "clear_cache"]
 
-INT64_MAX = 0x7FFFFFFFFFFFFFFF
-_KEY_NONE = tl.constexpr(INT64_MAX)  # the workspace's idle value (kernels read globals only as constexpr)
-V2_MAX_D = 63  # z tiles (d + 1 columns) live in registers: larger d runs vq-v1 (VQ code dims are small)
-FLT_MAX = 3.4028234663852886e38
+V2_MAX_D = 63  # row tiles (d + 1 columns) live in registers: larger d runs vq-v1 (VQ code dims are small)
 
 
 @dataclass(frozen=True)
-class _V2Config:
+class V2Config:
     block_m: int
     block_k: int
     num_warps: int
     num_stages: int
-    dot_precision: str
-    ctas_per_sm: int  # codebook splits aim for this many programs per SM
+    ctas_per_sm: int  # estimate used until a compiled kernel reports its registers (shared.programs_per_sm)
+    rerank: int = 4  # lanes ranked exactly per row before a row counts as uncertified
+    block_e: int = 16  # codes per step of the exact scan
 
 
-# One configuration per padded code width BLOCK_D for every input dtype: the dot operands are always fp32
-# (centred), 3xTF32 (module docstring). Not yet tuned on a GPU; each compiles without spills on sm_80 and
-# sm_90 (64 x 64 tiles spill 24 bytes on sm_80 at BLOCK_D = 64, hence 32 rows there).
+# One configuration per padded code width BLOCK_D, every input dtype (the products are fp32, 3xTF32). Not yet
+# tuned on a GPU. 32-code tiles (16 at BLOCK_D = 64): the per-lane minima, second minima and tiles are three
+# [BLOCK_M, BLOCK_K] arrays in registers, and wider tiles spilled on sm_80. ctas_per_sm is the smaller of the
+# two metrics' occupancy in the sm_90 ahead-of-time compile (vq/aot.py; a test keeps them in step); on a GPU the
+# launcher reads the compiled kernel's own registers instead (shared.programs_per_sm).
 V2_CONFIGS = {
-    16: _V2Config(block_m=64, block_k=64, num_warps=4, num_stages=3, dot_precision="tf32x3", ctas_per_sm=4),
-    32: _V2Config(block_m=64, block_k=64, num_warps=4, num_stages=3, dot_precision="tf32x3", ctas_per_sm=4),
-    64: _V2Config(block_m=32, block_k=64, num_warps=4, num_stages=3, dot_precision="tf32x3", ctas_per_sm=4),
+    16: V2Config(block_m=64, block_k=32, num_warps=4, num_stages=3, ctas_per_sm=2),
+    32: V2Config(block_m=64, block_k=32, num_warps=4, num_stages=3, ctas_per_sm=2),
+    64: V2Config(block_m=64, block_k=16, num_warps=8, num_stages=3, ctas_per_sm=1),
 }
 
 
-@triton.jit
-def _tf32_hi(x):
-    """x with its mantissa cut to tf32's 10 bits (x - _tf32_hi(x) is exact in fp32)."""
-    return (x.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _vq_v2_finish(
-    z_ptr, c_ptr, idx_ptr, dist_ptr, rows, row_ok, best,
-    D, stride_zm, stride_ck, is_cosine, eps,
-    BLOCK_D: tl.constexpr,
-):  # fmt: skip
-    """Store the index and the exact fp32 distance from the raw z row and the raw chosen code."""
-    best = tl.where(row_ok, best, 0)
-    offs_d = tl.arange(0, BLOCK_D)
-    m2 = row_ok[:, None] & (offs_d < D)[None, :]
-    zv = tl.load(z_ptr + rows.to(tl.int64)[:, None] * stride_zm + offs_d[None, :], mask=m2, other=0.0)
-    cv = tl.load(c_ptr + best.to(tl.int64)[:, None] * stride_ck + offs_d[None, :], mask=m2, other=0.0)
-    zv = zv.to(tl.float32)
-    cv = cv.to(tl.float32)
-    diff = zv - cv
-    sq = tl.sum(diff * diff, axis=1)
-    zz = tl.sum(zv * zv, axis=1)
-    cc = tl.sum(cv * cv, axis=1)
-    zc = tl.sum(zv * cv, axis=1)
-    cos_dist = 1.0 - zc / (tl.maximum(tl.sqrt(zz), eps) * tl.maximum(tl.sqrt(cc), eps))
-    cos_dist = tl.where(cos_dist < 0.0, 0.0, cos_dist)  # `where`, not maximum: NaN stays NaN
-    dist = tl.where(is_cosine != 0, cos_dist, sq)
-    tl.store(idx_ptr + rows, best.to(tl.int64), mask=row_ok)
-    tl.store(dist_ptr + rows, dist, mask=row_ok)
-
-
-@triton.jit
+@triton.jit(do_not_specialize=["n_split"])
 def _vq_nearest_v2_kernel(
-    z_ptr, c_ptr, w_ptr, mu_ptr, ws_ptr, cnt_ptr, idx_ptr, dist_ptr,
-    M, D, stride_zm, stride_ck, codes_per_split, k_pad, n_split, is_cosine, eps,
-    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,  # "tf32x3" (split by hand below), "ieee" or "tf32"
+    z_ptr, c_ptr, p_ptr, aux_ptr, ws_ptr, cnt_ptr, idx_ptr, dist_ptr,
+    M, K, D, stride_zm, stride_ck, codes_per_split, k_pad, n_split, gamma, eps,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, IS_COSINE: tl.constexpr,
+    RERANK: tl.constexpr, BLOCK_E: tl.constexpr,
 ):  # fmt: skip
     pid_m = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -135,73 +107,73 @@ def _vq_nearest_v2_kernel(
     row_ok = rows < M
     offs_d = tl.arange(0, BLOCK_D)
     offs_k = tl.arange(0, BLOCK_K)
+    in_d = (offs_d < D)[None, :]
 
-    # centred rows, fp32, resident for the whole loop (padded columns: z = 0 and mu = 0)
-    zmask = row_ok[:, None] & (offs_d < D)[None, :]
-    zt = tl.load(z_ptr + rows.to(tl.int64)[:, None] * stride_zm + offs_d[None, :], mask=zmask, other=0.0)
-    zc = zt.to(tl.float32) - tl.load(mu_ptr + offs_d)[None, :]
-    row_sum = tl.sum(zc, axis=1)
-    row_nan = row_sum != row_sum
-    zc = tl.where((offs_d == D)[None, :], 1.0, zc)  # column D meets a_k: the dot returns the whole score
-    if DOT_PRECISION == "tf32x3":
-        z_hi = _tf32_hi(zc)
-        z_lo = zc - z_hi
+    # the rows, fp32, shifted, resident for the whole loop (padding columns hold 0)
+    zt = tl.load(z_ptr + rows.to(tl.int64)[:, None] * stride_zm + offs_d[None, :], mask=row_ok[:, None] & in_d,
+                 other=0.0).to(tl.float32)  # fmt: skip
+    good = row_ok & _finite_rows(zt)
+    if IS_COSINE:
+        zs = zt
+    else:
+        count = tl.sum(good.to(tl.float32), axis=0)
+        mu = tl.sum(tl.where(good[:, None], zt, 0.0), axis=0) / tl.maximum(count, 1.0)  # [BLOCK_D], 0 past D
+        zs = tl.where(in_d, zt - mu[None, :], 0.0)
+    zs = tl.where((offs_d == D)[None, :], 1.0, zs)  # column D meets a_k: the product is the whole score
+    z_hi = _tf32_hi(zs)
+    z_lo = zs - z_hi
 
     k_start = pid_s * codes_per_split
     k_end = tl.minimum(k_start + codes_per_split, k_pad)
-    run_val = tl.full([BLOCK_M, BLOCK_K], float("inf"), tl.float32)
-    run_blk = tl.zeros([BLOCK_M, BLOCK_K], tl.int32) + k_start  # k0 of the tile that set run_val
+    v1 = tl.full([BLOCK_M, BLOCK_K], float("inf"), tl.float32)
+    v2 = v1
+    blk = tl.zeros([BLOCK_M, BLOCK_K], tl.int32) + k_start
     for k0 in range(k_start, k_end, BLOCK_K):
-        cols = k0 + offs_k
-        wt = tl.load(w_ptr + cols[:, None] * BLOCK_D + offs_d[None, :])  # [BLOCK_K, BLOCK_D]: padded, no mask
-        if DOT_PRECISION == "tf32x3":  # small terms first; lo x lo (~2^-22 relative) dropped
-            w_hi = _tf32_hi(wt)
-            w_lo = wt - w_hi
-            s = tl.dot(z_lo, tl.trans(w_hi), input_precision="tf32")
-            s = tl.dot(z_hi, tl.trans(w_lo), s, input_precision="tf32")
-            s = tl.dot(z_hi, tl.trans(w_hi), s, input_precision="tf32")  # [BLOCK_M, BLOCK_K]
-        else:
-            s = tl.dot(zc, tl.trans(wt), input_precision=DOT_PRECISION)
-        better = s < run_val  # strict: an earlier tile (lower index) keeps a tie; NaN never enters
-        run_val = tl.where(better, s, run_val)
-        run_blk = tl.where(better, k0, run_blk)
+        pt = tl.load(p_ptr + (k0 + offs_k)[:, None] * BLOCK_D + offs_d[None, :])  # [BLOCK_K, BLOCK_D], unmasked
+        if IS_COSINE:
+            wt = pt
+        else:  # shift the tile by the rows' mean; flagged codes (non-finite, padding) score ~FLT_MAX
+            flagged = tl.sum(tl.where((offs_d == D)[None, :], pt, 0.0), axis=1) != 0.0
+            cc = tl.where(in_d, pt - mu[None, :], 0.0)
+            a = tl.minimum(tl.sum(cc * cc, axis=1), _FLT_MAX)
+            a = tl.where(flagged, _FLT_MAX, a)
+            wt = tl.where((offs_d == D)[None, :], a[:, None], -2.0 * cc)
+        s = _dot3(z_hi, z_lo, wt, tl.zeros([BLOCK_M, BLOCK_K], tl.float32))
+        v1, v2, blk = _lane_update(s, k0, v1, v2, blk)
 
-    row_min = tl.min(run_val, axis=1)
-    cand = tl.where(run_val == row_min[:, None], run_blk + offs_k[None, :], 2147483647)
-    row_idx = tl.min(cand, axis=1)
-    row_min = tl.where(row_nan, float("-inf"), row_min)
-    row_idx = tl.where(row_nan, 0, row_idx)
-
+    # the rows' norms after the loop, from the exact hi + lo split (nothing row-sized stays live across it)
+    zr = tl.where(in_d, z_hi + z_lo, 0.0).to(tl.float64)
+    Z = tl.sum(zr * zr, axis=1)
+    nz = tl.maximum(tl.sqrt(Z), eps)
+    zu = Z
+    w_max = 0.0
+    if IS_COSINE:
+        aux = tl.load(aux_ptr + offs_d)  # ubar, and max_k |ubar - u_k| in column D
+        zu = tl.sum(zr * tl.where(offs_d < D, aux, 0.0).to(tl.float64)[None, :], axis=1)
+        w_max = tl.sum(tl.where(offs_d == D, aux, 0.0), axis=0).to(tl.float64)
+    thr, regular = _threshold(tl.min(v1, axis=1), Z, nz, zu, w_max, gamma, good, IS_COSINE)
+    key = _best_keys(z_ptr, c_ptr, rows, row_ok, v1, v2, blk, thr, regular, K, k_start, k_end, D, stride_zm,
+                     stride_ck, eps, IS_COSINE, RERANK, BLOCK_K, BLOCK_E)  # fmt: skip
     if n_split == 1:
-        _vq_v2_finish(z_ptr, c_ptr, idx_ptr, dist_ptr, rows, row_ok, row_idx,
-                      D, stride_zm, stride_ck, is_cosine, eps, BLOCK_D)  # fmt: skip
+        _store_keys(idx_ptr, dist_ptr, rows, row_ok, key)
     else:
-        # orderable key: the int32 bits of a float sort like the float once negatives flip their
-        # magnitude bits; -0.0 becomes +0.0 first (they compare equal as floats)
-        v = tl.where(row_min == 0.0, 0.0, row_min)
-        bits = v.to(tl.int32, bitcast=True)
-        bits = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
-        key = (bits.to(tl.int64) << 32) | row_idx.to(tl.int64)
         tl.atomic_min(ws_ptr + rows, key, mask=row_ok)
-        # every thread's atomic_min before the one thread taking the ticket: its acq_rel fence then
-        # publishes them all (barrier + cumulative release)
+        # every thread's atomic_min before the one thread taking the ticket: its acq_rel fence then publishes
+        # them all (barrier + cumulative release)
         tl.debug_barrier()
         ticket = tl.atomic_add(cnt_ptr + pid_m, 1)
         if ticket == n_split - 1:  # every split of this row block has posted its key
-            reset = tl.full([BLOCK_M], _KEY_NONE, tl.int64)
-            final = tl.atomic_xchg(ws_ptr + rows, reset, mask=row_ok)
+            final = tl.atomic_xchg(ws_ptr + rows, tl.full([BLOCK_M], _KEY_NONE, tl.int64), mask=row_ok)
             tl.atomic_xchg(cnt_ptr + pid_m, 0)
-            best = (final & 0xFFFFFFFF).to(tl.int32)
-            _vq_v2_finish(z_ptr, c_ptr, idx_ptr, dist_ptr, rows, row_ok, best,
-                          D, stride_zm, stride_ck, is_cosine, eps, BLOCK_D)  # fmt: skip
+            _store_keys(idx_ptr, dist_ptr, rows, row_ok, final)
 
 
 @dataclass
 class _Prepared:
     storage: weakref.ref
     key: tuple
-    w: torch.Tensor  # [k_pad, block_d] fp32: w_k in columns < d, a_k in column d, zeros after
-    mu: torch.Tensor  # [block_d] fp32
+    p: torch.Tensor  # [k_pad, block_d] fp32 (module docstring)
+    aux: torch.Tensor  # [block_d] fp32
 
 
 _CACHE: list[_Prepared] = []  # most recent last; a handful of codebooks (one per quantiser) at most
@@ -209,53 +181,68 @@ _CACHE_SIZE = 8
 _WORKSPACE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
+def clear_cache() -> None:
+    """Forget every prepared codebook (after writes through `.data`, which the cache cannot see)."""
+    _CACHE.clear()
+
+
 def _capturing(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
-def _block_d(d: int) -> int:
-    return max(16, triton.next_power_of_2(d + 1))  # + the a_k column
+def _build(codebook: torch.Tensor, cosine: bool, cfg: V2Config) -> tuple[torch.Tensor, torch.Tensor]:
+    """P [k_pad, block_d] and aux [block_d] (module docstring); code-side temporaries in chunks of 2^22 values."""
+    K, d = codebook.shape
+    bd = block_d(d)
+    k_pad = triton.cdiv(K, cfg.block_k) * cfg.block_k
+    p = torch.zeros(k_pad, bd, dtype=torch.float32, device=codebook.device)
+    aux = torch.zeros(bd, dtype=torch.float32, device=codebook.device)
+    chunk = max(1, (1 << 22) // d)
+    if cosine:
+        codes = _Codes(codebook, True, chunk)
+        aux[:d] = codes.ubar
+        aux[d] = codes.w_max
+        p[K:, d] = FLT_MAX
+        for k0 in range(0, K, chunk):
+            w = codes.operands(k0, None, 1)  # [kc, d + 1]: ubar - u_k and a_k (+inf when flagged)
+            p[k0 : k0 + w.shape[0], : d + 1] = w.nan_to_num(posinf=FLT_MAX)
+    else:
+        p[K:, d] = 1.0
+        for k0 in range(0, K, chunk):
+            c = codebook[k0 : k0 + chunk].float()
+            flagged = ~torch.isfinite(c).all(dim=1)
+            p[k0 : k0 + c.shape[0], :d] = c.masked_fill(flagged[:, None], 0.0)
+            p[k0 : k0 + c.shape[0], d] = flagged.float()
+    return p, aux
 
 
-def _prepared(codebook: torch.Tensor, cosine: bool, cfg: _V2Config) -> _Prepared:
-    """The padded, centred fp32 codebook terms; rebuilt only when the codebook or its contents change."""
+def _prepared(codebook: torch.Tensor, cosine: bool, cfg: V2Config, cache: bool) -> _Prepared:
+    """The padded codebook terms; rebuilt only when the codebook or its contents change (or cache=False)."""
     storage = codebook.untyped_storage()
     key = (codebook.data_ptr(), codebook.storage_offset(), tuple(codebook.shape), codebook.stride(), codebook.dtype,
            codebook.device, codebook._version, cosine, cfg.block_k)  # fmt: skip
-    for i, entry in enumerate(_CACHE):
-        if entry.storage() is storage and entry.key == key:
-            _CACHE.append(_CACHE.pop(i))
-            return entry
-    _CACHE[:] = [e for e in _CACHE if e.storage() is not None]  # drop entries of freed codebooks
-    K, d = codebook.shape
-    block_d = _block_d(d)
-    k_pad = triton.cdiv(K, cfg.block_k) * cfg.block_k
+    if cache:
+        for i, entry in enumerate(_CACHE):
+            if entry.storage() is storage and entry.key == key:
+                _CACHE.append(_CACHE.pop(i))
+                return entry
+        _CACHE[:] = [e for e in _CACHE if e.storage() is not None]  # drop entries of freed codebooks
     with torch.no_grad():
-        w, a, mu = ranking_operands(codebook, cosine, torch.float32)
-        bad = torch.isnan(w).any(dim=1)  # NaN code: w = 0 and a = -FLT_MAX, chosen by every finite row
-        w = torch.where(bad[:, None], 0.0, w)
-        a = torch.where(bad, -FLT_MAX, a)
-        w_pad = torch.zeros(k_pad, block_d, dtype=torch.float32, device=codebook.device)
-        w_pad[:K, :d] = w
-        w_pad[:K, d] = a
-        w_pad[K:, d] = float("inf")  # padding codes: score inf (NaN once split for 3xTF32), never below a real one
-        mu_pad = torch.zeros(block_d, dtype=torch.float32, device=codebook.device)
-        mu_pad[:d] = mu
-    entry = _Prepared(weakref.ref(storage), key, w_pad, mu_pad)
-    if not _capturing(codebook.device):  # a captured prep only runs on replay: never cache its output
+        entry = _Prepared(weakref.ref(storage), key, *_build(codebook, cosine, cfg))
+    if cache and not _capturing(codebook.device):  # a captured prep only runs on replay: never cache its output
         _CACHE.append(entry)
         del _CACHE[:-_CACHE_SIZE]
     return entry
 
 
 def _workspace(device: torch.device, M: int, row_blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per (device, stream) keys [>= M] (INT64_MAX) and tickets [>= row_blocks] (0); the kernel resets both."""
+    """Per (device, stream) keys [>= M] (KEY_NONE) and tickets [>= row_blocks] (0); the kernel resets both."""
     stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
     ws_key = (device, stream)
     ws = _WORKSPACE.get(ws_key)
     if ws is None or ws[0].numel() < M or ws[1].numel() < row_blocks:
         cap = triton.next_power_of_2(max(M, 1024))
-        keys = torch.full((cap,), INT64_MAX, dtype=torch.int64, device=device)
+        keys = torch.full((cap,), KEY_NONE, dtype=torch.int64, device=device)
         tickets = torch.zeros(max(row_blocks, triton.cdiv(cap, 16)), dtype=torch.int32, device=device)
         ws = (keys, tickets)
         if not _capturing(device):
@@ -263,38 +250,33 @@ def _workspace(device: torch.device, M: int, row_blocks: int) -> tuple[torch.Ten
     return ws
 
 
-def _v2_split(M: int, K: int, cfg: _V2Config, sms: int, split: int | None) -> tuple[int, int]:
-    """(codes per split, number of splits): enough programs to fill `sms` SMs, each >= 8 code tiles."""
-    tiles = triton.cdiv(K, cfg.block_k)
-    if split is None:
-        want = triton.cdiv(cfg.ctas_per_sm * sms, triton.cdiv(M, cfg.block_m))
-        split = min(want, triton.cdiv(tiles, triton_v1.MIN_BLOCKS_PER_SPLIT))
-    split = max(1, min(split, tiles))
-    per_split = triton.cdiv(tiles, split) * cfg.block_k
-    return per_split, triton.cdiv(tiles * cfg.block_k, per_split)
-
-
-def _launch_v2(z, codebook, metric, indices, distances, split) -> None:
-    cfg = V2_CONFIGS[_block_d(z.shape[1])]
+def _launch_v2(z, codebook, metric, indices, distances, split, cache) -> None:
+    M, d = z.shape
+    K = codebook.shape[0]
+    bd = block_d(d)
+    cfg = V2_CONFIGS[bd]
     cosine = metric == "cosine"
-    prep = _prepared(codebook, cosine, cfg)  # before any copy, so the cache sees the caller's tensor
+    prep = _prepared(codebook, cosine, cfg, cache)  # before any copy, so the cache sees the caller's tensor
     if z.stride(1) != 1:
         z = z.contiguous()
     if codebook.stride(1) != 1:
-        codebook = codebook.contiguous()  # the finisher reads raw codes with unit column stride
-    M, d = z.shape
-    K = codebook.shape[0]
-    k_pad, block_d = prep.w.shape
-    assert k_pad * block_d < 2**31, "codebook too large for int32 offsets"
-    per_split, n_split = _v2_split(M, K, cfg, triton_v1.device_sms(z.device), split)
+        codebook = codebook.contiguous()  # exact keys read raw codes with unit column stride
+    k_pad = prep.p.shape[0]
+    assert k_pad * bd < 2**31, "codebook too large for int32 offsets"
     row_blocks = triton.cdiv(M, cfg.block_m)
     keys, tickets = _workspace(z.device, M, row_blocks)
-    _vq_nearest_v2_kernel[(row_blocks, n_split)](
-        z, codebook, prep.w, prep.mu, keys, tickets, indices, distances,
-        M, d, z.stride(0), codebook.stride(0), per_split, k_pad, n_split, int(cosine), EPS,
-        BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, BLOCK_D=block_d, DOT_PRECISION=cfg.dot_precision,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )  # fmt: skip
+    meta = dict(BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, BLOCK_D=bd, IS_COSINE=cosine, RERANK=cfg.rerank,
+                BLOCK_E=cfg.block_e, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                enable_fp_fusion=False)  # fmt: skip
+
+    def args(per_split, n_split):
+        return (z, codebook, prep.p, prep.aux, keys, tickets, indices, distances, M, K, d, z.stride(0),
+                codebook.stride(0), per_split, k_pad, n_split, GAMMA, EPS)  # fmt: skip
+
+    ctas = programs_per_sm(_vq_nearest_v2_kernel, args(k_pad, 2), meta, z.device,
+                           (bd, cosine, z.dtype, codebook.dtype), cfg.ctas_per_sm)  # fmt: skip
+    per_split, n_split = launch_plan(M, K, cfg.block_m, cfg.block_k, device_sms(z.device), ctas, split)
+    _vq_nearest_v2_kernel[(row_blocks, n_split)](*args(per_split, n_split), **meta)
 
 
 def vq_nearest_fwd(
@@ -304,12 +286,14 @@ def vq_nearest_fwd(
     impl: str = "vq-v2",
     out: tuple[torch.Tensor, torch.Tensor] | None = None,
     split: int | None = None,
+    cache: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run implementation `impl` ("vq-v1" or "vq-v2"). z [M, d], codebook [K, d]; returns (int64 [M], fp32 [M]).
 
     Inputs may have different float dtypes. `out` = (indices, distances) preallocated tensors to write
-    into (tests pass poisoned ones). `split` forces the number of codebook slices (default: enough
-    programs to fill the GPU). vq-v2 takes d <= 63 and runs vq-v1 above that.
+    into (tests pass poisoned ones). `split` forces the number of codebook slices (default: one full wave
+    of programs). `cache=False` prepares vq-v2's codebook afresh (timing a cache miss). vq-v2 takes
+    d <= 63 and runs vq-v1 above that.
     """
     M = z.shape[0]
     if out is None:
@@ -320,52 +304,9 @@ def vq_nearest_fwd(
         assert indices.shape == (M,) and indices.dtype == torch.int64 and indices.is_contiguous()
         assert distances.shape == (M,) and distances.dtype == torch.float32 and distances.is_contiguous()
     if impl == "vq-v2" and z.shape[1] <= V2_MAX_D:
-        _launch_v2(z, codebook, metric, indices, distances, split)
+        _launch_v2(z, codebook, metric, indices, distances, split, cache)
     elif impl in ("vq-v1", "vq-v2"):
         triton_v1.launch_v1(z, codebook, metric, indices, distances, split)
     else:
         raise ValueError(f"unknown vq_nearest implementation {impl!r}")
     return indices, distances
-
-
-def aot_specs() -> list[AOTSpec]:
-    """Every configuration the launchers can run on a GPU: vq-v1's kernels, and vq-v2's per BLOCK_D and z dtype.
-
-    vq-v2 is compiled at M = 4096, K = 16384 with d = 12 (BLOCK_D = 16, the model's code dim) and with
-    d = 20 and d = 40 for the wider configurations.
-    """
-    specs = triton_v1.aot_specs()
-    M, K = triton_v1.AOT_M, triton_v1.AOT_K
-    for d in (triton_v1.AOT_D, 20, 40):
-        block_d = _block_d(d)
-        cfg = V2_CONFIGS[block_d]
-        per_split, n_split = _v2_split(M, K, cfg, triton_v1.AOT_SMS, None)
-        k_pad = triton.cdiv(K, cfg.block_k) * cfg.block_k
-        for ty in ("fp32", "fp16", "bf16"):
-            sig = {
-                "z_ptr": f"*{ty}", "c_ptr": f"*{ty}", "w_ptr": "*fp32", "mu_ptr": "*fp32",
-                "ws_ptr": "*i64", "cnt_ptr": "*i32", "idx_ptr": "*i64", "dist_ptr": "*fp32",
-                "M": "i32", "D": "i32", "stride_zm": "i32", "stride_ck": "i32", "codes_per_split": "i32",
-                "k_pad": "i32", "n_split": "i32", "is_cosine": "i32", "eps": "fp32",
-                "BLOCK_M": "constexpr", "BLOCK_K": "constexpr", "BLOCK_D": "constexpr", "DOT_PRECISION": "constexpr",
-            }  # fmt: skip
-            values = {"M": M, "D": d, "stride_zm": d, "stride_ck": d, "codes_per_split": per_split,
-                      "k_pad": k_pad, "n_split": n_split, "is_cosine": 0}  # fmt: skip
-            specs.append(
-                AOTSpec(
-                    kernel=_vq_nearest_v2_kernel,
-                    signature=sig,
-                    constexprs={"BLOCK_M": cfg.block_m, "BLOCK_K": cfg.block_k, "BLOCK_D": block_d,
-                                "DOT_PRECISION": cfg.dot_precision},  # fmt: skip
-                    num_warps=cfg.num_warps,
-                    num_stages=cfg.num_stages,
-                    label=f"vq-v2 {ty} {cfg.dot_precision} BLOCK_M={cfg.block_m} BLOCK_K={cfg.block_k} "
-                    f"BLOCK_D={block_d}",
-                    expect_tensor_cores=cfg.dot_precision != "ieee",
-                    op="vq",
-                    dtype=ty,
-                    values=values,
-                    main=True,
-                )
-            )
-    return specs
