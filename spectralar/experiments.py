@@ -38,11 +38,13 @@ from .cli import (
     Parser,
     add_common_flags,
     add_sampling_flags,
+    int_list,
     non_negative_int,
     positive_float,
     positive_int,
     run_command,
 )
+from .evaluation.kinds import DEFAULT_RUNS, KindsOptions, compare_kinds
 from .evaluation.measures import (
     check_classifier,
     class_accuracy,
@@ -301,6 +303,16 @@ def cmd_causality_probe(args, device, command) -> dict:
     return report
 
 
+def float_list(text: str) -> list[float]:
+    try:
+        vals = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        vals = []
+    if not vals or not all(math.isfinite(v) for v in vals):
+        raise argparse.ArgumentTypeError(f"expected comma-separated finite numbers, got {text!r}")
+    return vals
+
+
 # ---- CLI ------------------------------------------------------------------------------------------------
 
 
@@ -346,11 +358,52 @@ def build_parser() -> Parser:
     c.add_argument("--num-test", type=positive_int, default=1000, help="held-out images to score them")
     c.add_argument("--alphas", default="0.01,0.1,1,10,100,1000", help="ridge strengths to choose from")
     add_common_flags(c, "runs/experiments/causality")
+    k = sub.add_parser("kinds", help="spectral vs raster vs 1-D tokens at the same budget: train, evaluate, report")
+    k.add_argument("--out", default="runs/kinds", help="output directory (OUT/seed<S>/<KIND-N>/ per run, reports)")
+    k.add_argument("--runs", default=",".join(DEFAULT_RUNS), help="comma-separated KIND-N runs (KIND: spectral, "
+                   "raster, 1d; N tokens), default %(default)s")
+    k.add_argument("--seeds", type=int_list, default=[0, 1], help="comma-separated seeds (default 0,1)")
+    k.add_argument("--steps", type=positive_int, default=2000, help="tokenizer steps of every run")
+    k.add_argument("--generator-steps", type=positive_int, default=800, help="generator steps of every run")
+    k.add_argument("--batch-size", type=positive_int, default=64, help="tokenizer training batch")
+    k.add_argument("--generator-batch-size", type=positive_int, default=256, help="generator training batch")
+    k.add_argument("--lr", type=positive_float, default=1e-3, help="peak learning rate of both stages")
+    k.add_argument("--preset", default="fmnist", help="tokenizer preset shared by all runs (fmnist, micro)")
+    k.add_argument("--generator-preset", default="fmnist", help="generator preset shared by all runs")
+    k.add_argument("--mapping", default="gain", choices=list(MAPPINGS), help="the spectral runs' mapping")
+    k.add_argument("--data", default="fmnist", help="'fmnist', a folder of its IDX files, or an image folder")
+    k.add_argument("--val-size", type=positive_int, default=500, help="validation images during training")
+    k.add_argument("--ckpt-every", type=positive_int, default=250, help="steps between checkpoints (resume points)")
+    k.add_argument("--classifier", default=None, help="classifier for CFD / accuracy (default: the bundled one)")
+    k.add_argument("--num", type=positive_int, default=1000, help="test images for reconstruction")
+    k.add_argument("--num-per-class", type=positive_int, default=100, help="samples per class at each CFG scale")
+    k.add_argument("--cfgs", type=float_list, default=[1.0, 2.0], help="CFG scales (the last also per prefix)")
+    k.add_argument("--probe-train", type=positive_int, default=5000, help="training images to fit the probe")
+    k.add_argument("--probe-test", type=positive_int, default=1000, help="test images to score the probe")
+    k.add_argument("--eval-batch-size", type=positive_int, default=100, help="images per forward pass in evaluation")
+    k.add_argument("--train-only", action="store_true", help="train what is missing, evaluate nothing")
+    k.add_argument("--report-only", action="store_true", help="only rewrite the report from the evaluated runs")
+    k.add_argument("--reevaluate", action="store_true", help="evaluate again runs that have an eval.json")
+    k.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    k.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
     return p
 
 
+def cmd_kinds(args, device, command) -> dict:
+    opts = KindsOptions(out=args.out, runs=tuple(r for r in args.runs.split(",") if r.strip()),
+                        seeds=tuple(args.seeds), steps=args.steps, generator_steps=args.generator_steps,
+                        batch_size=args.batch_size, generator_batch_size=args.generator_batch_size, lr=args.lr,
+                        preset=args.preset, generator_preset=args.generator_preset, mapping=args.mapping,
+                        data=args.data, val_size=args.val_size, ckpt_every=args.ckpt_every,
+                        classifier=args.classifier, num=args.num, num_per_class=args.num_per_class,
+                        cfgs=tuple(args.cfgs), probe_train=args.probe_train, probe_test=args.probe_test,
+                        eval_batch_size=args.eval_batch_size, threads=args.threads, device=device,
+                        train_only=args.train_only, report_only=args.report_only, reevaluate=args.reevaluate)
+    return compare_kinds(opts)
+
+
 COMMANDS = {"truncation": cmd_truncation, "mapping-ablation": cmd_mapping_ablation,
-            "causality-probe": cmd_causality_probe}
+            "causality-probe": cmd_causality_probe, "kinds": cmd_kinds}
 
 
 def main(argv=None) -> int:

@@ -1,16 +1,33 @@
-"""The causality probe's embeddings: PCA, raster patches, DCT bands and ridge predictability per position."""
+"""The causality probe's embeddings: a tokenizer's own token vectors, PCA, raster patches, DCT bands, and ridge
+predictability per position."""
 
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 
 from spectralar_kernels import dct2d
 
 from .metrics import ridge_r2
 
+__all__ = ["dct_bands", "pca_project", "probe_r2", "raster_patches", "token_embeddings"]
+
 # ---- causality probe ------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def token_embeddings(tokenizer, images: torch.Tensor, batch_size: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+    """A tokenizer's tokens of images [M, C, S, S] as vectors, on the CPU: (continuous: the l2-normalised encoder
+    outputs before quantisation, quantized: the chosen code vectors), each float32 [M, N, code_dim]."""
+    dev = next(tokenizer.parameters()).device
+    cont, quant = [], []
+    for i in range(0, images.shape[0], batch_size):
+        x = images[i:i + batch_size].to(dev)
+        cont.append(F.normalize(tokenizer.encode_continuous(x).float(), dim=-1).cpu())
+        quant.append(tokenizer.quantizer.codes_to_vectors(tokenizer.encode(x)).float().cpu())
+    return torch.cat(cont), torch.cat(quant)
 
 
 def pca_project(train: torch.Tensor, test: torch.Tensor, k: int):

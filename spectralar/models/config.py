@@ -15,6 +15,8 @@ from spectralar_kernels.windows import MAPPINGS
 
 from .perceptual import MIN_SIZE
 
+TOKEN_KINDS = ("spectral", "raster", "1d")
+
 
 @dataclass
 class TokenizerConfig:
@@ -22,6 +24,9 @@ class TokenizerConfig:
     channels: int = 1
     patch_size: int = 4
     num_tokens: int = 16  # N spectral tokens
+    # tokenizer kind (models/kinds.py): "spectral" (nested spectral tokens), "raster" (one token per cell of a
+    # patch grid, VQGAN / LlamaGen) or "1d" (learned queries like spectral, no nested targets: TiTok)
+    tokens: str = "spectral"
     codebook_size: int = 1024  # K
     code_dim: int = 12
     width: int = 128
@@ -133,7 +138,7 @@ _RULES = {
                   "commitment": "ge0", "restart_every": "nonneg", "restart_buffer": "pos",
                   "prefix_dist": ("uniform", "linear"), "recon_loss": ("l2", "l1"), "adv_weight": "ge0",
                   "adv_start": "nonneg", "disc_channels": "pos", "ema_decay": "prob", "perceptual_weight": "ge0",
-                  "perceptual_backbone": "str"},
+                  "perceptual_backbone": "str", "tokens": TOKEN_KINDS},
     "generator": {"num_tokens": "pos", "codebook_size": "pos", "num_classes": "pos", "width": "pos", "depth": "pos",
                   "heads": "pos", "mlp_ratio": "gt0", "dropout": "prob", "class_dropout": "prob", "ema_decay": "prob",
                   "cond": ("token", "adaln")},
@@ -231,9 +236,16 @@ def validate_config(kind: str, d, classes=None, max_bytes: int | None = None):
         if c.image_size % c.patch_size:
             raise ValueError(f"tokenizer config: image_size={c.image_size} is not divisible by "
                              f"patch_size={c.patch_size}")
-        if c.num_tokens > c.image_size:
+        if c.tokens == "spectral" and c.num_tokens > c.image_size:
             raise ValueError(f"tokenizer config: num_tokens={c.num_tokens} exceeds image_size={c.image_size} "
                              "(each token needs at least one frequency ring)")
+        if c.tokens != "spectral" and c.windows:
+            raise ValueError(f"tokenizer config: windows={c.windows} apply to tokens='spectral' only, not "
+                             f"tokens={c.tokens!r}")
+        side, grid = math.isqrt(c.num_tokens), c.image_size // c.patch_size
+        if c.tokens == "raster" and (side * side != c.num_tokens or grid % side):
+            raise ValueError(f"tokenizer config: tokens='raster' needs num_tokens a square whose side divides the "
+                             f"{grid}x{grid} patch grid (image_size / patch_size), got num_tokens={c.num_tokens}")
         w = c.windows
         if w and (len(w) != c.num_tokens or w[-1] != c.image_size or w[0] < 1
                   or any(a >= b for a, b in zip(w, w[1:]))):

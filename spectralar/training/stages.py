@@ -33,8 +33,9 @@ from ..evaluation.metrics import psnr
 from ..models.config import preset, to_dict, validate_config
 from ..models.discriminator import PatchDiscriminator, adaptive_weight, hinge_d_loss, hinge_g_loss
 from ..models.generator import SpectralGPT
+from ..models.kinds import build_tokenizer
 from ..models.perceptual import PerceptualDistance
-from ..models.tokenizer import SpectralTokenizer
+from ..models.tokenizer import Tokenizer
 from ..pretrained import load_model
 from ..viz import save_grid
 from .options import TrainOptions
@@ -98,7 +99,7 @@ class TokenizerLoss(nn.Module):
     generator-side hinge term on the reconstruction (times VQGAN's adaptive weight when `adv_adaptive`, which
     balances it against the reconstruction and perceptual terms together, as VQGAN's does)."""
 
-    def __init__(self, model: SpectralTokenizer, disc: nn.Module | None = None,
+    def __init__(self, model: Tokenizer, disc: nn.Module | None = None,
                  perceptual: PerceptualDistance | None = None):
         super().__init__()
         self.model = model
@@ -190,11 +191,11 @@ def setup_tokenizer(opts: TrainOptions, device, out: Path, resume_meta, main_pro
         train_meta["perceptual_sha1"] = perceptual.sha1
     train_set = make_dataset(opts.data, "train", cfg.image_size, cfg.channels, opts.skip_bad_images)
     check_batches(len(train_set), opts.batch_size * opts.accum, world)
-    if not cfg.windows and cfg.mapping in DATA_MAPPINGS:
+    if not cfg.windows and cfg.mapping in DATA_MAPPINGS and cfg.tokens == "spectral":
         cfg.windows = data_windows(train_set, cfg)
-    check_model_size(lambda: SpectralTokenizer(cfg), device, where)
+    check_model_size(lambda: build_tokenizer(cfg), device, where)
     torch.manual_seed(opts.seed)
-    model = SpectralTokenizer(cfg).to(device)
+    model = build_tokenizer(cfg).to(device)
     critic = None
     if cfg.adv_weight > 0:  # only then is a discriminator built at all
         disc = PatchDiscriminator.from_config(cfg).to(device)
