@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from ..checkpoint import read_meta
 from ..models.classifier import classify
 from ..models.config import TOKEN_KINDS
 from ..pretrained import PRETRAINED_DIR, load_model, load_pretrained
@@ -145,6 +146,16 @@ def train_run(opts: KindsOptions, spec: RunSpec, seed: int) -> dict:
     return {"tokenizer": tok, "generator": gen}
 
 
+SHARED = ("steps", "batch_size", "accum", "lr", "min_lr_ratio", "warmup", "weight_decay", "clip", "preset", "data")
+
+
+def training_settings(out: Path) -> dict:
+    """What both stages of a run were trained with, minus what differs by design (seed, kind, N): the fairness
+    record the report compares across runs."""
+    return {stage: {k: read_meta(out / stage)["train"]["args"].get(k) for k in SHARED}
+            for stage in ("tokenizer", "generator")}
+
+
 def _u8(images: torch.Tensor) -> torch.Tensor:
     return images.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
 
@@ -190,7 +201,8 @@ def evaluate_run(opts: KindsOptions, spec: RunSpec, seed: int) -> dict:
     report = {"run": spec.name, "kind": spec.kind, "num_tokens": N, "seed": seed, "prefix_meaning": tok.prefix_meaning,
               "params": {"tokenizer": sum(p.numel() for p in tok.parameters()),
                          "generator": sum(p.numel() for p in gen.parameters())},
-              "tokenizer_config": dataclasses.asdict(c), "train_seconds": stage_seconds(out),
+              "tokenizer_config": dataclasses.asdict(c), "training": training_settings(out),
+              "train_seconds": stage_seconds(out),
               "reconstruction": {"num_images": int(x.shape[0]), "psnr_vs_image": rec["psnr_vs_image"],
                                  "ssim_vs_image": rec["ssim_vs_image"]},
               "generation": {}}
