@@ -91,7 +91,8 @@ def cmd_kinds(args, device, command) -> dict:
                         classifier=args.classifier, num=args.num, num_per_class=args.num_per_class,
                         cfgs=tuple(args.cfgs), probe_train=args.probe_train, probe_test=args.probe_test,
                         eval_batch_size=args.eval_batch_size, threads=args.threads, device=device,
-                        train_only=args.train_only, report_only=args.report_only, reevaluate=args.reevaluate)
+                        train_only=args.train_only, report_only=args.report_only, reevaluate=args.reevaluate,
+                        time_sampling=args.time_sampling)
     return compare_kinds(opts)
 
 
@@ -155,8 +156,8 @@ def build_parser() -> Parser:
     k.add_argument("--runs", default=",".join(DEFAULT_RUNS), help="comma-separated KIND-N runs (KIND: spectral, "
                    "raster, 1d; N tokens), default %(default)s")
     k.add_argument("--seeds", type=int_list, default=[0, 1], help="comma-separated seeds (default 0,1)")
-    k.add_argument("--steps", type=positive_int, default=2000, help="tokenizer steps of every run")
-    k.add_argument("--generator-steps", type=positive_int, default=800, help="generator steps of every run")
+    k.add_argument("--steps", type=positive_int, default=500, help="tokenizer steps of every run")
+    k.add_argument("--generator-steps", type=positive_int, default=200, help="generator steps of every run")
     k.add_argument("--batch-size", type=positive_int, default=64, help="tokenizer training batch")
     k.add_argument("--generator-batch-size", type=positive_int, default=256, help="generator training batch")
     k.add_argument("--lr", type=positive_float, default=1e-3, help="peak learning rate of both stages")
@@ -176,6 +177,9 @@ def build_parser() -> Parser:
     k.add_argument("--train-only", action="store_true", help="train what is missing, evaluate nothing")
     k.add_argument("--report-only", action="store_true", help="only rewrite the report from the evaluated runs")
     k.add_argument("--reevaluate", action="store_true", help="evaluate again runs that have an eval.json")
+    k.add_argument("--time-sampling", type=non_negative_int, default=0, metavar="ROUNDS",
+                   help="also time KV-cached sampling of the first seed's runs side by side (ROUNDS interleaved "
+                        "rounds; 0 = no)")
     k.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     k.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
     return p

@@ -39,7 +39,7 @@ from .metrics import CFD_LABEL, frechet_distance_from_features
 from .probes import probe_r2, token_embeddings
 from .runs import stage_seconds, train_stage
 
-__all__ = ["DEFAULT_RUNS", "KindsOptions", "RunSpec", "compare_kinds", "evaluate_run", "train_run"]
+__all__ = ["DEFAULT_RUNS", "KindsOptions", "RunSpec", "compare_kinds", "evaluate_run", "time_sampling", "train_run"]
 
 DEFAULT_RUNS = ("spectral-16", "raster-16", "1d-16", "raster-64")
 EVAL, FIGURES = "eval.json", "figures.safetensors"
@@ -75,14 +75,16 @@ class KindsOptions:
     images for reconstruction, `num_per_class` samples per class at each CFG scale in `cfgs` (the last one also
     decoded from every prefix), the probe fitted on `probe_train` training and scored on `probe_test` test images,
     the generator's cross-entropy on the whole test split; `classifier` defaults to the bundled one.
-    `train_only` trains and stops; `report_only` only rewrites the report from the evaluated runs in `out`.
+    `train_only` trains and stops; `report_only` only rewrites the report from the evaluated runs in `out`;
+    `time_sampling` > 0 also times the KV-cached sampling of every run of the first seed side by side in this
+    process, in that many interleaved rounds (timings from separate processes on a shared machine do not compare).
     """
 
     out: str | Path
     runs: tuple[str, ...] = DEFAULT_RUNS
     seeds: tuple[int, ...] = (0, 1)
-    steps: int = 2000
-    generator_steps: int = 800
+    steps: int = 500
+    generator_steps: int = 200
     batch_size: int = 64
     generator_batch_size: int = 256
     lr: float = 1e-3
@@ -104,6 +106,7 @@ class KindsOptions:
     train_only: bool = False
     report_only: bool = False
     reevaluate: bool = False
+    time_sampling: int = 0
 
     def specs(self) -> list[RunSpec]:
         specs = [RunSpec.parse(r) for r in self.runs]
@@ -245,6 +248,31 @@ def evaluate_run(opts: KindsOptions, spec: RunSpec, seed: int) -> dict:
     return report
 
 
+@torch.no_grad()
+def time_sampling(opts: KindsOptions, seed: int, rounds: int) -> dict:
+    """Seconds per image of KV-cached sampling (generator only, no decoding) of every trained run of `seed`,
+    measured side by side: `rounds` rounds, each sampling `num_per_class` images per class with every run in turn
+    at the last CFG scale; the median round per run. Written to OUT/sampling_timing.json."""
+    gens = {}
+    for spec in opts.specs():
+        path = run_dir(opts, spec, seed) / "generator"
+        if path.is_dir():
+            gens[spec.name] = load_model(path, "generator", opts.device)
+    times = {name: [] for name in gens}
+    for _ in range(rounds):
+        for name, gen in gens.items():
+            labels = torch.arange(gen.config.num_classes).repeat_interleave(opts.num_per_class)
+            s = sample_batches(None, gen, labels, batch_size=opts.eval_batch_size, seed=seed,
+                               cfg_scale=opts.cfgs[-1], decode=False)
+            times[name].append(s.seconds / labels.numel())
+    report = {"seed": seed, "rounds": rounds, "cfg_scale": opts.cfgs[-1], "batch_size": opts.eval_batch_size,
+              "threads": torch.get_num_threads(), "device": str(opts.device),
+              "seconds_per_image_median": {n: float(np.median(t)) for n, t in times.items()},
+              "seconds_per_image_rounds": times}
+    write_json(Path(opts.out) / "sampling_timing.json", report)
+    return report
+
+
 def compare_kinds(opts: KindsOptions, log=print) -> dict:
     """Train and evaluate what is missing of `opts.runs` x `opts.seeds` (finished stages and evaluations are kept;
     `reevaluate` redoes the evaluations), then report over every evaluated run in `opts.out`. Returns the report."""
@@ -264,4 +292,8 @@ def compare_kinds(opts: KindsOptions, log=print) -> dict:
                 log(f"[{spec.name} seed {seed}] evaluated in {r['seconds']:.0f} s: PSNR "
                     f"{r['reconstruction']['psnr_vs_image'][-1]:.2f} dB, CFD {g['cfd_generated_vs_real']:.1f} at CFG "
                     f"{opts.cfgs[-1]:g}")
+    if opts.time_sampling:
+        t = time_sampling(opts, opts.seeds[0], opts.time_sampling)
+        log("KV-cached sampling, ms per image (side by side): " + ", ".join(
+            f"{n} {1000 * v:.2f}" for n, v in t["seconds_per_image_median"].items()))
     return write_report(Path(opts.out), log=log)

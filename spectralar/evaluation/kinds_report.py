@@ -272,8 +272,18 @@ def write_report(out, log=print) -> dict:
               # the fairness check: every run trained with the same settings (seed and kind aside)
               "same_training_settings": len(settings) == 1, "training": [json.loads(t) for t in sorted(settings)],
               **summary}
+    timing = out / "sampling_timing.json"
+    if timing.is_file():  # side-by-side timings of one process beat the per-run ones measured under other loads
+        report["sampling_timing_side_by_side"] = json.loads(timing.read_text())
     write_json(out / "kinds.json", report)
-    (out / "kinds_tables.md").write_text(tables_markdown(summary))
+    text = tables_markdown(summary)
+    if timing.is_file():
+        t = report["sampling_timing_side_by_side"]["seconds_per_image_median"]
+        base = t.get("spectral-16")
+        text += ("\nKV-cached sampling, side by side in one process (median of rounds), ms per image: "
+                 + ", ".join(f"{n} {1000 * v:.2f}" + (f" ({v / base:.2f}x spectral-16)" if base else "")
+                             for n, v in sorted(t.items(), key=lambda kv: _order(kv[0]))) + "\n")
+    (out / "kinds_tables.md").write_text(text)
     figures(out, evals, min(evals))
     for claim, v in summary["verdicts"].items():
         log(f"{claim}: {v['verdict']} ({v['headline_measure']})")
