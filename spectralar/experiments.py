@@ -89,6 +89,7 @@ def cmd_kinds(args, device, command) -> dict:
                         preset=args.preset, generator_preset=args.generator_preset, mapping=args.mapping,
                         data=args.data, val_size=args.val_size, ckpt_every=args.ckpt_every,
                         classifier=args.classifier, num=args.num, num_per_class=args.num_per_class,
+                        prefix_per_class=args.prefix_per_class,
                         cfgs=tuple(args.cfgs), probe_train=args.probe_train, probe_test=args.probe_test,
                         eval_batch_size=args.eval_batch_size, threads=args.threads, device=device,
                         train_only=args.train_only, report_only=args.report_only, reevaluate=args.reevaluate,
@@ -168,11 +169,14 @@ def build_parser() -> Parser:
     k.add_argument("--val-size", type=positive_int, default=500, help="validation images during training")
     k.add_argument("--ckpt-every", type=positive_int, default=250, help="steps between checkpoints (resume points)")
     k.add_argument("--classifier", default=None, help="classifier for CFD / accuracy (default: the bundled one)")
-    k.add_argument("--num", type=positive_int, default=1000, help="test images for reconstruction")
+    k.add_argument("--num", type=positive_int, default=500, help="test images for reconstruction and the probe")
     k.add_argument("--num-per-class", type=positive_int, default=100, help="samples per class at each CFG scale")
+    k.add_argument("--prefix-per-class", type=positive_int, default=50,
+                   help="of those at the last CFG scale, how many per class are decoded from every prefix")
     k.add_argument("--cfgs", type=float_list, default=[1.0, 2.0], help="CFG scales (the last also per prefix)")
     k.add_argument("--probe-train", type=positive_int, default=5000, help="training images to fit the probe")
-    k.add_argument("--probe-test", type=positive_int, default=1000, help="test images to score the probe")
+    k.add_argument("--probe-test", type=positive_int, default=500,
+                   help="test images to score the probe (the first of the reconstruction images)")
     k.add_argument("--eval-batch-size", type=positive_int, default=100, help="images per forward pass in evaluation")
     k.add_argument("--train-only", action="store_true", help="train what is missing, evaluate nothing")
     k.add_argument("--report-only", action="store_true", help="only rewrite the report from the evaluated runs")

@@ -72,8 +72,9 @@ class KindsOptions:
     """The comparison's settings: everything but `runs` and `seeds` is shared by every run (the fairness).
 
     `mapping` is the spectral runs' token-frequency mapping (the others have no windows). Evaluation: `num` test
-    images for reconstruction, `num_per_class` samples per class at each CFG scale in `cfgs` (the last one also
-    decoded from every prefix), the probe fitted on `probe_train` training and scored on `probe_test` test images,
+    images for reconstruction, `num_per_class` samples per class at each CFG scale in `cfgs` (the first
+    `prefix_per_class` of them at the last scale also decoded from every prefix: N decodings each), the probe fitted
+    on `probe_train` training images and scored on the first `probe_test` of the reconstruction images,
     the generator's cross-entropy on the whole test split; `classifier` defaults to the bundled one.
     `train_only` trains and stops; `report_only` only rewrites the report from the evaluated runs in `out`;
     `time_sampling` > 0 also times the KV-cached sampling of every run of the first seed side by side in this
@@ -95,11 +96,12 @@ class KindsOptions:
     val_size: int = 500
     ckpt_every: int = 250
     classifier: str | Path | None = None
-    num: int = 1000
+    num: int = 500
     num_per_class: int = 100
+    prefix_per_class: int = 50
     cfgs: tuple[float, ...] = (1.0, 2.0)
     probe_train: int = 5000
-    probe_test: int = 1000
+    probe_test: int = 500
     eval_batch_size: int = 100
     threads: int | None = None
     device: str | torch.device = "cpu"
@@ -120,7 +122,7 @@ class KindsOptions:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds {list(self.seeds)}: expected distinct integers")
         for name in ("steps", "generator_steps", "batch_size", "generator_batch_size", "ckpt_every", "num",
-                     "num_per_class", "probe_train", "probe_test", "eval_batch_size"):
+                     "num_per_class", "prefix_per_class", "probe_train", "probe_test", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.probe_train < 4:
@@ -221,10 +223,12 @@ def evaluate_run(opts: KindsOptions, spec: RunSpec, seed: int) -> dict:
         report["generation"][f"cfg{cfg:g}"] = m
         codes, imgs = s.all_codes(), fake
     report["reconstruction"]["cfd_reconstructed_train_vs_real"] = m["cfd_reconstructed_train_vs_real"]
-    prefix = {"cfg_scale": opts.cfgs[-1], "label": CFD_LABEL, "accuracy": [], "cfd": []}
+    keep = torch.cat([torch.nonzero(labels == k)[:opts.prefix_per_class, 0] for k in range(nc)])
+    prefix = {"cfg_scale": opts.cfgs[-1], "label": CFD_LABEL, "num_generated": int(keep.numel()), "accuracy": [],
+              "cfd": []}
     for k in range(1, N + 1):
-        f, logits = classify(clf, decode_all(tok, codes, num_tokens=k))
-        prefix["accuracy"].append(class_accuracy(logits, labels, classes)[0])
+        f, logits = classify(clf, decode_all(tok, codes[keep], num_tokens=k))
+        prefix["accuracy"].append(class_accuracy(logits, labels[keep], classes)[0])
         prefix["cfd"].append(frechet_distance_from_features(f, f_real))
     report["generated_prefixes"] = prefix
     xtr, _, _ = load_subset(opts.data, "train", *shape, opts.probe_train, 0)
