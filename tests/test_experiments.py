@@ -4,20 +4,14 @@
 import json
 
 import pytest
-import torch
 from fakedata import fake_fmnist
 
 from spectralar import evaluate, experiments
 from spectralar.evaluation.kinds import KindsOptions, RunSpec
 from spectralar.evaluation.kinds_report import verdict
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

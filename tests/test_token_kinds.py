@@ -15,6 +15,7 @@ from spectralar.models.tokenizer import SpectralTokenizer
 from spectralar.pretrained import PRETRAINED_DIR, load_model, load_pretrained
 from spectralar.training import TrainOptions, train
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 KINDS = [("spectral", 4), ("raster", 4), ("1d", 4), ("raster", 16)]  # micro preset: 4x4 grid of 8x8 patches
 
 
@@ -30,13 +31,6 @@ def images(B=3, seed=0):
 def data(tmp_path_factory):
     return fake_fmnist(tmp_path_factory.mktemp("fmnist"), n_train=64, n_test=16)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.mark.parametrize("kind, n", KINDS, ids=lambda v: str(v))
