@@ -3,12 +3,18 @@ trainer, round-trips a checkpoint, samples the same codes with and without the K
 its kind says; the default stays the spectral tokenizer every existing checkpoint holds."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
 from fakedata import fake_fmnist
+from PIL import Image
 
+from spectralar import evaluate, experiments, generate, reconstruct
+from spectralar.checkpoint import save_checkpoint
+from spectralar.data import FMNIST_CLASSES
 from spectralar.models.config import preset, to_dict, validate_config
+from spectralar.models.generator import SpectralGPT
 from spectralar.models.kinds import QueryTokenizer, build_tokenizer
 from spectralar.models.raster import RasterTokenizer
 from spectralar.models.tokenizer import SpectralTokenizer
@@ -154,3 +160,36 @@ def test_raster_allows_more_tokens_than_rows():
                                         "num_tokens": 64})
     tok = build_tokenizer(cfg)
     assert tok.group == 1 and tok.encode(images(2)).shape == (2, 64)
+
+
+@pytest.mark.parametrize("kind, n", [("raster", 16), ("1d", 4)])
+def test_command_lines_work_on_every_kind(kind, n, data, tmp_path, capsys):
+    """generate (with --progressive), reconstruct, evaluate reconstruct and the experiments on a run folder of a
+    non-spectral kind; the prefix strip says what a prefix of that kind is."""
+    torch.manual_seed(0)
+    tok = build_tokenizer(micro(kind, n))
+    gen = SpectralGPT(dataclasses.replace(preset("generator", "micro"), num_tokens=n, codebook_size=32,
+                                          num_classes=10))
+    run = tmp_path / "run"
+    for stage, model in (("tokenizer", tok), ("generator", gen)):
+        save_checkpoint(run / stage, stage, model, to_dict(model.config), step=1, train={"classes": FMNIST_CLASSES})
+    cpu = ["--device", "cpu"]
+    assert generate.main(["--checkpoint", str(run), "--classes", "0,1", "--num-per-class", "2", "--progressive",
+                          "--out", str(tmp_path / "s.png"), *cpu]) == 0
+    assert f"{kind} tokens: column k is decoded from" in capsys.readouterr().out
+    assert Image.open(tmp_path / "s_progressive.png").size[0] == 3 * (n * 34 + 2)  # N columns, --scale 3
+    Image.fromarray((torch.rand(32, 32) * 255).byte().numpy()).save(tmp_path / "in.png")
+    assert reconstruct.main([str(tmp_path / "in.png"), "--checkpoint", str(run), "--out", str(tmp_path / "r.png"),
+                             *cpu]) == 0
+    assert f"{kind} tokens: the image after k tokens is" in capsys.readouterr().out
+    assert evaluate.main(["reconstruct", "--checkpoint", str(run), "--data", str(data), "--num", "4",
+                          "--out", str(tmp_path / "ev"), *cpu]) == 0
+    assert experiments.main(["truncation", "--checkpoint", str(run), "--data", str(data), "--num", "4",
+                             "--no-generation", "--out", str(tmp_path / "tr"), *cpu]) == 0
+    assert experiments.main(["causality-probe", "--checkpoint", str(run), "--data", str(data), "--num-train", "16",
+                             "--num-test", "8", "--out", str(tmp_path / "cp"), *cpu]) == 0
+    probe = json.loads((tmp_path / "cp" / "causality_probe.json").read_text())
+    assert set(probe["r2"]) == {f"{kind} tokens (continuous)", f"{kind} tokens (quantized)",
+                                "spatial raster patches (PCA)"}  # no DCT bands without spectral windows
+    trunc = json.loads((tmp_path / "tr" / "truncation.json").read_text())
+    assert trunc["tokens"] == kind and trunc["reconstruction"]["psnr_subimage_vs_image"] == [None] * n

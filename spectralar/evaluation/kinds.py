@@ -144,6 +144,7 @@ def train_run(opts: KindsOptions, spec: RunSpec, seed: int) -> dict:
               "device": opts.device, "ckpt_every": opts.ckpt_every}
     config = {"overrides": {"tokens": spec.kind, "num_tokens": spec.num_tokens},
               "mapping": opts.mapping if spec.kind == "spectral" else None}
+    # warm-up: a tenth of each schedule, at most the command line's defaults (200 and 100 steps)
     tok = train_stage("tokenizer", out, opts.steps, config=config, preset=opts.preset, batch_size=opts.batch_size,
                       warmup=min(200, opts.steps // 10), **common)
     gen = train_stage("generator", out, opts.generator_steps, preset=opts.generator_preset,
@@ -185,8 +186,9 @@ def evaluate_run(opts: KindsOptions, spec: RunSpec, seed: int) -> dict:
     Reconstruction: PSNR / SSIM of the decoding of every prefix against the real image (`num` test images, the
     same for every run and seed), and the CFD of reconstructed training images. Generation at each CFG scale:
     classifier metrics of `num_per_class` samples per class against the whole test split, sampling seconds per
-    image with the KV cache; at the last scale also CFD / accuracy of the samples decoded from every prefix.
-    The causality probe's R^2 on the run's own tokens; the generator's cross-entropy per token on the test split.
+    image with the KV cache; at the last scale also CFD / accuracy of the first `prefix_per_class` samples per
+    class decoded from every prefix. The causality probe's R^2 on the run's own tokens; the generator's
+    cross-entropy per position on the whole test split (teacher forcing, true labels).
     """
     t0 = time.time()
     out = run_dir(opts, spec, seed)
