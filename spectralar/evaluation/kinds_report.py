@@ -162,8 +162,9 @@ def tables_markdown(summary: dict) -> str:
         cells = []
         for key, _, _ in MEASURES:
             m = v["per_measure"][key]
-            gaps = ", ".join(_fmt(g) for g in m["gap_per_seed"])
-            cells.append(f"{m['verdict']} (gaps {gaps}; noise {_fmt(m['noise'])})")
+            gaps = ", ".join(f"{g:+.3g}" for g in m["gap_per_seed"])
+            noise = "-" if m["noise"] is None else f"{m['noise']:.3g}"
+            cells.append(f"{m['verdict']} (gaps {gaps or '-'}; noise {noise})")
         lines.append(f"| {claim} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -182,7 +183,9 @@ def _canvas(images: np.ndarray, pad: int = 2) -> np.ndarray:
     return out[..., 0] if C == 1 else out
 
 
-def _panels(path: Path, pictures: list[tuple[str, np.ndarray]], title: str, width: float) -> Path:
+def _panels(path: Path, pictures: list[tuple[str, np.ndarray]], title: str, width: float,
+            columns: list[str] | None = None) -> Path:
+    """Pictures stacked in one figure, each titled; `columns` names the columns of the first one (evenly spaced)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -192,10 +195,19 @@ def _panels(path: Path, pictures: list[tuple[str, np.ndarray]], title: str, widt
     fig, axes = plt.subplots(len(pictures), 1, figsize=(width, width * sum(heights) / pictures[0][1].shape[1] + 0.4
                                                            * len(pictures)),
                              gridspec_kw={"height_ratios": heights}, squeeze=False)
-    for ax, (label, pic) in zip(axes[:, 0], pictures):
+    for i, (ax, (label, pic)) in enumerate(zip(axes[:, 0], pictures)):
         ax.imshow(pic, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         ax.set_title(label, fontsize=9, loc="left")
-        ax.axis("off")
+        ax.set_yticks([])
+        ax.tick_params(length=0)
+        for side in ax.spines.values():
+            side.set_visible(False)
+        if columns and i == 0:
+            step = pic.shape[1] / len(columns)
+            ax.set_xticks([step * (j + 0.5) for j in range(len(columns))], columns, fontsize=7)
+            ax.xaxis.tick_top()
+        else:
+            ax.set_xticks([])
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -210,10 +222,13 @@ def figures(out: Path, evals: dict[int, dict[str, dict]], seed: int) -> list[Pat
     written = []
     if runs:
         pics = {name: load_file(str(Path(out) / f"seed{seed}" / name / "figures.safetensors")) for name in runs}
-        # rows: the first two samples of each class at CFG 2; columns: the classes
-        samples = [(f"{name}: 2 samples per class, CFG 2", _canvas(pics[name]["samples"][:, :2].transpose(0, 1)
-                                                                  .numpy())) for name in runs]
-        written.append(_panels(out / "kinds_samples.png", samples, f"samples of each tokenizer kind (seed {seed})", 12))
+        # rows: the first two samples of each class at the last CFG scale; columns: the classes
+        last = list(next(iter(evals[seed].values()))["generation"].values())[-1]
+        samples = [(f"{name}: 2 samples per class, CFG {last['cfg_scale']:g}",
+                    _canvas(pics[name]["samples"][:, :2].transpose(0, 1).numpy())) for name in runs]
+        classes = list(last["accuracy_on_generated_per_class"])
+        written.append(_panels(out / "kinds_samples.png", samples, f"samples of each tokenizer kind (seed {seed})", 12,
+                               columns=classes))
         strips = []
         for name in runs:
             p = pics[name]["prefixes"]  # [classes, N, C, S, S]
