@@ -104,19 +104,6 @@ def positive_floats(text: str, flag: str) -> list[float]:
     return vals
 
 
-def check_probe_sizes(num_train: int, num_test: int, dim: int) -> None:
-    """Refuse causality-probe sizes too small for its numbers to mean anything: a PCA to `dim` dimensions needs
-    more training images than dimensions (else the axes past the data's rank are noise, which standardising
-    blows up: R^2 of -1e27), and the ridge strength is picked on a fifth of them (at least 5); R^2 needs several
-    held-out images."""
-    need = max(25, 2 * dim + 1)
-    if num_train < need:
-        raise ValueError(f"--num-train {num_train}: the probe needs at least {need} training images (more than twice "
-                         f"the {dim} embedding dimensions, and 5 to choose the ridge strength)")
-    if num_test < 10:
-        raise ValueError(f"--num-test {num_test}: R^2 needs at least 10 held-out images")
-
-
 def _sampling_flag(name: str, parse):
     """An argparse type for sampling field `name`: parsed by `parse`, then judged by building a
     `sampling.SamplingParams` with it, the rule the sampler applies too."""

@@ -142,6 +142,8 @@ def _write(args, out, tokenizer, generator, samples: Samples, labels, classes, n
                          nrow=strip.shape[1], scale=args.scale)
         print(f"wrote {pout.resolve()} (rows: one sample per class; columns: decoded from "
               f"1..{strip.shape[1]} tokens)")
+        if not tokenizer.nested:  # raster and 1-D tokens: say what a prefix is (spectral prefixes are x_k)
+            print(f"{tokenizer.kind} tokens: column k is {tokenizer.prefix_meaning}")
     if args.animate is not None:
         # frame t: every sample decoded from its first t tokens (what sampling.stream previews after token t)
         frames = [torch.cat([decode_prefix(tokenizer, codes[i:i + args.batch_size, :t].to(device)).cpu()

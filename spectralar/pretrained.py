@@ -10,9 +10,10 @@ from .models.build import check_fits
 from .models.classifier import SmallCNN
 from .models.config import validate_config
 from .models.generator import SpectralGPT
-from .models.tokenizer import SpectralTokenizer
+from .models.kinds import build_tokenizer
+from .models.tokenizer import Tokenizer
 
-MODELS = {"tokenizer": SpectralTokenizer, "generator": SpectralGPT, "classifier": SmallCNN}
+MODELS = {"tokenizer": build_tokenizer, "generator": SpectralGPT, "classifier": SmallCNN}
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 
@@ -60,7 +61,7 @@ def resolve(name_or_dir) -> Path:
                           "tokenizer/ and generator/ checkpoints (as written by `python -m spectralar.train`)")
 
 
-def load_pretrained(name_or_dir="fmnist", device="cpu") -> tuple[SpectralTokenizer, SpectralGPT]:
+def load_pretrained(name_or_dir="fmnist", device="cpu") -> tuple[Tokenizer, SpectralGPT]:
     """(tokenizer, generator) in eval mode, from a bundled name ("fmnist") or a training output directory.
     Both configs are checked, and against each other (sizes, and the tokenizer the generator was trained on:
     `check_pair`), before either model is built."""

@@ -65,6 +65,8 @@ def main(argv=None) -> int:
         full = psnr(prog_imgs[:, -1], x).tolist()
         print(f"wrote {out.resolve()}: {len(args.images)} rows (input, then 1..{c.num_tokens} tokens); "
               f"PSNR of the full reconstruction: {', '.join(f'{v:.1f}' for v in full)} dB")
+        if not tok.nested:  # raster and 1-D tokens: say what a prefix is (spectral prefixes are x_k)
+            print(f"{tok.kind} tokens: the image after k tokens is {tok.prefix_meaning}")
     except USER_ERRORS as e:
         return fail(prog, e)
     return 0

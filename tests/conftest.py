@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from spectralar_kernels import use_backend
 
@@ -12,3 +13,13 @@ def backend(request):
     """
     with use_backend(request.param):
         yield request.param
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a module: on a crowded 2-core machine two OpenMP threads wait on each other far
+    longer than they save."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

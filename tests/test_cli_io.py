@@ -216,7 +216,9 @@ def test_causality_probe_refuses_meaningless_sizes(flags, needle, micro, tmp_pat
     def no_work(*a, **k):
         raise AssertionError("the probe loaded data before checking its flags")
 
-    monkeypatch.setattr(experiments, "load_subset", no_work)
+    import spectralar.evaluation.experiments as library
+
+    monkeypatch.setattr(library, "load_subset", no_work)
     code, _, err = call(experiments.main, ["causality-probe", "--checkpoint", run, "--data", data, "--out",
                                            tmp_path, "--device", "cpu", "--num-test", 20, *flags], capsys)
     assert code == 2 and len(err) == 1 and needle in err[0], err

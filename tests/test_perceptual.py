@@ -112,7 +112,7 @@ def test_off_by_default_and_refused_without_weights(data, tmp_path, capsys, monk
     def boom(*a, **k):
         raise AssertionError("a model was built before the perceptual settings were checked")
 
-    monkeypatch.setattr(stages, "SpectralTokenizer", boom)
+    monkeypatch.setattr(stages, "build_tokenizer", boom)
     base = ["tokenizer", "--preset", "micro", "--data", str(data), "--out", str(tmp_path / "run"), "--steps", "2",
             "--set", "perceptual_weight=1"]
     missing = tmp_path / "none.pth"

@@ -397,7 +397,7 @@ def test_bad_flags_fail_before_work(flags, match, data, tmp_path, capsys, monkey
     def no_model(*a, **k):
         raise AssertionError("a model was built before the flags were checked")
 
-    for name in ("SpectralTokenizer", "PatchDiscriminator", "adamw"):
+    for name in ("build_tokenizer", "PatchDiscriminator", "adamw"):
         monkeypatch.setattr(stages, name, no_model)
     out = tmp_path / "run"
     argv = ["tokenizer", "--data", str(data), "--out", str(out), "--steps", "4", "--batch-size", "16", *FAST]

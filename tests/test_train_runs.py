@@ -297,7 +297,7 @@ def test_partial_log_interval_counts_its_own_steps(data, tmp_path):
 
 
 def test_huge_seed_fails_before_work(data, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(stages, "SpectralTokenizer", None)  # nothing may be built
+    monkeypatch.setattr(stages, "build_tokenizer", None)  # nothing may be built
     assert train_main(tok_args(data, tmp_path / "run", "--seed", str(10**20))) == 2
     err = capsys.readouterr().err
     assert "--seed must be an integer in [0, 4294967295]" in err and len(err.strip().splitlines()) == 1

@@ -70,23 +70,27 @@ def reconstruction_metrics(tokenizer, images, batch_size=100) -> dict:
     """Mean PSNR / SSIM per prefix length 1..N of `tokenizer` on images [M, C, S, S] (kept on the CPU).
 
     Reconstructions and exact sub-images are clamped to [-1, 1] (the displayable range) before scoring.
-    Returns lists of length N: psnr/ssim_vs_image, psnr/ssim_vs_subimage, psnr/ssim_subimage_vs_image.
+    Returns lists of length N: psnr/ssim_vs_image, psnr/ssim_vs_subimage, psnr/ssim_subimage_vs_image; the
+    sub-image lists hold None for a tokenizer kind without spectral windows (raster, 1d).
     """
     dev = next(tokenizer.parameters()).device
-    windows = tokenizer.config.windows
+    windows, N = tokenizer.config.windows, tokenizer.config.num_tokens
     keys = [f"{m}_{k}" for k in ("vs_image", "vs_subimage", "subimage_vs_image") for m in ("psnr", "ssim")]
-    sums = {k: torch.zeros(len(windows), dtype=torch.float64) for k in keys}
+    sums = {k: torch.zeros(N, dtype=torch.float64) for k in keys}
     for i in bar(range(0, images.shape[0], batch_size), desc="reconstruct", unit="batch"):
         x = images[i:i + batch_size].to(dev).float()
         rec = tokenizer.decode_progressive(tokenizer.encode(x)).clamp(-1, 1).cpu()  # [B, N, C, S, S]
-        sub = spectral_subimages(x, windows, all_prefixes=True).clamp(-1, 1).cpu()
         real = x.cpu()[:, None].expand_as(rec)
-        pairs = {"vs_image": (rec, real), "vs_subimage": (rec, sub), "subimage_vs_image": (sub, real)}
+        pairs = {"vs_image": (rec, real)}
+        if windows:
+            sub = spectral_subimages(x, windows, all_prefixes=True).clamp(-1, 1).cpu()
+            pairs.update(vs_subimage=(rec, sub), subimage_vs_image=(sub, real))
         for name, (a, b) in pairs.items():
             a2, b2 = a.flatten(0, 1), b.flatten(0, 1)  # [B*N, C, S, S]
-            sums[f"psnr_{name}"] += psnr(a2, b2, max_db=PSNR_CAP_DB).view(-1, len(windows)).sum(0)
-            sums[f"ssim_{name}"] += ssim(a2, b2).view(-1, len(windows)).sum(0)
-    return {k: (v / images.shape[0]).tolist() for k, v in sums.items()}
+            sums[f"psnr_{name}"] += psnr(a2, b2, max_db=PSNR_CAP_DB).view(-1, N).sum(0)
+            sums[f"ssim_{name}"] += ssim(a2, b2).view(-1, N).sum(0)
+    scored = {f"{m}_{name}" for name in pairs for m in ("psnr", "ssim")}
+    return {k: (v / images.shape[0]).tolist() if k in scored else [None] * N for k, v in sums.items()}
 
 
 @torch.no_grad()

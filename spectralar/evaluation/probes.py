@@ -1,16 +1,47 @@
-"""The causality probe's embeddings: PCA, raster patches, DCT bands and ridge predictability per position."""
+"""The causality probe's embeddings: a tokenizer's own token vectors, PCA, raster patches, DCT bands, and ridge
+predictability per position."""
 
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 
 from spectralar_kernels import dct2d
 
+from ..progress import bar
 from .metrics import ridge_r2
 
+__all__ = ["check_probe_sizes", "dct_bands", "pca_project", "probe_r2", "raster_patches", "token_embeddings"]
+
 # ---- causality probe ------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def check_probe_sizes(num_train: int, num_test: int, dim: int, names=("num_train", "num_test")) -> None:
+    """Refuse causality-probe sizes too small for its numbers to mean anything: a PCA to `dim` dimensions needs
+    more training images than dimensions (else the axes past the data's rank are noise, which standardising
+    blows up: R^2 of -1e27), and the ridge strength is picked on a fifth of them (at least 5); R^2 needs several
+    held-out images. `names`: what the two sizes are called in the message (a command line gives its flags)."""
+    need = max(25, 2 * dim + 1)
+    if num_train < need:
+        raise ValueError(f"{names[0]} {num_train}: the probe needs at least {need} training images (more than twice "
+                         f"the {dim} embedding dimensions, and 5 to choose the ridge strength)")
+    if num_test < 10:
+        raise ValueError(f"{names[1]} {num_test}: R^2 needs at least 10 held-out images")
+
+
+def token_embeddings(tokenizer, images: torch.Tensor, batch_size: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+    """A tokenizer's tokens of images [M, C, S, S] as vectors, on the CPU: (continuous: the l2-normalised encoder
+    outputs before quantisation, quantized: the chosen code vectors), each float32 [M, N, code_dim]."""
+    dev = next(tokenizer.parameters()).device
+    cont, quant = [], []
+    for i in bar(range(0, images.shape[0], batch_size), desc="encode", unit="batch"):
+        x = images[i:i + batch_size].to(dev)
+        cont.append(F.normalize(tokenizer.encode_continuous(x).float(), dim=-1).cpu())
+        quant.append(tokenizer.quantizer.codes_to_vectors(tokenizer.encode(x)).float().cpu())
+    return torch.cat(cont), torch.cat(quant)
 
 
 def pca_project(train: torch.Tensor, test: torch.Tensor, k: int):

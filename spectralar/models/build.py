@@ -14,11 +14,11 @@ import torch.nn as nn
 
 from .classifier import SmallCNN
 from .generator import SpectralGPT
-from .tokenizer import SpectralTokenizer
+from .kinds import build_tokenizer
 
 __all__ = ["MODELS", "build_model", "check_fits", "memory_bytes", "model_bytes"]
 
-MODELS = {"tokenizer": SpectralTokenizer, "generator": SpectralGPT, "classifier": SmallCNN}
+MODELS = {"tokenizer": build_tokenizer, "generator": SpectralGPT, "classifier": SmallCNN}  # tokenizer: its kind
 
 
 def build_model(kind: str, config, device=None) -> nn.Module:

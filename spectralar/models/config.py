@@ -26,10 +26,12 @@ from spectralar_kernels.windows import MAPPINGS
 from .perceptual import MIN_SIZE
 
 __all__ = [
-    "GENERATOR_PRESETS", "MODEL_CONFIGS", "TOKENIZER_PRESETS", "TRAINING_CONFIGS", "TRAINING_PRESETS",
+    "GENERATOR_PRESETS", "MODEL_CONFIGS", "TOKENIZER_PRESETS", "TOKEN_KINDS", "TRAINING_CONFIGS", "TRAINING_PRESETS",
     "ClassifierConfig", "GeneratorConfig", "GeneratorTraining", "TokenizerConfig", "TokenizerTraining", "param",
     "preset", "split_config", "to_dict", "training_preset", "validate_config", "validate_training",
 ]
+
+TOKEN_KINDS = ("spectral", "raster", "1d")
 
 # Rules a loaded value must satisfy (`_problem`): an integer >= 1 / >= 0, 1 or 3 channels (what the loaders
 # make), a finite number > 0 / >= 0, a probability in [0, 1), a list of integers, or a tuple of allowed strings.
@@ -56,6 +58,9 @@ class TokenizerConfig:
     channels: int = param(1, RGB, "1 (grayscale) or 3 (RGB)")
     patch_size: int = param(4, POS, "side of the encoder's and decoder's patches")
     num_tokens: int = param(16, POS, "N, the spectral tokens per image")
+    tokens: str = param("spectral", TOKEN_KINDS, "tokenizer kind: spectral (nested spectral tokens), raster (one "
+                        "token per cell of a patch grid, VQGAN/LlamaGen) or 1d (learned queries, no nested targets: "
+                        "TiTok)")
     codebook_size: int = param(1024, POS, "K, the codes")
     code_dim: int = param(12, POS, "dimension of a code (cosine lookup)")
     width: int = param(128, POS, "transformer width")
@@ -245,9 +250,16 @@ def validate_config(kind: str, d, classes=None):
         if c.image_size % c.patch_size:
             raise ValueError(f"tokenizer config: image_size={c.image_size} is not divisible by "
                              f"patch_size={c.patch_size}")
-        if c.num_tokens > c.image_size:
+        if c.tokens == "spectral" and c.num_tokens > c.image_size:
             raise ValueError(f"tokenizer config: num_tokens={c.num_tokens} exceeds image_size={c.image_size} "
                              "(each token needs at least one frequency ring)")
+        if c.tokens != "spectral" and c.windows:
+            raise ValueError(f"tokenizer config: windows={c.windows} apply to tokens='spectral' only, not "
+                             f"tokens={c.tokens!r}")
+        side, grid = math.isqrt(c.num_tokens), c.image_size // c.patch_size
+        if c.tokens == "raster" and (side * side != c.num_tokens or grid % side):
+            raise ValueError(f"tokenizer config: tokens='raster' needs num_tokens a square whose side divides the "
+                             f"{grid}x{grid} patch grid (image_size / patch_size), got num_tokens={c.num_tokens}")
         w = c.windows
         if w and (len(w) != c.num_tokens or w[-1] != c.image_size or w[0] < 1
                   or any(a >= b for a, b in zip(w, w[1:]))):

@@ -1,4 +1,5 @@
-"""Nested Spectral Tokenizer (NST): image -> N causal spectral tokens -> every prefix decodes.
+"""Nested Spectral Tokenizer (NST): image -> N causal spectral tokens -> every prefix decodes; and `Tokenizer`,
+what it shares with the other tokenizer kinds (models/kinds.py: raster patches, plain 1-D queries).
 
 Token i carries the DCT band {(u, v): w[i-1] <= max(u, v) < w[i]}; a prefix of i tokens decodes to
 the sub-image x_i = IDCT(DCT(x) * M_i) (spectralar_kernels.spectral_subimages), so the decoder is
@@ -23,6 +24,8 @@ from spectralar_kernels.windows import DATA_MAPPINGS
 
 from .config import TokenizerConfig
 from .layers import Block, init_weights
+
+__all__ = ["SpectralTokenizer", "Tokenizer", "VectorQuantizer", "patchify", "unpatchify"]
 
 
 class VectorQuantizer(nn.Module):
@@ -105,59 +108,51 @@ class VectorQuantizer(nn.Module):
         return int(dead.numel())
 
 
-def _patchify(x, p):
+def patchify(x, p):
     """[B, C, H, W] -> [B, (H/p)*(W/p), C*p*p]"""
     B, C, H, W = x.shape
     x = x.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5)
     return x.reshape(B, (H // p) * (W // p), C * p * p)
 
 
-def _unpatchify(x, p, C, S):
+def unpatchify(x, p, C, S):
     """[B, (S/p)^2, C*p*p] -> [B, C, S, S]"""
     B, n = x.shape[:2]
     g = S // p
     return x.reshape(B, g, g, C, p, p).permute(0, 3, 1, 4, 2, 5).reshape(B, C, S, S)
 
 
-class SpectralTokenizer(nn.Module):
-    """Nested Spectral Tokenizer. Images are float [B, C, S, S] in [-1, 1]; codes int64 [B, N]."""
+class Tokenizer(nn.Module):
+    """What every tokenizer kind (`TokenizerConfig.tokens`, models/kinds.py) shares: images float [B, C, S, S] in
+    [-1, 1] <-> codes int64 [B, N] through one `VectorQuantizer`; the argument checks, the public API (`encode`,
+    `decode`, `decode_progressive`) and the training forward.
+
+    A kind supplies the network, `encode_continuous(images) -> [B, N, code_dim]` and
+    `decode_vectors(vectors, num_tokens [B]) -> images` (tokens past num_tokens absent), and may override what a
+    prefix is trained on: by default training decodes all N tokens and regresses the image itself.
+    `prefix_meaning` says in one line what an image decoded from the first k tokens is, for the command lines.
+    """
+
+    kind = ""
+    nested = False  # True: prefix k is trained to reconstruct a target of its own (the spectral sub-image x_k)
+    prefix_meaning = ""
 
     def __init__(self, config: TokenizerConfig):
         super().__init__()
-        c = config
-        if c.image_size % c.patch_size:
-            raise ValueError(f"image_size {c.image_size} is not divisible by patch_size {c.patch_size}")
-        if not c.windows:
-            if c.mapping in DATA_MAPPINGS:
-                raise ValueError(f"mapping={c.mapping!r} needs config.windows computed from data (spectral_windows)")
-            # a copy with the windows filled in: the caller's config is never written to, and the model's own
-            # config (what a checkpoint saves) names the windows it was built with
-            c = dataclasses.replace(c, windows=spectral_windows(c.image_size, c.num_tokens, c.mapping, gamma=c.gamma))
-        if len(c.windows) != c.num_tokens or c.windows[-1] != c.image_size:
-            raise ValueError(f"windows {c.windows} must have num_tokens={c.num_tokens} entries "
-                             f"ending at {c.image_size}")
-        self.config = c
-        P, N, W, pd = c.num_patches, c.num_tokens, c.width, c.channels * c.patch_size**2
-        self.register_buffer("windows", torch.tensor(c.windows, dtype=torch.long), persistent=False)
-        # encoder
-        self.patch_in = nn.Linear(pd, W)
-        self.queries = nn.Parameter(torch.zeros(1, N, W))
-        self.enc_pos = nn.Parameter(torch.zeros(1, P + N, W))
-        self.enc_blocks = nn.ModuleList(Block(W, c.heads, c.mlp_ratio) for _ in range(c.enc_depth))
-        self.enc_ln = nn.LayerNorm(W)
-        self.to_code = nn.Linear(W, c.code_dim)
-        self.quantizer = VectorQuantizer(c.codebook_size, c.code_dim, c.commitment, c.restart_every, c.restart_buffer)
-        # decoder
-        self.from_code = nn.Linear(c.code_dim, W)
-        self.absent = nn.Parameter(torch.zeros(1, N, W))
-        self.patch_queries = nn.Parameter(torch.zeros(1, P, W))
-        self.dec_pos = nn.Parameter(torch.zeros(1, N + P, W))
-        self.dec_blocks = nn.ModuleList(Block(W, c.heads, c.mlp_ratio) for _ in range(c.dec_depth))
-        self.dec_ln = nn.LayerNorm(W)
-        self.to_pixels = nn.Linear(W, pd)
-        init_weights(self)
-        for p in (self.queries, self.enc_pos, self.absent, self.patch_queries, self.dec_pos):
-            nn.init.normal_(p, std=0.02)
+        if config.image_size % config.patch_size:
+            raise ValueError(f"image_size {config.image_size} is not divisible by patch_size {config.patch_size}")
+        self.config = config
+
+    # ---- what training reconstructs (a kind without nested targets keeps these) ---------------------
+
+    def sample_prefix_lengths(self, B, device, generator=None, dist: str = "uniform"):
+        """How many tokens each of B training images is decoded from: all N (no nested targets; `dist` is the
+        nested kinds' choice and has nothing to pick here)."""
+        return torch.full((B,), self.config.num_tokens, dtype=torch.long, device=device)
+
+    def prefix_targets(self, images, num_tokens):
+        """What the decoding of the first num_tokens [B] tokens is trained to reconstruct: the image itself."""
+        return images
 
     # ---- checks ---------------------------------------------------------------------------------
 
@@ -195,28 +190,6 @@ class SpectralTokenizer(nn.Module):
             raise ValueError(f"num_tokens must lie in [1, {N}], got {num_tokens!r}")
         return t.long().expand(B)
 
-    # ---- encoder / decoder ----------------------------------------------------------------------
-
-    def encode_continuous(self, images):
-        """Unquantised encoder output [B, N, code_dim] (query j depends on patches and queries <= j only)."""
-        P = self.config.num_patches
-        x = self.patch_in(_patchify(images, self.config.patch_size))
-        x = torch.cat([x, self.queries.expand(x.shape[0], -1, -1)], 1) + self.enc_pos
-        for blk in self.enc_blocks:
-            x = blk(x, causal=True, prefix_len=P)
-        return self.to_code(self.enc_ln(x[:, P:]))
-
-    def decode_vectors(self, vectors, num_tokens):
-        """vectors [B, N, code_dim], num_tokens [B] -> images [B, C, S, S] from tokens 1..num_tokens only."""
-        c = self.config
-        B, N = vectors.shape[:2]
-        present = torch.arange(N, device=vectors.device)[None, :] < num_tokens[:, None]  # [B, N]
-        tok = torch.where(present[..., None], self.from_code(vectors), self.absent.to(vectors.dtype))
-        x = torch.cat([tok, self.patch_queries.expand(B, -1, -1)], 1) + self.dec_pos
-        for blk in self.dec_blocks:
-            x = blk(x)
-        return _unpatchify(self.to_pixels(self.dec_ln(x[:, N:])), c.patch_size, c.channels, c.image_size)
-
     # ---- public API -----------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -245,6 +218,98 @@ class SpectralTokenizer(nn.Module):
         out = self.decode_vectors(vec.repeat_interleave(N, 0), n)
         return out.view(B, N, *out.shape[1:])
 
+    def forward(self, images, num_tokens=None):
+        """Training step: losses and stats. Draws how many tokens each image is decoded from (its prefix length)
+        unless `num_tokens` (int or [B]) is given.
+
+        Returns a dict: loss (total), recon_loss (mean squared error), vq_loss, perplexity, codes_used, and the
+        tensors recon [B, C, S, S], target (what the decoding of num_tokens tokens regresses: `prefix_targets`)
+        and num_tokens [B]. Other objectives (an l1 term, adversarial, perceptual) are composed from these by the
+        trainer.
+        """
+        self._check_images(images)
+        B = images.shape[0]
+        n = (self.sample_prefix_lengths(B, images.device) if num_tokens is None
+             else self._num_tokens_tensor(num_tokens, B, images.device))
+        q, idx, stats = self.quantizer(self.encode_continuous(images))
+        recon = self.decode_vectors(q, n)
+        target = self.prefix_targets(images, n)
+        recon_loss = F.mse_loss(recon.float(), target.float())
+        return {"loss": recon_loss + stats["vq_loss"], "recon_loss": recon_loss, **stats,
+                "recon": recon, "target": target, "num_tokens": n, "codes": idx}
+
+
+class SpectralTokenizer(Tokenizer):
+    """Nested Spectral Tokenizer (the module docstring). Images are float [B, C, S, S] in [-1, 1]; codes int64
+    [B, N]. The "1d" kind (models/kinds.py) is this network without the nested targets."""
+
+    kind = "spectral"
+    nested = True
+    prefix_meaning = ("decoded from tokens 1..k: the tokenizer's estimate of the low-pass sub-image x_k (DCT "
+                      "frequencies max(u, v) < w_k), which it is trained to reconstruct")
+
+    def __init__(self, config: TokenizerConfig):
+        c = config
+        if self.nested and not c.windows:
+            if c.mapping in DATA_MAPPINGS:
+                raise ValueError(f"mapping={c.mapping!r} needs config.windows computed from data (spectral_windows)")
+            # a copy with the windows filled in: the caller's config is never written to, and the model's own
+            # config (what a checkpoint saves) names the windows it was built with
+            c = dataclasses.replace(c, windows=spectral_windows(c.image_size, c.num_tokens, c.mapping, gamma=c.gamma))
+        if self.nested and (len(c.windows) != c.num_tokens or c.windows[-1] != c.image_size):
+            raise ValueError(f"windows {c.windows} must have num_tokens={c.num_tokens} entries "
+                             f"ending at {c.image_size}")
+        if not self.nested and c.windows:
+            raise ValueError(f"windows apply to tokens='spectral' only, got windows={c.windows} for {self.kind!r}")
+        super().__init__(c)
+        P, N, W, pd = c.num_patches, c.num_tokens, c.width, c.channels * c.patch_size**2
+        self.register_buffer("windows", torch.tensor(c.windows, dtype=torch.long), persistent=False)
+        # encoder
+        self.patch_in = nn.Linear(pd, W)
+        self.queries = nn.Parameter(torch.zeros(1, N, W))
+        self.enc_pos = nn.Parameter(torch.zeros(1, P + N, W))
+        self.enc_blocks = nn.ModuleList(Block(W, c.heads, c.mlp_ratio) for _ in range(c.enc_depth))
+        self.enc_ln = nn.LayerNorm(W)
+        self.to_code = nn.Linear(W, c.code_dim)
+        self.quantizer = VectorQuantizer(c.codebook_size, c.code_dim, c.commitment, c.restart_every, c.restart_buffer)
+        # decoder
+        self.from_code = nn.Linear(c.code_dim, W)
+        if self.nested:
+            self.absent = nn.Parameter(torch.zeros(1, N, W))
+        else:  # never trained with absent tokens: a prefix decodes with zero vectors (position only) for the rest
+            self.register_buffer("absent", torch.zeros(1, N, W), persistent=False)
+        self.patch_queries = nn.Parameter(torch.zeros(1, P, W))
+        self.dec_pos = nn.Parameter(torch.zeros(1, N + P, W))
+        self.dec_blocks = nn.ModuleList(Block(W, c.heads, c.mlp_ratio) for _ in range(c.dec_depth))
+        self.dec_ln = nn.LayerNorm(W)
+        self.to_pixels = nn.Linear(W, pd)
+        init_weights(self)
+        for p in (self.queries, self.enc_pos, self.absent, self.patch_queries, self.dec_pos):
+            if isinstance(p, nn.Parameter):
+                nn.init.normal_(p, std=0.02)
+
+    # ---- encoder / decoder ----------------------------------------------------------------------
+
+    def encode_continuous(self, images):
+        """Unquantised encoder output [B, N, code_dim] (query j depends on patches and queries <= j only)."""
+        P = self.config.num_patches
+        x = self.patch_in(patchify(images, self.config.patch_size))
+        x = torch.cat([x, self.queries.expand(x.shape[0], -1, -1)], 1) + self.enc_pos
+        for blk in self.enc_blocks:
+            x = blk(x, causal=True, prefix_len=P)
+        return self.to_code(self.enc_ln(x[:, P:]))
+
+    def decode_vectors(self, vectors, num_tokens):
+        """vectors [B, N, code_dim], num_tokens [B] -> images [B, C, S, S] from tokens 1..num_tokens only."""
+        c = self.config
+        B, N = vectors.shape[:2]
+        present = torch.arange(N, device=vectors.device)[None, :] < num_tokens[:, None]  # [B, N]
+        tok = torch.where(present[..., None], self.from_code(vectors), self.absent.to(vectors.dtype))
+        x = torch.cat([tok, self.patch_queries.expand(B, -1, -1)], 1) + self.dec_pos
+        for blk in self.dec_blocks:
+            x = blk(x)
+        return unpatchify(self.to_pixels(self.dec_ln(x[:, N:])), c.patch_size, c.channels, c.image_size)
+
     def sample_prefix_lengths(self, B, device, generator=None, dist: str = "uniform"):
         """B prefix lengths in [1, N]: "uniform" (the paper's) or "linear" (p(i) ~ i; a training choice)."""
         N = self.config.num_tokens
@@ -255,21 +320,6 @@ class SpectralTokenizer(nn.Module):
             return torch.multinomial(w / w.sum(), B, replacement=True, generator=generator) + 1
         raise ValueError(f"unknown prefix length distribution {dist!r} (uniform | linear)")
 
-    def forward(self, images, num_tokens=None):
-        """Training step: losses and stats. Draws how many tokens each image is decoded from (its prefix length)
-        unless `num_tokens` (int or [B]) is given.
-
-        Returns a dict: loss (total), recon_loss (mean squared error), vq_loss, perplexity, codes_used, and the
-        tensors recon [B, C, S, S], target (the sub-image x_i) and num_tokens [B]. Other objectives (an l1 term,
-        adversarial, perceptual) are composed from these by the trainer.
-        """
-        self._check_images(images)
-        B = images.shape[0]
-        n = (self.sample_prefix_lengths(B, images.device) if num_tokens is None
-             else self._num_tokens_tensor(num_tokens, B, images.device))
-        q, idx, stats = self.quantizer(self.encode_continuous(images))
-        recon = self.decode_vectors(q, n)
-        target = spectral_subimages(images, self.windows[n - 1])
-        recon_loss = F.mse_loss(recon.float(), target.float())
-        return {"loss": recon_loss + stats["vq_loss"], "recon_loss": recon_loss, **stats,
-                "recon": recon, "target": target, "num_tokens": n, "codes": idx}
+    def prefix_targets(self, images, num_tokens):
+        """The sub-images x_i = IDCT(DCT(x) * M_i) for i = num_tokens [B] (the nested targets)."""
+        return spectral_subimages(images, self.windows[num_tokens - 1])

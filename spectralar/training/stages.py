@@ -34,8 +34,9 @@ from ..data import DataError, collate, training_data
 from ..models.config import preset, split_config, to_dict, training_preset, validate_config, validate_training
 from ..models.discriminator import PatchDiscriminator, adaptive_weight, hinge_d_loss, hinge_g_loss
 from ..models.generator import SpectralGPT
+from ..models.kinds import build_tokenizer
 from ..models.perceptual import PerceptualDistance
-from ..models.tokenizer import SpectralTokenizer
+from ..models.tokenizer import Tokenizer
 from ..pretrained import load_model
 from .codes import CodesDataset, encode_dataset, fingerprint
 from .options import TrainOptions
@@ -106,7 +107,7 @@ class TokenizerLoss(nn.Module):
     VQGAN's adaptive weight when `adv_adaptive`, which balances it against the reconstruction and perceptual terms
     together, as VQGAN's does)."""
 
-    def __init__(self, model: SpectralTokenizer, training, disc: nn.Module | None = None,
+    def __init__(self, model: Tokenizer, training, disc: nn.Module | None = None,
                  perceptual: PerceptualDistance | None = None):
         super().__init__()
         self.model, self.training_config = model, training
@@ -240,11 +241,11 @@ def setup_tokenizer(opts: TrainOptions, device, out: Path, resume_meta, main_pro
     check_batches(len(train_set), opts.batch_size * opts.accum, world)
     train_meta["data"] = train_set.fingerprint()
     check_same_run(opts, ckpt, resume_meta, train_meta["data"])
-    if not cfg.windows and cfg.mapping in DATA_MAPPINGS:
+    if not cfg.windows and cfg.mapping in DATA_MAPPINGS and cfg.tokens == "spectral":
         cfg.windows = data_windows(train_set, cfg)
     check_model_size("tokenizer", cfg, device, _where(opts, ckpt, resume_meta))
     torch.manual_seed(opts.seed)
-    model = SpectralTokenizer(cfg).to(device)
+    model = build_tokenizer(cfg).to(device)
     critic = None
     if t.adv_weight > 0:  # only then is a discriminator built at all
         disc = PatchDiscriminator.from_config(cfg, t.disc_channels).to(device)
