@@ -2,6 +2,7 @@
 device class) entry of measured.json; every other call, and every CPU call, runs the reference."""
 
 import ast
+import dataclasses
 import importlib
 import inspect
 import json
@@ -53,14 +54,24 @@ BLOCK8 = {"h": 256, "w": 256, "block": 8}
 K16384 = {"k": 16384, "d": 12}
 
 
-def test_the_h200_decisions_survive_under_the_new_keys(on):
+def test_the_h200_entries_are_kept_but_decide_nothing_since_their_code_changed(on, monkeypatch):
     """The H200 run of 2026-11-28: blockwise-v1 at block 8 on 256 x 256 planes, vq-v1 cosine at K = 16384 (the
-    only cosine case where it beat matmul + argmax too), fp32 and bf16, that device only."""
+    only cosine case where it beat matmul + argmax too), fp32 and bf16, that device only. Both kernels have been
+    edited since (blockwise-v1: the NaN/inf fix-up pass; vq-v1: the exact ranking), so the entries carry no
+    fingerprint of the installed code and auto runs the reference for them. Were this code measured the same,
+    the keys would decide as below."""
     keys = {(op, v, dt, _dispatch.bucket_label(b), dev) for op, v, dt, b, dev in _dispatch.MEASURED}
     assert keys == {("dct2d", "blockwise", "fp32", "block=8 H=129..256 W=129..256", H200),
                     ("dct2d", "blockwise", "bf16", "block=8 H=129..256 W=129..256", H200),
                     ("vq_nearest", "cosine", "fp32", "K=8193..16384 d=9..16", H200),
                     ("vq_nearest", "cosine", "bf16", "K=8193..16384 d=9..16", H200)}  # fmt: skip
+    assert not any(m.current for m in _dispatch.MEASURED.values())
+    for dtype in (torch.float32, torch.bfloat16):
+        assert choose_kernel("dct2d", "blockwise", fake_cuda(dtype), **BLOCK8) is None
+        assert choose_kernel("vq_nearest", "cosine", fake_cuda(dtype), **K16384) is None
+    remeasured = {k: dataclasses.replace(m, source=_dispatch.source_digest(m.kernel))
+                  for k, m in _dispatch.MEASURED.items()}
+    monkeypatch.setattr(_dispatch, "MEASURED", remeasured)
     for dtype in (torch.float32, torch.bfloat16):
         assert choose_kernel("dct2d", "blockwise", fake_cuda(dtype), **BLOCK8) == "blockwise-v1"
         assert choose_kernel("dct2d", "blockwise", fake_cuda(dtype), h=200, w=130, block=8) == "blockwise-v1"
@@ -87,7 +98,7 @@ def test_auto_picks_only_measured_entries(on, key, dtype):
              "attention": {"t": 320, "d": 64, "bh": 768}, "attention_with_kvcache": {"t": 65, "d": 64, "bh": 2048}}
     chosen = choose_kernel(*key, fake_cuda(dtype), **sizes[key[0]])  # fmt: skip
     entry = _dispatch.MEASURED.get((*key, _dispatch.DTYPE_NAME[dtype], _dispatch.bucket(*key, **sizes[key[0]]), H200))
-    if entry is None:
+    if entry is None or not entry.current:  # no entry, or one for code that has changed since
         assert chosen is None
     else:
         assert chosen == entry.kernel and entry.speedup >= 1 and chosen in _dispatch.IMPLEMENTATIONS[key]
@@ -115,7 +126,7 @@ def _write(path, data):
 
 GOOD = {"op": "vq_nearest", "variant": "cosine", "dtype": "bf16", "bucket": {"K": 16384, "d": 16},
         "device": {"capability": "9.0", "name": "NVIDIA H200"}, "kernel": "vq-v1", "speedup": 1.5,
-        "report": "r", "date": "2026-12-02"}  # fmt: skip
+        "report": "r", "date": "2026-12-02", "source": _dispatch.source_digest("vq-v1")}  # fmt: skip
 
 
 @pytest.mark.parametrize("content", [None, "{not json", [], {"entries": {}}, {"entries": [{**GOOD, "speedup": "2"}]},
@@ -147,6 +158,39 @@ def test_the_table_reads_what_the_report_writes(tmp_path, on, monkeypatch):
     with pytest.warns(RuntimeWarning):
         monkeypatch.setattr(_dispatch, "MEASURED", _dispatch.load_measured(_dispatch.MEASURED_PATH))
     assert choose_kernel("vq_nearest", "cosine", fake_cuda(), **K16384) is None
+
+
+def test_an_entry_decides_only_for_the_code_it_measured(tmp_path, on, monkeypatch):
+    """An edit to any source file of the measured kernel (or an entry that recorded none) voids the entry."""
+    table = _dispatch.load_measured(_write(tmp_path / "m.json", {"entries": [GOOD]}))
+    monkeypatch.setattr(_dispatch, "MEASURED", table)
+    assert choose_kernel("vq_nearest", "cosine", fake_cuda(), **K16384) == "vq-v1"
+    src = tmp_path / "triton_v1.py"
+    src.write_text("# the kernel as measured\n")
+    monkeypatch.setitem(_dispatch.SOURCES, "vq-v1", (str(src),))  # absolute: read as is
+    _dispatch.source_digest.cache_clear()
+    try:
+        measured = _dispatch.source_digest("vq-v1")
+        monkeypatch.setattr(_dispatch, "MEASURED", _dispatch.load_measured(
+            _write(tmp_path / "m2.json", {"entries": [{**GOOD, "source": measured}]})))
+        assert choose_kernel("vq_nearest", "cosine", fake_cuda(), **K16384) == "vq-v1"
+        src.write_text("# the kernel as measured, then edited\n")
+        _dispatch.source_digest.cache_clear()
+        assert _dispatch.source_digest("vq-v1") != measured
+        assert choose_kernel("vq_nearest", "cosine", fake_cuda(), **K16384) is None
+        assert "changed since (not used)" in _dispatch.table_markdown()
+        no_source = {k: v for k, v in GOOD.items() if k != "source"}
+        monkeypatch.setattr(_dispatch, "MEASURED", _dispatch.load_measured(
+            _write(tmp_path / "m3.json", {"entries": [no_source]})))
+        assert choose_kernel("vq_nearest", "cosine", fake_cuda(), **K16384) is None
+    finally:
+        _dispatch.source_digest.cache_clear()
+
+
+def test_every_shipped_implementation_has_a_fingerprint():
+    for impls in _dispatch.IMPLEMENTATIONS.values():
+        for impl in impls:
+            assert len(_dispatch.source_digest(impl) or "") == 16, impl
 
 
 def test_an_unmeasured_rewrite_is_not_picked(on, mode, monkeypatch):

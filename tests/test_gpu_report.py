@@ -203,7 +203,8 @@ def test_entries_reach_auto_only_in_their_bucket_and_device_class(tmp_path, monk
     decisions = derive(rows, [_c("vq-v2")], IMPLS, H100)
     path = tmp_path / "measured.json"
     old = {"op": "vq_nearest", "variant": "l2", "dtype": "bf16", "bucket": BUCKET, "kernel": "vq-v1", "speedup": 3,
-           "device": {"capability": "9.0", "name": "NVIDIA H200"}, "report": "old", "date": "2026-11-28"}
+           "device": {"capability": "9.0", "name": "NVIDIA H200"}, "report": "old", "date": "2026-11-28",
+           "source": _dispatch.source_digest("vq-v1")}
     stale = {**old, "device": {"capability": H100[0], "name": H100[1]}, "bucket": BUCKET, "kernel": "vq-v1"}
     path.write_text(json.dumps({"entries": [old, stale]}), encoding="utf-8")
     assert merge(path, entries(decisions, "H100 run", "2026-12-02"), decisions, "about") == 2  # stale replaced

@@ -20,6 +20,8 @@ import math
 import re
 from pathlib import Path
 
+from spectralar_kernels._dispatch import source_digest
+
 
 @dataclasses.dataclass
 class Decision:
@@ -149,7 +151,8 @@ def entries(decisions: list[Decision], report: str, date: str) -> list[dict]:
                     "device": {"capability": d.device[0], "name": d.device[1]}, "kernel": d.kernel,
                     "speedup": float(_fmt(d.speedup)), "baseline": d.baseline,
                     "speedup_vs_ref": float(_fmt(d.speedup_vs_ref)) if d.speedup_vs_ref else None,
-                    "case": d.case, "checked": d.checked, "report": report, "date": date})  # fmt: skip
+                    "case": d.case, "checked": d.checked, "report": report, "date": date,
+                    "source": source_digest(d.kernel)})  # fmt: skip
     return out
 
 

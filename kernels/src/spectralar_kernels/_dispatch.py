@@ -10,7 +10,9 @@ entries (no hand pasting), and only where the same run
      and the strongest alternatives a user would write: cuBLAS matmul forms, torch.compile of the reference,
      `matmul + argmin`, every SDPA backend that accepts the case, FlexAttention, flash-attn), in the worst
      case of the bucket, measured as wall time per call in a loop (host overhead included).
-Rewriting a kernel under a new id sends `auto` back to the reference until the new one is measured.
+Rewriting a kernel under a new id sends `auto` back to the reference until the new one is measured. So does
+editing it in place: every entry records the fingerprint of the source files its kernel runs (`SOURCES`,
+`source_digest`), and an entry whose fingerprint differs from the installed code's decides nothing.
 
 Shape bucket: the dimensions that change a kernel's behaviour, each rounded up to a power of two (so a
 bucket is a range (2^(k-1), 2^k]) except the ones kernels compile as exact constants (block size, head dim):
@@ -31,6 +33,7 @@ A missing or unreadable `measured.json` means the reference everywhere, with a w
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import warnings
@@ -52,6 +55,7 @@ __all__ = [
     "latest",
     "load_measured",
     "measured_choice",
+    "source_digest",
     "table_markdown",
 ]
 
@@ -73,7 +77,33 @@ IMPLEMENTATIONS: dict[tuple[str, str], tuple[str, ...]] = {
     ("attention_with_kvcache", "decode"): ("decode-v2",),
 }
 
+# implementation id -> the files (relative to this package) whose code a call of it runs: the op's public
+# wrapper and launcher modules. A change to any of them voids the implementation's measurements.
+SOURCES: dict[str, tuple[str, ...]] = {
+    "plane-v2": ("transforms/__init__.py", "transforms/triton.py"),
+    "blockwise-v1": ("transforms/__init__.py", "transforms/blockwise.py", "transforms/triton.py"),
+    "blockwise-v2": ("transforms/__init__.py", "transforms/blockwise.py", "transforms/triton.py"),
+    "subimages-v2": ("subimages/__init__.py", "subimages/triton.py"),
+    "vq-v1": ("vq/__init__.py", "vq/shared.py", "vq/triton_v1.py"),
+    "vq-v2": ("vq/__init__.py", "vq/shared.py", "vq/triton.py"),
+    "attention-v2": ("attn/__init__.py", "attn/sdpa.py", "attn/_tiles.py", "attn/triton.py"),
+    "decode-v2": ("attn/__init__.py", "attn/kvcache.py", "attn/kvrun.py", "attn/_tiles.py", "attn/decode.py"),
+}
+
 MEASURED_PATH = Path(__file__).with_name("measured.json")
+
+
+@functools.cache
+def source_digest(kernel: str) -> str | None:
+    """sha256 (16 hex digits) of the source files of implementation `kernel` as installed (`SOURCES`), or None
+    for an unknown id or an unreadable file (no entry can match None)."""
+    h = hashlib.sha256()
+    try:
+        for rel in SOURCES[kernel]:
+            h.update(rel.encode() + b"\0" + (Path(__file__).parent / rel).read_bytes() + b"\0")
+    except (KeyError, OSError):
+        return None
+    return h.hexdigest()[:16]
 
 Bucket = tuple[tuple[str, int], ...]
 DeviceClass = tuple[str, str]
@@ -152,6 +182,12 @@ class Measured:
     checked: str  # what the same run checked (cases, result)
     report: str  # where the numbers are
     date: str  # day of the run, YYYY-MM-DD
+    source: str | None = None  # source_digest(kernel) when it was measured (None: not recorded)
+
+    @property
+    def current(self) -> bool:
+        """Whether the installed code of `kernel` is the code that was measured."""
+        return self.source is not None and self.source == source_digest(self.kernel)
 
 
 Key = tuple[str, str, str, Bucket, DeviceClass]
@@ -176,7 +212,8 @@ def _entry(e: dict) -> tuple[Key, Measured]:
     ref = e.get("speedup_vs_ref")
     return key, Measured(e["kernel"], float(e["speedup"]), str(e.get("baseline", "?")),
                          float(ref) if isinstance(ref, (int, float)) else None, str(e.get("case", "")),
-                         str(e.get("checked", "")), e["report"], e["date"])  # fmt: skip
+                         str(e.get("checked", "")), e["report"], e["date"],
+                         e["source"] if isinstance(e.get("source"), str) else None)  # fmt: skip
 
 
 def load_measured(path: Path = MEASURED_PATH) -> dict[Key, Measured]:
@@ -209,7 +246,7 @@ def measured_choice(op: str, variant: str, dtype: torch.dtype, shape: Bucket | N
     if shape is None:
         return None
     entry = MEASURED.get((op, variant, DTYPE_NAME.get(dtype, str(dtype)), tuple(shape), tuple(device)))
-    if entry is None or entry.speedup < MIN_SPEEDUP:
+    if entry is None or entry.speedup < MIN_SPEEDUP or not entry.current:
         return None
     return entry.kernel if entry.kernel in IMPLEMENTATIONS.get((op, variant), ()) else None
 
@@ -218,10 +255,11 @@ def table_markdown(table: dict[Key, Measured] | None = None) -> str:
     """Every entry `auto` reads, one row each (docs/benchmarks.md lists the same)."""
     table = MEASURED if table is None else table
     rows = ["| op | variant | dtype | shape bucket | device class | kernel | x fastest plain PyTorch (which) | "
-            "x ref | checked | case | report |", "|" + "---|" * 11]  # fmt: skip
+            "x ref | checked | case | report | code |", "|" + "---|" * 12]  # fmt: skip
     for (op, variant, dt, shape, (cap, name)), m in sorted(table.items(), key=lambda kv: str(kv[0])):
         ref = f"{m.speedup_vs_ref:.2f}" if m.speedup_vs_ref is not None else "-"
         cells = (op, variant, dt, bucket_label(shape), f"{name} (sm {cap})", m.kernel,
-                 f"{m.speedup:.2f} ({m.baseline})", ref, m.checked, m.case, f"{m.report}, {m.date}")  # fmt: skip
+                 f"{m.speedup:.2f} ({m.baseline})", ref, m.checked, m.case, f"{m.report}, {m.date}",
+                 "as measured (used)" if m.current else "changed since (not used)")  # fmt: skip
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows) + "\n"
