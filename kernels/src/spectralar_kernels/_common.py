@@ -172,10 +172,10 @@ AOT_OPS = ("dct", "blockwise", "subimages", "attention", "decode", "vq")
 class AOTSpec:
     """One launch configuration of a shipped Triton kernel, for the ahead-of-time compile check.
 
-    Every `<op>/triton.py` defines `aot_specs() -> list[AOTSpec]` covering every block
-    configuration its launchers can choose on a GPU; spectralar_kernels.testing.aot compiles each for sm_80
-    and sm_90 with no GPU present (triton.compile on an ASTSource) the way the JIT would for the
-    benchmark shapes, and tests/test_aot_compile.py asserts the design properties on the SASS.
+    Every `<op>/aot.py` (spectralar_kernels.testing.aot.MODULES) defines `aot_specs() -> list[AOTSpec]`
+    covering every block configuration its launchers can choose on a GPU; spectralar_kernels.testing.aot
+    compiles each for sm_80 and sm_90 with no GPU present (triton.compile on an ASTSource) the way the JIT
+    would for the benchmark shapes, and tests/test_aot_compile.py asserts the design properties on the SASS.
 
     JIT-like compile: the JIT specialises every launch on its arguments: 16-byte-aligned pointers and
     integers divisible by 16 get `tt.divisibility = 16`, integers equal to 1 become constants. `values`
