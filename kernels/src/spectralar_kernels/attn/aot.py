@@ -22,13 +22,13 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 from dataclasses import astuple, dataclass
-from pathlib import Path
 
 import torch
 
 from .._common import DTYPE_NAME, PTR_SIG, AOTSpec
+from ..testing import aot
+from ..testing.aot import sass_of
 from . import decode
 from . import triton as attn
 from ._tiles import HEAD_DIM_BLOCKS
@@ -187,18 +187,13 @@ def aot_specs() -> list[AOTSpec]:
 
 # ---- reading the compiled code: occupancy and the cp.async wait pattern of each loop ------------------------
 # Per-SM limits of the occupancy calculation (CUDA programming guide, compute capabilities 8.0 and 9.0).
-SM_SHARED = {80: 164 * 1024, 90: 228 * 1024}  # shared memory per SM; every CTA also reserves 1 KB
-SM_REGISTERS, SM_THREADS, SM_CTAS = 65536, 2048, 32
-REGISTER_UNIT = 256  # registers are allocated per warp in units of 256
+SM_SHARED = {arch: lim.shared for arch, lim in aot.SM_LIMITS.items()}  # shared memory per SM, bytes
 
 
 def ctas_per_sm(registers: int, shared_bytes: int, num_warps: int, arch: int) -> int:
-    """How many CTAs of a kernel fit on one SM at once: the least of the register, shared-memory, thread and
-    CTA limits."""
-    per_warp = -(-registers * 32 // REGISTER_UNIT) * REGISTER_UNIT
-    by_registers = SM_REGISTERS // (per_warp * num_warps)
-    by_shared = SM_SHARED[arch] // (shared_bytes + 1024)
-    return min(by_registers, by_shared, SM_THREADS // (32 * num_warps), SM_CTAS)
+    """How many CTAs of a kernel fit on one SM at once: the rule the kernel records use
+    (`spectralar_kernels.testing.aot.ctas_per_sm`), in this module's argument order."""
+    return aot.ctas_per_sm(registers, num_warps, shared_bytes, arch)
 
 
 @dataclass(frozen=True)
@@ -236,26 +231,6 @@ def loop_waits(sass: str) -> list[LoopWaits]:
         if ldgsts:
             loops.append(LoopWaits(start, addr, ldgsts, waits))
     return loops
-
-
-def sass_of(spec: AOTSpec, arch: int) -> str:
-    """Compile `spec` JIT-like for sm_<arch> (as the AOT check does; needs the interpreter off) and return the
-    `cuobjdump -sass` text of its cubin."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    from ..testing import aot
-
-    signature, constexprs, attrs, _ = aot.jit_like_source(spec)
-    compiled = triton.compile(ASTSource(spec.kernel, signature, constexprs, attrs=attrs),
-                              target=GPUTarget("cuda", arch, 32),
-                              options={"num_warps": spec.num_warps, "num_stages": spec.num_stages})  # fmt: skip
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "kernel.cubin"
-        path.write_bytes(compiled.asm["cubin"])
-        return subprocess.run([aot.tool("cuobjdump"), "-sass", str(path)], capture_output=True, text=True,
-                              check=True).stdout  # fmt: skip
 
 
 def _loops_job(job: tuple[str, int]) -> tuple[str, int, list[tuple]]:

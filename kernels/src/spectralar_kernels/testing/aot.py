@@ -277,25 +277,39 @@ def cubin_resources(cubin: bytes, kernel: str) -> tuple[int, int, int, dict[str,
     return found
 
 
-def compile_spec(module: str, spec, arch: int) -> Result:
-    """Compile one AOTSpec for sm_<arch>, JIT-like, and read its resources. Needs a real JITFunction."""
+def compile_jit_like(spec, arch: int):
+    """triton.compile of one AOTSpec for sm_<arch>, specialised as the JIT would (`jit_like_source`). Needs a
+    real JITFunction (the interpreter off)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    signature, constexprs, attrs, _ = jit_like_source(spec)
+    return triton.compile(ASTSource(spec.kernel, signature, constexprs, attrs=attrs),
+                          target=GPUTarget("cuda", arch, 32),
+                          options={"num_warps": spec.num_warps, "num_stages": spec.num_stages})  # fmt: skip
+
+
+def sass_of(spec, arch: int) -> str:
+    """`cuobjdump -sass` of one AOTSpec compiled JIT-like for sm_<arch> (`compile_jit_like`)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "kernel.cubin"
+        path.write_bytes(compile_jit_like(spec, arch).asm["cubin"])
+        return subprocess.run([tool("cuobjdump"), "-sass", str(path)], capture_output=True, text=True,
+                              check=True).stdout  # fmt: skip
+
+
+def compile_spec(module: str, spec, arch: int) -> Result:
+    """Compile one AOTSpec for sm_<arch>, JIT-like, and read its resources. Needs a real JITFunction."""
     name = getattr(spec.kernel, "__name__", str(spec.kernel))
-    signature, constexprs, attrs, jit_like = jit_like_source(spec)
+    jit_like = jit_like_source(spec)[3]
     res = Result(op=spec.op or module.split(".")[0], label=spec.label or name, kernel=name, arch=arch,
                  dtype=spec.dtype, module=module, jit_like=jit_like, expect_tensor_cores=spec.expect_tensor_cores,
                  main=spec.main, wide_stores=spec.wide_stores,
                  num_warps=spec.num_warps, num_stages=spec.num_stages)  # fmt: skip
     t0 = time.perf_counter()
     try:
-        compiled = triton.compile(
-            ASTSource(spec.kernel, signature, constexprs, attrs=attrs),
-            target=GPUTarget("cuda", arch, 32),
-            options={"num_warps": spec.num_warps, "num_stages": spec.num_stages},
-        )
+        compiled = compile_jit_like(spec, arch)
     except Exception as e:  # a compile error is a result to report, not a crash of the whole check
         res.error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"[:300]
         res.compile_s = time.perf_counter() - t0

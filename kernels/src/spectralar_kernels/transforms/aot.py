@@ -170,25 +170,9 @@ def loop_facts(sass: str) -> dict:
 
 def main_loop(spec: AOTSpec, arch: int = 90) -> dict:
     """Compile `spec` JIT-like for sm_<arch> (needs the interpreter off) and return `loop_facts` of its SASS."""
-    import subprocess
-    import tempfile
-    from pathlib import Path
-
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
     from ..testing import aot
 
-    signature, constexprs, attrs, _ = aot.jit_like_source(spec)
-    compiled = triton.compile(ASTSource(spec.kernel, signature, constexprs, attrs=attrs),
-                              target=GPUTarget("cuda", arch, 32),
-                              options={"num_warps": spec.num_warps, "num_stages": spec.num_stages})  # fmt: skip
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "kernel.cubin"
-        path.write_bytes(compiled.asm["cubin"])
-        sass = subprocess.run([aot.tool("cuobjdump"), "-sass", str(path)], capture_output=True, text=True,
-                              check=True).stdout  # fmt: skip
-    return loop_facts(sass)
+    return loop_facts(aot.sass_of(spec, arch))
 
 
 def main(argv=None) -> int:
