@@ -296,6 +296,20 @@ def test_partial_log_interval_counts_its_own_steps(data, tmp_path):
         assert r["items_per_s"] / r["steps_per_s"] == pytest.approx(16, rel=1e-6), r
 
 
+def test_a_run_that_fails_at_start_leaves_no_folder(data, tmp_path, capsys):
+    """A typo in --data used to leave OUT holding only the lock file, which export then refused as a run folder;
+    a folder that existed before keeps what it held."""
+    out = tmp_path / "run"
+    assert train_main(tok_args(tmp_path / "no-such-data", out)) == 2
+    assert "no such directory" in capsys.readouterr().err and not out.exists()
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert train_main(tok_args(tmp_path / "no-such-data", out)) == 2
+    assert (out / "notes.txt").read_text() == "mine"
+    assert train_main(tok_args(data, tmp_path / "fresh", "--steps", 1)) == 0  # a real run keeps its folder
+    assert (tmp_path / "fresh" / "tokenizer").is_dir()
+
+
 def test_huge_seed_fails_before_work(data, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(stages, "build_tokenizer", None)  # nothing may be built
     assert train_main(tok_args(data, tmp_path / "run", "--seed", str(10**20))) == 2

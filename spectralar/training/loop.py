@@ -46,6 +46,7 @@ from .runtime import (
     StopFlag,
     check_replicas,
     collate_batch,
+    discard_unused_out,
     ignore_signals,
     prepare_out,
     rank_state,
@@ -321,7 +322,7 @@ def train(opts: TrainOptions) -> nn.Module:
     by SIGINT / SIGTERM (after writing a checkpoint to resume from), and `Interrupted` when Ctrl-C came during
     start-up or twice (its message says what the run folder holds)."""
     opts.check()
-    started = False
+    started, created, rank = False, False, 0
     ckpt = Path(opts.out) / opts.stage
     try:
         if opts.threads:
@@ -329,7 +330,7 @@ def train(opts: TrainOptions) -> nn.Module:
         device = torch.device(opts.device)
         rank, world = init_distributed(device)
         out = Path(opts.out)
-        prepare_out(out)
+        created = prepare_out(out)
         argv = getattr(sys, "orig_argv", sys.argv)  # with `python -m spectralar.train` it names the module
         command = " ".join([os.path.basename(argv[0] or "python"), *argv[1:]])
         with RunLock(out, command) if rank == 0 else contextlib.nullcontext() as lock:
@@ -344,3 +345,6 @@ def train(opts: TrainOptions) -> nn.Module:
             raise
         when = "by a second Ctrl-C" if started else "during start-up, before training began"
         raise Interrupted(f"aborted {when}; {_holds(ckpt)}") from None
+    finally:
+        if created and not started and rank == 0:  # stopped before training: leave no folder behind
+            discard_unused_out(Path(opts.out))

@@ -25,16 +25,31 @@ from ..models.build import model_bytes
 
 # ---- processes --------------------------------------------------------------------------------------------
 
-def prepare_out(out: Path) -> None:
-    """Create the output folder and prove it writable (one file written and removed) before any work."""
+def prepare_out(out: Path) -> bool:
+    """Create the output folder and prove it writable (one file written and removed) before any work. Returns
+    whether the folder was created here."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: exists and is not a directory")
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
             pass
     except OSError as e:
         raise ValueError(f"--out {out}: cannot write there ({e.strerror or e})") from None
+    return created
+
+
+def discard_unused_out(out: Path) -> None:
+    """Remove a run folder that `prepare_out` created for a run that stopped before writing anything into it
+    (bad data, a model too large): a folder holding only the released lock file would otherwise stay behind, and
+    `export` refuses folders that hold one."""
+    try:
+        if [p.name for p in out.iterdir()] == [LOCK_NAME] and lock_holder(out) is None:
+            (out / LOCK_NAME).unlink()
+            out.rmdir()
+    except OSError:
+        pass  # whatever else happened to the folder meanwhile: leave it
 
 
 # ---- the run folder's lock ----------------------------------------------------------------------------------
