@@ -21,16 +21,22 @@ Ranking M x K distances in float64 would be slow, so it runs in three steps:
  2. A rigorous bound on the GEMM's rounding (`score_gamma`: |error| <= gamma (8 Z + 2 dist) for l2,
     <= gamma max_k |ubar - u_k| for cosine) turns an upper bound on the k-th smallest score into a
     per-row threshold (`l2_threshold`, `cosine_threshold`) that every code whose fp32 distance may tie
-    the k-th nearest passes: usually k to 2k codes per row. Codes are grouped by GROUP; the group minima
-    (one vectorised pass) give the bound and the groups worth expanding.
+    the k-th nearest passes: usually k to 1.2k codes per row. The scores' minima over groups of 16 codes, then
+    of 4 such groups, ... (one vectorised pass each) give the bound (`kth_smallest` over the top level) and
+    the groups worth expanding, level by level down to the codes.
  3. Only those codes get their exact distance (`exact_keys`); the ranking key packs the fp32 distance
-    bits over the code index in one int64, so the minimum key is the nearest code, lowest index on ties.
+    bits over the code index in one int64, so the minimum key is the nearest code, lowest index on ties;
+    one sort of the keys repacked with their row gives every row's k smallest (`merge_smallest`).
 Rows the bound cannot serve (non-finite or huge values, or more than a few groups of candidates, as with
 many duplicate codes) are ranked exactly over all codes, chunk by chunk.
+On CPU, with numpy installed, the sparse steps (expanding groups, exact keys, the sort) run in numpy: its
+gathers, compactions and sorts cost a fraction of torch's there, and the keys are the same bits (the same
+float64 operations in the same order). Temporaries of a few hundred KiB and more come from per-thread buffers
+reused across calls (`_scratch`): a fresh allocation pays its page faults on every call.
 
 Memory: the M x K score matrix is never allocated. Scores live in chunks of at most CHUNK_ELEMS, code-side
 temporaries in chunks of at most CHUNK_ELEMS elements, candidates in batches of the same size.
-Host syncs: `nonzero` on the candidate groups, one per chunk (free on CPU; on CUDA this reference syncs).
+Host syncs: a few per chunk (candidate counts; free on CPU; on CUDA this reference syncs).
 """
 
 from __future__ import annotations
@@ -41,11 +47,17 @@ import threading
 
 import torch
 
+try:  # optional: on CPU, numpy runs the sparse candidate steps several times faster than torch; same results
+    import numpy as _np
+except ImportError:  # pragma: no cover
+    _np = None
+
 EPS = 1e-12
 CHUNK_ELEMS = 1 << 22  # scores alive at once (16 MiB in fp32); also bounds code-side and candidate temporaries
 MERGE_PASSES_K = 4  # up to this k, vectorised passes pick a row's k smallest keys; beyond, torch.topk per row
-BOUND_PASSES_K = 8  # up to this k, vectorised passes bound the k-th smallest group minimum; beyond, torch.topk
+TINY = 2.0**-126  # kth_smallest's push (the smallest normal fp32: no flush-to-zero setting can turn it into 0 / 0)
 TOP = 64  # group minima are taken in levels (16 codes, then x4) down to at least max(TOP, 2k) groups
+TOP_FIRST = 16  # the first level (groups of 16 codes) is taken when it leaves at least max(TOP_FIRST, 2k) groups
 FLT_MAX = 3.4028234663852886e38
 REGULAR = 2.0**100  # |scores| and Z beyond this: no overflow-free bound, rank the row exactly
 # ranking-key classes above every finite or infinite fp32 distance (bits of +inf: 0x7F800000)
@@ -114,14 +126,15 @@ def _coordinate_sum(x: torch.Tensor) -> torch.Tensor:
 
 
 def exact_keys(
-    zT: torch.Tensor, cT: torch.Tensor, idx: torch.Tensor, cosine: bool, bad: torch.Tensor | None = None
+    zT: torch.Tensor, cT: torch.Tensor, idx: torch.Tensor, cosine: bool, bad: torch.Tensor | bool | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Ranking keys int64 [n] and float64 distances [n] of the pairs (zT[:, i], cT[:, i]).
 
     zT, cT: [d, n], any float dtype (contiguous: one vector per coordinate, as `x.T.index_select(1, rows)` gives
     them). The contract's distance (module docstring), summed one coordinate after another with separate
     multiply and add, so equal inputs give bit-equal keys wherever they sit; key = fp32 distance bits << 32 |
-    idx, with KEY_NAN for a NaN distance and KEY_BAD for a non-finite code (`bad` [n], computed when None).
+    idx, with KEY_NAN for a NaN distance and KEY_BAD for a non-finite code (`bad` [n]: computed when None,
+    False when the caller knows every code is finite).
     """
     if bad is None:
         bad = ~torch.isfinite(cT).all(dim=0)
@@ -141,10 +154,12 @@ def exact_keys(
     else:
         diff = zT.sub_(cT) if zT.data_ptr() != cT.data_ptr() else zT - cT  # float64 (exact conversions), in place
         dist = _coordinate_sum(diff.mul_(diff))
-    v = dist.float()
-    bits = v.masked_fill(v == 0, 0.0).view(torch.int32).to(torch.int64)  # -0.0 -> +0.0: one pattern per value
-    bits.masked_fill_(torch.isnan(v), KEY_NAN).masked_fill_(bad, KEY_BAD)
-    return (bits << 32) | idx, dist
+    # every distance is +0, positive or NaN (sums of squares, a clamped 1 - cos): abs() only clears a NaN's sign,
+    # and every NaN pattern then lies at or above KEY_NAN's, so one clamp gives NaN its class
+    bits = dist.float().abs_().view(torch.int32).to(torch.int64).clamp_max_(KEY_NAN)
+    if bad is not False:
+        bits.masked_fill_(bad, KEY_BAD)
+    return bits.bitwise_left_shift_(32).bitwise_or_(idx), dist
 
 
 def pair_distances(z: torch.Tensor, c: torch.Tensor, cosine: bool) -> torch.Tensor:
@@ -163,16 +178,76 @@ def decode(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return keys & 0xFFFFFFFF, dist
 
 
+def _members_within(lower, first, f: int, m: int, thr, xp):
+    """(pair, lane) [c]: lane j of candidate i qualifies when lower.flat[first[i] + j m] <= thr[i].
+
+    `lower` [G f, m] contiguous (torch, or numpy with xp = numpy), `first` [n] the flat position of each candidate
+    group's lane 0. numpy: one lane at a time over [n] vectors that stay in cache (fewer than MEMBERS_AT_ONCE
+    pairs: one gather); torch: one [n, f] gather.
+    """
+    n = first.shape[0]
+    if xp is torch or n * f <= MEMBERS_AT_ONCE:
+        at = first[:, None] + xp.arange(0, f * m, m, **({"device": first.device} if xp is torch else {}))
+        lane = _flatnonzero(lower.take(at) <= thr[:, None], xp)  # = pair * f + lane
+        return lane // f, lane % f
+    flat = lower.reshape(-1)
+    ok = _scratch("lanes", (f, n), torch.bool, torch.device("cpu")).numpy()
+    vals = _scratch("values", (n,), torch.float32, torch.device("cpu")).numpy()
+    at = first
+    for j in range(f):
+        _np.less_equal(_np.take(flat, at, out=vals), thr, out=ok[j])
+        at = at + m
+    lane, pair = _np.divmod(_np.flatnonzero(ok), n)
+    return pair, lane
+
+
+def _flatnonzero(mask, xp):
+    """int64 [n]: the positions of the True elements of a bool array, flattened in C order, ascending."""
+    if xp is torch:
+        return mask.reshape(-1).nonzero().squeeze(1)
+    return _np.flatnonzero(mask)
+
+
+def _first_k(rows, keys, k: int, m: int, index_bits: int, xp):
+    """[k, m] the k smallest keys of each row (KEY_NONE where a row has fewer), for numpy (xp = numpy) or torch
+    arrays: each key repacked as (row, distance bits, index) in one int64, one sort orders every row at once."""
+    row_shift = 31 + index_bits  # distance classes (KEY_BAD at most) fit in 31 bits
+    packed = (rows << row_shift) | ((keys >> 32) << index_bits) | (keys & 0xFFFFFFFF)
+    packed = xp.sort(packed) if xp is _np else packed.sort().values
+    # row i's candidates sit at [start[i], start[i + 1]): its answer is the first k of them
+    arange = functools.partial(xp.arange, device=rows.device) if xp is torch else xp.arange
+    start = xp.searchsorted(packed, arange(m + 1) << row_shift)
+    at = start[:-1] + arange(k)[:, None]  # [k, m]
+    first = packed.take(xp.minimum(at, arange(1) + max(packed.shape[0] - 1, 0))) if packed.shape[0] else at
+    out = (((first >> index_bits) & 0x7FFFFFFF) << 32) | (first & ((1 << index_bits) - 1))
+    out[at >= start[1:]] = KEY_NONE
+    return out
+
+
 def merge_smallest(
-    best: torch.Tensor, rows: torch.Tensor, keys: torch.Tensor, rows_sorted: bool = False
+    best: torch.Tensor, rows: torch.Tensor, keys: torch.Tensor, rows_sorted: bool = False, codes: int = 1 << 32
 ) -> torch.Tensor:
     """The k smallest ranking keys per row [k, m] of `best` [k, m] and the flat candidates (rows, keys), ascending.
 
-    Keys of one row are distinct (the code index is part of the key) apart from KEY_NONE. k <= MERGE_PASSES_K: k passes
-    of (row minimum by scatter-min, remove it), vectorised over all candidates. Larger k: the candidates go into a
+    Keys of one row are distinct (the code index is part of the key) apart from KEY_NONE. k = 1: one scatter-min.
+    Larger k, when row, distance class and code index (`codes`: an upper bound of the indices) fit in 63 bits
+    together: `_first_k`, one sort of the repacked keys (numpy's on CPU). Otherwise, k <= MERGE_PASSES_K: k passes
+    of (row minimum by scatter-min, remove it), vectorised over all candidates; larger k: the candidates go into a
     dense [m, k + most per row] matrix beside `best` (KEY_NONE elsewhere), one top-k per row picks the k smallest.
     """
     k, m = best.shape
+    if k == 1:  # the row minimum, by one scatter-min into best itself
+        return best.scatter_reduce(1, rows.unsqueeze(0), keys.unsqueeze(0), "amin")
+    index_bits = max(1, (codes - 1).bit_length())
+    row_shift = 31 + index_bits
+    if row_shift + max(1, (m - 1).bit_length()) <= 63:
+        held = best != KEY_NONE
+        if held.any():
+            rows = torch.cat([rows, torch.arange(m, device=best.device).expand(k, m)[held]])
+            keys = torch.cat([keys, best[held]])
+        if best.device.type == "cpu" and _np is not None:  # the same steps in numpy: several times faster on CPU
+            return torch.from_numpy(_first_k(rows.numpy(), keys.numpy(), k, m, index_bits, _np))
+        return _first_k(rows, keys, k, m, index_bits, torch)
     if k <= MERGE_PASSES_K:
         allr = torch.cat([torch.arange(m, device=best.device).repeat(k), rows])
         allk = torch.cat([best.reshape(-1), keys])
@@ -195,19 +270,22 @@ def merge_smallest(
 def kth_smallest(x: torch.Tensor, k: int) -> torch.Tensor:
     """An upper bound of the k-th smallest value of each column of x [G, m] (G >= k); NaN propagates.
 
-    k <= BOUND_PASSES_K: the k-th smallest distinct value, by k passes of (column minimum, mask its copies out),
-    vectorised over the columns (repeats make it larger, never smaller: still a bound). Larger k: one top-k per
-    column, exact (torch.topk's per-row cost beats 3k passes there).
+    k - 1 passes, vectorised over the columns: each adds TINY / (x - column minimum) to every value, which
+    sends the minimum's copies to +inf and moves the others up by a negligible amount (arithmetic rather than
+    a compare-and-fill: on CPU a comparison producing a mask costs several times an add). Values only grow, and
+    each pass retires at least one entry whose original value is at most every later minimum, so at least k
+    distinct entries of x are at most the result: an upper bound (the k-th smallest distinct value up to the
+    drift, which only a subnormal gap between two values makes visible, and then only looser).
     """
+    low = x.amin(0)
     if k == 1:
-        return x.amin(0)
-    if k <= BOUND_PASSES_K:
-        x = x.clone()
-        for _ in range(k - 1):
-            x.masked_fill_(x == x.amin(0), math.inf)
-        return x.amin(0)
-    kth = x.T.contiguous().topk(k, dim=1, largest=False).values[:, -1]
-    return torch.where(torch.isnan(x).any(0), math.nan, kth)  # topk ranks NaN as largest
+        return low
+    gap, one = torch.empty_like(x), x.new_ones(())
+    for p in range(k - 1):
+        torch.sub(x, low, out=gap)  # >= +0, exactly +0 at the minimum's copies; NaN and inf - inf propagate
+        x = x.addcdiv(one, gap, value=TINY) if p == 0 else x.addcdiv_(one, gap, value=TINY)
+        low = x.amin(0)
+    return low
 
 
 class _Codes:
@@ -219,9 +297,15 @@ class _Codes:
 
     def __init__(self, codebook: torch.Tensor, cosine: bool, code_chunk: int):
         self.codebook, self.cosine, self.code_chunk = codebook, cosine, code_chunk
-        self.ubar, self.w_max = None, 1.0
-        self.bad = torch.cat([~torch.isfinite(codebook[k0 : k0 + code_chunk]).all(dim=1)
-                              for k0 in range(0, codebook.shape[0], code_chunk)])  # fmt: skip
+        self.ubar, self.w_max, self._table64 = None, 1.0, None
+        # a code's sum is finite only if all its values are: the elementwise check runs only when one is not
+        self.any_bad = not bool(torch.isfinite(codebook.sum(dim=1, dtype=torch.float32)).all())
+        if self.any_bad:
+            self.bad = torch.cat([~torch.isfinite(codebook[k0 : k0 + code_chunk]).all(dim=1)
+                                  for k0 in range(0, codebook.shape[0], code_chunk)])  # fmt: skip
+            self.any_bad = bool(self.bad.any())
+        else:
+            self.bad = torch.zeros(codebook.shape[0], dtype=torch.bool, device=codebook.device)
         if cosine:  # two chunked passes: the mean unit vector of the finite codes, then max |ubar - u_k|
             total = torch.zeros(codebook.shape[1], dtype=torch.float64, device=codebook.device)
             for k0 in range(0, codebook.shape[0], code_chunk):
@@ -232,6 +316,16 @@ class _Codes:
                 w = self._units(k0).neg_().add_(self.ubar.double()).float().double()  # |ubar - u| as rounded
                 w_max = torch.maximum(w_max, w.norm(dim=1).max())
             self.w_max = w_max * (1 + 2.0**-20)
+
+    def table64(self):
+        """The codebook as a float64 numpy array [d, K] (made once; None when it spans several code chunks)."""
+        if self._table64 is None and self.codebook.shape[0] <= self.code_chunk:
+            self._table64 = self.codebook.T.double().contiguous().numpy()
+        return self._table64
+
+    def bad_of(self, code: torch.Tensor) -> torch.Tensor | bool:
+        """Which of the codes `code` hold inf or NaN (False when none of the codebook does)."""
+        return self.bad.index_select(0, code) if self.any_bad else False
 
     def _units(self, k0: int) -> torch.Tensor:
         """u_k = c_k / max(|c_k|, EPS) in float64 for the chunk at k0, zero rows for non-finite codes."""
@@ -256,8 +350,9 @@ class _Codes:
             torch.sub(c, mu, out=cc)
             w[:kc, d] = cc.square().sum(dim=1)
             cc.mul_(-2.0)
-        w[:kc].masked_fill_(bad[:, None], 0.0)
-        w[:kc, d].masked_fill_(bad, math.inf)
+        if self.any_bad:
+            w[:kc].masked_fill_(bad[:, None], 0.0)
+            w[:kc, d].masked_fill_(bad, math.inf)
         return w
 
 
@@ -278,25 +373,100 @@ def _exact_rows(z, codes: _Codes, rows, best, chunk_elems):
             idx = torch.arange(k0, k0 + kc, device=z.device).repeat(f)
             bad = codes.bad[k0 : k0 + kc].repeat(f)
             keys, _ = exact_keys(zf.T.repeat_interleave(kc, dim=1), c.T.repeat(1, f), idx, codes.cosine, bad)
-            sub = merge_smallest(sub, torch.arange(f, device=z.device).repeat_interleave(kc), keys)
+            sub = merge_smallest(sub, torch.arange(f, device=z.device).repeat_interleave(kc), keys, codes=K)
         best[:, part] = sub
 
 
 _SCRATCH = threading.local()
 
 
-def _scratch(slot: int, numel: int, device: torch.device) -> torch.Tensor:
-    """A reused fp32 CPU buffer of at least `numel` elements (per thread and slot, at most CHUNK_ELEMS each): a
-    score chunk is a few MiB, and a fresh CPU allocation that size pays its page faults again on every call
-    (measured ~0.3 ms of 2.5 at M = K = 1024). CUDA's caching allocator already reuses memory."""
-    if device.type != "cpu":
-        return torch.empty(numel, dtype=torch.float32, device=device)
-    key = (slot, device)
+MEMBERS_AT_ONCE = 1 << 15  # numpy candidates x lanes up to this: one gather; beyond, one lane at a time
+EXACT_BATCH = 8192  # (row, code) pairs per batch of exact keys on CPU: the temporaries stay in cache
+SCRATCH_BYTES = 1 << 24  # temporaries up to this size come from reused per-thread buffers on CPU
+
+
+def _scratch(slot: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """An uninitialised tensor from a buffer reused across calls (per thread and slot, on CPU, up to SCRATCH_BYTES):
+    a fresh CPU allocation of a few hundred KiB or more pays its page faults again on every call, and on a virtual
+    machine those cost more than the work (measured: a 1.8 MiB gather took 1.0 ms fresh, 0.14 ms reused).
+    Elsewhere, and for larger tensors, a plain allocation (CUDA's caching allocator already reuses memory)."""
+    nbytes = math.prod(shape) * dtype.itemsize
+    if device.type != "cpu" or nbytes > SCRATCH_BYTES:
+        return torch.empty(shape, dtype=dtype, device=device)
     bufs = _SCRATCH.__dict__.setdefault("bufs", {})
-    buf = bufs.get(key)
-    if buf is None or buf.numel() < numel:
-        buf = bufs[key] = torch.empty(numel, dtype=torch.float32, device=device)
-    return buf[:numel]
+    buf = bufs.get(slot)
+    if buf is None or buf.numel() < nbytes:
+        buf = bufs[slot] = torch.empty(-(-max(nbytes, 4096) // 8), dtype=torch.int64).view(torch.uint8)
+    return buf[:nbytes].view(dtype).view(shape)
+
+
+def _l2_keys_numpy(z: torch.Tensor, codes: _Codes, rows: torch.Tensor, code: torch.Tensor, batch: int) -> torch.Tensor:
+    """exact_keys(z.T[:, rows], codebook.T[:, code], code, l2) on CPU with numpy: bit for bit the same keys (the
+    same float64 operations in the same order), in batches of `batch` pairs through reused buffers."""
+    d = z.shape[1]
+    zT = z.T.double().contiguous().numpy()  # [d, m]: a row chunk
+    table = codes.table64()  # [d, K] float64, or None for a codebook too large to copy whole
+    keys = torch.empty(rows.shape[0], dtype=torch.int64)
+    out = keys.numpy()
+    for p0 in range(0, rows.shape[0], batch):
+        r, c = rows[p0 : p0 + batch].numpy(), code[p0 : p0 + batch].numpy()
+        big = r.shape[0] * d * 8 > 1 << 18  # temporaries past 256 KiB come from the reused buffers
+        reuse = functools.partial(_scratch, shape=(d, r.shape[0]), dtype=torch.float64, device=z.device)
+        diff = _np.take(zT, r, axis=1, out=reuse("zrows").numpy() if big else None)
+        if table is not None:  # np.take: several times faster than table[:, c]
+            cc = _np.take(table, c, axis=1, out=reuse("crows").numpy() if big else None)
+        else:
+            cc = codes.codebook.T.index_select(1, code[p0 : p0 + batch]).double().numpy()
+        diff -= cc
+        diff *= diff
+        dist = diff[0].copy()
+        for j in range(1, d):
+            dist += diff[j]
+        bits = _np.abs(dist.astype(_np.float32)).view(_np.int32).astype(_np.int64)
+        _np.minimum(bits, KEY_NAN, out=bits)
+        if codes.any_bad:
+            bits[codes.bad.numpy()[c]] = KEY_BAD
+        _np.bitwise_or(bits << 32, c, out=out[p0 : p0 + batch])
+    return keys
+
+
+def _rank_rows(r0, r1, levels, factors, thr32, z, codes: _Codes, k0, cap, chunk_elems, best, regular, xp) -> None:
+    """Candidates, exact keys and the k best of rows [r0, r1) of one code chunk, into best[:, r0:r1].
+
+    levels: the score levels (codes, then group minima) as torch tensors (xp = torch) or numpy views (xp = numpy,
+    CPU); thr32 [m] the rows' thresholds; rows found to have too many candidates leave `regular`.
+    """
+    m, rows = thr32.shape[0], r1 - r0
+    thr = thr32[r0:r1] if xp is torch else thr32[r0:r1].numpy()
+    # every code within the threshold sits in groups whose minima are within it: descend level by level, from the
+    # (group, row) pairs of the top level, ordered by group: the reads below go through memory in order
+    at = _flatnonzero(levels[-1][:, r0:r1] <= thr, xp)  # = group * rows + row - r0
+    g, r = at // rows, at % rows
+    for lower, f in zip(reversed(levels[:-1]), reversed(factors)):
+        pair, lane = _members_within(lower, g * (f * m) + r + r0, f, m, thr[r], xp)
+        g, r = g[pair] * f + lane, r[pair]
+        counts = xp.bincount(r, minlength=rows)
+        if counts.max() > cap:  # rows with more candidates than any bound leaves (many equal codes): exact
+            heavy = counts > cap
+            regular[r0:r1] &= ~(heavy if xp is torch else torch.from_numpy(heavy))
+            keep = ~heavy[r]
+            g, r = g[keep], r[keep]
+    if r.shape[0] == 0:
+        return
+    code = g + k0
+    step = max(1, chunk_elems // (z.shape[1] + 1))  # (row, code) pairs per batch of exact keys
+    if xp is torch:
+        zT, cT = z[r0:r1].T, codes.codebook.T
+        keys = torch.cat([  # [d, n] gathers from the transposed views: one contiguous vector per coordinate
+            exact_keys(zT.index_select(1, r[p0 : p0 + step]), cT.index_select(1, code[p0 : p0 + step]),
+                       code[p0 : p0 + step], codes.cosine, codes.bad_of(code[p0 : p0 + step]))[0]
+            for p0 in range(0, r.shape[0], step)
+        ])  # fmt: skip
+    else:
+        r, code = torch.from_numpy(r), torch.from_numpy(code)
+        keys = _l2_keys_numpy(z[r0:r1], codes, r, code, min(step, EXACT_BATCH))
+    part = best[:, r0:r1]
+    part.copy_(merge_smallest(part, r, keys, codes=codes.codebook.shape[0]))
 
 
 def _rank_chunk(z, codes: _Codes, k, gamma, chunk_elems, best):
@@ -313,12 +483,15 @@ def _rank_chunk(z, codes: _Codes, k, gamma, chunk_elems, best):
         nz = nz.clamp_min(EPS)
         mu = None
     else:
-        mu = z32[finite].sum(0) / finite.sum().clamp_min(1)
+        # any centre serves the bound (it only has to be the one the scores use): the mean of the finite rows
+        mu = z32.sum(0) / m if bool(finite.all()) else z32[finite].sum(0) / finite.sum().clamp_min(1)
         zs = z32 - mu
         Z = zs.double().pow(2).sum(1)
         regular = finite & (Z <= REGULAR)
     # [d + 1, m]: scores come out [codes, rows], so reductions over codes vectorise over rows
-    zsT = torch.cat([zs, torch.ones(m, 1, dtype=zs.dtype, device=zs.device)], dim=1).T.contiguous()
+    zsT = torch.empty(d + 1, m, dtype=torch.float32, device=z.device)
+    zsT[:d].copy_(zs.T)
+    zsT[d].fill_(1.0)
     if codes.cosine:
         threshold = functools.partial(cosine_threshold, nz=nz, zu=zu, gamma=gamma, w_max=codes.w_max)
     else:
@@ -328,12 +501,13 @@ def _rank_chunk(z, codes: _Codes, k, gamma, chunk_elems, best):
     for k0 in range(0, K, codes.code_chunk):
         kc = min(codes.code_chunk, K - k0)
         # minima of groups of 16 codes, then of 4 such groups, 4 of those, ...: the top level keeps at least
-        # max(TOP, 2k) groups, so the k-th smallest minimum stays close to the k-th smallest score
-        factors = [16] if -(-kc // 16) >= max(TOP, 2 * k) else []
+        # max(TOP, 2k) groups (TOP_FIRST for the first), so the k-th smallest minimum stays close to the k-th
+        # smallest score while the bound's passes run over far fewer values than the scores
+        factors = [16] if -(-kc // 16) >= max(TOP_FIRST, 2 * k) else []
         while factors and -(-kc // (16 * 4 ** len(factors))) >= max(TOP, 2 * k):
             factors.append(4)
         w = codes.operands(k0, mu, math.prod(factors))
-        s = torch.mm(w, zsT, out=_scratch(0, w.shape[0] * m, z.device).view(w.shape[0], m))  # [kc_pad, m]
+        s = torch.mm(w, zsT, out=_scratch("scores", (w.shape[0], m), torch.float32, z.device))  # [kc_pad, m]
         levels = [s]
         for f in factors:
             levels.append(levels[-1].view(-1, f, m).amin(1))
@@ -341,35 +515,12 @@ def _rank_chunk(z, codes: _Codes, k, gamma, chunk_elems, best):
             ub = torch.minimum(ub, kth_smallest(levels[-1], k))  # NaN propagates
         # rows with a non-finite or huge bound get wrong or no candidates here: they are ranked exactly at the end
         thr32 = round_up_fp32(threshold(ub))
-        # every code within the threshold sits in groups whose minima are within it: descend level by level
-        r, g = (levels[-1] <= thr32).T.nonzero(as_tuple=True)
-        # k > 1 expands several groups of 16: the same scores laid out [m, kc_pad] (one more GEMM) turn each group's
-        # 16 scores into one contiguous read instead of 16 reads m apart
-        rows_major = None
-        if k > 1 and factors:  # [m, kc_pad]
-            rows_major = torch.mm(zsT.T, w.T, out=_scratch(1, w.shape[0] * m, z.device).view(m, w.shape[0]))
-        for level, (lower, f) in enumerate(zip(reversed(levels[:-1]), reversed(factors))):
-            if rows_major is not None and level == len(factors) - 1:  # groups of 16 -> codes, from rows_major
-                block = rows_major.view(-1, f).index_select(0, r * (rows_major.shape[1] // f) + g)  # [n, 16]
-                pair, lane = (block <= thr32.index_select(0, r)[:, None]).nonzero(as_tuple=True)
-                g, r = g[pair] * f + lane, r[pair]
-            else:
-                g = (g[:, None] * f + torch.arange(f, device=z.device)).view(-1)
-                r = r.repeat_interleave(f)
-                keep = lower.view(-1).index_select(0, g * m + r) <= thr32.index_select(0, r)
-                g, r = g[keep], r[keep]
-            heavy = torch.bincount(r, minlength=m) > cap
-            if heavy.any():
-                regular &= ~heavy
-                keep = ~heavy[r]
-                g, r = g[keep], r[keep]
-        step = max(1, chunk_elems // (d + 1))  # (row, code) pairs per batch of exact keys
-        for p0 in range(0, r.numel(), step):  # r is sorted: nonzero on [m, G] and every step after keep the order
-            rp, code = r[p0 : p0 + step], g[p0 : p0 + step] + k0
-            # [d, n] gathers from the transposed views: one contiguous vector per coordinate
-            keys, _ = exact_keys(z.T.index_select(1, rp), codes.codebook.T.index_select(1, code), code, codes.cosine,
-                                 codes.bad[code])  # fmt: skip
-            best.copy_(merge_smallest(best, rp, keys, rows_sorted=True))
+        if codes.cosine or z.device.type != "cpu" or _np is None:  # torch, one block
+            _rank_rows(0, m, levels, factors, thr32, z, codes, k0, cap, chunk_elems, best, regular, torch)
+            continue
+        # numpy on CPU: its gathers, compactions and sorts cost a fraction of torch's there, less overhead per call
+        views = [lv.numpy() for lv in levels]
+        _rank_rows(0, m, views, factors, thr32, z, codes, k0, cap, chunk_elems, best, regular, _np)
     # a bound of +inf (fewer than k finite scores) or past REGULAR: the error bound does not hold, rank exactly
     return ~(regular & (ub.abs() <= REGULAR))
 

@@ -1,0 +1,198 @@
+"""The reference's ranking machinery at the sizes where it has levels: top-k over codebooks of 1100 and 4500 codes,
+both of its CPU paths (numpy for the sparse steps when installed, torch alone otherwise: the path CUDA runs), its
+pieces (the k-th smallest bound, the merge of candidate keys, the reused buffers) and its memory.
+
+Every ranking is compared exactly with the brute-force contract of test_vq.py.
+"""
+
+import threading
+import tracemalloc
+
+import numpy as np
+import pytest
+import test_vq
+import torch
+from test_vq import METRICS, MaxNumel, contract, hard_codebooks
+from test_vq_groups import check_topk
+
+from spectralar_kernels.vq import ref
+
+pytestmark = test_vq.pytestmark
+# (M, K): one level of group minima (1100 codes: 69 groups of 16), two levels (4500: 282 groups, then 71)
+SIZES = [(70, 1100), (40, 4500)]
+
+
+@pytest.fixture(params=["numpy", "torch"])
+def path(request, monkeypatch):
+    """The CPU path with numpy's sparse steps, then torch alone (what runs without numpy, and on CUDA)."""
+    if request.param == "torch":
+        monkeypatch.setattr(ref, "_np", None)
+    return request.param
+
+
+def cases(M: int, K: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(M + K)
+    out = {"random": (torch.randn(M, 12, generator=g), torch.randn(K, 12, generator=g))}
+    c = torch.randint(-2, 3, (K, 12), generator=g).float()  # small integers: exact scores, many exact ties
+    out["integer ties"] = (torch.randint(-2, 3, (M, 12), generator=g).float(), c)
+    c = torch.randn(K, 12, generator=g)
+    c[100:140] = c[3]  # forty copies of one code: its rows have more candidates than any bound leaves
+    z = torch.randn(M, 12, generator=g)
+    z[::3] = c[3] + 1e-3 * torch.randn(12, generator=g)
+    out["many copies"] = (z, c)
+    hard = hard_codebooks(M, K)
+    for name in ("clustered 10000", "far + near-duplicates", "outlier 3e+19"):
+        out[name] = hard[name]
+    return out
+
+
+@pytest.mark.parametrize("k", [1, 2, 4, 16, 17])
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_topk_with_levels_matches_contract(path, size, k):
+    for name, (z, codebook) in cases(*size).items():
+        for metric in METRICS:
+            idx, dist = ref.vq_nearest_ref(z, codebook, metric, topk=k)
+            try:
+                check_topk(z, codebook, metric, idx, dist, k)
+            except AssertionError as e:
+                raise AssertionError(f"{name}, {metric}: {e}") from None
+
+
+def test_numpy_and_torch_paths_give_the_same_bits(monkeypatch):
+    """NaN and inf rows and codes, duplicates, several code chunks: both paths return identical tensors."""
+    g = torch.Generator().manual_seed(3)
+    z, codebook = torch.randn(90, 12, generator=g), torch.randn(1500, 12, generator=g)
+    z[5, 2], z[6, 0] = float("nan"), float("inf")
+    codebook[10, 1], codebook[700, 4] = float("inf"), float("nan")
+    codebook[900:910] = codebook[20]
+    runs = {}
+    for path in ("numpy", "torch"):
+        if path == "torch":
+            monkeypatch.setattr(ref, "_np", None)
+        runs[path] = [ref.vq_nearest_ref(z, codebook, metric, topk=k, chunk_elems=chunk)
+                      for metric in METRICS for k in (None, 3, 16) for chunk in (ref.CHUNK_ELEMS, 20000)]  # fmt: skip
+    for a, b in zip(runs["numpy"], runs["torch"]):  # distances bit for bit (NaN included)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1].view(torch.int32), b[1].view(torch.int32))
+    check_topk(z, codebook, "l2", *runs["numpy"][2], 3)
+
+
+def test_kth_smallest_is_an_upper_bound():
+    """At least k entries of a column are at most its bound, and the bound is at least the k-th smallest distinct
+    value; on ordinary values it is that value exactly. Ties, zeros, subnormal gaps and +inf included. A column
+    the bound cannot serve (NaN, -inf, fewer than k distinct values) gets NaN or +inf: its row is ranked exactly."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(64, 300, generator=g)
+    x[:, :50] = torch.randint(-3, 9, (64, 50), generator=g).float()  # many ties and exact zeros
+    x[:, 50:60] = torch.randint(0, 40, (64, 10), generator=g).float() * 2.0**-140  # subnormal values and gaps
+    x[:20, 60:70] = float("inf")
+    x[0, 70:80] = float("-inf")
+    x[3, 80] = float("nan")
+    x[:, 81:90] = torch.randint(0, 3, (64, 9), generator=g).float()  # three distinct values
+    for k in (1, 2, 4, 9, 16):
+        bound = ref.kth_smallest(x, k)
+        for j in range(300):
+            col, b = x[:, j], bound[j]
+            distinct = torch.unique(col)
+            if torch.isnan(b) or b == float("inf"):
+                assert torch.isnan(col).any() or (col == float("-inf")).any() or distinct.numel() < k + (b == b), (k, j)
+                continue
+            assert (col <= b).sum() >= k and b >= distinct[k - 1], (k, j, b)
+            if j >= 90:
+                assert b == distinct[k - 1], (k, j)
+        kth_distinct = torch.stack([torch.unique(x[:, j])[k - 1] for j in range(90, 300)])
+        assert torch.isnan(bound[80]) and (bound[90:] == kth_distinct).all()
+
+
+@pytest.mark.parametrize("k", [1, 3, 4, 5, 16])
+def test_merge_smallest_every_path_agrees(k, monkeypatch):
+    """The repacked sort (numpy and torch), the scatter-min passes and the dense top-k: the same k smallest keys per
+    row as a brute force, whatever `best` already holds (KEY_NAN and KEY_BAD classes included)."""
+    g = torch.Generator().manual_seed(k)
+    m, K, n = 37, 3000, 400
+    rows = torch.randint(0, m, (n,), generator=g)
+    bits = torch.randint(0, 2**31 - 1, (n,), generator=g).clamp_max_(0x7F800000)
+    bits[::7], bits[3::11] = ref.KEY_NAN, ref.KEY_BAD
+    keys = (bits << 32) | torch.randperm(K, generator=g)[:n]  # distinct code indices: keys of a row are distinct
+    best = torch.full((k, m), ref.KEY_NONE, dtype=torch.int64)
+    held = (torch.randint(0, 2**30, (k, 10), generator=g) << 32) | (K + torch.arange(k * 10).view(k, 10))
+    best[:, :10] = held.sort(0).values
+    expect = torch.full((k, m), ref.KEY_NONE, dtype=torch.int64)
+    for i in range(m):
+        mine = torch.cat([best[:, i][best[:, i] != ref.KEY_NONE], keys[rows == i]]).sort().values[:k]
+        expect[: mine.numel(), i] = mine
+    codes = K + k * 10
+    got = {"packed, numpy": ref.merge_smallest(best, rows, keys, codes=codes)}
+    got["passes or dense"] = ref.merge_smallest(best, rows, keys, codes=2**40)  # too wide to repack
+    monkeypatch.setattr(ref, "_np", None)
+    got["packed, torch"] = ref.merge_smallest(best, rows, keys, codes=codes)
+    for name, out in got.items():
+        assert torch.equal(out, expect), name
+
+
+def test_reused_buffers_never_leak_between_calls_or_threads():
+    """Big, small, big again, and two threads at once: every answer equals a fresh single-threaded one."""
+    g = torch.Generator().manual_seed(8)
+    problems = [(torch.randn(m, 12, generator=g), torch.randn(K, 12, generator=g)) for m, K in
+                [(600, 2000), (30, 1100), (600, 2000), (200, 5000)]]  # fmt: skip
+    want = [ref.vq_nearest_ref(z, c, topk=5) for z, c in problems]
+    for (z, c), (idx, dist) in zip(problems, want):
+        check_topk(z, c, "l2", idx, dist, 5)
+    for _ in range(2):
+        for (z, c), (idx, dist) in zip(problems, want):
+            got = ref.vq_nearest_ref(z, c, topk=5)
+            assert torch.equal(got[0], idx) and torch.equal(got[1], dist)
+    results, errors = {}, []
+
+    def worker(i):
+        try:
+            for j in range(3):
+                z, c = problems[(i + j) % len(problems)]
+                results[(i, j)] = ref.vq_nearest_ref(z, c, topk=5)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for (i, j), (idx, dist) in results.items():
+        expect = want[(i + j) % len(problems)]
+        assert torch.equal(idx, expect[0]) and torch.equal(dist, expect[1])
+
+
+def test_cpu_path_memory_stays_within_chunks():
+    """1100 x 4096 top-8 (an M x K score matrix would be 18 MB): torch temporaries within a score chunk, numpy's
+    (traced by tracemalloc) within a few MB."""
+    z, codebook = torch.randn(1100, 12), torch.randn(4096, 12)
+    with MaxNumel(z, codebook) as mode:
+        idx, dist = ref.vq_nearest_ref(z, codebook, topk=8)
+    assert mode.max_numel <= ref.CHUNK_ELEMS < z.shape[0] * codebook.shape[0], mode.max_numel
+    tracemalloc.start()  # a call of its own: the dispatch mode above imports modules on first use
+    try:
+        again = ref.vq_nearest_ref(z, codebook, topk=8)
+        _, numpy_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert numpy_peak < 8 * 2**20 < 4 * z.shape[0] * codebook.shape[0], numpy_peak
+    assert torch.equal(again[0], idx) and torch.equal(again[1], dist)
+    want_idx, want_dist = contract(z[:50], codebook, "l2", 8)
+    assert np.array_equal(idx[:50].numpy(), want_idx) and np.array_equal(dist[:50].numpy(), want_dist)
+
+
+def test_cpu_sweep_prints_its_table(monkeypatch, capsys):
+    """`python -m bench.vq_cpu_sweep`: one line per shape with both timings and their ratio; bad counts refused."""
+    from bench import vq_cpu_sweep
+
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(vq_cpu_sweep, "SHAPES", [(64, 300)])
+    try:
+        vq_cpu_sweep.main(["--threads", "1", "--rounds", "2"])
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "threads=1" in out and "64 x 300" in out and out.count("x)") == 3, out
+    with pytest.raises(SystemExit) as e:
+        vq_cpu_sweep.main(["--threads", "0"])
+    assert e.value.code == 2
