@@ -29,7 +29,7 @@ Ranking M x K distances in float64 would be slow, so it runs in three steps:
     one sort of the keys repacked with their row gives every row's k smallest (`merge_smallest`).
 Rows the bound cannot serve (non-finite or huge values, or more than a few groups of candidates, as with
 many duplicate codes) are ranked exactly over all codes, chunk by chunk.
-On CPU, with numpy installed, the sparse steps (expanding groups, exact keys, the sort) run in numpy: its
+On CPU, with numpy installed, the sparse steps (expanding groups, l2 exact keys, the sort) run in numpy: its
 gathers, compactions and sorts cost a fraction of torch's there, and the keys are the same bits (the same
 float64 operations in the same order). Temporaries of a few hundred KiB and more come from per-thread buffers
 reused across calls (`_scratch`): a fresh allocation pays its page faults on every call.
@@ -455,7 +455,9 @@ def _rank_rows(r0, r1, levels, factors, thr32, z, codes: _Codes, k0, cap, chunk_
         return
     code = g + k0
     step = max(1, chunk_elems // (z.shape[1] + 1))  # (row, code) pairs per batch of exact keys
-    if xp is torch:
+    if xp is _np:
+        r, code = torch.from_numpy(r), torch.from_numpy(code)
+    if xp is torch or codes.cosine:
         zT, cT = z[r0:r1].T, codes.codebook.T
         keys = torch.cat([  # [d, n] gathers from the transposed views: one contiguous vector per coordinate
             exact_keys(zT.index_select(1, r[p0 : p0 + step]), cT.index_select(1, code[p0 : p0 + step]),
@@ -463,7 +465,6 @@ def _rank_rows(r0, r1, levels, factors, thr32, z, codes: _Codes, k0, cap, chunk_
             for p0 in range(0, r.shape[0], step)
         ])  # fmt: skip
     else:
-        r, code = torch.from_numpy(r), torch.from_numpy(code)
         keys = _l2_keys_numpy(z[r0:r1], codes, r, code, min(step, EXACT_BATCH))
     part = best[:, r0:r1]
     part.copy_(merge_smallest(part, r, keys, codes=codes.codebook.shape[0]))
@@ -515,7 +516,7 @@ def _rank_chunk(z, codes: _Codes, k, gamma, chunk_elems, best):
             ub = torch.minimum(ub, kth_smallest(levels[-1], k))  # NaN propagates
         # rows with a non-finite or huge bound get wrong or no candidates here: they are ranked exactly at the end
         thr32 = round_up_fp32(threshold(ub))
-        if codes.cosine or z.device.type != "cpu" or _np is None:  # torch, one block
+        if z.device.type != "cpu" or _np is None:  # CUDA, or no numpy: the same steps in torch
             _rank_rows(0, m, levels, factors, thr32, z, codes, k0, cap, chunk_elems, best, regular, torch)
             continue
         # numpy on CPU: its gathers, compactions and sorts cost a fraction of torch's there, less overhead per call
