@@ -20,7 +20,7 @@ import torch
 
 from spectralar_kernels.vq import ref
 
-from . import cases
+from . import cases, vq_cpu_sweep
 
 NEAREST = ["ref", "vq-v1", "vq-v2", "vq-v2-cold", "cdist", "matmul"]
 TOPK = ["ref", "cdist"]
@@ -44,11 +44,6 @@ def _triton(impl: str, cold: bool = False):
     return run
 
 
-def _cdist(z, c, k):
-    d = torch.cdist(z, c)
-    return d.argmin(dim=1, keepdim=True) if k == 1 else d.topk(k, dim=1, largest=False).indices
-
-
 def _matmul(z, c, k):
     return (c.pow(2).sum(1) - 2 * (z @ c.T)).argmin(dim=1, keepdim=True)  # [M, K], ||z||^2 left out
 
@@ -58,7 +53,7 @@ FUNCS = {
     "vq-v1": _triton("vq-v1"),
     "vq-v2": _triton("vq-v2"),
     "vq-v2-cold": _triton("vq-v2", cold=True),
-    "cdist": _cdist,
+    "cdist": vq_cpu_sweep.plain,
     "matmul": _matmul,
 }
 

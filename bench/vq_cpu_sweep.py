@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import sys
 import time
 
 import torch
@@ -22,6 +23,7 @@ SHAPES = [(1024, 1024), (1024, 4096), (4096, 4096)]  # M x K, code dim 12: the f
 
 
 def plain(z: torch.Tensor, c: torch.Tensor, k: int) -> torch.Tensor:
+    """The peer: torch.cdist, then argmin (k = 1) or the k smallest; writes the M x K distance matrix."""
     d = torch.cdist(z, c)
     return d.argmin(1, keepdim=True) if k == 1 else d.topk(k, dim=1, largest=False).indices
 
@@ -62,8 +64,12 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if any(t < 1 for t in args.threads) or args.rounds < 1:
         p.error("--threads and --rounds must be positive")
-    for t in args.threads:
-        sweep(t, args.rounds)
+    try:
+        for t in args.threads:
+            sweep(t, args.rounds)
+    except KeyboardInterrupt:  # the rows printed so far are complete
+        sys.stderr.write("python -m bench.vq_cpu_sweep: interrupted (Ctrl-C); the lines above are complete\n")
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

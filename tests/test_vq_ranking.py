@@ -93,14 +93,14 @@ def test_kth_smallest_is_an_upper_bound():
         for j in range(300):
             col, b = x[:, j], bound[j]
             distinct = torch.unique(col)
-            if torch.isnan(b) or b == float("inf"):
-                assert torch.isnan(col).any() or (col == float("-inf")).any() or distinct.numel() < k + (b == b), (k, j)
+            if not torch.isfinite(b):  # only for NaN or -inf in the column, or fewer than k distinct finite values
+                few = int(torch.isfinite(distinct).sum()) < k
+                assert torch.isnan(col).any() or (col == float("-inf")).any() or few, (k, j, b)
                 continue
             assert (col <= b).sum() >= k and b >= distinct[k - 1], (k, j, b)
             if j >= 90:
                 assert b == distinct[k - 1], (k, j)
-        kth_distinct = torch.stack([torch.unique(x[:, j])[k - 1] for j in range(90, 300)])
-        assert torch.isnan(bound[80]) and (bound[90:] == kth_distinct).all()
+        assert torch.isnan(bound[80])
 
 
 @pytest.mark.parametrize("k", [1, 3, 4, 5, 16])

@@ -224,9 +224,7 @@ def _first_k(rows, keys, k: int, m: int, index_bits: int, xp):
     return out
 
 
-def merge_smallest(
-    best: torch.Tensor, rows: torch.Tensor, keys: torch.Tensor, rows_sorted: bool = False, codes: int = 1 << 32
-) -> torch.Tensor:
+def merge_smallest(best: torch.Tensor, rows: torch.Tensor, keys: torch.Tensor, codes: int = 1 << 32) -> torch.Tensor:
     """The k smallest ranking keys per row [k, m] of `best` [k, m] and the flat candidates (rows, keys), ascending.
 
     Keys of one row are distinct (the code index is part of the key) apart from KEY_NONE. k = 1: one scatter-min.
@@ -257,9 +255,8 @@ def merge_smallest(
             if i + 1 < k:
                 allk.masked_fill_(allk == out[i][allr], KEY_NONE)
         return out
-    if not rows_sorted:
-        order = rows.argsort(stable=True)
-        rows, keys = rows[order], keys[order]
+    order = rows.argsort(stable=True)
+    rows, keys = rows[order], keys[order]
     counts = torch.bincount(rows, minlength=m)
     dense = torch.full((m, k + int(counts.max())), KEY_NONE, dtype=torch.int64, device=best.device)
     dense[:, :k] = best.T
