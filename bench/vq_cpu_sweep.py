@@ -3,9 +3,10 @@
     python -m bench.vq_cpu_sweep                  # 1 and 2 threads, the three shapes, k = 1, 4, 16
     python -m bench.vq_cpu_sweep --threads 4 --rounds 30
 
-Each round times every provider once, one after the other, so a noisy machine slows them alike; the medians are
-printed with their ratio (above 1: ours is faster). Our results are checked against `cdist` once per case (the
-same codes, up to fp32 ties). The pytest benchmarks (bench_vq.py) time the same providers one at a time.
+Each round times every provider once, one after the other (in alternating order), so a noisy machine slows them
+alike; the medians are printed with their ratio (above 1: ours is faster). Our results are checked against
+`cdist` once per case (the same codes, up to fp32 ties). The pytest benchmarks (bench_vq.py) time the same
+providers one at a time.
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ def sweep(threads: int, rounds: int, d: int = 12) -> None:
             best = (z[:, None] - c[want]).pow(2).sum(-1)
             assert (chosen - best).abs().max() <= 1e-4 * (1 + best.abs().max()), f"{M}x{K} k={k}: not the nearest"
             times = {"ours": [], "cdist": []}
-            for _ in range(rounds):
-                for name, fn in (("ours", ours), ("cdist", theirs)):
+            for r in range(rounds):  # the order alternates: whichever runs second finds the caches the first left
+                for name, fn in (("ours", ours), ("cdist", theirs))[:: 1 if r % 2 == 0 else -1]:
                     t0 = time.perf_counter()
                     fn()
                     times[name].append(time.perf_counter() - t0)

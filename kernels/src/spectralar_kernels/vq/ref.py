@@ -195,7 +195,7 @@ def _members_within(lower, first, f: int, m: int, thr, xp):
     vals = _scratch("values", (n,), torch.float32, torch.device("cpu")).numpy()
     at = first
     for j in range(f):
-        _np.less_equal(_np.take(flat, at, out=vals), thr, out=ok[j])
+        _np.less_equal(_np.take(flat, at, out=vals, mode="clip"), thr, out=ok[j])
         at = at + m
     lane, pair = _np.divmod(_np.flatnonzero(ok), n)
     return pair, lane
@@ -409,9 +409,11 @@ def _l2_keys_numpy(z: torch.Tensor, codes: _Codes, rows: torch.Tensor, code: tor
         r, c = rows[p0 : p0 + batch].numpy(), code[p0 : p0 + batch].numpy()
         big = r.shape[0] * d * 8 > 1 << 18  # temporaries past 256 KiB come from the reused buffers
         reuse = functools.partial(_scratch, shape=(d, r.shape[0]), dtype=torch.float64, device=z.device)
-        diff = _np.take(zT, r, axis=1, out=reuse("zrows").numpy() if big else None)
+        # mode="clip" (the indices are in range): with out= and the default mode, numpy gathers into a temporary
+        # and copies, twice the time
+        diff = _np.take(zT, r, axis=1, out=reuse("zrows").numpy() if big else None, mode="clip")
         if table is not None:  # np.take: several times faster than table[:, c]
-            cc = _np.take(table, c, axis=1, out=reuse("crows").numpy() if big else None)
+            cc = _np.take(table, c, axis=1, out=reuse("crows").numpy() if big else None, mode="clip")
         else:
             cc = codes.codebook.T.index_select(1, code[p0 : p0 + batch]).double().numpy()
         diff -= cc
@@ -467,6 +469,16 @@ def _rank_rows(r0, r1, levels, factors, thr32, z, codes: _Codes, k0, cap, chunk_
     part.copy_(merge_smallest(part, r, keys, codes=codes.codebook.shape[0]))
 
 
+def _plan(kc: int, k: int) -> list[int]:
+    """Group factors for kc codes and top-k: minima of groups of 16 codes, then of 4 such groups, ...; the top level
+    keeps at least max(TOP, 2k) groups (TOP_FIRST for the first), so the k-th smallest minimum stays close to the
+    k-th smallest score while the bound's passes run over far fewer values than the scores. [] when kc is small."""
+    factors = [16] if -(-kc // 16) >= max(TOP_FIRST, 2 * k) else []
+    while factors and -(-kc // (16 * 4 ** len(factors))) >= max(TOP, 2 * k):
+        factors.append(4)
+    return factors
+
+
 def _rank_chunk(z, codes: _Codes, k, gamma, chunk_elems, best):
     """Top-k keys [k, m] of the rows z [m, d] into `best`; returns the rows left for the exact pass."""
     m, d = z.shape
@@ -498,12 +510,7 @@ def _rank_chunk(z, codes: _Codes, k, gamma, chunk_elems, best):
     cap = 4 * k + 16  # candidates per row and level beyond which the row is ranked exactly (many equal codes)
     for k0 in range(0, K, codes.code_chunk):
         kc = min(codes.code_chunk, K - k0)
-        # minima of groups of 16 codes, then of 4 such groups, 4 of those, ...: the top level keeps at least
-        # max(TOP, 2k) groups (TOP_FIRST for the first), so the k-th smallest minimum stays close to the k-th
-        # smallest score while the bound's passes run over far fewer values than the scores
-        factors = [16] if -(-kc // 16) >= max(TOP_FIRST, 2 * k) else []
-        while factors and -(-kc // (16 * 4 ** len(factors))) >= max(TOP, 2 * k):
-            factors.append(4)
+        factors = _plan(kc, k)
         w = codes.operands(k0, mu, math.prod(factors))
         s = torch.mm(w, zsT, out=_scratch("scores", (w.shape[0], m), torch.float32, z.device))  # [kc_pad, m]
         levels = [s]
