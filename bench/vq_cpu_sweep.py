@@ -2,6 +2,7 @@
 
     python -m bench.vq_cpu_sweep                  # 1 and 2 threads, the three shapes, k = 1, 4, 16
     python -m bench.vq_cpu_sweep --threads 4 --rounds 30
+    python -m bench.vq_cpu_sweep --small          # small problems: the dense path against the general one
 
 Each round times every provider once, one after the other (in alternating order), so a noisy machine slows them
 alike; the medians are printed with their ratio (above 1: ours is faster). Our results are checked against
@@ -19,8 +20,10 @@ import time
 import torch
 
 from spectralar_kernels import vq_nearest
+from spectralar_kernels.vq import dense
 
 SHAPES = [(1024, 1024), (1024, 4096), (4096, 4096)]  # M x K, code dim 12: the fmnist and bench sizes
+SMALL_SHAPES = [(4, 4096), (16, 1024), (64, 100), (128, 128)]  # within vq/dense.py's limits at d = 12
 
 
 def plain(z: torch.Tensor, c: torch.Tensor, k: int) -> torch.Tensor:
@@ -31,6 +34,27 @@ def plain(z: torch.Tensor, c: torch.Tensor, k: int) -> torch.Tensor:
 
 def median_ms(times: list[float]) -> float:
     return sorted(times)[len(times) // 2] * 1e3
+
+
+def interleaved(fns: dict, rounds: int) -> dict[str, float]:
+    """Median ms per provider; each round times every provider once, the order alternating round by round (whichever
+    runs second finds the caches the first left)."""
+    times = {name: [] for name in fns}
+    for r in range(rounds):
+        for name, fn in list(fns.items())[:: 1 if r % 2 == 0 else -1]:
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: median_ms(t) for name, t in times.items()}
+
+
+def general(z: torch.Tensor, c: torch.Tensor, metric: str, k: int) -> torch.Tensor:
+    """vq_nearest with the small-problem path switched off: the GEMM-and-bound reference whatever the size."""
+    saved, dense.DENSE_ELEMS = dense.DENSE_ELEMS, 0
+    try:
+        return vq_nearest(z, c, metric, topk=k)[0]
+    finally:
+        dense.DENSE_ELEMS = saved
 
 
 def sweep(threads: int, rounds: int, d: int = 12) -> None:
@@ -47,27 +71,51 @@ def sweep(threads: int, rounds: int, d: int = 12) -> None:
             chosen = (z[:, None] - c[got]).pow(2).sum(-1)
             best = (z[:, None] - c[want]).pow(2).sum(-1)
             assert (chosen - best).abs().max() <= 1e-4 * (1 + best.abs().max()), f"{M}x{K} k={k}: not the nearest"
-            times = {"ours": [], "cdist": []}
-            for r in range(rounds):  # the order alternates: whichever runs second finds the caches the first left
-                for name, fn in (("ours", ours), ("cdist", theirs))[:: 1 if r % 2 == 0 else -1]:
-                    t0 = time.perf_counter()
-                    fn()
-                    times[name].append(time.perf_counter() - t0)
-            a, b = median_ms(times["ours"]), median_ms(times["cdist"])
+            ms = interleaved({"ours": ours, "cdist": theirs}, rounds)
+            a, b = ms["ours"], ms["cdist"]
             cells.append(f"k={k}: {a:.2f} / {b:.2f} ({b / a:.2f}x)")
         print(f"  {M} x {K}:  " + "   ".join(cells))
+
+
+def sweep_small(threads: int, rounds: int, d: int = 12) -> None:
+    """Small problems: vq_nearest (the dense path) against the general path and, for l2, cdist + argmin / topk."""
+    torch.set_num_threads(threads)
+    print(f"threads={threads}, small problems: ms per call, median of {rounds} interleaved rounds")
+    print("  (ours / general path (speed-up); cdist for l2)")
+    g = torch.Generator().manual_seed(0)
+    for M, K in SMALL_SHAPES:
+        z, c = torch.randn(M, d, generator=g), torch.randn(K, d, generator=g)
+        assert dense.fits(z, c), f"{M} x {K} at d = {d} is not a small problem"
+        for metric in ("l2", "cosine"):
+            cells = []
+            for k in (1, 4):
+                fns = {
+                    "ours": functools.partial(lambda z, c, m, k: vq_nearest(z, c, m, topk=k)[0], z, c, metric, k),
+                    "general": functools.partial(general, z, c, metric, k),
+                }
+                if metric == "l2":
+                    fns["cdist"] = functools.partial(plain, z, c, k)
+                got, want = fns["ours"](), fns["general"]()
+                assert torch.equal(got, want), f"{M}x{K} {metric} k={k}: the two paths differ"
+                ms = interleaved(fns, rounds)
+                cell = f"k={k}: {ms['ours']:.2f} / {ms['general']:.2f} ({ms['general'] / ms['ours']:.1f}x)"
+                if "cdist" in ms:
+                    cell += f", cdist {ms['cdist']:.2f}"
+                cells.append(cell)
+            print(f"  {M} x {K} {metric:>6}:  " + "   ".join(cells))
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts to sweep")
     p.add_argument("--rounds", type=int, default=60, help="interleaved rounds per case (default 60)")
+    p.add_argument("--small", action="store_true", help="small problems instead: the dense path against the general")
     args = p.parse_args(argv)
     if any(t < 1 for t in args.threads) or args.rounds < 1:
         p.error("--threads and --rounds must be positive")
     try:
         for t in args.threads:
-            sweep(t, args.rounds)
+            (sweep_small if args.small else sweep)(t, args.rounds)
     except KeyboardInterrupt:  # the rows printed so far are complete
         sys.stderr.write("python -m bench.vq_cpu_sweep: interrupted (Ctrl-C); the lines above are complete\n")
         raise SystemExit(130) from None

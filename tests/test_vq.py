@@ -16,7 +16,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from spectralar_kernels import use_backend, vq_nearest
-from spectralar_kernels.vq import ref
+from spectralar_kernels.vq import dense, ref
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 METRICS = ["l2", "cosine"]
@@ -27,10 +27,20 @@ SHAPES = [(1, 1, 1), (5, 33, 1), (33, 7, 12), (40, 97, 12), (9, 40, 40), (3, 20,
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 
 
-@pytest.fixture(params=["ref", "triton:vq-v1", "triton:vq-v2"])
-def backend(request):
-    """The reference, then each Triton implementation (under the interpreter on a machine without CUDA)."""
-    with use_backend(request.param):
+@pytest.fixture(autouse=True)
+def bound_path(monkeypatch):
+    """vq_nearest runs the reference's GEMM-and-bound path even at these tiny shapes, where it would compute every
+    pair at once instead (vq/dense.py: the "ref-dense" backend below, and tests/test_vq_dense.py)."""
+    monkeypatch.setattr(dense, "DENSE_ELEMS", 0)
+
+
+@pytest.fixture(params=["ref", "ref-dense", "triton:vq-v1", "triton:vq-v2"])
+def backend(request, monkeypatch):
+    """The reference, the dense path for small problems, then each Triton implementation (under the interpreter
+    on a machine without CUDA)."""
+    if request.param == "ref-dense":
+        monkeypatch.setattr(dense, "DENSE_ELEMS", 1 << 62)
+    with use_backend("ref" if request.param.startswith("ref") else request.param):
         yield request.param
 
 

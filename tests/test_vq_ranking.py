@@ -196,3 +196,21 @@ def test_cpu_sweep_prints_its_table(monkeypatch, capsys):
     with pytest.raises(SystemExit) as e:
         vq_cpu_sweep.main(["--threads", "0"])
     assert e.value.code == 2
+
+
+def test_cpu_sweep_small_compares_the_two_paths(monkeypatch, capsys):
+    """`--small`: per shape and metric, the dense path against the general one (same codes checked), cdist for l2;
+    the dense path's limit is restored afterwards."""
+    from bench import vq_cpu_sweep
+    from spectralar_kernels.vq import dense
+
+    threads, limit = torch.get_num_threads(), dense.DENSE_ELEMS
+    monkeypatch.setattr(vq_cpu_sweep, "SMALL_SHAPES", [(8, 50)])
+    try:
+        vq_cpu_sweep.main(["--threads", "1", "--rounds", "2", "--small"])
+    finally:
+        torch.set_num_threads(threads)
+    lines = [line for line in capsys.readouterr().out.splitlines() if "8 x 50" in line]
+    assert len(lines) == 2 and "l2" in lines[0] and "cosine" in lines[1], lines
+    assert lines[0].count("cdist") == 2 and "cdist" not in lines[1] and lines[1].count("x)") == 2, lines
+    assert dense.DENSE_ELEMS == limit

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .._common import check_float, check_same_device, choose_kernel
+from . import dense
 from .ref import vq_nearest_ref
 
 __all__ = ["vq_nearest"]
@@ -43,7 +44,8 @@ def _check(z, codebook, metric, topk, return_distances) -> None:
 
 
 def _nearest(z: torch.Tensor, codebook: torch.Tensor, metric: str, topk: int | None, cache: bool = False):
-    """One [M, d] x [K, d] problem: the kernel for the nearest code, the reference for k > 1."""
+    """One [M, d] x [K, d] problem: the kernel for the nearest code, else every pair at once for a small problem on
+    CPU (vq/dense.py), else the reference; all three give the same results."""
     if (topk or 1) == 1:
         impl = choose_kernel("vq_nearest", metric, z, codebook, k=codebook.shape[-2], d=codebook.shape[-1])
         if impl is not None:
@@ -51,6 +53,8 @@ def _nearest(z: torch.Tensor, codebook: torch.Tensor, metric: str, topk: int | N
 
             idx, dist = vq_nearest_fwd(z, codebook, metric, impl, cache=cache)
             return (idx, dist) if topk is None else (idx[:, None], dist[:, None])
+    if dense.fits(z, codebook):
+        return dense.vq_nearest_dense(z, codebook, metric, topk)
     return vq_nearest_ref(z, codebook, metric, topk=topk)
 
 
@@ -90,13 +94,15 @@ def vq_nearest(
     holding NaN gets the lowest-index finite code with distance NaN. An fp32 GEMM ranks first, a rigorous
     bound on its rounding picks the few codes whose exact distance is then compared (vq/ref.py).
 
-    Never allocates an M x K tensor: the reference works in bounded chunks (its temporaries stay within a few
-    chunks of 2^22 values whatever K), the Triton kernels keep per-row minima in registers. Per-group
-    codebooks run one [M, d] x [K, d] problem per group; topk > 1 always runs the reference. The Triton path
-    (vq-v2) caches its padded codebook per tensor version when the codebook does not require grad: in-place
-    ops are seen, writes through `.data` are not (call `spectralar_kernels.vq.triton.clear_cache()` after
-    those); a codebook that requires grad (a trainable parameter, which fused optimizers update without a
-    version bump) is prepared afresh every call.
+    Never allocates an M x K tensor beyond 2^16 values: on CPU a small problem (M x K x (d + 2) <= 2^18 and
+    M x K <= 2^16) is ranked by computing every pair exactly (vq/dense.py), faster there than the general path;
+    above that the reference works in bounded chunks (its temporaries stay within a few chunks of 2^22 values
+    whatever K), and the Triton kernels keep per-row minima in registers. Per-group codebooks run one
+    [M, d] x [K, d] problem per group; topk > 1 never runs a Triton kernel. The Triton path (vq-v2) caches its
+    padded codebook per tensor version when the codebook does not require grad: in-place ops are seen, writes
+    through `.data` are not (call `spectralar_kernels.vq.triton.clear_cache()` after those); a codebook that
+    requires grad (a trainable parameter, which fused optimizers update without a version bump) is prepared
+    afresh every call.
 
     Training losses that need logits over codes (soft VQ, a cross-entropy over codes): the logits are
     -||z - c||^2 / temperature, differentiable, so build them in torch. Over all K codes that is an

@@ -34,6 +34,9 @@ gathers, compactions and sorts cost a fraction of torch's there, and the keys ar
 float64 operations in the same order). Temporaries of a few hundred KiB and more come from per-thread buffers
 reused across calls (`_scratch`): a fresh allocation pays its page faults on every call.
 
+`vq_nearest` sends small problems on CPU (M x K x (d + 2) <= 2^18, M x K <= 2^16) to vq/dense.py instead, which
+computes every pair's exact distance at once: the same keys, without this machinery's fixed cost.
+
 Memory: the M x K score matrix is never allocated. Scores live in chunks of at most CHUNK_ELEMS, code-side
 temporaries in chunks of at most CHUNK_ELEMS elements, candidates in batches of the same size.
 Host syncs: a few per chunk (candidate counts; free on CPU; on CUDA this reference syncs).
