@@ -18,8 +18,12 @@ from test_vq_groups import check_topk
 from spectralar_kernels.vq import ref
 
 pytestmark = test_vq.pytestmark
-# (M, K): one level of group minima (1100 codes: 69 groups of 16), two levels (4500: 282 groups, then 71)
+# (M, K): one level of group minima (1100 codes: 138 groups of ref.FIRST = 8), two levels (4500: 563 groups, then 141)
 SIZES = [(70, 1100), (40, 4500)]
+
+
+def test_sizes_exercise_one_and_two_levels():
+    assert [ref._plan(K, k) for _, K in SIZES for k in (1, 4)] == [[ref.FIRST]] * 2 + [[ref.FIRST, 4]] * 2
 
 
 @pytest.fixture(params=["numpy", "torch"])

@@ -21,7 +21,7 @@ Ranking M x K distances in float64 would be slow, so it runs in three steps:
  2. A rigorous bound on the GEMM's rounding (`score_gamma`: |error| <= gamma (8 Z + 2 dist) for l2,
     <= gamma max_k |ubar - u_k| for cosine) turns an upper bound on the k-th smallest score into a
     per-row threshold (`l2_threshold`, `cosine_threshold`) that every code whose fp32 distance may tie
-    the k-th nearest passes: usually k to 1.2k codes per row. The scores' minima over groups of 16 codes, then
+    the k-th nearest passes: usually k to 1.2k codes per row. The scores' minima over groups of FIRST codes, then
     of 4 such groups, ... (one vectorised pass each) give the bound (`kth_smallest` over the top level) and
     the groups worth expanding, level by level down to the codes.
  3. Only those codes get their exact distance (`exact_keys`); the ranking key packs the fp32 distance
@@ -60,8 +60,9 @@ CHUNK_ELEMS = 1 << 22  # scores alive at once (16 MiB in fp32); also bounds code
 MERGE_PASSES_K = 4  # up to this k, vectorised passes pick a row's k smallest keys; beyond, torch.topk per row
 KTH_PASSES_K = 4  # kth_smallest: passes up to this k on CPU, numpy's partition beyond
 TINY = 2.0**-126  # kth_smallest's push (the smallest normal fp32: no flush-to-zero setting can turn it into 0 / 0)
-TOP = 64  # group minima are taken in levels (16 codes, then x4) down to at least max(TOP, 2k) groups
-TOP_FIRST = 16  # the first level (groups of 16 codes) is taken when it leaves at least max(TOP_FIRST, 2k) groups
+FIRST = 8  # codes per group at the first level (8 rather than 16: top-16 5-9% faster, top-4 the same, on CPU)
+TOP = 64  # group minima are taken in levels (FIRST codes, then x4) down to at least max(TOP, 2k) groups
+TOP_FIRST = 16  # the first level is taken when it leaves at least max(TOP_FIRST, 2k) groups
 FLT_MAX = 3.4028234663852886e38
 REGULAR = 2.0**100  # |scores| and Z beyond this: no overflow-free bound, rank the row exactly
 # ranking-key classes above every finite or infinite fp32 distance (bits of +inf: 0x7F800000)
@@ -481,11 +482,11 @@ def _rank_rows(r0, r1, levels, factors, thr32, z, codes: _Codes, k0, cap, chunk_
 
 
 def _plan(kc: int, k: int) -> list[int]:
-    """Group factors for kc codes and top-k: minima of groups of 16 codes, then of 4 such groups, ...; the top level
+    """Group factors for kc codes and top-k: minima of groups of FIRST codes, then of 4 such groups, ...; the top level
     keeps at least max(TOP, 2k) groups (TOP_FIRST for the first), so the k-th smallest minimum stays close to the
     k-th smallest score while the bound's passes run over far fewer values than the scores. [] when kc is small."""
-    factors = [16] if -(-kc // 16) >= max(TOP_FIRST, 2 * k) else []
-    while factors and -(-kc // (16 * 4 ** len(factors))) >= max(TOP, 2 * k):
+    factors = [FIRST] if -(-kc // FIRST) >= max(TOP_FIRST, 2 * k) else []
+    while factors and -(-kc // (FIRST * 4 ** len(factors))) >= max(TOP, 2 * k):
         factors.append(4)
     return factors
 
