@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .ref import EPS, KEY_BAD, KEY_NAN, _np, decode
+from .ref import EPS, _np, decode, keys_numpy
 
 __all__ = ["DENSE_ELEMS", "DENSE_PAIRS", "fits", "vq_nearest_dense"]
 
@@ -65,15 +65,9 @@ def smallest_keys(z: torch.Tensor, codebook: torch.Tensor, cosine: bool, k: int)
         else:
             dist = _squares(a, b)
         dist = dist.astype(_np.float32)  # from here each step in place or freeing the last: two M x K arrays at most
-    # every distance is +0, positive or NaN: abs() only clears a NaN's sign, then one clamp gives NaN its class
-    keys = _np.abs(dist, out=dist).view(_np.int32).astype(_np.int64)
-    del dist
-    _np.minimum(keys, KEY_NAN, out=keys)
     bad = ~_np.isfinite(b).all(axis=0)  # codes holding inf or NaN rank after every finite code
-    if bad.any():
-        keys[:, bad] = KEY_BAD
-    keys <<= 32
-    keys |= _np.arange(K)
+    keys = keys_numpy(dist, _np.arange(K), bad if bad.any() else None)
+    del dist
     if k == 1:
         return torch.from_numpy(keys.min(axis=1, keepdims=True))
     if k < K:  # keys of a row are distinct (the index is part of them): partition, then order the k smallest

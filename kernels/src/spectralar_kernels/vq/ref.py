@@ -433,12 +433,19 @@ def _l2_keys_numpy(z: torch.Tensor, codes: _Codes, rows: torch.Tensor, code: tor
         dist = diff[0].copy()
         for j in range(1, d):
             dist += diff[j]
-        bits = _np.abs(dist.astype(_np.float32)).view(_np.int32).astype(_np.int64)
-        _np.minimum(bits, KEY_NAN, out=bits)
-        if codes.any_bad:
-            bits[codes.bad.numpy()[c]] = KEY_BAD
-        _np.bitwise_or(bits << 32, c, out=out[p0 : p0 + batch])
+        keys_numpy(dist.astype(_np.float32), c, codes.bad.numpy()[c] if codes.any_bad else None, out[p0 : p0 + batch])
     return keys
+
+
+def keys_numpy(dist32, idx, bad=None, out=None):
+    """exact_keys' encoding in numpy: int64 keys from fp32 distances `dist32` (clobbered), code indices `idx` and a
+    mask of non-finite codes `bad` (None: none), both indexing dist32's last axis; into `out` when given."""
+    bits = _np.abs(dist32, out=dist32).view(_np.int32).astype(_np.int64)  # as in exact_keys: one clamp for NaN
+    _np.minimum(bits, KEY_NAN, out=bits)
+    if bad is not None:
+        bits[..., bad] = KEY_BAD
+    bits <<= 32
+    return _np.bitwise_or(bits, idx, out=bits if out is None else out)
 
 
 def _rank_rows(r0, r1, levels, factors, thr32, z, codes: _Codes, k0, cap, chunk_elems, best, regular, xp) -> None:
