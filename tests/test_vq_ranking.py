@@ -15,7 +15,7 @@ import torch
 from test_vq import METRICS, MaxNumel, contract, hard_codebooks
 from test_vq_groups import check_topk
 
-from spectralar_kernels.vq import ref
+from spectralar_kernels.vq import keys, ref
 
 pytestmark = test_vq.pytestmark
 # (M, K): one level of group minima (1100 codes: 138 groups of ref.FIRST = 8), two levels (4500: 563 groups, then 141)
@@ -31,6 +31,7 @@ def path(request, monkeypatch):
     """The CPU path with numpy's sparse steps, then torch alone (what runs without numpy, and on CUDA)."""
     if request.param == "torch":
         monkeypatch.setattr(ref, "_np", None)
+        monkeypatch.setattr(keys, "_np", None)
     return request.param
 
 
@@ -73,6 +74,7 @@ def test_numpy_and_torch_paths_give_the_same_bits(monkeypatch):
     for path in ("numpy", "torch"):
         if path == "torch":
             monkeypatch.setattr(ref, "_np", None)
+            monkeypatch.setattr(keys, "_np", None)
         runs[path] = [ref.vq_nearest_ref(z, codebook, metric, topk=k, chunk_elems=chunk)
                       for metric in METRICS for k in (None, 3, 16) for chunk in (ref.CHUNK_ELEMS, 20000)]  # fmt: skip
     for a, b in zip(runs["numpy"], runs["torch"]):  # distances bit for bit (NaN included)
@@ -129,6 +131,80 @@ def test_kth_smallest_leaves_the_scores_alone(path, shape, monkeypatch):
         bound = ref.kth_smallest(x, k)
         assert torch.equal(x, saved), (k, "scores changed")
         assert torch.equal(bound, saved.sort(0).values[k - 1]), k
+
+
+def awkward_columns(G: int, seed: int) -> torch.Tensor:
+    """[G, 200] scores the top level can hold: ties, zeros, subnormals, both signs, huge values, inf, NaN."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(G, 200, generator=g) * 10.0 ** torch.randint(-6, 7, (1, 200), generator=g)
+    x[:, :40] = torch.randint(-3, 4, (G, 40), generator=g).float()  # many exact ties, exact zeros
+    x[:, 40:50] = torch.randint(-20, 20, (G, 10), generator=g).float() * 2.0**-140  # subnormal values and gaps
+    x[:, 50:60] -= 1e5  # far below zero: the bits order the other way
+    x[: G // 2, 60:70] = float("inf")  # fewer than k finite values in the columns of small G
+    x[0, 70], x[G - 1, 71], x[G // 2, 72] = float("-inf"), float("nan"), -1e35
+    x[:, 73:80] = torch.randn(G, 7, generator=g) * 1e34  # beyond REGULAR
+    x[:, 80] = 1.0 + torch.arange(G) * 2.0**-22  # distinct values closer than the index bits resolve
+    return x
+
+
+@pytest.mark.parametrize("G", [1, 5, 100, 128, 255])
+def test_top_groups_selects_the_k_smallest_and_bounds_the_kth(G):
+    """Per column: k distinct entries, each at most the bound; the bound at least the k-th smallest entry and within
+    the index bits' resolution of it; every unselected entry at least the largest selected one up to that
+    resolution. Columns the bound cannot serve: NaN (NaN or a value below -REGULAR) or +inf (beyond REGULAR)."""
+    x = awkward_columns(G, G)
+    res = 2.0 ** -(23 - max(1, (G - 1).bit_length()))  # relative resolution of the embedded values
+    for k in sorted({1, min(G, 2), min(G, 4), min(G, 16), G}):
+        top = x.clone()
+        sel, ub = ref.top_groups(top, k)
+        sel, ub = torch.from_numpy(sel), torch.from_numpy(ub)
+        assert sel.shape == (k, 200) and ub.shape == (200,)
+        for j in range(200):
+            col, b = x[:, j], float(ub[j])
+            kth = float(col.sort().values[k - 1])
+            if torch.isnan(col).any() or float(col.min()) < -ref.REGULAR:
+                assert np.isnan(b), (k, j, b)
+                continue
+            if kth > ref.REGULAR:
+                assert b == float("inf"), (k, j, b)
+                continue
+            picked = sel[:, j]
+            assert len(set(picked.tolist())) == k, (k, j, picked)
+            assert bool((col[picked] <= b).all()) and b >= kth, (k, j, b, kth)
+            assert b <= kth + abs(kth) * 2 * res + 2.0**-140, (k, j, b, kth)
+            rest = torch.ones(G, dtype=torch.bool)
+            rest[picked] = False
+            if rest.any():
+                top_sel = float(col[picked].max())
+                assert float(col[rest].min()) >= top_sel - abs(top_sel) * 2 * res - 2.0**-140, (k, j)
+        # what it leaves: +inf exactly at the selected entries, finite or NaN elsewhere
+        marked = torch.zeros_like(top, dtype=torch.bool).scatter_(0, sel, True)
+        assert bool((top[marked] == float("inf")).all()) and not bool(torch.isinf(top[~marked]).any())
+
+
+@pytest.mark.parametrize("G", [5, 128, 255])
+def test_extra_groups_finds_every_other_entry_within_the_threshold(G):
+    """Selected entries plus the extras cover every entry at most the threshold (ties beyond the k-th, clusters, a
+    generous threshold), with no entry twice and none past the threshold beyond the index bits' resolution."""
+    x = awkward_columns(G, 7 * G)
+    res = 2.0 ** -(23 - max(1, (G - 1).bit_length()))
+    g = torch.Generator().manual_seed(G)
+    for k in (1, min(G, 4)):
+        top = x.clone()
+        sel, ub = ref.top_groups(top, k)
+        base = torch.from_numpy(ub).nan_to_num(0.0, 0.0, 0.0)  # any finite threshold must work
+        for thr in (base, base + base.abs() * 1e-3 + 1.0, base + torch.rand(200, generator=g) * 3):
+            extra = ref._extra_groups(top.numpy(), thr.float().numpy())
+            pairs = set() if extra is None else set(zip(extra[0].tolist(), extra[1].tolist()))
+            n_extra = 0 if extra is None else extra[0].shape[0]
+            assert len(pairs) == n_extra
+            chosen = {(int(sel[i, j]), j) for i in range(k) for j in range(200)}
+            assert not pairs & chosen
+            want = {(gi, j) for gi, j in (x <= thr).nonzero().tolist()} - chosen
+            assert want <= pairs, sorted(want - pairs)[:5]
+            for gi, j in pairs - want:  # within the resolution of the threshold
+                t = float(thr[j])
+                assert float(x[gi, j]) <= t + abs(t) * 2 * res + 2.0**-140, (gi, j)
 
 
 @pytest.mark.parametrize("k", [1, 3, 4, 5, 16])

@@ -5,7 +5,7 @@ for the few candidates it leaves. For a small problem that machinery costs more 
 0.3 ms of fixed cost on a 2-core CPU), so when M x K x (d + 2) <= DENSE_ELEMS (2^18: a pair costs about 1.3 ns
 per coordinate plus 2 ns to become a ranking key there) and M x K <= DENSE_PAIRS (2^16: the M x K arrays stay in
 cache; beyond, each step costs several times more), `vq_nearest` computes every pair's distance here instead:
-the same float64 operations in the same order as ref.exact_keys (coordinate after coordinate, separate multiply
+the same float64 operations in the same order as keys.exact_keys (coordinate after coordinate, separate multiply
 and add), so the same ranking keys bit for bit, and the same results. Measured on that CPU: 1.1-4.7x faster than
 the general path over the range (64 x 100 at d = 12: 0.21 ms instead of 0.35; cosine 0.25 instead of 0.57).
 Temporaries: at most two float64 M x K arrays (512 KiB each at most); three while cosine handles a norm below 1e-12.
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .ref import EPS, _np, decode, keys_numpy
+from .keys import EPS, _np, decode, keys_numpy
 
 __all__ = ["DENSE_ELEMS", "DENSE_PAIRS", "fits", "vq_nearest_dense"]
 
@@ -77,7 +77,7 @@ def smallest_keys(z: torch.Tensor, codebook: torch.Tensor, cosine: bool, k: int)
 
 def _squares(x, y=None):
     """sum_j x[:, j]^2 for x [n, d] (y None), or the [n, m] matrix sum_j (x[:, j] - y[j])^2 for y [d, m]: coordinate
-    after coordinate, each term squared by one multiply, as ref._coordinate_sum adds them (one reused temporary)."""
+    after coordinate, each term squared by one multiply, as keys._coordinate_sum adds them (one reused temporary)."""
     if y is None:
         out = x[:, 0] * x[:, 0]
         for j in range(1, x.shape[1]):

@@ -46,18 +46,32 @@ from __future__ import annotations
 
 import functools
 import math
-import threading
 
 import torch
+
+from .keys import (  # noqa: F401 - re-exported: the reference's callers and tests name them here
+    EPS,
+    EXACT_BATCH,
+    KEY_BAD,
+    KEY_NAN,
+    KEY_NONE,
+    _l2_keys_numpy,
+    _rows64,
+    _scratch,
+    decode,
+    exact_keys,
+    keys_numpy,
+    pair_distances,
+)
 
 try:  # optional: on CPU, numpy runs the sparse candidate steps several times faster than torch; same results
     import numpy as _np
 except ImportError:  # pragma: no cover
     _np = None
 
-EPS = 1e-12
 CHUNK_ELEMS = 1 << 22  # scores alive at once (16 MiB in fp32); also bounds code-side and candidate temporaries
 MERGE_PASSES_K = 4  # up to this k, vectorised passes pick a row's k smallest keys; beyond, torch.topk per row
+PASSES_TOP_K = 16  # up to this k on CPU, the top level's k smallest by k passes (top_groups)
 KTH_PASSES_K = 4  # kth_smallest: passes up to this k on CPU, numpy's partition beyond
 TINY = 2.0**-126  # kth_smallest's push (the smallest normal fp32: no flush-to-zero setting can turn it into 0 / 0)
 FIRST = 8  # codes per group at the first level (8 rather than 16: top-16 5-9% faster, top-4 the same, on CPU)
@@ -65,10 +79,6 @@ TOP = 64  # group minima are taken in levels (FIRST codes, then x4) down to at l
 TOP_FIRST = 16  # the first level is taken when it leaves at least max(TOP_FIRST, 2k) groups
 FLT_MAX = 3.4028234663852886e38
 REGULAR = 2.0**100  # |scores| and Z beyond this: no overflow-free bound, rank the row exactly
-# ranking-key classes above every finite or infinite fp32 distance (bits of +inf: 0x7F800000)
-KEY_NAN = 0x7FC00000  # distance NaN (a row holding NaN)
-KEY_BAD = 0x7FE00000  # a code holding inf or NaN
-KEY_NONE = 0x7FFFFFFFFFFFFFFF  # no candidate
 
 
 def score_gamma(device: torch.device, d: int, cosine: bool) -> float:
@@ -121,66 +131,7 @@ def round_up_fp32(x: torch.Tensor) -> torch.Tensor:
     return (x + x.abs() * 2.0**-22 + 2.0**-126).float()
 
 
-def _coordinate_sum(x: torch.Tensor) -> torch.Tensor:
-    """x[0] + x[1] + ... + x[d-1] for x [d, n], strictly in that order (a fixed order is what makes the sum
-    independent of how and where it runs; torch's reductions choose their own)."""
-    out = x[0].clone()
-    for j in range(1, x.shape[0]):
-        out += x[j]
-    return out
-
-
-def exact_keys(
-    zT: torch.Tensor, cT: torch.Tensor, idx: torch.Tensor, cosine: bool, bad: torch.Tensor | bool | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ranking keys int64 [n] and float64 distances [n] of the pairs (zT[:, i], cT[:, i]).
-
-    zT, cT: [d, n], any float dtype (contiguous: one vector per coordinate, as `x.T.index_select(1, rows)` gives
-    them). The contract's distance (module docstring), summed one coordinate after another with separate
-    multiply and add, so equal inputs give bit-equal keys wherever they sit; key = fp32 distance bits << 32 |
-    idx, with KEY_NAN for a NaN distance and KEY_BAD for a non-finite code (`bad` [n]: computed when None,
-    False when the caller knows every code is finite).
-    """
-    if bad is None:
-        bad = ~torch.isfinite(cT).all(dim=0)
-    zT, cT = zT.double(), cT.double()
-    if cosine:
-        nz = _coordinate_sum(zT * zT).sqrt()
-        nc = _coordinate_sum(cT * cT).sqrt()
-        # 1 - cos as half the squared distance of the unit vectors: no cancellation near cos = 1
-        diff = zT / nz - cT / nc
-        dist = _coordinate_sum(diff.mul_(diff)) * 0.5
-        # a norm below EPS (zero vectors): 1 - z.c / (max(|z|, EPS) max(|c|, EPS)), 1 for a zero vector
-        tiny = (nz < EPS) | (nc < EPS)
-        if tiny.any():
-            zc = _coordinate_sum(zT * cT)
-            clamped = 1.0 - zc / (nz.masked_fill(nz < EPS, EPS) * nc.masked_fill(nc < EPS, EPS))
-            dist = torch.where(tiny, clamped.masked_fill(clamped < 0, 0.0), dist)
-    else:
-        diff = zT.sub_(cT) if zT.data_ptr() != cT.data_ptr() else zT - cT  # float64 (exact conversions), in place
-        dist = _coordinate_sum(diff.mul_(diff))
-    # every distance is +0, positive or NaN (sums of squares, a clamped 1 - cos): abs() only clears a NaN's sign,
-    # and every NaN pattern then lies at or above KEY_NAN's, so one clamp gives NaN its class
-    bits = dist.float().abs_().view(torch.int32).to(torch.int64).clamp_max_(KEY_NAN)
-    if bad is not False:
-        bits.masked_fill_(bad, KEY_BAD)
-    return bits.bitwise_left_shift_(32).bitwise_or_(idx), dist
-
-
-def pair_distances(z: torch.Tensor, c: torch.Tensor, cosine: bool) -> torch.Tensor:
-    """float64 contract distances [n] of matching rows z [n, d] and c [n, d] (what an index's distance is)."""
-    idx = torch.zeros(z.shape[0], dtype=torch.int64, device=z.device)
-    return exact_keys(z.T.contiguous(), c.T.contiguous(), idx, cosine)[1]
-
-
 _direct_distance = pair_distances  # the name the GPU report calls
-
-
-def decode(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(indices int64, fp32 distances) of ranking keys."""
-    bits = (keys >> 32).to(torch.int32)
-    dist = torch.where(bits >= KEY_NAN, torch.nan, bits.view(torch.float32))
-    return keys & 0xFFFFFFFF, dist
 
 
 def _members_within(lower, first, f: int, m: int, thr, xp):
@@ -327,9 +278,9 @@ class _Codes:
             self.w_max = w_max * (1 + 2.0**-20)
 
     def table64(self):
-        """The codebook as a float64 numpy array [d, K] (made once; None when it spans several code chunks)."""
+        """The codebook as a float64 numpy array [K, d] (made once; None when it spans several code chunks)."""
         if self._table64 is None and self.codebook.shape[0] <= self.code_chunk:
-            self._table64 = self.codebook.T.double().contiguous().numpy()
+            self._table64 = _rows64(self.codebook)
         return self._table64
 
     def bad_of(self, code: torch.Tensor) -> torch.Tensor | bool:
@@ -386,69 +337,11 @@ def _exact_rows(z, codes: _Codes, rows, best, chunk_elems):
         best[:, part] = sub
 
 
-_SCRATCH = threading.local()
-
-
 MEMBERS_AT_ONCE = 1 << 15  # numpy candidates x lanes up to this: one gather; beyond, one lane at a time
-EXACT_BATCH = 8192  # (row, code) pairs per batch of exact keys on CPU: the temporaries stay in cache
-SCRATCH_BYTES = 1 << 24  # temporaries up to this size come from reused per-thread buffers on CPU
 
 
-def _scratch(slot: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """An uninitialised tensor from a buffer reused across calls (per thread and slot, on CPU, up to SCRATCH_BYTES):
-    a fresh CPU allocation of a few hundred KiB or more pays its page faults again on every call, and on a virtual
-    machine those cost more than the work (measured: a 1.8 MiB gather took 1.0 ms fresh, 0.14 ms reused).
-    Elsewhere, and for larger tensors, a plain allocation (CUDA's caching allocator already reuses memory)."""
-    nbytes = math.prod(shape) * dtype.itemsize
-    if device.type != "cpu" or nbytes > SCRATCH_BYTES:
-        return torch.empty(shape, dtype=dtype, device=device)
-    bufs = _SCRATCH.__dict__.setdefault("bufs", {})
-    buf = bufs.get(slot)
-    if buf is None or buf.numel() < nbytes:
-        buf = bufs[slot] = torch.empty(-(-max(nbytes, 4096) // 8), dtype=torch.int64).view(torch.uint8)
-    return buf[:nbytes].view(dtype).view(shape)
-
-
-def _l2_keys_numpy(z: torch.Tensor, codes: _Codes, rows: torch.Tensor, code: torch.Tensor, batch: int) -> torch.Tensor:
-    """exact_keys(z.T[:, rows], codebook.T[:, code], code, l2) on CPU with numpy: bit for bit the same keys (the
-    same float64 operations in the same order), in batches of `batch` pairs through reused buffers."""
-    d = z.shape[1]
-    zT = z.T.double().contiguous().numpy()  # [d, m]: a row chunk
-    table = codes.table64()  # [d, K] float64, or None for a codebook too large to copy whole
-    keys = torch.empty(rows.shape[0], dtype=torch.int64)
-    out = keys.numpy()
-    for p0 in range(0, rows.shape[0], batch):
-        r, c = rows[p0 : p0 + batch].numpy(), code[p0 : p0 + batch].numpy()
-        big = r.shape[0] * d * 8 > 1 << 18  # temporaries past 256 KiB come from the reused buffers
-        reuse = functools.partial(_scratch, shape=(d, r.shape[0]), dtype=torch.float64, device=z.device)
-        # mode="clip" (the indices are in range): with out= and the default mode, numpy gathers into a temporary
-        # and copies, twice the time
-        diff = _np.take(zT, r, axis=1, out=reuse("zrows").numpy() if big else None, mode="clip")
-        if table is not None:  # np.take: several times faster than table[:, c]
-            cc = _np.take(table, c, axis=1, out=reuse("crows").numpy() if big else None, mode="clip")
-        else:
-            cc = codes.codebook.T.index_select(1, code[p0 : p0 + batch]).double().numpy()
-        diff -= cc
-        diff *= diff
-        dist = diff[0].copy()
-        for j in range(1, d):
-            dist += diff[j]
-        keys_numpy(dist.astype(_np.float32), c, codes.bad.numpy()[c] if codes.any_bad else None, out[p0 : p0 + batch])
-    return keys
-
-
-def keys_numpy(dist32, idx, bad=None, out=None):
-    """exact_keys' encoding in numpy: int64 keys from fp32 distances `dist32` (clobbered), code indices `idx` and a
-    mask of non-finite codes `bad` (None: none), both indexing dist32's last axis; into `out` when given."""
-    bits = _np.abs(dist32, out=dist32).view(_np.int32).astype(_np.int64)  # as in exact_keys: one clamp for NaN
-    _np.minimum(bits, KEY_NAN, out=bits)
-    if bad is not None:
-        bits[..., bad] = KEY_BAD
-    bits <<= 32
-    return _np.bitwise_or(bits, idx, out=bits if out is None else out)
-
-
-def _rank_rows(r0, r1, levels, factors, thr32, z, codes: _Codes, k0, cap, chunk_elems, best, regular, xp) -> None:
+def _rank_rows(r0, r1, levels, factors, thr32, z, codes: _Codes, k0, cap, chunk_elems, best, regular, xp,
+               top=None) -> None:
     """Candidates, exact keys and the k best of rows [r0, r1) of one code chunk, into best[:, r0:r1].
 
     levels: the score levels (codes, then group minima) as torch tensors (xp = torch) or numpy views (xp = numpy,
@@ -458,8 +351,11 @@ def _rank_rows(r0, r1, levels, factors, thr32, z, codes: _Codes, k0, cap, chunk_
     thr = thr32[r0:r1] if xp is torch else thr32[r0:r1].numpy()
     # every code within the threshold sits in groups whose minima are within it: descend level by level, from the
     # (group, row) pairs of the top level, ordered by group: the reads below go through memory in order
-    at = _flatnonzero(levels[-1][:, r0:r1] <= thr, xp)  # = group * rows + row - r0
-    g, r = at // rows, at % rows
+    if top is None:
+        at = _flatnonzero(levels[-1][:, r0:r1] <= thr, xp)  # = group * rows + row - r0
+        g, r = at // rows, at % rows
+    else:
+        g, r = top
     for lower, f in zip(reversed(levels[:-1]), reversed(factors)):
         pair, lane = _members_within(lower, g * (f * m) + r + r0, f, m, thr[r], xp)
         g, r = g[pair] * f + lane, r[pair]
@@ -486,6 +382,57 @@ def _rank_rows(r0, r1, levels, factors, thr32, z, codes: _Codes, k0, cap, chunk_
         keys = _l2_keys_numpy(z[r0:r1], codes, r, code, min(step, EXACT_BATCH))
     part = best[:, r0:r1]
     part.copy_(merge_smallest(part, r, keys, codes=codes.codebook.shape[0]))
+
+
+def top_groups(top: torch.Tensor, k: int):
+    """(sel [k, m] int64, ub [m]) numpy, from the top level [G, m] (G >= k, CPU, overwritten): the k smallest entries
+    of each column, and an upper bound ub of the column's k-th smallest value (at least k entries are at most it),
+    by k passes of a column minimum over the values with their row index in the low mantissa bits, so that one
+    minimum gives value and position (numpy's argmin over columns costs ten times its min). The index bits cost
+    the order some resolution (values within 2^-(23 - bits) of each other may come in either order); ub is the
+    largest value its high bits allow, so the bound holds. ub is +inf above REGULAR (fewer than k finite values
+    included), NaN for a column holding NaN or a value below -REGULAR: such rows are ranked exactly. `top` is left
+    holding the embedded values (clamped to finite; NaN stays), +inf at the selected entries: `_extra_groups`
+    reads it."""
+    G, m = top.shape
+    bits = max(1, (G - 1).bit_length())
+    low_mask = (1 << bits) - 1
+    top.clamp_(-FLT_MAX, FLT_MAX)  # +-inf would turn into NaN below
+    ti = top.view(torch.int32)
+    ti.bitwise_and_(~low_mask).bitwise_or_(torch.arange(G, dtype=torch.int32)[:, None])
+    emb = top.numpy()
+    sel = _np.empty((k, m), dtype=_np.int64)
+    flat, cols = emb.reshape(-1), _np.arange(m)
+    for i in range(k):
+        low = emb.min(0)
+        if i == 0:
+            first = low
+        at = low.view(_np.int32) & low_mask
+        _np.minimum(at, G - 1, out=at)  # a NaN minimum carries no position: any in range (the row is ranked exactly)
+        sel[i] = at
+        flat[at * m + cols] = _np.inf
+    lb = low.view(_np.int32)
+    hi = lb & ~low_mask  # the largest value with these high bits: at least the entry's true value
+    ub = _np.where(lb >= 0, hi | low_mask, hi).view(_np.float32)
+    ub[ub > REGULAR] = _np.inf  # (fewer than k finite values: the clamp made +inf FLT_MAX)
+    ub[~(first >= -REGULAR)] = _np.nan
+    return sel, ub
+
+
+def _extra_groups(emb, thr):
+    """(g, r) numpy: the entries of the top level at most thr beyond the selected ones, from its embedded values
+    `emb` [G, m] (+inf at the selected entries), for the rows whose next-smallest value may be within the threshold
+    (ties, clusters): usually none. None when there are none."""
+    low_mask = (1 << max(1, (emb.shape[0] - 1).bit_length())) - 1
+    def lower(v):  # the smallest value with v's high bits: at most the entry's true value
+        b = v.view(_np.int32)
+        return _np.where(b >= 0, b & ~low_mask, b | low_mask).view(_np.float32)
+    rows = _np.flatnonzero(lower(emb.min(0)) <= thr)
+    if rows.shape[0] == 0:
+        return None
+    sub = _np.take(emb, rows, axis=1)
+    at = _np.flatnonzero((lower(sub) <= thr[rows]) & (sub != _np.inf))
+    return at // rows.shape[0], rows[at % rows.shape[0]]
 
 
 def _plan(kc: int, k: int) -> list[int]:
@@ -535,11 +482,23 @@ def _rank_chunk(z, codes: _Codes, k, gamma, chunk_elems, best):
         levels = [s]
         for f in factors:
             levels.append(levels[-1].view(-1, f, m).amin(1))
+        cpu = z.device.type == "cpu" and _np is not None
+        if cpu and k <= PASSES_TOP_K and levels[-1].shape[0] >= k:
+            sel, ub_chunk = top_groups(levels[-1], k)
+            ub = torch.minimum(ub, torch.from_numpy(ub_chunk))
+            thr32 = round_up_fp32(threshold(ub))
+            g, r = sel.reshape(-1), _np.tile(_np.arange(m), k)
+            extra = _extra_groups(levels[-1].numpy(), thr32.numpy())
+            if extra is not None:
+                g, r = _np.concatenate([g, extra[0]]), _np.concatenate([r, extra[1]])
+            views = [lv.numpy() for lv in levels]
+            _rank_rows(0, m, views, factors, thr32, z, codes, k0, cap, chunk_elems, best, regular, _np, top=(g, r))
+            continue
         if levels[-1].shape[0] >= k:  # k distinct codes score at most the k-th smallest top-level minimum
             ub = torch.minimum(ub, kth_smallest(levels[-1], k))  # NaN propagates
         # rows with a non-finite or huge bound get wrong or no candidates here: they are ranked exactly at the end
         thr32 = round_up_fp32(threshold(ub))
-        if z.device.type != "cpu" or _np is None:  # CUDA, or no numpy: the same steps in torch
+        if not cpu:  # CUDA, or no numpy: the same steps in torch
             _rank_rows(0, m, levels, factors, thr32, z, codes, k0, cap, chunk_elems, best, regular, torch)
             continue
         # numpy on CPU: its gathers, compactions and sorts cost a fraction of torch's there, less overhead per call
@@ -587,7 +546,7 @@ def vq_nearest_ref(
         left = _rank_chunk(z[r0 : r0 + row_chunk], codes, k, gamma, chunk_elems, part)
         if left.any():
             _exact_rows(z[r0 : r0 + row_chunk], codes, left.nonzero().flatten(), part, chunk_elems)
-    indices, distances = decode(best.T.contiguous())  # [M, k]
+    indices, distances = decode(best.T)  # [M, k]
     if upcast:
         rows = torch.arange(M, device=z.device).repeat_interleave(k)
         flat = indices.reshape(-1)

@@ -15,7 +15,7 @@ The key's minimum is the nearest code with the lowest index on ties, so slices c
 any order. Error bound of the scores: GAMMA relative (3xTF32 keeps ~2^-21 per product; 2^-15 leaves room for
 the accumulation over up to 64 columns); the thresholds are ref.l2_threshold / ref.cosine_threshold in float64.
 
-The exact key sums one coordinate after another with separate multiply and add, as ref.exact_keys does;
+The exact key sums one coordinate after another with separate multiply and add, as keys.exact_keys does;
 the launchers pass enable_fp_fusion=False so no FMA merges them, and the key is then the reference's bit
 for bit (cosine up to the last bit of a float64 square root, which torch's CPU kernels do not round
 correctly: that can flip an fp32 rounding about once in 10^8).
@@ -84,7 +84,7 @@ def _finite_rows(x):
 
 @triton.jit
 def _exact_key(z_ptr, c_ptr, rows, codes, ok, D, stride_zm, stride_ck, eps, IS_COSINE: tl.constexpr):
-    """Ranking keys (int64, shape of rows x codes broadcast) of the contract's float64 distance: ref.exact_keys."""
+    """Ranking keys (int64, shape of rows x codes broadcast) of the contract's float64 distance: keys.exact_keys."""
     z_row = z_ptr + rows.to(tl.int64) * stride_zm
     c_row = c_ptr + codes.to(tl.int64) * stride_ck
     zero = (rows.to(tl.float64) + codes.to(tl.float64)) * 0.0  # float64 zeros of the broadcast shape
@@ -199,7 +199,7 @@ def _best_keys(z_ptr, c_ptr, rows, row_ok, v1, v2, blk, thr, regular, K, k_lo, k
 
 @triton.jit
 def _store_keys(idx_ptr, dist_ptr, rows, row_ok, key):
-    """Index and fp32 distance from ranking keys (ref.decode)."""
+    """Index and fp32 distance from ranking keys (keys.decode)."""
     bits = (key >> 32).to(tl.int32)
     dist = tl.where(bits >= _KEY_NAN, float("nan"), bits.to(tl.float32, bitcast=True))
     tl.store(idx_ptr + rows, key & 0xFFFFFFFF, mask=row_ok)
