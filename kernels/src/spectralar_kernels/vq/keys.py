@@ -117,10 +117,15 @@ def _scratch(slot: str, shape: tuple[int, ...], dtype: torch.dtype, device: torc
     if device.type != "cpu" or nbytes > SCRATCH_BYTES:
         return torch.empty(shape, dtype=dtype, device=device)
     bufs = _SCRATCH.__dict__.setdefault("bufs", {})
+    views = _SCRATCH.__dict__.setdefault("views", {})  # the last view handed out per slot: views cost microseconds
+    last = views.get(slot)
+    if last is not None and last.dtype == dtype and last.shape == shape:
+        return last
     buf = bufs.get(slot)
     if buf is None or buf.numel() < nbytes:
         buf = bufs[slot] = torch.empty(-(-max(nbytes, 4096) // 8), dtype=torch.int64).view(torch.uint8)
-    return buf[:nbytes].view(dtype).view(shape)
+    views[slot] = out = buf[:nbytes].view(dtype).view(shape)
+    return out
 
 
 def _rows64(x: torch.Tensor):

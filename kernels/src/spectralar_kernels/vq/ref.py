@@ -258,8 +258,9 @@ class _Codes:
     def __init__(self, codebook: torch.Tensor, cosine: bool, code_chunk: int):
         self.codebook, self.cosine, self.code_chunk = codebook, cosine, code_chunk
         self.ubar, self.w_max, self._table64 = None, 1.0, None
-        # a code's sum is finite only if all its values are: the elementwise check runs only when one is not
-        self.any_bad = not bool(torch.isfinite(codebook.sum(dim=1, dtype=torch.float32)).all())
+        # the total is finite only if every value is: the per-code check runs only when it is not (inf or NaN
+        # somewhere, or a total past the fp32 range)
+        self.any_bad = not bool(torch.isfinite(codebook.sum(dtype=torch.float32)))
         if self.any_bad:
             self.bad = torch.cat([~torch.isfinite(codebook[k0 : k0 + code_chunk]).all(dim=1)
                                   for k0 in range(0, codebook.shape[0], code_chunk)])  # fmt: skip
@@ -301,7 +302,8 @@ class _Codes:
         kc, d = c.shape
         kc_pad = -(-kc // group) * group
         w = torch.zeros(kc_pad, d + 1, dtype=torch.float32, device=c.device)
-        w[kc:, d] = math.inf
+        if kc_pad > kc:
+            w[kc:, d] = math.inf
         bad = self.bad[k0 : k0 + kc]
         if self.cosine:
             w[:kc, :d] = self._units(k0).neg_().add_(self.ubar.double())
