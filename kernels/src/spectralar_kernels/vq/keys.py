@@ -135,17 +135,17 @@ def _rows64(x: torch.Tensor):
     return x.double().contiguous().numpy()
 
 
-def _l2_keys_numpy(z: torch.Tensor, codes, rows: torch.Tensor, code: torch.Tensor, batch: int) -> torch.Tensor:
-    """exact_keys(z.T[:, rows], codebook.T[:, code], code, l2) on CPU with numpy: bit for bit the same keys (the
+def _l2_keys_numpy(z: torch.Tensor, codes, rows, code, batch: int):
+    """exact_keys(z.T[:, rows], codebook.T[:, code], code, l2)[0] on CPU in numpy (rows, code and the keys: int64
+    numpy arrays [n]): bit for bit the same keys (the
     same float64 operations in the same order), in batches of `batch` pairs through reused buffers. The gathers
     take whole rows ([n, d], d values at a time: several times faster than gathering [d, n] one value at a time)."""
     d = z.shape[1]
     z64 = _rows64(z)  # [m, d]: a row chunk
     table = codes.table64()  # [K, d] float64, or None for a codebook too large to copy whole
-    keys = torch.empty(rows.shape[0], dtype=torch.int64)
-    out = keys.numpy()
+    out = _np.empty(rows.shape[0], dtype=_np.int64)
     for p0 in range(0, rows.shape[0], batch):
-        r, c = rows[p0 : p0 + batch].numpy(), code[p0 : p0 + batch].numpy()
+        r, c = rows[p0 : p0 + batch], code[p0 : p0 + batch]
         big = r.shape[0] * d * 8 > 1 << 18  # temporaries past 256 KiB come from the reused buffers
         reuse = functools.partial(_scratch, shape=(r.shape[0], d), dtype=torch.float64, device=z.device)
         # mode="clip" (the indices are in range): with out= and the default mode, numpy gathers into a temporary
@@ -154,7 +154,7 @@ def _l2_keys_numpy(z: torch.Tensor, codes, rows: torch.Tensor, code: torch.Tenso
         if table is not None:
             cc = _np.take(table, c, axis=0, out=reuse("crows").numpy() if big else None, mode="clip")
         else:
-            cc = _rows64(codes.codebook.index_select(0, code[p0 : p0 + batch]))
+            cc = _rows64(codes.codebook.index_select(0, torch.from_numpy(c)))
         with _np.errstate(all="ignore"):  # inf, NaN and overflow to inf in the fp32 rounding: as torch, silently
             diff -= cc
             diff *= diff
@@ -163,4 +163,4 @@ def _l2_keys_numpy(z: torch.Tensor, codes, rows: torch.Tensor, code: torch.Tenso
                 dist += diff[:, j]
             dist32 = dist.astype(_np.float32)
         keys_numpy(dist32, c, codes.bad.numpy()[c] if codes.any_bad else None, out[p0 : p0 + batch])
-    return keys
+    return out

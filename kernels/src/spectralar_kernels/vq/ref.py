@@ -22,17 +22,21 @@ Ranking M x K distances in float64 would be slow, so it runs in three steps:
     <= gamma max_k |ubar - u_k| for cosine) turns an upper bound on the k-th smallest score into a
     per-row threshold (`l2_threshold`, `cosine_threshold`) that every code whose fp32 distance may tie
     the k-th nearest passes: usually k to 1.2k codes per row. The scores' minima over groups of FIRST codes, then
-    of 4 such groups, ... (one vectorised pass each) give the bound (`kth_smallest` over the top level) and
-    the groups worth expanding, level by level down to the codes.
+    of 4 such groups, ... (one vectorised pass each) give the bound and the groups worth expanding, level by
+    level down to the codes. At the top level, on CPU up to k = PASSES_TOP_K: `top_groups`, k passes of a
+    column minimum that each give a row's next smallest group with its position, so the bound and the k groups
+    come without a compaction (`_extra_groups` adds any other group within the threshold); elsewhere
+    `kth_smallest`, then every top-level group under the threshold.
  3. Only those codes get their exact distance (`exact_keys`); the ranking key packs the fp32 distance
     bits over the code index in one int64, so the minimum key is the nearest code, lowest index on ties;
     one sort of the keys repacked with their row gives every row's k smallest (`merge_smallest`).
 Rows the bound cannot serve (non-finite or huge values, or more than a few groups of candidates, as with
 many duplicate codes) are ranked exactly over all codes, chunk by chunk.
-On CPU, with numpy installed, the sparse steps (expanding groups, l2 exact keys, the sort) run in numpy: its
-gathers, compactions and sorts cost a fraction of torch's there, and the keys are the same bits (the same
-float64 operations in the same order). Temporaries of a few hundred KiB and more come from per-thread buffers
-reused across calls (`_scratch`): a fresh allocation pays its page faults on every call.
+On CPU, with numpy installed, the sparse steps (the top level's passes, expanding groups, l2 exact keys, the
+sort) run in numpy: its gathers, compactions and sorts cost a fraction of torch's there, and the keys are the
+same bits (vq/keys.py: the same float64 operations in the same order). Temporaries of a few hundred KiB and more
+come from per-thread buffers reused across calls (`_scratch`): a fresh allocation pays its page faults on every
+call.
 
 `vq_nearest` sends small problems on CPU (M x K x (d + 2) <= 2^18, M x K <= 2^16) to vq/dense.py instead, which
 computes every pair's exact distance at once: the same keys, without this machinery's fixed cost.
@@ -96,10 +100,11 @@ def score_gamma(device: torch.device, d: int, cosine: bool) -> float:
     return ((d + 4) if cosine else (2 * d + 8)) * u * 1.01
 
 
-def l2_threshold(ub: torch.Tensor, Z: torch.Tensor, gamma: float) -> torch.Tensor:
+def l2_threshold(ub, Z, gamma: float):
     """Score threshold [m] (float64) that every code within fp32 ties of the k-th nearest passes (l2).
 
-    ub: an upper bound of the k-th smallest score of the row; Z = ||z - mu||^2 (float64). With
+    ub: an upper bound of the k-th smallest score of the row; Z = ||z - mu||^2; both float64, torch tensors or
+    numpy arrays (the CPU path's: its per-call overhead is a fraction of torch's). With
     t = s + Z and |t - dist| <= g (8 Z + 2 dist) (g = gamma + 2^-24 covers the shifts' rounding), the k-th
     nearest distance is at most (t_ub + E) / (1 - 2g), E = 8 g Z; a code ties it in fp32 only if its
     distance is within a factor (1 + 2^-22) (plus the smallest subnormal), so its t is below
@@ -110,25 +115,27 @@ def l2_threshold(ub: torch.Tensor, Z: torch.Tensor, gamma: float) -> torch.Tenso
     a = (1 + 2 * g) * (1 + 2.0**-22) / (1 - 2 * g)
     A = a * (1 + 2.0**-44)
     B = (a + 1) * 8 * g * (1 + 2.0**-20) * (1 + 2.0**-44) - 1 + 2.0**-44
-    return (ub.double() + Z).clamp_min_(0.0).mul_(A).add_(Z, alpha=B).add_(2.0**-130)
+    return (ub + Z).clip(min=0.0) * A + Z * B + 2.0**-130
 
 
-def cosine_threshold(ub: torch.Tensor, nz: torch.Tensor, zu: torch.Tensor, gamma: float, w_max) -> torch.Tensor:
-    """Score threshold [m] (float64) for cosine: scores are z.(ubar - u), nz = max(|z|, EPS), zu = z.ubar.
+def cosine_threshold(ub, nz, zu, gamma: float, w_max):
+    """Score threshold [m] (float64) for cosine: scores are z.(ubar - u), nz = max(|z|, EPS), zu = z.ubar (all
+    float64, torch tensors or numpy arrays).
 
     t = 1 - (zu - s) / nz approximates the distance within E = gamma w_max (+ float64 rounding), so a code
     tying the k-th nearest in fp32 has t below (t_ub + E)(1 + 2^-22) + 2^-140 + E.
     """
     E = gamma * w_max + 2.0**-50
-    t = (1.0 - (zu - ub.double()) / nz).clamp_min(0.0)
+    t = (1.0 - (zu - ub) / nz).clip(min=0.0)
     margin = 2 * E + 2.0**-22 * (t + E) + 2.0**-140 + 2.0**-45 * (t + 1)
-    return ub.double() + nz * margin
+    return ub + nz * margin
 
 
-def round_up_fp32(x: torch.Tensor) -> torch.Tensor:
-    """float64 -> fp32, never below x (a threshold rounded down would lose candidates): fp32 rounding moves a
-    value by at most 2^-24 of it, or 2^-150 below the normal range."""
-    return (x + x.abs() * 2.0**-22 + 2.0**-126).float()
+def round_up_fp32(x):
+    """float64 -> fp32 (torch or numpy), never below x (a threshold rounded down would lose candidates): fp32
+    rounding moves a value by at most 2^-24 of it, or 2^-150 below the normal range."""
+    up = x + abs(x) * 2.0**-22 + 2.0**-126
+    return up.float() if isinstance(up, torch.Tensor) else up.astype(_np.float32)
 
 
 _direct_distance = pair_distances  # the name the GPU report calls
@@ -180,8 +187,9 @@ def _first_k(rows, keys, k: int, m: int, index_bits: int, xp):
     return out
 
 
-def merge_smallest(best: torch.Tensor, rows: torch.Tensor, keys: torch.Tensor, codes: int = 1 << 32) -> torch.Tensor:
-    """The k smallest ranking keys per row [k, m] of `best` [k, m] and the flat candidates (rows, keys), ascending.
+def merge_smallest(best: torch.Tensor, rows, keys, codes: int = 1 << 32) -> torch.Tensor:
+    """The k smallest ranking keys per row [k, m] of `best` [k, m] and the flat candidates (rows, keys), ascending;
+    rows and keys int64, torch tensors or (best on CPU) numpy arrays.
 
     Keys of one row are distinct (the code index is part of the key) apart from KEY_NONE. k = 1: one scatter-min.
     Larger k, when row, distance class and code index (`codes`: an upper bound of the indices) fit in 63 bits
@@ -190,17 +198,26 @@ def merge_smallest(best: torch.Tensor, rows: torch.Tensor, keys: torch.Tensor, c
     dense [m, k + most per row] matrix beside `best` (KEY_NONE elsewhere), one top-k per row picks the k smallest.
     """
     k, m = best.shape
-    if k == 1:  # the row minimum, by one scatter-min into best itself
-        return best.scatter_reduce(1, rows.unsqueeze(0), keys.unsqueeze(0), "amin")
     index_bits = max(1, (codes - 1).bit_length())
     row_shift = 31 + index_bits
-    if row_shift + max(1, (m - 1).bit_length()) <= 63:
+    packs = row_shift + max(1, (m - 1).bit_length()) <= 63
+    if k > 1 and packs and best.device.type == "cpu" and _np is not None:  # numpy: several times faster on CPU
+        rows, keys = _np.asarray(rows), _np.asarray(keys)
+        bn = best.numpy()
+        held = bn != KEY_NONE
+        if held.any():
+            rows = _np.concatenate([rows, _np.broadcast_to(_np.arange(m), (k, m))[held]])
+            keys = _np.concatenate([keys, bn[held]])
+        return torch.from_numpy(_first_k(rows, keys, k, m, index_bits, _np))
+    if not isinstance(rows, torch.Tensor):
+        rows, keys = torch.from_numpy(rows), torch.from_numpy(keys)
+    if k == 1:  # the row minimum, by one scatter-min into best itself
+        return best.scatter_reduce(1, rows.unsqueeze(0), keys.unsqueeze(0), "amin")
+    if packs:
         held = best != KEY_NONE
         if held.any():
             rows = torch.cat([rows, torch.arange(m, device=best.device).expand(k, m)[held]])
             keys = torch.cat([keys, best[held]])
-        if best.device.type == "cpu" and _np is not None:  # the same steps in numpy: several times faster on CPU
-            return torch.from_numpy(_first_k(rows.numpy(), keys.numpy(), k, m, index_bits, _np))
         return _first_k(rows, keys, k, m, index_bits, torch)
     if k <= MERGE_PASSES_K:
         allr = torch.cat([torch.arange(m, device=best.device).repeat(k), rows])
@@ -347,10 +364,11 @@ def _rank_rows(r0, r1, levels, factors, thr32, z, codes: _Codes, k0, cap, chunk_
     """Candidates, exact keys and the k best of rows [r0, r1) of one code chunk, into best[:, r0:r1].
 
     levels: the score levels (codes, then group minima) as torch tensors (xp = torch) or numpy views (xp = numpy,
-    CPU); thr32 [m] the rows' thresholds; rows found to have too many candidates leave `regular`.
+    CPU); thr32 [m] the rows' thresholds (a numpy array with xp = numpy); rows found to have too many candidates
+    leave `regular`.
     """
     m, rows = thr32.shape[0], r1 - r0
-    thr = thr32[r0:r1] if xp is torch else thr32[r0:r1].numpy()
+    thr = thr32[r0:r1]
     # every code within the threshold sits in groups whose minima are within it: descend level by level, from the
     # (group, row) pairs of the top level, ordered by group: the reads below go through memory in order
     if top is None:
@@ -371,17 +389,17 @@ def _rank_rows(r0, r1, levels, factors, thr32, z, codes: _Codes, k0, cap, chunk_
         return
     code = g + k0
     step = max(1, chunk_elems // (z.shape[1] + 1))  # (row, code) pairs per batch of exact keys
-    if xp is _np:
-        r, code = torch.from_numpy(r), torch.from_numpy(code)
-    if xp is torch or codes.cosine:
+    if xp is _np and not codes.cosine:
+        keys = _l2_keys_numpy(z[r0:r1], codes, r, code, min(step, EXACT_BATCH))
+    else:
+        if xp is _np:
+            r, code = torch.from_numpy(r), torch.from_numpy(code)
         zT, cT = z[r0:r1].T, codes.codebook.T
         keys = torch.cat([  # [d, n] gathers from the transposed views: one contiguous vector per coordinate
             exact_keys(zT.index_select(1, r[p0 : p0 + step]), cT.index_select(1, code[p0 : p0 + step]),
                        code[p0 : p0 + step], codes.cosine, codes.bad_of(code[p0 : p0 + step]))[0]
             for p0 in range(0, r.shape[0], step)
         ])  # fmt: skip
-    else:
-        keys = _l2_keys_numpy(z[r0:r1], codes, r, code, min(step, EXACT_BATCH))
     part = best[:, r0:r1]
     part.copy_(merge_smallest(part, r, keys, codes=codes.codebook.shape[0]))
 
@@ -401,7 +419,7 @@ def top_groups(top: torch.Tensor, k: int):
     low_mask = (1 << bits) - 1
     top.clamp_(-FLT_MAX, FLT_MAX)  # +-inf would turn into NaN below
     ti = top.view(torch.int32)
-    ti.bitwise_and_(~low_mask).bitwise_or_(torch.arange(G, dtype=torch.int32)[:, None])
+    ti.bitwise_and_(~low_mask).bitwise_or_(_group_ids(G))
     emb = top.numpy()
     sel = _np.empty((k, m), dtype=_np.int64)
     flat, cols = emb.reshape(-1), _np.arange(m)
@@ -419,6 +437,12 @@ def top_groups(top: torch.Tensor, k: int):
     ub[ub > REGULAR] = _np.inf  # (fewer than k finite values: the clamp made +inf FLT_MAX)
     ub[~(first >= -REGULAR)] = _np.nan
     return sel, ub
+
+
+@functools.lru_cache(maxsize=8)
+def _group_ids(G: int) -> torch.Tensor:
+    """[G, 1] int32 0 .. G - 1 (made once per size)."""
+    return torch.arange(G, dtype=torch.int32)[:, None]
 
 
 def _extra_groups(emb, thr):
@@ -470,10 +494,15 @@ def _rank_chunk(z, codes: _Codes, k, gamma, chunk_elems, best):
     zsT = torch.empty(d + 1, m, dtype=torch.float32, device=z.device)
     zsT[:d].copy_(zs.T)
     zsT[d].fill_(1.0)
+    cpu = z.device.type == "cpu" and _np is not None
     if codes.cosine:
         threshold = functools.partial(cosine_threshold, nz=nz, zu=zu, gamma=gamma, w_max=codes.w_max)
+        if cpu:  # w_max as a float: a 0-d tensor would turn the numpy arithmetic into torch's
+            threshold_np = functools.partial(cosine_threshold, nz=nz.numpy(), zu=zu.numpy(), gamma=gamma,
+                                             w_max=float(codes.w_max))  # fmt: skip
     else:
         threshold = functools.partial(l2_threshold, Z=Z, gamma=gamma)
+        threshold_np = functools.partial(l2_threshold, Z=Z.numpy(), gamma=gamma) if cpu else None
     ub = torch.full((m,), math.inf, dtype=torch.float32, device=z.device)
     cap = 4 * k + 16  # candidates per row and level beyond which the row is ranked exactly (many equal codes)
     for k0 in range(0, K, codes.code_chunk):
@@ -484,13 +513,13 @@ def _rank_chunk(z, codes: _Codes, k, gamma, chunk_elems, best):
         levels = [s]
         for f in factors:
             levels.append(levels[-1].view(-1, f, m).amin(1))
-        cpu = z.device.type == "cpu" and _np is not None
         if cpu and k <= PASSES_TOP_K and levels[-1].shape[0] >= k:
             sel, ub_chunk = top_groups(levels[-1], k)
-            ub = torch.minimum(ub, torch.from_numpy(ub_chunk))
-            thr32 = round_up_fp32(threshold(ub))
+            ub_np = ub.numpy()  # the same memory
+            _np.minimum(ub_np, ub_chunk, out=ub_np)  # NaN propagates
+            thr32 = round_up_fp32(threshold_np(ub_np.astype(_np.float64)))
             g, r = sel.reshape(-1), _np.tile(_np.arange(m), k)
-            extra = _extra_groups(levels[-1].numpy(), thr32.numpy())
+            extra = _extra_groups(levels[-1].numpy(), thr32)
             if extra is not None:
                 g, r = _np.concatenate([g, extra[0]]), _np.concatenate([r, extra[1]])
             views = [lv.numpy() for lv in levels]
@@ -499,13 +528,13 @@ def _rank_chunk(z, codes: _Codes, k, gamma, chunk_elems, best):
         if levels[-1].shape[0] >= k:  # k distinct codes score at most the k-th smallest top-level minimum
             ub = torch.minimum(ub, kth_smallest(levels[-1], k))  # NaN propagates
         # rows with a non-finite or huge bound get wrong or no candidates here: they are ranked exactly at the end
-        thr32 = round_up_fp32(threshold(ub))
+        thr32 = round_up_fp32(threshold(ub.double()))
         if not cpu:  # CUDA, or no numpy: the same steps in torch
             _rank_rows(0, m, levels, factors, thr32, z, codes, k0, cap, chunk_elems, best, regular, torch)
             continue
         # numpy on CPU: its gathers, compactions and sorts cost a fraction of torch's there, less overhead per call
         views = [lv.numpy() for lv in levels]
-        _rank_rows(0, m, views, factors, thr32, z, codes, k0, cap, chunk_elems, best, regular, _np)
+        _rank_rows(0, m, views, factors, thr32.numpy(), z, codes, k0, cap, chunk_elems, best, regular, _np)
     # a bound of +inf (fewer than k finite scores) or past REGULAR: the error bound does not hold, rank exactly
     return ~(regular & (ub.abs() <= REGULAR))
 
