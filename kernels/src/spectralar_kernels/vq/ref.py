@@ -145,13 +145,14 @@ def _members_within(lower, first, f: int, m: int, thr, xp):
     """(pair, lane) [c]: lane j of candidate i qualifies when lower.flat[first[i] + j m] <= thr[i].
 
     `lower` [G f, m] contiguous (torch, or numpy with xp = numpy), `first` [n] the flat position of each candidate
-    group's lane 0. numpy: one lane at a time over [n] vectors that stay in cache (fewer than MEMBERS_AT_ONCE
-    pairs: one gather); torch: one [n, f] gather.
+    group's lane 0. numpy: one lane at a time over [n] vectors that stay in cache (up to MEMBERS_AT_ONCE pairs:
+    one gather, fewer calls); torch: one [n, f] gather.
     """
     n = first.shape[0]
     if xp is torch or n * f <= MEMBERS_AT_ONCE:
         at = first[:, None] + xp.arange(0, f * m, m, **({"device": first.device} if xp is torch else {}))
-        lane = _flatnonzero(lower.take(at) <= thr[:, None], xp)  # = pair * f + lane
+        vals = lower.take(at) if xp is torch else lower.take(at, mode="clip")  # "raise" costs a bounds pass
+        lane = _flatnonzero(vals <= thr[:, None], xp)  # = pair * f + lane
         return lane // f, lane % f
     flat = lower.reshape(-1)
     ok = _scratch("lanes", (f, n), torch.bool, torch.device("cpu")).numpy()
@@ -356,7 +357,8 @@ def _exact_rows(z, codes: _Codes, rows, best, chunk_elems):
         best[:, part] = sub
 
 
-MEMBERS_AT_ONCE = 1 << 15  # numpy candidates x lanes up to this: one gather; beyond, one lane at a time
+MEMBERS_AT_ONCE = 1 << 12  # numpy candidates x lanes up to this: one gather; beyond, one lane at a time (at 2^15
+#   pairs the lane loop took 100 us, one [n, f] gather 167)
 
 
 def _rank_rows(r0, r1, levels, factors, thr32, z, codes: _Codes, k0, cap, chunk_elems, best, regular, xp,
