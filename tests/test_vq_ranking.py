@@ -15,7 +15,8 @@ import torch
 from test_vq import METRICS, MaxNumel, contract, hard_codebooks
 from test_vq_groups import check_topk
 
-from spectralar_kernels.vq import keys, ref
+from spectralar_kernels.vq import keys as vq_keys
+from spectralar_kernels.vq import ref
 
 pytestmark = test_vq.pytestmark
 # (M, K): one level of group minima (1100 codes: 138 groups of ref.FIRST = 8), two levels (4500: 563 groups, then 141)
@@ -31,7 +32,7 @@ def path(request, monkeypatch):
     """The CPU path with numpy's sparse steps, then torch alone (what runs without numpy, and on CUDA)."""
     if request.param == "torch":
         monkeypatch.setattr(ref, "_np", None)
-        monkeypatch.setattr(keys, "_np", None)
+        monkeypatch.setattr(vq_keys, "_np", None)
     return request.param
 
 
@@ -64,22 +65,43 @@ def test_topk_with_levels_matches_contract(path, size, k):
 
 
 def test_numpy_and_torch_paths_give_the_same_bits(monkeypatch):
-    """NaN and inf rows and codes, duplicates, several code chunks: both paths return identical tensors."""
+    """NaN and inf rows and codes, duplicates, zero and near-zero vectors (cosine's clamped branch), several code
+    chunks (8000: the codebook too large to copy whole): both paths return identical tensors (on data without a
+    square-root tie: see test_cosine_keys_round_the_square_root_correctly)."""
     g = torch.Generator().manual_seed(3)
     z, codebook = torch.randn(90, 12, generator=g), torch.randn(1500, 12, generator=g)
     z[5, 2], z[6, 0] = float("nan"), float("inf")
     codebook[10, 1], codebook[700, 4] = float("inf"), float("nan")
     codebook[900:910] = codebook[20]
+    z[7], codebook[30] = 0.0, 0.0
+    z[8] *= 1e-14
+    codebook[31] *= 1e-14
     runs = {}
     for path in ("numpy", "torch"):
         if path == "torch":
             monkeypatch.setattr(ref, "_np", None)
-            monkeypatch.setattr(keys, "_np", None)
+            monkeypatch.setattr(vq_keys, "_np", None)
+        chunks = (ref.CHUNK_ELEMS, 20000, 8000)
         runs[path] = [ref.vq_nearest_ref(z, codebook, metric, topk=k, chunk_elems=chunk)
-                      for metric in METRICS for k in (None, 3, 16) for chunk in (ref.CHUNK_ELEMS, 20000)]  # fmt: skip
+                      for metric in METRICS for k in (None, 3, 16) for chunk in chunks]  # fmt: skip
     for a, b in zip(runs["numpy"], runs["torch"]):  # distances bit for bit (NaN included)
         assert torch.equal(a[0], b[0]) and torch.equal(a[1].view(torch.int32), b[1].view(torch.int32))
-    check_topk(z, codebook, "l2", *runs["numpy"][2], 3)
+    check_topk(z, codebook, "l2", *runs["numpy"][3], 3)  # l2, k = 3, one chunk
+
+
+def test_cosine_keys_round_the_square_root_correctly():
+    """The contract's float64 square root is IEEE's (correctly rounded, as numpy's and CUDA's); torch 2.13's CPU
+    sqrt is not always (about 0.7% of float64 values one ulp off on an x86 VM), and here that one ulp decides the
+    order: z = (2, 2) and the codes (1, 1) and (1.0016e19, 1.0016e19) have unit vectors equal in exact arithmetic,
+    and in float64 they differ by one ulp for the second code only, so (1, 1) comes first at distance 0 and the
+    other at 1.2e-32. On CPU with numpy every key (candidates and rows ranked exactly alike) follows the contract;
+    the torch-only path (no numpy) inherits torch's square root and returns (0, 2) at 0 and 0 here."""
+    z = torch.tensor([[2.0, 2.0]] * 3)
+    codebook = torch.tensor([[1.0016005571271983e19] * 2, [3.0, 4.0], [1.0, 1.0]] + [[5.0, -1.0]] * 40)
+    want_idx, want_dist = contract(z, codebook, "cosine", 2)
+    assert want_idx[0].tolist() == [2, 0] and want_dist[0, 0] == 0.0 < want_dist[0, 1], (want_idx, want_dist)
+    idx, dist = ref.vq_nearest_ref(z, codebook, "cosine", topk=2)
+    assert np.array_equal(idx.numpy(), want_idx) and np.array_equal(dist.numpy(), want_dist)
 
 
 @pytest.mark.parametrize("path", ["passes", "partition"])
@@ -215,7 +237,7 @@ def test_merge_smallest_every_path_agrees(k, monkeypatch):
     m, K, n = 37, 3000, 400
     rows = torch.randint(0, m, (n,), generator=g)
     bits = torch.randint(0, 2**31 - 1, (n,), generator=g).clamp_max_(0x7F800000)
-    bits[::7], bits[3::11] = ref.KEY_NAN, ref.KEY_BAD
+    bits[::7], bits[3::11] = vq_keys.KEY_NAN, vq_keys.KEY_BAD
     keys = (bits << 32) | torch.randperm(K, generator=g)[:n]  # distinct code indices: keys of a row are distinct
     best = torch.full((k, m), ref.KEY_NONE, dtype=torch.int64)
     held = (torch.randint(0, 2**30, (k, 10), generator=g) << 32) | (K + torch.arange(k * 10).view(k, 10))

@@ -135,14 +135,33 @@ def _rows64(x: torch.Tensor):
     return x.double().contiguous().numpy()
 
 
-def _l2_keys_numpy(z: torch.Tensor, codes, rows, code, batch: int):
-    """exact_keys(z.T[:, rows], codebook.T[:, code], code, l2)[0] on CPU in numpy (rows, code and the keys: int64
-    numpy arrays [n]): bit for bit the same keys (the
-    same float64 operations in the same order), in batches of `batch` pairs through reused buffers. The gathers
-    take whole rows ([n, d], d values at a time: several times faster than gathering [d, n] one value at a time)."""
+def _coordinate_sum_numpy(x):
+    """x[:, 0] + x[:, 1] + ... for x [n, d] float64, strictly in that order (as `_coordinate_sum`)."""
+    out = x[:, 0].copy()
+    for j in range(1, x.shape[1]):
+        out += x[:, j]
+    return out
+
+
+def unit_rows64(x64):
+    """(x / |x| [n, d], |x| [n]) for x [n, d] float64 numpy: the norms and quotients `exact_keys` computes for cosine,
+    the same operations in the same order (so per row once, then gathered, they are the same bits)."""
+    with _np.errstate(all="ignore"):
+        norm = _np.sqrt(_coordinate_sum_numpy(x64 * x64))
+        return x64 / norm[:, None], norm
+
+
+def pair_keys_numpy(z: torch.Tensor, codes, rows, code, batch: int):
+    """exact_keys(z.T[:, rows], codebook.T[:, code], code, codes.cosine)[0] on CPU in numpy (rows, code and the keys:
+    int64 numpy arrays [n]): bit for bit the same keys (the same float64 operations in the same order), in batches
+    of `batch` pairs through reused buffers. The gathers take whole rows ([n, d], d values at a time: several times
+    faster than gathering [d, n] one value at a time); for cosine, of the unit vectors, made once per row and code."""
     d = z.shape[1]
     z64 = _rows64(z)  # [m, d]: a row chunk
     table = codes.table64()  # [K, d] float64, or None for a codebook too large to copy whole
+    if codes.cosine:
+        zs, nz = unit_rows64(z64)
+        units = codes.units64()  # ([K, d], [K]) or None, as table
     out = _np.empty(rows.shape[0], dtype=_np.int64)
     for p0 in range(0, rows.shape[0], batch):
         r, c = rows[p0 : p0 + batch], code[p0 : p0 + batch]
@@ -150,17 +169,37 @@ def _l2_keys_numpy(z: torch.Tensor, codes, rows, code, batch: int):
         reuse = functools.partial(_scratch, shape=(r.shape[0], d), dtype=torch.float64, device=z.device)
         # mode="clip" (the indices are in range): with out= and the default mode, numpy gathers into a temporary
         # and copies, twice the time
-        diff = _np.take(z64, r, axis=0, out=reuse("zrows").numpy() if big else None, mode="clip")
-        if table is not None:
+        diff = _np.take(zs if codes.cosine else z64, r, axis=0, out=reuse("zrows").numpy() if big else None,
+                        mode="clip")  # fmt: skip
+        if codes.cosine:
+            uc, nc = units if units is not None else unit_rows64(_rows64(codes.codebook.index_select(0, _t(c))))
+            cc = _np.take(uc, c, axis=0, mode="clip") if units is not None else uc
+            nc = _np.take(nc, c, mode="clip") if units is not None else nc
+        elif table is not None:
             cc = _np.take(table, c, axis=0, out=reuse("crows").numpy() if big else None, mode="clip")
         else:
-            cc = _rows64(codes.codebook.index_select(0, torch.from_numpy(c)))
+            cc = _rows64(codes.codebook.index_select(0, _t(c)))
         with _np.errstate(all="ignore"):  # inf, NaN and overflow to inf in the fp32 rounding: as torch, silently
             diff -= cc
             diff *= diff
-            dist = diff[:, 0].copy()
-            for j in range(1, d):
-                dist += diff[:, j]
+            dist = _coordinate_sum_numpy(diff)
+            if codes.cosine:
+                dist *= 0.5  # 1 - cos as half the squared distance of the unit vectors
+                nr = nz[r]
+                tiny = (nr < EPS) | (nc < EPS)
+                if tiny.any():  # a norm below EPS: 1 - z.c / (max(|z|, EPS) max(|c|, EPS)), clamped at 0
+                    zr = z64[r[tiny]]
+                    cr = table[c[tiny]] if table is not None else _rows64(codes.codebook.index_select(0, _t(c[tiny])))
+                    zc = _coordinate_sum_numpy(zr * cr)
+                    clamped = 1.0 - zc / (_np.where(nr[tiny] < EPS, EPS, nr[tiny]) * _np.where(nc[tiny] < EPS, EPS,
+                                                                                           nc[tiny]))  # fmt: skip
+                    clamped[clamped < 0] = 0.0
+                    dist[tiny] = clamped
             dist32 = dist.astype(_np.float32)
         keys_numpy(dist32, c, codes.bad.numpy()[c] if codes.any_bad else None, out[p0 : p0 + batch])
     return out
+
+
+def _t(a):
+    """int64 numpy -> torch (for index_select)."""
+    return torch.from_numpy(_np.ascontiguousarray(a))

@@ -32,7 +32,7 @@ Ranking M x K distances in float64 would be slow, so it runs in three steps:
     one sort of the keys repacked with their row gives every row's k smallest (`merge_smallest`).
 Rows the bound cannot serve (non-finite or huge values, or more than a few groups of candidates, as with
 many duplicate codes) are ranked exactly over all codes, chunk by chunk.
-On CPU, with numpy installed, the sparse steps (the top level's passes, expanding groups, l2 exact keys, the
+On CPU, with numpy installed, the sparse steps (the top level's passes, expanding groups, exact keys, the
 sort) run in numpy: its gathers, compactions and sorts cost a fraction of torch's there, and the keys are the
 same bits (vq/keys.py: the same float64 operations in the same order). Temporaries of a few hundred KiB and more
 come from per-thread buffers reused across calls (`_scratch`): a fresh allocation pays its page faults on every
@@ -57,15 +57,14 @@ from .keys import (  # noqa: F401 - re-exported: the reference's callers and tes
     EPS,
     EXACT_BATCH,
     KEY_BAD,
-    KEY_NAN,
     KEY_NONE,
-    _l2_keys_numpy,
     _rows64,
     _scratch,
     decode,
     exact_keys,
-    keys_numpy,
     pair_distances,
+    pair_keys_numpy,
+    unit_rows64,
 )
 
 try:  # optional: on CPU, numpy runs the sparse candidate steps several times faster than torch; same results
@@ -275,7 +274,7 @@ class _Codes:
 
     def __init__(self, codebook: torch.Tensor, cosine: bool, code_chunk: int):
         self.codebook, self.cosine, self.code_chunk = codebook, cosine, code_chunk
-        self.ubar, self.w_max, self._table64 = None, 1.0, None
+        self.ubar, self.w_max, self._table64, self._units64 = None, 1.0, None, None
         # the total is finite only if every value is: the per-code check runs only when it is not (inf or NaN
         # somewhere, or a total past the fp32 range)
         self.any_bad = not bool(torch.isfinite(codebook.sum(dtype=torch.float32)))
@@ -301,6 +300,12 @@ class _Codes:
         if self._table64 is None and self.codebook.shape[0] <= self.code_chunk:
             self._table64 = _rows64(self.codebook)
         return self._table64
+
+    def units64(self):
+        """(c / |c| [K, d], |c| [K]) float64 numpy for cosine's exact keys (made once; None as for table64)."""
+        if self._units64 is None and self.table64() is not None:
+            self._units64 = unit_rows64(self.table64())
+        return self._units64
 
     def bad_of(self, code: torch.Tensor) -> torch.Tensor | bool:
         """Which of the codes `code` hold inf or NaN (False when none of the codebook does)."""
@@ -351,8 +356,12 @@ def _exact_rows(z, codes: _Codes, rows, best, chunk_elems):
             c = codes.codebook[k0 : k0 + step]
             kc = c.shape[0]
             idx = torch.arange(k0, k0 + kc, device=z.device).repeat(f)
-            bad = codes.bad[k0 : k0 + kc].repeat(f)
-            keys, _ = exact_keys(zf.T.repeat_interleave(kc, dim=1), c.T.repeat(1, f), idx, codes.cosine, bad)
+            if z.device.type == "cpu" and _np is not None:  # the numpy keys, as every other row's on this path
+                local = _np.repeat(_np.arange(f), kc)
+                keys = torch.from_numpy(pair_keys_numpy(zf, codes, local, idx.numpy(), EXACT_BATCH))
+            else:
+                bad = codes.bad[k0 : k0 + kc].repeat(f)
+                keys, _ = exact_keys(zf.T.repeat_interleave(kc, dim=1), c.T.repeat(1, f), idx, codes.cosine, bad)
             sub = merge_smallest(sub, torch.arange(f, device=z.device).repeat_interleave(kc), keys, codes=K)
         best[:, part] = sub
 
@@ -391,8 +400,8 @@ def _rank_rows(r0, r1, levels, factors, thr32, z, codes: _Codes, k0, cap, chunk_
         return
     code = g + k0
     step = max(1, chunk_elems // (z.shape[1] + 1))  # (row, code) pairs per batch of exact keys
-    if xp is _np and not codes.cosine:
-        keys = _l2_keys_numpy(z[r0:r1], codes, r, code, min(step, EXACT_BATCH))
+    if xp is _np:
+        keys = pair_keys_numpy(z[r0:r1], codes, r, code, min(step, EXACT_BATCH))
     else:
         if xp is _np:
             r, code = torch.from_numpy(r), torch.from_numpy(code)

@@ -17,8 +17,8 @@ the accumulation over up to 64 columns); the thresholds are ref.l2_threshold / r
 
 The exact key sums one coordinate after another with separate multiply and add, as keys.exact_keys does;
 the launchers pass enable_fp_fusion=False so no FMA merges them, and the key is then the reference's bit
-for bit (cosine up to the last bit of a float64 square root, which torch's CPU kernels do not round
-correctly: that can flip an fp32 rounding about once in 10^8).
+for bit (cosine's float64 square root is correctly rounded here, as in the reference's numpy keys; torch's CPU
+sqrt is not always, so the reference without numpy can differ where that last bit decides).
 
 Launch plans: `launch_plan` spreads the codebook over enough programs to fill the GPU once (no partial
 second wave): programs per SM come from the compiled kernel's registers, shared memory and warps
@@ -35,7 +35,8 @@ import triton
 import triton.language as tl
 
 from .._common import cuda_sm_count
-from .ref import EPS, FLT_MAX, KEY_BAD, KEY_NAN, KEY_NONE, REGULAR
+from .keys import EPS, KEY_BAD, KEY_NAN, KEY_NONE
+from .ref import FLT_MAX, REGULAR
 
 __all__ = ["GAMMA", "ctas_per_sm", "device_sms", "launch_plan", "programs_per_sm", "EPS"]
 
