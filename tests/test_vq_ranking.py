@@ -102,6 +102,8 @@ def test_cosine_keys_round_the_square_root_correctly():
     assert want_idx[0].tolist() == [2, 0] and want_dist[0, 0] == 0.0 < want_dist[0, 1], (want_idx, want_dist)
     idx, dist = ref.vq_nearest_ref(z, codebook, "cosine", topk=2)
     assert np.array_equal(idx.numpy(), want_idx) and np.array_equal(dist.numpy(), want_dist)
+    idx, dist64 = ref.vq_nearest_ref(z, codebook, "cosine", topk=2, upcast=True)  # float64 distances alike
+    assert np.array_equal(idx.numpy(), want_idx) and np.array_equal(dist64.float().numpy(), want_dist)
 
 
 @pytest.mark.parametrize("path", ["passes", "partition"])

@@ -151,9 +151,10 @@ def unit_rows64(x64):
         return x64 / norm[:, None], norm
 
 
-def pair_keys_numpy(z: torch.Tensor, codes, rows, code, batch: int):
+def pair_keys_numpy(z: torch.Tensor, codes, rows, code, batch: int, dist64: bool = False):
     """exact_keys(z.T[:, rows], codebook.T[:, code], code, codes.cosine)[0] on CPU in numpy (rows, code and the keys:
-    int64 numpy arrays [n]): bit for bit the same keys (the same float64 operations in the same order), in batches
+    int64 numpy arrays [n]; with dist64, [1] instead: the float64 distances): bit for bit the same keys (the same
+    float64 operations in the same order, IEEE's square root), in batches
     of `batch` pairs through reused buffers. The gathers take whole rows ([n, d], d values at a time: several times
     faster than gathering [d, n] one value at a time); for cosine, of the unit vectors, made once per row and code."""
     d = z.shape[1]
@@ -162,7 +163,7 @@ def pair_keys_numpy(z: torch.Tensor, codes, rows, code, batch: int):
     if codes.cosine:
         zs, nz = unit_rows64(z64)
         units = codes.units64()  # ([K, d], [K]) or None, as table
-    out = _np.empty(rows.shape[0], dtype=_np.int64)
+    out = _np.empty(rows.shape[0], dtype=_np.float64 if dist64 else _np.int64)
     for p0 in range(0, rows.shape[0], batch):
         r, c = rows[p0 : p0 + batch], code[p0 : p0 + batch]
         big = r.shape[0] * d * 8 > 1 << 18  # temporaries past 256 KiB come from the reused buffers
@@ -195,6 +196,9 @@ def pair_keys_numpy(z: torch.Tensor, codes, rows, code, batch: int):
                                                                                            nc[tiny]))  # fmt: skip
                     clamped[clamped < 0] = 0.0
                     dist[tiny] = clamped
+            if dist64:
+                out[p0 : p0 + batch] = dist
+                continue
             dist32 = dist.astype(_np.float32)
         keys_numpy(dist32, c, codes.bad.numpy()[c] if codes.any_bad else None, out[p0 : p0 + batch])
     return out

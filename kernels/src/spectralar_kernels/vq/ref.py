@@ -416,15 +416,13 @@ def _rank_rows(r0, r1, levels, factors, thr32, z, codes: _Codes, k0, cap, chunk_
 
 
 def top_groups(top: torch.Tensor, k: int):
-    """(sel [k, m] int64, ub [m]) numpy, from the top level [G, m] (G >= k, CPU, overwritten): the k smallest entries
-    of each column, and an upper bound ub of the column's k-th smallest value (at least k entries are at most it),
-    by k passes of a column minimum over the values with their row index in the low mantissa bits, so that one
-    minimum gives value and position (numpy's argmin over columns costs ten times its min). The index bits cost
-    the order some resolution (values within 2^-(23 - bits) of each other may come in either order); ub is the
-    largest value its high bits allow, so the bound holds. ub is +inf above REGULAR (fewer than k finite values
-    included), NaN for a column holding NaN or a value below -REGULAR: such rows are ranked exactly. `top` is left
-    holding the embedded values (clamped to finite; NaN stays), +inf at the selected entries: `_extra_groups`
-    reads it."""
+    """(sel [k, m] int64, ub [m]) numpy, from the top level [G, m] (G >= k, CPU, overwritten): each column's k
+    smallest entries and an upper bound ub of its k-th smallest (at least k entries are at most it), by k passes of
+    a column minimum over values with their row index in the low mantissa bits: one min gives value and position
+    (numpy's argmin over columns costs ten times its min). Values within 2^-(23 - bits) of each other may come in
+    either order; ub is the largest value its high bits allow, so the bound holds: +inf above REGULAR (fewer than
+    k finite values too), NaN for a column holding NaN or a value below -REGULAR (such rows are ranked exactly).
+    `top` is left holding the embedded values (clamped to finite, NaN kept), +inf at the selected entries."""
     G, m = top.shape
     bits = max(1, (G - 1).bit_length())
     low_mask = (1 << bits) - 1
@@ -592,7 +590,10 @@ def vq_nearest_ref(
     if upcast:
         rows = torch.arange(M, device=z.device).repeat_interleave(k)
         flat = indices.reshape(-1)
-        _, dist64 = exact_keys(z.T.index_select(1, rows), codebook.T.index_select(1, flat), flat, cosine)
+        if z.device.type == "cpu" and _np is not None:  # as the keys were made
+            dist64 = torch.from_numpy(pair_keys_numpy(z, codes, rows.numpy(), flat.numpy(), EXACT_BATCH, dist64=True))
+        else:
+            _, dist64 = exact_keys(z.T.index_select(1, rows), codebook.T.index_select(1, flat), flat, cosine)
         distances = dist64.view(M, k)
     if topk is None:
         return indices.view(M), distances.view(M)
