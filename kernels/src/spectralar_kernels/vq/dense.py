@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .keys import EPS, _np, decode, keys_numpy
+from .keys import EPS, _np, decode, keys_numpy, unit_rows64
 
 __all__ = ["DENSE_ELEMS", "DENSE_PAIRS", "fits", "vq_nearest_dense"]
 
@@ -50,8 +50,8 @@ def smallest_keys(z: torch.Tensor, codebook: torch.Tensor, cosine: bool, k: int)
     d, K = b.shape
     with _np.errstate(all="ignore"):  # NaN, inf and overflow propagate as in torch
         if cosine:
-            nz, nc = _np.sqrt(_squares(a)), _np.sqrt(_squares(b.T))
-            dist = _squares(a / nz[:, None], b / nc)  # z / |z| - c / |c|, coordinate by coordinate
+            (ua, nz), (uc, nc) = unit_rows64(a), unit_rows64(b.T)
+            dist = _squares(ua, _np.ascontiguousarray(uc.T))  # z / |z| - c / |c|, coordinate by coordinate
             dist *= 0.5
             if (nz < EPS).any() or (nc < EPS).any():  # a norm below EPS: 1 - z.c / (max(|z|, EPS) max(|c|, EPS))
                 zc = a[:, 0, None] * b[0]  # clamped at 0, for the pairs where one is
@@ -75,14 +75,9 @@ def smallest_keys(z: torch.Tensor, codebook: torch.Tensor, cosine: bool, k: int)
     return torch.from_numpy(_np.sort(keys, axis=1))
 
 
-def _squares(x, y=None):
-    """sum_j x[:, j]^2 for x [n, d] (y None), or the [n, m] matrix sum_j (x[:, j] - y[j])^2 for y [d, m]: coordinate
-    after coordinate, each term squared by one multiply, as keys._coordinate_sum adds them (one reused temporary)."""
-    if y is None:
-        out = x[:, 0] * x[:, 0]
-        for j in range(1, x.shape[1]):
-            out += x[:, j] * x[:, j]
-        return out
+def _squares(x, y):
+    """The [n, m] matrix sum_j (x[:, j] - y[j])^2 for x [n, d], y [d, m]: coordinate after coordinate, each term
+    squared by one multiply, as keys._coordinate_sum adds them (one reused temporary)."""
     out = _np.subtract(x[:, :1], y[0])
     out *= out
     t = _np.empty_like(out)

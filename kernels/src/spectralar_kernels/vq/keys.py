@@ -154,14 +154,20 @@ def unit_rows64(x64):
 def pair_keys_numpy(z: torch.Tensor, codes, rows, code, batch: int, dist64: bool = False):
     """exact_keys(z.T[:, rows], codebook.T[:, code], code, codes.cosine)[0] on CPU in numpy (rows, code and the keys:
     int64 numpy arrays [n]; with dist64, [1] instead: the float64 distances): bit for bit the same keys (the same
-    float64 operations in the same order, IEEE's square root), in batches
-    of `batch` pairs through reused buffers. The gathers take whole rows ([n, d], d values at a time: several times
-    faster than gathering [d, n] one value at a time); for cosine, of the unit vectors, made once per row and code."""
+    float64 operations in the same order, IEEE's square root), in batches of `batch` pairs through reused buffers.
+    The gathers take whole rows ([n, d], d values at a time: several times faster than gathering [d, n] one value
+    at a time); for cosine, of the unit vectors, made once per row and code."""
     d = z.shape[1]
     z64 = _rows64(z)  # [m, d]: a row chunk
     table = codes.table64()  # [K, d] float64, or None for a codebook too large to copy whole
+
+    def code_rows(c, out=None):  # float64 rows of the codes c
+        if table is None:
+            return _rows64(codes.codebook.index_select(0, torch.from_numpy(_np.ascontiguousarray(c))))
+        return _np.take(table, c, axis=0, out=out, mode="clip")
+
     if codes.cosine:
-        zs, nz = unit_rows64(z64)
+        uz, nz = unit_rows64(z64)
         units = codes.units64()  # ([K, d], [K]) or None, as table
     out = _np.empty(rows.shape[0], dtype=_np.float64 if dist64 else _np.int64)
     for p0 in range(0, rows.shape[0], batch):
@@ -170,16 +176,14 @@ def pair_keys_numpy(z: torch.Tensor, codes, rows, code, batch: int, dist64: bool
         reuse = functools.partial(_scratch, shape=(r.shape[0], d), dtype=torch.float64, device=z.device)
         # mode="clip" (the indices are in range): with out= and the default mode, numpy gathers into a temporary
         # and copies, twice the time
-        diff = _np.take(zs if codes.cosine else z64, r, axis=0, out=reuse("zrows").numpy() if big else None,
+        diff = _np.take(uz if codes.cosine else z64, r, axis=0, out=reuse("zrows").numpy() if big else None,
                         mode="clip")  # fmt: skip
-        if codes.cosine:
-            uc, nc = units if units is not None else unit_rows64(_rows64(codes.codebook.index_select(0, _t(c))))
-            cc = _np.take(uc, c, axis=0, mode="clip") if units is not None else uc
-            nc = _np.take(nc, c, mode="clip") if units is not None else nc
-        elif table is not None:
-            cc = _np.take(table, c, axis=0, out=reuse("crows").numpy() if big else None, mode="clip")
+        if not codes.cosine:
+            cc = code_rows(c, reuse("crows").numpy() if big else None)
+        elif units is not None:
+            cc, nc = _np.take(units[0], c, axis=0, mode="clip"), _np.take(units[1], c, mode="clip")
         else:
-            cc = _rows64(codes.codebook.index_select(0, _t(c)))
+            cc, nc = unit_rows64(code_rows(c))
         with _np.errstate(all="ignore"):  # inf, NaN and overflow to inf in the fp32 rounding: as torch, silently
             diff -= cc
             diff *= diff
@@ -189,21 +193,12 @@ def pair_keys_numpy(z: torch.Tensor, codes, rows, code, batch: int, dist64: bool
                 nr = nz[r]
                 tiny = (nr < EPS) | (nc < EPS)
                 if tiny.any():  # a norm below EPS: 1 - z.c / (max(|z|, EPS) max(|c|, EPS)), clamped at 0
-                    zr = z64[r[tiny]]
-                    cr = table[c[tiny]] if table is not None else _rows64(codes.codebook.index_select(0, _t(c[tiny])))
-                    zc = _coordinate_sum_numpy(zr * cr)
-                    clamped = 1.0 - zc / (_np.where(nr[tiny] < EPS, EPS, nr[tiny]) * _np.where(nc[tiny] < EPS, EPS,
-                                                                                           nc[tiny]))  # fmt: skip
-                    clamped[clamped < 0] = 0.0
-                    dist[tiny] = clamped
+                    zc = _coordinate_sum_numpy(z64[r[tiny]] * code_rows(c[tiny]))
+                    clamped = 1.0 - zc / (_np.maximum(nr[tiny], EPS) * _np.maximum(nc[tiny], EPS))
+                    dist[tiny] = _np.maximum(clamped, 0.0)
             if dist64:
                 out[p0 : p0 + batch] = dist
                 continue
             dist32 = dist.astype(_np.float32)
         keys_numpy(dist32, c, codes.bad.numpy()[c] if codes.any_bad else None, out[p0 : p0 + batch])
     return out
-
-
-def _t(a):
-    """int64 numpy -> torch (for index_select)."""
-    return torch.from_numpy(_np.ascontiguousarray(a))

@@ -403,8 +403,6 @@ def _rank_rows(r0, r1, levels, factors, thr32, z, codes: _Codes, k0, cap, chunk_
     if xp is _np:
         keys = pair_keys_numpy(z[r0:r1], codes, r, code, min(step, EXACT_BATCH))
     else:
-        if xp is _np:
-            r, code = torch.from_numpy(r), torch.from_numpy(code)
         zT, cT = z[r0:r1].T, codes.codebook.T
         keys = torch.cat([  # [d, n] gathers from the transposed views: one contiguous vector per coordinate
             exact_keys(zT.index_select(1, r[p0 : p0 + step]), cT.index_select(1, code[p0 : p0 + step]),
@@ -504,14 +502,13 @@ def _rank_chunk(z, codes: _Codes, k, gamma, chunk_elems, best):
     zsT[:d].copy_(zs.T)
     zsT[d].fill_(1.0)
     cpu = z.device.type == "cpu" and _np is not None
-    if codes.cosine:
-        threshold = functools.partial(cosine_threshold, nz=nz, zu=zu, gamma=gamma, w_max=codes.w_max)
-        if cpu:  # w_max as a float: a 0-d tensor would turn the numpy arithmetic into torch's
-            threshold_np = functools.partial(cosine_threshold, nz=nz.numpy(), zu=zu.numpy(), gamma=gamma,
-                                             w_max=float(codes.w_max))  # fmt: skip
+    # fp32 thresholds from the running bound: numpy arrays on CPU (numpy's small operations cost less), else torch
+    f64 = (lambda t: t.numpy().astype(_np.float64)) if cpu else (lambda t: t.double())
+    if codes.cosine:  # on CPU w_max as a float: a 0-d tensor would turn the numpy arithmetic into torch's
+        nz, zu, w_max = (nz.numpy(), zu.numpy(), float(codes.w_max)) if cpu else (nz, zu, codes.w_max)
+        threshold = functools.partial(cosine_threshold, nz=nz, zu=zu, gamma=gamma, w_max=w_max)
     else:
-        threshold = functools.partial(l2_threshold, Z=Z, gamma=gamma)
-        threshold_np = functools.partial(l2_threshold, Z=Z.numpy(), gamma=gamma) if cpu else None
+        threshold = functools.partial(l2_threshold, Z=Z.numpy() if cpu else Z, gamma=gamma)
     ub = torch.full((m,), math.inf, dtype=torch.float32, device=z.device)
     cap = 4 * k + 16  # candidates per row and level beyond which the row is ranked exactly (many equal codes)
     for k0 in range(0, K, codes.code_chunk):
@@ -524,9 +521,8 @@ def _rank_chunk(z, codes: _Codes, k, gamma, chunk_elems, best):
             levels.append(levels[-1].view(-1, f, m).amin(1))
         if cpu and k <= PASSES_TOP_K and levels[-1].shape[0] >= k:
             sel, ub_chunk = top_groups(levels[-1], k)
-            ub_np = ub.numpy()  # the same memory
-            _np.minimum(ub_np, ub_chunk, out=ub_np)  # NaN propagates
-            thr32 = round_up_fp32(threshold_np(ub_np.astype(_np.float64)))
+            _np.minimum(ub.numpy(), ub_chunk, out=ub.numpy())  # in place; NaN propagates
+            thr32 = round_up_fp32(threshold(f64(ub)))
             g, r = sel.reshape(-1), _np.tile(_np.arange(m), k)
             extra = _extra_groups(levels[-1].numpy(), thr32)
             if extra is not None:
@@ -537,13 +533,13 @@ def _rank_chunk(z, codes: _Codes, k, gamma, chunk_elems, best):
         if levels[-1].shape[0] >= k:  # k distinct codes score at most the k-th smallest top-level minimum
             ub = torch.minimum(ub, kth_smallest(levels[-1], k))  # NaN propagates
         # rows with a non-finite or huge bound get wrong or no candidates here: they are ranked exactly at the end
-        thr32 = round_up_fp32(threshold(ub.double()))
+        thr32 = round_up_fp32(threshold(f64(ub)))
         if not cpu:  # CUDA, or no numpy: the same steps in torch
             _rank_rows(0, m, levels, factors, thr32, z, codes, k0, cap, chunk_elems, best, regular, torch)
             continue
         # numpy on CPU: its gathers, compactions and sorts cost a fraction of torch's there, less overhead per call
         views = [lv.numpy() for lv in levels]
-        _rank_rows(0, m, views, factors, thr32.numpy(), z, codes, k0, cap, chunk_elems, best, regular, _np)
+        _rank_rows(0, m, views, factors, thr32, z, codes, k0, cap, chunk_elems, best, regular, _np)
     # a bound of +inf (fewer than k finite scores) or past REGULAR: the error bound does not hold, rank exactly
     return ~(regular & (ub.abs() <= REGULAR))
 
