@@ -15,6 +15,7 @@ import torch
 from test_vq import METRICS, MaxNumel, contract, hard_codebooks
 from test_vq_groups import check_topk
 
+from spectralar_kernels.vq import codes as vq_codes
 from spectralar_kernels.vq import keys as vq_keys
 from spectralar_kernels.vq import ref
 
@@ -33,6 +34,7 @@ def path(request, monkeypatch):
     if request.param == "torch":
         monkeypatch.setattr(ref, "_np", None)
         monkeypatch.setattr(vq_keys, "_np", None)
+        monkeypatch.setattr(vq_codes, "_np", None)
     return request.param
 
 

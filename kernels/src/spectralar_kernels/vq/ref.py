@@ -15,7 +15,7 @@ lowest-index finite code with a NaN distance; a row holding inf gets distance in
 
 Ranking M x K distances in float64 would be slow, so it runs in three steps:
  1. Approximate scores from one fp32 GEMM per chunk:
-        l2:      s_mk = ||c_k - mu||^2 - 2 (z_m - mu).(c_k - mu)   (mu: the mean of the chunk's finite rows)
+        l2:      s_mk = ||c_k - mu||^2 - 2 (z_m - mu).(c_k - mu)   (mu: the mean of the finite codes)
         cosine:  s_mk = z_m.(ubar - u_k)                          (u_k = c_k / max(|c_k|, EPS), ubar their mean)
     s_mk + Z_m (Z_m = ||z_m - mu||^2) approximates dist_k for l2, 1 - (z_m.ubar - s_mk) / |z_m| for cosine.
  2. A rigorous bound on the GEMM's rounding (`score_gamma`: |error| <= gamma (8 Z + 2 dist) for l2,
@@ -48,11 +48,13 @@ Host syncs: a few per chunk (candidate counts; free on CPU; on CUDA this referen
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 
 import torch
 
+from .codes import Codes, codes_for
 from .keys import (  # noqa: F401 - re-exported: the reference's callers and tests name them here
     EPS,
     EXACT_BATCH,
@@ -265,83 +267,7 @@ def kth_smallest(x: torch.Tensor, k: int) -> torch.Tensor:
     return low
 
 
-class _Codes:
-    """Codebook terms shared by every row chunk: non-finite codes and, for cosine, the centring.
-
-    Everything runs in chunks of `code_chunk` codes, in place where it can: at most one float64 and two fp32
-    [code_chunk, d + 1] temporaries are alive at once.
-    """
-
-    def __init__(self, codebook: torch.Tensor, cosine: bool, code_chunk: int):
-        self.codebook, self.cosine, self.code_chunk = codebook, cosine, code_chunk
-        self.ubar, self.w_max, self._table64, self._units64 = None, 1.0, None, None
-        # the total is finite only if every value is: the per-code check runs only when it is not (inf or NaN
-        # somewhere, or a total past the fp32 range)
-        self.any_bad = not bool(torch.isfinite(codebook.sum(dtype=torch.float32)))
-        if self.any_bad:
-            self.bad = torch.cat([~torch.isfinite(codebook[k0 : k0 + code_chunk]).all(dim=1)
-                                  for k0 in range(0, codebook.shape[0], code_chunk)])  # fmt: skip
-            self.any_bad = bool(self.bad.any())
-        else:
-            self.bad = torch.zeros(codebook.shape[0], dtype=torch.bool, device=codebook.device)
-        if cosine:  # two chunked passes: the mean unit vector of the finite codes, then max |ubar - u_k|
-            total = torch.zeros(codebook.shape[1], dtype=torch.float64, device=codebook.device)
-            for k0 in range(0, codebook.shape[0], code_chunk):
-                total += self._units(k0).sum(0)
-            self.ubar = (total / (~self.bad).sum().clamp_min(1)).float()
-            w_max = torch.zeros((), dtype=torch.float64, device=codebook.device)  # a tensor: no host sync on CUDA
-            for k0 in range(0, codebook.shape[0], code_chunk):
-                w = self._units(k0).neg_().add_(self.ubar.double()).float().double()  # |ubar - u| as rounded
-                w_max = torch.maximum(w_max, w.norm(dim=1).max())
-            self.w_max = w_max * (1 + 2.0**-20)
-
-    def table64(self):
-        """The codebook as a float64 numpy array [K, d] (made once; None when it spans several code chunks)."""
-        if self._table64 is None and self.codebook.shape[0] <= self.code_chunk:
-            self._table64 = _rows64(self.codebook)
-        return self._table64
-
-    def units64(self):
-        """(c / |c| [K, d], |c| [K]) float64 numpy for cosine's exact keys (made once; None as for table64)."""
-        if self._units64 is None and self.table64() is not None:
-            self._units64 = unit_rows64(self.table64())
-        return self._units64
-
-    def bad_of(self, code: torch.Tensor) -> torch.Tensor | bool:
-        """Which of the codes `code` hold inf or NaN (False when none of the codebook does)."""
-        return self.bad.index_select(0, code) if self.any_bad else False
-
-    def _units(self, k0: int) -> torch.Tensor:
-        """u_k = c_k / max(|c_k|, EPS) in float64 for the chunk at k0, zero rows for non-finite codes."""
-        u = self.codebook[k0 : k0 + self.code_chunk].double()
-        u.masked_fill_(self.bad[k0 : k0 + u.shape[0], None], 0.0)
-        return u.div_(u.norm(dim=1, keepdim=True).clamp_min_(EPS))
-
-    def operands(self, k0: int, mu: torch.Tensor | None, group: int) -> torch.Tensor:
-        """w [kc_pad, d + 1] fp32 (kc codes padded to a multiple of `group`): scores [kc_pad, m] = w @ [z - mu, 1]^T
-        with the last column holding a_k (||c_k - mu||^2 for l2, 0 for cosine), so one GEMM gives them whole
-        (no broadcast add over M x K). Padding and non-finite codes get w = 0, a = +inf: never candidates."""
-        c = self.codebook[k0 : k0 + self.code_chunk]
-        kc, d = c.shape
-        kc_pad = -(-kc // group) * group
-        w = torch.zeros(kc_pad, d + 1, dtype=torch.float32, device=c.device)
-        if kc_pad > kc:
-            w[kc:, d] = math.inf
-        bad = self.bad[k0 : k0 + kc]
-        if self.cosine:
-            w[:kc, :d] = self._units(k0).neg_().add_(self.ubar.double())
-        else:
-            cc = w[:kc, :d]
-            torch.sub(c, mu, out=cc)
-            w[:kc, d] = cc.square().sum(dim=1)
-            cc.mul_(-2.0)
-        if self.any_bad:
-            w[:kc].masked_fill_(bad[:, None], 0.0)
-            w[:kc, d].masked_fill_(bad, math.inf)
-        return w
-
-
-def _exact_rows(z, codes: _Codes, rows, best, chunk_elems):
+def _exact_rows(z, codes: Codes, rows, best, chunk_elems):
     """Rank rows `rows` of z exactly over every code (chunks of at most chunk_elems pairs x d): best[:, rows]."""
     K, d = codes.codebook.shape
     pairs = max(1, chunk_elems // d)  # (row, code) pairs per exact_keys call
@@ -370,7 +296,7 @@ MEMBERS_AT_ONCE = 1 << 12  # numpy candidates x lanes up to this: one gather; be
 #   pairs the lane loop took 100 us, one [n, f] gather 167)
 
 
-def _rank_rows(r0, r1, levels, factors, thr32, z, codes: _Codes, k0, cap, chunk_elems, best, regular, xp,
+def _rank_rows(r0, r1, levels, factors, thr32, z, codes: Codes, k0, cap, chunk_elems, best, regular, xp,
                top=None) -> None:
     """Candidates, exact keys and the k best of rows [r0, r1) of one code chunk, into best[:, r0:r1].
 
@@ -452,6 +378,16 @@ def _group_ids(G: int) -> torch.Tensor:
     return torch.arange(G, dtype=torch.int32)[:, None]
 
 
+def _tiled_rows(m: int, k: int):
+    """numpy int64 [k m]: 0 .. m - 1, k times (small ones made once per size and shared: never write into them)."""
+    return _tiled_small(m, k) if m * k <= 1 << 16 else _np.tile(_np.arange(m), k)
+
+
+@functools.lru_cache(maxsize=8)
+def _tiled_small(m: int, k: int):
+    return _np.tile(_np.arange(m), k)  # (not flagged read-only: torch.from_numpy warns on those)
+
+
 def _extra_groups(emb, thr):
     """(g, r) numpy: the entries of the top level at most thr beyond the selected ones, from its embedded values
     `emb` [G, m] (+inf at the selected entries), for the rows whose next-smallest value may be within the threshold
@@ -478,29 +414,25 @@ def _plan(kc: int, k: int) -> list[int]:
     return factors
 
 
-def _rank_chunk(z, codes: _Codes, k, gamma, chunk_elems, best):
+def _rank_chunk(z, codes: Codes, k, gamma, chunk_elems, best):
     """Top-k keys [k, m] of the rows z [m, d] into `best`; returns the rows left for the exact pass."""
     m, d = z.shape
     K = codes.codebook.shape[0]
     z32 = z.float()
-    finite = torch.isfinite(z32.sum(1))  # an overflowing sum counts as non-finite: such rows are ranked exactly
-    if codes.cosine:
-        zs = z32
-        nz = z32.double().norm(dim=1)
-        zu = z32.double() @ codes.ubar.double()
-        regular = finite & (nz >= 2.0**-60) & (nz <= 2.0**60)
-        nz = nz.clamp_min(EPS)
-        mu = None
-    else:
-        # any centre serves the bound (it only has to be the one the scores use): the mean of the finite rows
-        mu = z32.sum(0) / m if bool(finite.all()) else z32[finite].sum(0) / finite.sum().clamp_min(1)
-        zs = z32 - mu
-        Z = zs.double().pow(2).sum(1)
-        regular = finite & (Z <= REGULAR)
     # [d + 1, m]: scores come out [codes, rows], so reductions over codes vectorise over rows
     zsT = torch.empty(d + 1, m, dtype=torch.float32, device=z.device)
-    zsT[:d].copy_(zs.T)
     zsT[d].fill_(1.0)
+    # rows holding inf or NaN, or too large for the bound, fail `regular` (NaN compares false): ranked exactly
+    if codes.cosine:
+        zsT[:d].copy_(z32.T)
+        nz = z32.double().norm(dim=1)
+        zu = z32.double() @ codes.ubar.double()
+        regular = (nz >= 2.0**-60) & (nz <= 2.0**60)
+        nz = nz.clamp_min(EPS)
+    else:
+        # any centre serves the bound (it only has to be the one the scores use): the finite codes' mean
+        Z = torch.sub(z32.T, codes.mu[:, None], out=zsT[:d]).double().pow(2).sum(0)
+        regular = Z <= REGULAR
     cpu = z.device.type == "cpu" and _np is not None
     # fp32 thresholds from the running bound: numpy arrays on CPU (numpy's small operations cost less), else torch
     f64 = (lambda t: t.numpy().astype(_np.float64)) if cpu else (lambda t: t.double())
@@ -509,12 +441,17 @@ def _rank_chunk(z, codes: _Codes, k, gamma, chunk_elems, best):
         threshold = functools.partial(cosine_threshold, nz=nz, zu=zu, gamma=gamma, w_max=w_max)
     else:
         threshold = functools.partial(l2_threshold, Z=Z.numpy() if cpu else Z, gamma=gamma)
+
+    def thresholds(ub):  # rows past the bound (inf, NaN: ranked exactly) make inf - inf here: quietly, in numpy
+        with _np.errstate(all="ignore") if cpu else contextlib.nullcontext():
+            return round_up_fp32(threshold(f64(ub)))
+
     ub = torch.full((m,), math.inf, dtype=torch.float32, device=z.device)
     cap = 4 * k + 16  # candidates per row and level beyond which the row is ranked exactly (many equal codes)
     for k0 in range(0, K, codes.code_chunk):
         kc = min(codes.code_chunk, K - k0)
         factors = _plan(kc, k)
-        w = codes.operands(k0, mu, math.prod(factors))
+        w = codes.operands(k0, math.prod(factors))
         s = torch.mm(w, zsT, out=_scratch("scores", (w.shape[0], m), torch.float32, z.device))  # [kc_pad, m]
         levels = [s]
         for f in factors:
@@ -522,8 +459,8 @@ def _rank_chunk(z, codes: _Codes, k, gamma, chunk_elems, best):
         if cpu and k <= PASSES_TOP_K and levels[-1].shape[0] >= k:
             sel, ub_chunk = top_groups(levels[-1], k)
             _np.minimum(ub.numpy(), ub_chunk, out=ub.numpy())  # in place; NaN propagates
-            thr32 = round_up_fp32(threshold(f64(ub)))
-            g, r = sel.reshape(-1), _np.tile(_np.arange(m), k)
+            thr32 = thresholds(ub)
+            g, r = sel.reshape(-1), _tiled_rows(m, k)
             extra = _extra_groups(levels[-1].numpy(), thr32)
             if extra is not None:
                 g, r = _np.concatenate([g, extra[0]]), _np.concatenate([r, extra[1]])
@@ -533,7 +470,7 @@ def _rank_chunk(z, codes: _Codes, k, gamma, chunk_elems, best):
         if levels[-1].shape[0] >= k:  # k distinct codes score at most the k-th smallest top-level minimum
             ub = torch.minimum(ub, kth_smallest(levels[-1], k))  # NaN propagates
         # rows with a non-finite or huge bound get wrong or no candidates here: they are ranked exactly at the end
-        thr32 = round_up_fp32(threshold(f64(ub)))
+        thr32 = thresholds(ub)
         if not cpu:  # CUDA, or no numpy: the same steps in torch
             _rank_rows(0, m, levels, factors, thr32, z, codes, k0, cap, chunk_elems, best, regular, torch)
             continue
@@ -574,7 +511,7 @@ def vq_nearest_ref(
     code_chunk = max(1, min(K, chunk_elems // (d + 1)))  # code-side operands [codes, d + 1]
     # scores [codes, rows], and the candidates of the group levels (at most 4 (4k + 16) per row)
     row_chunk = max(1, min(M, chunk_elems // min(K, code_chunk), chunk_elems // (16 * k + 64)))
-    codes = _Codes(codebook, cosine, code_chunk)
+    codes = codes_for(codebook, cosine, code_chunk)
     gamma = score_gamma(z.device, d, cosine)
     best = torch.full((k, M), KEY_NONE, dtype=torch.int64, device=z.device)
     for r0 in range(0, M, row_chunk):

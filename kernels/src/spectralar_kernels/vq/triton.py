@@ -47,7 +47,8 @@ import triton
 import triton.language as tl
 
 from . import triton_v1
-from .ref import FLT_MAX, KEY_NONE, _Codes
+from .codes import Codes
+from .ref import FLT_MAX, KEY_NONE
 from .shared import (
     _FLT_MAX,
     _KEY_NONE,
@@ -199,12 +200,12 @@ def _build(codebook: torch.Tensor, cosine: bool, cfg: V2Config) -> tuple[torch.T
     aux = torch.zeros(bd, dtype=torch.float32, device=codebook.device)
     chunk = max(1, (1 << 22) // d)
     if cosine:
-        codes = _Codes(codebook, True, chunk)
+        codes = Codes(codebook, True, chunk)
         aux[:d] = codes.ubar
         aux[d] = codes.w_max
         p[K:, d] = FLT_MAX
         for k0 in range(0, K, chunk):
-            w = codes.operands(k0, None, 1)  # [kc, d + 1]: ubar - u_k and a_k (+inf when flagged)
+            w = codes.operands(k0, 1)  # [kc, d + 1]: ubar - u_k and a_k (+inf when flagged)
             p[k0 : k0 + w.shape[0], : d + 1] = w.nan_to_num(posinf=FLT_MAX)
     else:
         p[K:, d] = 1.0
