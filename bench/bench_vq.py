@@ -2,7 +2,10 @@
 
 `pytest bench/bench_vq.py --benchmark-only` groups each case ("vq nearest ..." and "vq top-k ...") so the
 table shows every provider of one case together. Providers:
-  ref          the reference (vq_nearest_ref: the CPU path; exact ranking, never more than 2^22 scores alive)
+  ref          the reference (vq_nearest_ref: the CPU path; exact ranking, never more than 2^22 scores alive; a
+               fixed codebook: its state, kept between calls, is used again)
+  ref-cold     the reference on a codebook changed by one ulp before every call (vq_cpu_sweep.cold): what a
+               codebook updated every training step pays (its kept state never matches)
   vq-v1        the general fused kernels (two launches; CUDA only: the interpreter is not a benchmark)
   vq-v2        one launch on the cached padded codebook (a fixed codebook: the cache hits; CUDA only)
   vq-v2-cold   vq-v2 preparing its codebook every call (cache=False): what a codebook updated every training
@@ -22,8 +25,8 @@ from spectralar_kernels.vq import ref
 
 from . import cases, vq_cpu_sweep
 
-NEAREST = ["ref", "vq-v1", "vq-v2", "vq-v2-cold", "cdist", "matmul"]
-TOPK = ["ref", "cdist"]
+NEAREST = ["ref", "ref-cold", "vq-v1", "vq-v2", "vq-v2-cold", "cdist", "matmul"]
+TOPK = ["ref", "ref-cold", "cdist"]
 GPU_ONLY = ("vq-v1", "vq-v2", "vq-v2-cold")
 # (device, M, K, d): 64 images x 16 tokens against the fmnist codebook and a 4x larger one on CPU; 64 x 64 tokens
 # against ImageNet-size codebooks on CUDA (code dim 12 in all; the GPU report's cases, bench/cases.py).
@@ -50,6 +53,7 @@ def _matmul(z, c, k):
 
 FUNCS = {
     "ref": lambda z, c, k: ref.vq_nearest_ref(z, c, topk=k)[0],
+    "ref-cold": lambda z, c, k: vq_cpu_sweep.cold(z, c, k, lambda z, c, k: ref.vq_nearest_ref(z, c, topk=k)[0]),
     "vq-v1": _triton("vq-v1"),
     "vq-v2": _triton("vq-v2"),
     "vq-v2-cold": _triton("vq-v2", cold=True),
@@ -60,7 +64,7 @@ FUNCS = {
 
 def analytic_peak_bytes(provider: str, M: int, K: int) -> int:
     """Largest single intermediate a provider allocates on CPU (fp32), from the algorithm, not measured."""
-    if provider == "ref":
+    if provider.startswith("ref"):
         return 4 * min(M * K, ref.CHUNK_ELEMS)  # one chunk of scores
     return 4 * M * K  # cdist / matmul: the full distance matrix (the kernels never run on CPU)
 

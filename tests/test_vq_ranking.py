@@ -57,6 +57,11 @@ def cases(M: int, K: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
 @pytest.mark.parametrize("k", [1, 2, 4, 16, 17])
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_topk_with_levels_matches_contract(path, size, k):
+    check_cases(size, k)
+
+
+def check_cases(size: tuple[int, int], k: int) -> None:
+    """Every case of `cases(*size)` and metric: the reference's top-k is the contract's."""
     for name, (z, codebook) in cases(*size).items():
         for metric in METRICS:
             idx, dist = ref.vq_nearest_ref(z, codebook, metric, topk=k)
@@ -64,6 +69,20 @@ def test_topk_with_levels_matches_contract(path, size, k):
                 check_topk(z, codebook, metric, idx, dist, k)
             except AssertionError as e:
                 raise AssertionError(f"{name}, {metric}: {e}") from None
+
+
+@pytest.mark.parametrize("row_major", [True, False], ids=["row-major", "lanes"])
+@pytest.mark.parametrize("k", [4, 16])
+def test_codes_level_read_row_major_or_by_lanes(row_major, k, monkeypatch):
+    """The codes' level from the second, row-major product or lane by lane from the first: the contract either way
+    (forced at these sizes by a small MEMBERS_AT_ONCE; 70 x 1100 has one level of group minima)."""
+    calls = []
+    real = ref._members_row_major
+    monkeypatch.setattr(ref, "_members_row_major", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(ref, "MEMBERS_AT_ONCE", 64)
+    monkeypatch.setattr(ref, "ROW_MAJOR_CODES", 10**6 if row_major else 0)
+    check_cases(SIZES[0], k)
+    assert bool(calls) == row_major
 
 
 def test_numpy_and_torch_paths_give_the_same_bits(monkeypatch):

@@ -17,6 +17,7 @@ import torch
 
 from .keys import EPS, _np, _rows64, unit_rows64
 
+FLT_MAX = 3.4028234663852886e38
 CACHE_ELEMS = 1 << 16  # on CPU, codebooks of up to this many values K x (d + 1) keep their state between calls
 #   (each entry holds a few copies of its codebook: 16 MiB at most for the CACHE_ENTRIES of a thread)
 CACHE_ENTRIES = 8  # codebooks remembered per thread (per-group codebooks take one each), most recent first
@@ -36,22 +37,26 @@ class Codes:
         self.codebook, self.cosine, self.code_chunk = codebook, cosine, code_chunk
         self.ubar, self.w_max, self.mu, self._table64, self._units64 = None, 1.0, None, None, None
         self._operands = {}  # (k0, group) -> w, when the codebook is one chunk
-        # the total is finite only if every value is: the per-code check runs only when it is not (inf or NaN
-        # somewhere, or a total past the fp32 range)
-        self.any_bad = not bool(torch.isfinite(codebook.sum(dtype=torch.float32)))
+        # per-coordinate sums in float64: finite when every value is (a sum of fp16/bf16/fp32 values cannot
+        # overflow float64), so the per-code check runs only when they are not; and the l2 centre
+        chunks = range(0, codebook.shape[0], code_chunk)
+        total = sum(codebook[k0 : k0 + code_chunk].sum(0, dtype=torch.float64) for k0 in chunks)
+        cpu = codebook.device.type == "cpu" and _np is not None  # numpy: a fraction of torch's cost on [d] vectors
+        self.any_bad = not (_np.isfinite(total.numpy()).all() if cpu else bool(torch.isfinite(total).all()))
+        self._bad = None  # made when first asked for (`bad`) unless some code is non-finite
         if self.any_bad:
-            self.bad = torch.cat([~torch.isfinite(codebook[k0 : k0 + code_chunk]).all(dim=1)
-                                  for k0 in range(0, codebook.shape[0], code_chunk)])  # fmt: skip
-            self.any_bad = bool(self.bad.any())
-        else:
-            self.bad = torch.zeros(codebook.shape[0], dtype=torch.bool, device=codebook.device)
-        count = (~self.bad).sum().clamp_min(1) if self.any_bad else codebook.shape[0]
-        if not cosine:  # the centre of the scores: the mean of the finite codes, summed in float64 (no overflow)
-            total = torch.zeros(codebook.shape[1], dtype=torch.float64, device=codebook.device)
-            for k0 in range(0, codebook.shape[0], code_chunk):
-                c = codebook[k0 : k0 + code_chunk]
-                total += (c[~self.bad[k0 : k0 + c.shape[0]]] if self.any_bad else c).sum(0, dtype=torch.float64)
-            self.mu = (total / count).float()
+            self._bad = torch.cat([~torch.isfinite(codebook[k0 : k0 + code_chunk]).all(dim=1) for k0 in chunks])
+            self.any_bad = bool(self._bad.any())  # (float64 codes near its range can overflow the sum)
+            total = sum(codebook[k0 : k0 + code_chunk][~self._bad[k0 : k0 + code_chunk]].sum(0, dtype=torch.float64)
+                        for k0 in chunks)  # fmt: skip
+        count = int((~self._bad).sum().clamp_min(1)) if self.any_bad else codebook.shape[0]
+        if not cosine:  # the centre of the scores: the mean of the finite codes, in the fp32 range (float64 codes
+            #   beyond it, or a sum of them past float64's, give a centre that serves too: any does)
+            if cpu:
+                mu = _np.clip(total.numpy() / count, -FLT_MAX, FLT_MAX)
+                self.mu = torch.from_numpy((mu if _np.isfinite(mu).all() else _np.zeros_like(mu)).astype(_np.float32))
+            else:
+                self.mu = (total / count).nan_to_num(0.0, 0.0, 0.0).clamp(-FLT_MAX, FLT_MAX).float()
             return
         # cosine: two chunked passes, the mean unit vector of the finite codes, then max |ubar - u_k|
         total = torch.zeros(codebook.shape[1], dtype=torch.float64, device=codebook.device)
@@ -63,6 +68,13 @@ class Codes:
             w = self._units(k0).neg_().add_(self.ubar.double()).float().double()  # |ubar - u| as rounded
             w_max = torch.maximum(w_max, w.norm(dim=1).max())
         self.w_max = w_max * (1 + 2.0**-20)
+
+    @property
+    def bad(self) -> torch.Tensor:
+        """bool [K]: the codes holding inf or NaN."""
+        if self._bad is None:
+            self._bad = torch.zeros(self.codebook.shape[0], dtype=torch.bool, device=self.codebook.device)
+        return self._bad
 
     def table64(self):
         """The codebook as a float64 numpy array [K, d] (made once; None when it spans several code chunks)."""

@@ -78,6 +78,10 @@ CHUNK_ELEMS = 1 << 22  # scores alive at once (16 MiB in fp32); also bounds code
 MERGE_PASSES_K = 4  # up to this k, vectorised passes pick a row's k smallest keys; beyond, torch.topk per row
 PASSES_TOP_K = 16  # up to this k on CPU, the top level's k smallest by k passes (top_groups)
 KTH_PASSES_K = 4  # kth_smallest: passes up to this k on CPU, numpy's partition beyond
+ROW_MAJOR_CODES = 128  # up to this many codes per unit of k in a chunk (CPU, top_groups, at least MEMBERS_AT_ONCE
+#   candidate groups), the codes' level is read from a second, row-major product of the scores, where a group's
+#   lanes are one cache line: top-16 at 1024 codes 5-8% faster, top-4 at 512 codes 2-4%; beyond, the product costs
+#   more than the scattered reads it replaces
 TINY = 2.0**-126  # kth_smallest's push (the smallest normal fp32: no flush-to-zero setting can turn it into 0 / 0)
 FIRST = 8  # codes per group at the first level (8 rather than 16: top-16 5-9% faster, top-4 the same, on CPU)
 TOP = 64  # group minima are taken in levels (FIRST codes, then x4) down to at least max(TOP, 2k) groups
@@ -146,24 +150,34 @@ def _members_within(lower, first, f: int, m: int, thr, xp):
     """(pair, lane) [c]: lane j of candidate i qualifies when lower.flat[first[i] + j m] <= thr[i].
 
     `lower` [G f, m] contiguous (torch, or numpy with xp = numpy), `first` [n] the flat position of each candidate
-    group's lane 0. numpy: one lane at a time over [n] vectors that stay in cache (up to MEMBERS_AT_ONCE pairs:
-    one gather, fewer calls); torch: one [n, f] gather.
+    group's lane 0 (numpy: overwritten), f a power of two. numpy: one lane at a time over [n] vectors that stay in
+    cache (up to MEMBERS_AT_ONCE pairs: one gather, fewer calls); torch: one [n, f] gather.
     """
-    n = first.shape[0]
+    n, shift = first.shape[0], f.bit_length() - 1
     if xp is torch or n * f <= MEMBERS_AT_ONCE:
         at = first[:, None] + xp.arange(0, f * m, m, **({"device": first.device} if xp is torch else {}))
         vals = lower.take(at) if xp is torch else lower.take(at, mode="clip")  # "raise" costs a bounds pass
-        lane = _flatnonzero(vals <= thr[:, None], xp)  # = pair * f + lane
-        return lane // f, lane % f
+        x = _flatnonzero(vals <= thr[:, None], xp)  # = pair * f + lane
+        return x >> shift, x & (f - 1)
     flat = lower.reshape(-1)
     ok = _scratch("lanes", (f, n), torch.bool, torch.device("cpu")).numpy()
     vals = _scratch("values", (n,), torch.float32, torch.device("cpu")).numpy()
     at = first
     for j in range(f):
         _np.less_equal(_np.take(flat, at, out=vals, mode="clip"), thr, out=ok[j])
-        at = at + m
-    lane, pair = _np.divmod(_np.flatnonzero(ok), n)
-    return pair, lane
+        _np.add(at, m, out=at)
+    x = _np.flatnonzero(ok)  # = lane * n + pair, ascending: the lanes come in order (no division, which costs
+    #   numpy more than the gathers)
+    lane = _np.repeat(_np.arange(f), _np.diff(_np.searchsorted(x, _np.arange(f + 1) * n)))
+    return x - lane * n, lane
+
+
+def _members_row_major(scores, g, r, f: int, thr):
+    """(pair, lane) [c] as `_members_within`, from the scores [m, G f] row-major (numpy): a candidate group's f
+    lanes are one contiguous read (f = 8: 32 bytes) instead of f reads a row of scores apart."""
+    vals = _np.take(scores.reshape(-1, f), r * (scores.shape[1] // f) + g, axis=0, mode="clip")  # [n, f]
+    x = _np.flatnonzero(vals.reshape(-1) <= _np.repeat(thr, f))  # = pair * f + lane (a broadcast compare: slower)
+    return x >> (f.bit_length() - 1), x & (f - 1)
 
 
 def _flatnonzero(mask, xp):
@@ -297,12 +311,13 @@ MEMBERS_AT_ONCE = 1 << 12  # numpy candidates x lanes up to this: one gather; be
 
 
 def _rank_rows(r0, r1, levels, factors, thr32, z, codes: Codes, k0, cap, chunk_elems, best, regular, xp,
-               top=None) -> None:
+               top=None, row_major=None) -> None:
     """Candidates, exact keys and the k best of rows [r0, r1) of one code chunk, into best[:, r0:r1].
 
     levels: the score levels (codes, then group minima) as torch tensors (xp = torch) or numpy views (xp = numpy,
     CPU); thr32 [m] the rows' thresholds (a numpy array with xp = numpy); rows found to have too many candidates
-    leave `regular`.
+    leave `regular`. top: the top level's (group, row) pairs when known (`top_groups`); row_major: the scores
+    [m, codes] too (numpy), for the last step.
     """
     m, rows = thr32.shape[0], r1 - r0
     thr = thr32[r0:r1]
@@ -313,8 +328,11 @@ def _rank_rows(r0, r1, levels, factors, thr32, z, codes: Codes, k0, cap, chunk_e
         g, r = at // rows, at % rows
     else:
         g, r = top
-    for lower, f in zip(reversed(levels[:-1]), reversed(factors)):
-        pair, lane = _members_within(lower, g * (f * m) + r + r0, f, m, thr[r], xp)
+    for i, lower, f in zip(range(len(factors) - 1, -1, -1), reversed(levels[:-1]), reversed(factors)):
+        if i == 0 and row_major is not None:  # the codes' own level, from the row-major copy
+            pair, lane = _members_row_major(row_major, g, r + r0, f, thr[r])
+        else:
+            pair, lane = _members_within(lower, g * (f * m) + r + r0, f, m, thr[r], xp)
         g, r = g[pair] * f + lane, r[pair]
         counts = xp.bincount(r, minlength=rows)
         if counts.max() > cap:  # rows with more candidates than any bound leaves (many equal codes): exact
@@ -464,8 +482,11 @@ def _rank_chunk(z, codes: Codes, k, gamma, chunk_elems, best):
             extra = _extra_groups(levels[-1].numpy(), thr32)
             if extra is not None:
                 g, r = _np.concatenate([g, extra[0]]), _np.concatenate([r, extra[1]])
-            views = [lv.numpy() for lv in levels]
-            _rank_rows(0, m, views, factors, thr32, z, codes, k0, cap, chunk_elems, best, regular, _np, top=(g, r))
+            views, rm = [lv.numpy() for lv in levels], None
+            if factors and w.shape[0] <= ROW_MAJOR_CODES * k and m * k >= MEMBERS_AT_ONCE:  # (fewer: one gather)
+                rm = torch.mm(zsT.T, w.T, out=_scratch("row scores", (m, w.shape[0]), torch.float32, z.device))
+            _rank_rows(0, m, views, factors, thr32, z, codes, k0, cap, chunk_elems, best, regular, _np, top=(g, r),
+                       row_major=None if rm is None else rm.numpy())
             continue
         if levels[-1].shape[0] >= k:  # k distinct codes score at most the k-th smallest top-level minimum
             ub = torch.minimum(ub, kth_smallest(levels[-1], k))  # NaN propagates
