@@ -36,13 +36,16 @@ On CPU, with numpy installed, the sparse steps (the top level's passes, expandin
 sort) run in numpy: its gathers, compactions and sorts cost a fraction of torch's there, and the keys are the
 same bits (vq/keys.py: the same float64 operations in the same order). Temporaries of a few hundred KiB and more
 come from per-thread buffers reused across calls (`_scratch`): a fresh allocation pays its page faults on every
-call.
+call. Where a chunk has at most ROW_MAJOR_CODES k codes, a second product gives the scores row-major too, and the
+codes' level is expanded from it (a group's lanes in one cache line). The codebook's own terms (vq/codes.py) are
+kept per thread between calls for a small codebook, used again while it holds the same bits.
 
 `vq_nearest` sends small problems on CPU (M x K x (d + 2) <= 2^18, M x K <= 2^16) to vq/dense.py instead, which
 computes every pair's exact distance at once: the same keys, without this machinery's fixed cost.
 
-Memory: the M x K score matrix is never allocated. Scores live in chunks of at most CHUNK_ELEMS, code-side
-temporaries in chunks of at most CHUNK_ELEMS elements, candidates in batches of the same size.
+Memory: the M x K score matrix is never allocated. Scores live in chunks of at most CHUNK_ELEMS (two copies with
+the row-major product), code-side temporaries in chunks of at most CHUNK_ELEMS elements, candidates in batches of
+the same size.
 Host syncs: a few per chunk (candidate counts; free on CPU; on CUDA this reference syncs).
 """
 
