@@ -331,11 +331,12 @@ def _rank_rows(r0, r1, levels, factors, thr32, z, codes: Codes, k0, cap, chunk_e
         g, r = at // rows, at % rows
     else:
         g, r = top
-    for i, lower, f in zip(range(len(factors) - 1, -1, -1), reversed(levels[:-1]), reversed(factors)):
+    for i in reversed(range(len(factors))):  # level i + 1's groups expand into level i's entries
+        f = factors[i]
         if i == 0 and row_major is not None:  # the codes' own level, from the row-major copy
             pair, lane = _members_row_major(row_major, g, r + r0, f, thr[r])
         else:
-            pair, lane = _members_within(lower, g * (f * m) + r + r0, f, m, thr[r], xp)
+            pair, lane = _members_within(levels[i], g * (f * m) + r + r0, f, m, thr[r], xp)
         g, r = g[pair] * f + lane, r[pair]
         counts = xp.bincount(r, minlength=rows)
         if counts.max() > cap:  # rows with more candidates than any bound leaves (many equal codes): exact
@@ -397,16 +398,6 @@ def top_groups(top: torch.Tensor, k: int):
 def _group_ids(G: int) -> torch.Tensor:
     """[G, 1] int32 0 .. G - 1 (made once per size)."""
     return torch.arange(G, dtype=torch.int32)[:, None]
-
-
-def _tiled_rows(m: int, k: int):
-    """numpy int64 [k m]: 0 .. m - 1, k times (small ones made once per size and shared: never write into them)."""
-    return _tiled_small(m, k) if m * k <= 1 << 16 else _np.tile(_np.arange(m), k)
-
-
-@functools.lru_cache(maxsize=8)
-def _tiled_small(m: int, k: int):
-    return _np.tile(_np.arange(m), k)  # (not flagged read-only: torch.from_numpy warns on those)
 
 
 def _extra_groups(emb, thr):
@@ -481,7 +472,7 @@ def _rank_chunk(z, codes: Codes, k, gamma, chunk_elems, best):
             sel, ub_chunk = top_groups(levels[-1], k)
             _np.minimum(ub.numpy(), ub_chunk, out=ub.numpy())  # in place; NaN propagates
             thr32 = thresholds(ub)
-            g, r = sel.reshape(-1), _tiled_rows(m, k)
+            g, r = sel.reshape(-1), _np.tile(_np.arange(m), k)
             extra = _extra_groups(levels[-1].numpy(), thr32)
             if extra is not None:
                 g, r = _np.concatenate([g, extra[0]]), _np.concatenate([r, extra[1]])
